@@ -1,0 +1,291 @@
+"""The client agent's federation loop: join, receive tasks, fetch, train, upload, report.
+
+The silo only dials out. Tasks arrive on a server stream as soon as a round opens; every
+tensor transfer is a chunked safetensors payload. The learning itself is behind
+:class:`LearningRuntime`, so this loop carries no torch code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+import numpy as np
+
+from fedprompt.chunking import ChunkAssembler
+from fedprompt.codec import decode_tensors, encode_tensors
+from fedprompt.server import CLIENT_ID_METADATA_KEY, create_channel
+from fedprompt.transfer import chunk_from_proto, payload_info_from_proto, payload_messages
+from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+
+logger = logging.getLogger(__name__)
+
+#: Largest model a client accepts from the coordinator.
+MAX_MODEL_BYTES = 4 * 1024**3
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Local training settings of a TRAIN task."""
+
+    local_steps: int
+    batch_size: int
+    learning_rate: float
+    head_learning_rate: float
+
+
+class LearningRuntime(Protocol):
+    """What the agent needs from the local model (implemented with torch + peft)."""
+
+    client_id: str
+    num_train_examples: int
+    metadata: Mapping[str, object]
+    capabilities: common_pb2.ClientCapabilities
+
+    def shared_state(self) -> dict[str, np.ndarray]:
+        """The tensors that travel (global and cluster prompt segments, head)."""
+
+    def load_shared_state(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Replace the travelling tensors with the coordinator's."""
+
+    def train(self, settings: TrainSettings) -> dict[str, float]:
+        """Train locally; returns metrics (loss, seconds, ...)."""
+
+    def evaluate(self) -> dict[str, float]:
+        """Evaluate on the held-out split; returns accuracy, macro_f1, loss, ..."""
+
+    def save_personal(self) -> None:
+        """Persist the personal prompt (all segments and head) on local disk."""
+
+
+class ClientAgent:
+    """Runs one silo's side of the federation until the coordinator says it is finished.
+
+    Parameters
+    ----------
+    runtime
+        The local model and data.
+    coordinator
+        Coordinator ``host:port``.
+    max_reconnect_s
+        Give up after the coordinator has been unreachable this long.
+    """
+
+    def __init__(
+        self, runtime: LearningRuntime, *, coordinator: str, max_reconnect_s: float = 300.0
+    ) -> None:
+        self._runtime = runtime
+        self._target = coordinator
+        self._max_reconnect_s = max_reconnect_s
+        self._metadata = ((CLIENT_ID_METADATA_KEY, runtime.client_id),)
+        self.rounds_trained: list[int] = []
+
+    async def run(self) -> str:
+        """Join and serve tasks; reconnect with backoff and jitter on UNAVAILABLE.
+
+        Returns
+        -------
+        str
+            The coordinator's closing message.
+        """
+        delay = 0.25
+        unreachable_since: float | None = None
+        while True:
+            try:
+                async with create_channel(self._target) as channel:
+                    stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+                    await self._join(stub)
+                    unreachable_since = None
+                    delay = 0.25
+                    return await self._serve_tasks(stub)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in _RETRYABLE:
+                    raise
+                now = time.monotonic()
+                unreachable_since = unreachable_since or now
+                if now - unreachable_since > self._max_reconnect_s:
+                    raise
+                sleep = delay * (0.5 + random.random())
+                logger.warning(
+                    "coordinator %s (%s); retrying in %.2f s", exc.code().name, exc.details(), sleep
+                )
+                await asyncio.sleep(sleep)
+                delay = min(delay * 2, 10.0)
+
+    async def _join(self, stub: coordinator_pb2_grpc.CoordinatorStub) -> None:
+        rt = self._runtime
+        response = await stub.Join(
+            coordinator_pb2.JoinRequest(
+                client_id=rt.client_id,
+                metadata_json=json.dumps(dict(rt.metadata), sort_keys=True),
+                capabilities=rt.capabilities,
+                num_train_examples=rt.num_train_examples,
+            ),
+            metadata=self._metadata,
+            wait_for_ready=True,
+            timeout=30,
+        )
+        logger.info("joined: round %d of %d", response.current_round, response.total_rounds)
+        if response.initial_model_requested:
+            state = await asyncio.to_thread(rt.shared_state)
+            await self._upload(
+                stub,
+                round_id=0,
+                kind=coordinator_pb2.UPDATE_KIND_INITIAL,
+                tensors=state,
+                num_examples=0,
+            )
+            logger.info("uploaded the initial model (%d tensors)", len(state))
+
+    async def _serve_tasks(self, stub: coordinator_pb2_grpc.CoordinatorStub) -> str:
+        stream = stub.StreamTasks(
+            coordinator_pb2.StreamTasksRequest(client_id=self._runtime.client_id),
+            metadata=self._metadata,
+        )
+        async for task in stream:
+            if task.kind == coordinator_pb2.TASK_KIND_TRAIN:
+                await self._train(stub, task)
+            elif task.kind == coordinator_pb2.TASK_KIND_EVALUATE:
+                await self._evaluate(stub, task)
+            elif task.kind == coordinator_pb2.TASK_KIND_FINISHED:
+                logger.info("finished: %s", task.message)
+                return task.message
+        raise grpc.aio.AioRpcError(  # the stream ended without FINISHED: reconnect
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.aio.Metadata(),
+            grpc.aio.Metadata(),
+            "task stream closed",
+        )
+
+    async def _train(
+        self, stub: coordinator_pb2_grpc.CoordinatorStub, task: coordinator_pb2.Task
+    ) -> None:
+        rt = self._runtime
+        received = await self._fetch(stub, task.round, coordinator_pb2.MODEL_STAGE_ROUND_START)
+        await asyncio.to_thread(rt.load_shared_state, received)
+        before = await asyncio.to_thread(rt.evaluate)
+        settings = TrainSettings(
+            local_steps=task.training.local_steps,
+            batch_size=task.training.batch_size,
+            learning_rate=task.training.learning_rate,
+            head_learning_rate=task.training.head_learning_rate,
+        )
+        train_metrics = await asyncio.to_thread(rt.train, settings)
+        after = await asyncio.to_thread(rt.evaluate)
+        trained = await asyncio.to_thread(rt.shared_state)
+        names = [s.name for s in task.expected_update] or sorted(received)
+        delta = {n: (trained[n].astype(np.float32) - received[n].astype(np.float32)) for n in names}
+        await asyncio.to_thread(rt.save_personal)
+        await self._upload(
+            stub,
+            round_id=task.round,
+            kind=coordinator_pb2.UPDATE_KIND_DELTA,
+            tensors=delta,
+            num_examples=rt.num_train_examples,
+        )
+        metrics = {f"pre_{k}": v for k, v in before.items()}
+        metrics.update({f"post_{k}": v for k, v in after.items()})
+        metrics.update({f"train_{k}": v for k, v in train_metrics.items()})
+        await stub.ReportMetrics(
+            coordinator_pb2.ReportMetricsRequest(
+                client_id=rt.client_id,
+                round=task.round,
+                phase=coordinator_pb2.METRICS_PHASE_TRAIN,
+                metrics=metrics,
+            ),
+            metadata=self._metadata,
+            timeout=30,
+        )
+        self.rounds_trained.append(task.round)
+        logger.info(
+            "round %d: trained %d steps, accuracy %.3f -> %.3f",
+            task.round,
+            settings.local_steps,
+            before.get("accuracy", float("nan")),
+            after.get("accuracy", float("nan")),
+        )
+
+    async def _evaluate(
+        self, stub: coordinator_pb2_grpc.CoordinatorStub, task: coordinator_pb2.Task
+    ) -> None:
+        rt = self._runtime
+        aggregated = await self._fetch(stub, task.round, coordinator_pb2.MODEL_STAGE_AGGREGATED)
+        await asyncio.to_thread(rt.load_shared_state, aggregated)
+        metrics = await asyncio.to_thread(rt.evaluate)
+        await asyncio.to_thread(rt.save_personal)
+        await stub.ReportMetrics(
+            coordinator_pb2.ReportMetricsRequest(
+                client_id=rt.client_id,
+                round=task.round,
+                phase=coordinator_pb2.METRICS_PHASE_EVALUATE,
+                metrics=metrics,
+            ),
+            metadata=self._metadata,
+            timeout=30,
+        )
+        logger.info(
+            "round %d: aggregated model accuracy %.3f",
+            task.round,
+            metrics.get("accuracy", float("nan")),
+        )
+
+    async def _fetch(
+        self, stub: coordinator_pb2_grpc.CoordinatorStub, round_id: int, stage: int
+    ) -> dict[str, np.ndarray]:
+        call = stub.FetchModel(
+            coordinator_pb2.FetchModelRequest(
+                client_id=self._runtime.client_id, round=round_id, stage=stage
+            ),
+            metadata=self._metadata,
+            timeout=600,
+        )
+        assembler: ChunkAssembler | None = None
+        async for message in call:
+            if message.WhichOneof("message") == "header":
+                assembler = ChunkAssembler(
+                    payload_info_from_proto(message.header), max_total_bytes=MAX_MODEL_BYTES
+                )
+            elif assembler is not None:
+                assembler.add(chunk_from_proto(message.chunk))
+        if assembler is None:
+            raise RuntimeError(f"model download for round {round_id} carried no header")
+        payload = assembler.finish()
+        return {k: np.array(v, copy=True) for k, v in decode_tensors(payload).items()}
+
+    async def _upload(
+        self,
+        stub: coordinator_pb2_grpc.CoordinatorStub,
+        *,
+        round_id: int,
+        kind: int,
+        tensors: Mapping[str, np.ndarray],
+        num_examples: int,
+    ) -> coordinator_pb2.UploadUpdateResponse:
+        payload = await asyncio.to_thread(encode_tensors, tensors)
+        header, chunks = payload_messages(payload)
+
+        async def requests() -> AsyncIterator[coordinator_pb2.UploadUpdateRequest]:
+            yield coordinator_pb2.UploadUpdateRequest(
+                header=coordinator_pb2.UpdateHeader(
+                    client_id=self._runtime.client_id,
+                    round=round_id,
+                    kind=kind,  # type: ignore[arg-type]
+                    num_examples=num_examples,
+                    payload=header,
+                )
+            )
+            for chunk in chunks:
+                yield coordinator_pb2.UploadUpdateRequest(chunk=chunk)
+
+        response: coordinator_pb2.UploadUpdateResponse = await stub.UploadUpdate(
+            requests(), metadata=self._metadata, timeout=600
+        )
+        return response

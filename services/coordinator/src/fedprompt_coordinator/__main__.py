@@ -1,0 +1,114 @@
+"""``fedprompt-coordinator``: wiring only (config, stores, federation, server, signals)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from fedprompt.config import ConfigError, load_config
+from fedprompt.logs import configure_logging
+from fedprompt.server import start_server
+from fedprompt.v1 import coordinator_pb2_grpc
+from fedprompt_coordinator.aggregation import make_aggregator
+from fedprompt_coordinator.clustering_backend import make_clustering_backend
+from fedprompt_coordinator.config import CoordinatorConfig
+from fedprompt_coordinator.federation import Federation
+from fedprompt_coordinator.model_store import ModelStore
+from fedprompt_coordinator.servicer import CoordinatorServicer
+from fedprompt_coordinator.state_store import make_state_store
+from fedprompt_coordinator.traffic import TrafficInterceptor
+
+logger = logging.getLogger("fedprompt_coordinator")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line flags; each overrides the YAML config and environment."""
+    p = argparse.ArgumentParser(prog="fedprompt-coordinator", description=__doc__)
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--listen", help="host:port (port 0 picks a free one)")
+    p.add_argument("--state-dir", help="folder for the SQLite DB and tensor files")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--min-clients", type=int)
+    p.add_argument("--expected-clients", type=int)
+    p.add_argument("--clusterer", help="clusterer host:port")
+    p.add_argument("--local-steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--round-deadline-s", type=float)
+    p.add_argument("--exit-when-done", action="store_true", help="stop after the last round")
+    p.add_argument("--log-level")
+    return p.parse_args(argv)
+
+
+async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> None:
+    """Serve until SIGTERM/SIGINT (or, with ``exit_when_done``, until the last round)."""
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    state = make_state_store(config.state_dir / "state.sqlite3")
+    federation = Federation(
+        config=config,
+        state=state,
+        models=ModelStore(config.state_dir / "models"),
+        aggregator=make_aggregator("fedavg"),
+        clustering=make_clustering_backend(config.clustering),
+    )
+    handle = await start_server(
+        register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+            CoordinatorServicer(federation), s
+        ),
+        service_names=["fedprompt.v1.Coordinator"],
+        address=config.listen,
+        interceptors=[TrafficInterceptor(federation.traffic)],
+    )
+    print(f"LISTENING {handle.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    rounds = asyncio.create_task(federation.run(), name="rounds")
+    stopper = asyncio.create_task(stop.wait(), name="stop")
+    waiting = {stopper} if not exit_when_done else {stopper, rounds}
+    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if rounds in done and rounds.exception() is not None:
+        raise rounds.exception()  # type: ignore[misc]
+    if rounds.done() and exit_when_done:
+        await asyncio.sleep(1.0)  # let clients read their FINISHED task
+    rounds.cancel()
+    stopper.cancel()
+    await handle.stop(grace=2.0)
+    state.close()
+    logger.info("coordinator stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``fedprompt-coordinator``."""
+    args = parse_args(argv)
+    try:
+        config = load_config(
+            CoordinatorConfig,
+            yaml_path=args.config,
+            env_prefix="FEDPROMPT_COORDINATOR_",
+            overrides={
+                "listen": args.listen,
+                "state_dir": args.state_dir,
+                "rounds": args.rounds,
+                "min_clients": args.min_clients,
+                "expected_clients": args.expected_clients,
+                "clustering.address": args.clusterer,
+                "training.local_steps": args.local_steps,
+                "training.batch_size": args.batch_size,
+                "round_deadline_s": args.round_deadline_s,
+                "log_level": args.log_level,
+            },
+        )
+    except ConfigError as exc:
+        print(f"fedprompt-coordinator: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level, service="coordinator")
+    asyncio.run(serve(config, exit_when_done=args.exit_when_done))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
