@@ -106,7 +106,7 @@ class ModelStore:
         return sorted(out)
 
     def prune(self, *, keep_from: int) -> None:
-        """Delete snapshots of rounds before ``keep_from`` (keeps disk use bounded)."""
+        """Delete snapshots of rounds before ``keep_from``, except the initial model (round 0)."""
         for r in self.rounds():
-            if r < keep_from:
+            if 0 < r < keep_from:
                 shutil.rmtree(self._dir(r), ignore_errors=True)

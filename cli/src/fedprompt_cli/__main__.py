@@ -1,0 +1,62 @@
+"""``fedprompt``: command line of the fedprompt federation (``fedprompt up`` runs a demo)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from fedprompt_cli.up import UpOptions, run_up
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fedprompt`` argument parser."""
+    parser = argparse.ArgumentParser(prog="fedprompt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run a local federation on loopback and print the results")
+    up.add_argument("--clients", type=int, default=4, help="client agents (silos), default 4")
+    up.add_argument("--rounds", type=int, default=5, help="federated rounds, default 5")
+    up.add_argument("--local-steps", type=int, default=12, help="local steps per round")
+    up.add_argument("--batch-size", type=int, default=16)
+    up.add_argument("--max-length", type=int, default=128, help="tokens per example")
+    up.add_argument("--seed", type=int, default=0)
+    up.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    up.add_argument("--run-dir", type=Path, help="default: runs/<timestamp>")
+    up.add_argument("--model-dir", type=Path, help="local Hugging Face model folder")
+    up.add_argument("--data-root", type=Path, help="folder of silo folders (your own data)")
+    up.add_argument("--timeout-s", type=float, default=1800.0)
+    up.add_argument("--torch-threads", type=int, default=1, help="torch threads per client")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fedprompt`` command."""
+    args = build_parser().parse_args(argv)
+    console = Console()
+    if args.command == "up":
+        if args.clients < 1 or args.rounds < 1:
+            console.print("[red]--clients and --rounds must be at least 1[/]")
+            return 2
+        run_dir = args.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        options = UpOptions(
+            clients=args.clients,
+            rounds=args.rounds,
+            local_steps=args.local_steps,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            seed=args.seed,
+            device=args.device,
+            run_dir=run_dir,
+            model_dir=args.model_dir,
+            data_root=args.data_root,
+            timeout_s=args.timeout_s,
+            torch_threads=args.torch_threads,
+        )
+        return run_up(options, console)
+    return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

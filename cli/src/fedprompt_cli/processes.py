@@ -1,0 +1,105 @@
+"""Child processes of a local federation: start, watch, read the bound port, stop by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ChildFailedError(RuntimeError):
+    """A child process exited with an error; the message holds the end of its log."""
+
+
+@dataclass
+class Child:
+    """One started process with its log file."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the process, stdout and stderr into its log file."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
+        self.process = subprocess.Popen(
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
+            start_new_session=True,  # Ctrl-C reaches us only; we stop children ourselves
+        )
+        log.close()
+
+    @property
+    def pid(self) -> int:
+        """PID of the started process."""
+        assert self.process is not None
+        return self.process.pid
+
+    def poll(self) -> int | None:
+        """Exit code, or None while running."""
+        return None if self.process is None else self.process.poll()
+
+    def log_tail(self, lines: int = 25) -> str:
+        """The last ``lines`` lines of the child's output."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def check(self) -> None:
+        """Raise ChildFailedError if the child exited non-zero."""
+        code = self.poll()
+        if code not in (None, 0):
+            raise ChildFailedError(
+                f"{self.name} (pid {self.pid}) exited with code {code}:\n{self.log_tail()}"
+            )
+
+    def wait_for_port(self, timeout_s: float = 120.0) -> int:
+        """Wait for the ``LISTENING <port>`` line the services print once bound."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.check()
+            if self.poll() == 0:
+                raise ChildFailedError(f"{self.name} exited before listening:\n{self.log_tail()}")
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if line.startswith("LISTENING "):
+                    return int(line.split()[1])
+            time.sleep(0.05)
+        raise ChildFailedError(f"{self.name} did not start listening in {timeout_s:.0f} s")
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM this child (by its PID), then SIGKILL after ``grace_s``."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def stop_all(children: list[Child], grace_s: float = 5.0) -> None:
+    """Stop every started child, clients first, then the servers."""
+    for child in reversed(children):
+        if child.process is not None and child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        if child.process is None:
+            continue
+        try:
+            child.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.process.kill()
+            child.process.wait()

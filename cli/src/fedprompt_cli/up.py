@@ -1,0 +1,227 @@
+"""``fedprompt up``: a whole federation on loopback, as separate processes, with live progress.
+
+Starts the clusterer, the coordinator and N client agents (each on its own silo of the
+bundled medical-text task), follows the coordinator's status until the last round is done,
+prints per-client results and writes ``summary.json`` into the run folder. Ctrl-C stops
+every process it started; a child that fails makes it stop the rest and exit non-zero with
+the child's error.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from fedprompt.server import channel_options
+from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from fedprompt_cli.processes import Child, ChildFailedError, stop_all
+from fedprompt_cli.report import bytes_table, client_table, rounds_table, summarize
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    """Settings of a local federation run."""
+
+    clients: int
+    rounds: int
+    local_steps: int
+    batch_size: int
+    max_length: int
+    seed: int
+    device: str
+    run_dir: Path
+    model_dir: Path | None
+    data_root: Path | None
+    timeout_s: float
+    torch_threads: int
+
+
+def _script(name: str) -> str:
+    """Path of a console script installed beside this interpreter."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"console script {name!r} not found; run `make setup`")
+    return found
+
+
+def _phase_name(phase: int) -> str:
+    return common_pb2.RoundPhase.Name(phase).removeprefix("ROUND_PHASE_").lower()  # type: ignore[arg-type]
+
+
+def _silo_dirs(options: UpOptions, console: Console) -> list[Path]:
+    if options.data_root is not None:
+        silos = sorted(p for p in options.data_root.iterdir() if (p / "metadata.json").exists())
+        if len(silos) < options.clients:
+            raise ChildFailedError(
+                f"{options.data_root} holds {len(silos)} silo folders, {options.clients} needed"
+            )
+        return silos[: options.clients]
+    out = options.run_dir / "silos"
+    console.print(f"[bold]making {options.clients} silos[/] of the drug-review task in {out}")
+    proc = subprocess.run(
+        [
+            _script("fedprompt-make-silos"),
+            "--num-silos",
+            str(options.clients),
+            "--seed",
+            str(options.seed),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise ChildFailedError(f"fedprompt-make-silos failed:\n{proc.stdout}{proc.stderr}")
+    console.print(proc.stdout.rstrip())
+    return sorted(p for p in out.iterdir() if (p / "metadata.json").exists())
+
+
+def _progress(status: coordinator_pb2.GetStatusResponse, started: float) -> Table:
+    table = Table(
+        title=(
+            f"round {status.current_round}/{status.total_rounds} - phase "
+            f"{_phase_name(status.phase)} - {status.completed_rounds} completed - "
+            f"{time.monotonic() - started:.0f} s"
+        )
+    )
+    for col in ("client", "cluster", "connected", "last eval acc"):
+        table.add_column(col)
+    last_eval: dict[str, float] = {}
+    for r in status.rounds:
+        for c in r.clients:
+            if "accuracy" in c.eval_metrics:
+                last_eval[c.client_id] = c.eval_metrics["accuracy"]
+    for c in status.clients:
+        acc = last_eval.get(c.client_id)
+        table.add_row(
+            c.client_id,
+            str(c.cluster_id),
+            "yes" if c.connected else "no",
+            "-" if acc is None else f"{100 * acc:.1f}%",
+        )
+    return table
+
+
+def run_up(options: UpOptions, console: Console) -> int:
+    """Run the federation; returns the process exit code."""
+    options.run_dir.mkdir(parents=True, exist_ok=True)
+    logs = options.run_dir / "logs"
+    children: list[Child] = []
+    started = time.monotonic()
+    try:
+        silos = _silo_dirs(options, console)
+        clusterer = Child(
+            "clusterer",
+            [_script("fedprompt-clusterer"), "--listen", "127.0.0.1:0"],
+            logs / "clusterer.log",
+        )
+        clusterer.start()
+        children.append(clusterer)
+        clusterer_port = clusterer.wait_for_port()
+        coordinator = Child(
+            "coordinator",
+            [
+                _script("fedprompt-coordinator"),
+                "--listen", "127.0.0.1:0",
+                "--state-dir", str(options.run_dir / "coordinator"),
+                "--rounds", str(options.rounds),
+                "--min-clients", str(min(2, options.clients)),
+                "--expected-clients", str(options.clients),
+                "--clusterer", f"127.0.0.1:{clusterer_port}",
+                "--local-steps", str(options.local_steps),
+                "--batch-size", str(options.batch_size),
+            ],
+            logs / "coordinator.log",
+        )  # fmt: skip
+        coordinator.start()
+        children.append(coordinator)
+        port = coordinator.wait_for_port()
+        clients = []
+        for silo in silos:
+            argv = [
+                _script("fedprompt-client-agent"),
+                "--client-id", silo.name,
+                "--coordinator", f"127.0.0.1:{port}",
+                "--data-dir", str(silo),
+                "--state-dir", str(options.run_dir / "clients" / silo.name),
+                "--device", options.device,
+                "--max-length", str(options.max_length),
+                "--seed", str(options.seed),
+                "--torch-threads", str(options.torch_threads),
+            ]  # fmt: skip
+            if options.model_dir is not None:
+                argv += ["--model-dir", str(options.model_dir)]
+            child = Child(silo.name, argv, logs / f"{silo.name}.log")
+            child.start()
+            children.append(child)
+            clients.append(child)
+        console.print(
+            f"[bold]federation up[/]: coordinator 127.0.0.1:{port}, clusterer "
+            f"127.0.0.1:{clusterer_port}, {len(clients)} clients; logs in {logs}"
+        )
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options())
+        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+        deadline = time.monotonic() + options.timeout_s
+        status = stub.GetStatus(coordinator_pb2.GetStatusRequest(), timeout=10)
+        with Live(_progress(status, started), console=console, refresh_per_second=4) as live:
+            while True:
+                for child in children:
+                    child.check()
+                    if child.poll() == 0 and child in (clusterer, coordinator):
+                        raise ChildFailedError(f"{child.name} exited early:\n{child.log_tail()}")
+                status = stub.GetStatus(coordinator_pb2.GetStatusRequest(), timeout=10)
+                live.update(_progress(status, started))
+                if (
+                    status.completed_rounds >= options.rounds
+                    and status.phase == common_pb2.ROUND_PHASE_DONE
+                ):
+                    break
+                if time.monotonic() > deadline:
+                    raise ChildFailedError(
+                        f"federation did not finish in {options.timeout_s:.0f} s"
+                    )
+                time.sleep(0.5)
+        for child in clients:
+            assert child.process is not None
+            try:
+                child.process.wait(60)
+            except subprocess.TimeoutExpired:
+                raise ChildFailedError(f"{child.name} did not exit after the last round") from None
+            child.check()
+        channel.close()
+        summary = summarize(status)
+        summary["wall_seconds"] = time.monotonic() - started
+        (options.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
+        console.print(rounds_table(summary))
+        console.print(Group(client_table(summary), bytes_table(summary)))
+        console.print(
+            f"[bold green]done[/]: {summary['completed_rounds']} rounds in "
+            f"{summary['wall_seconds']:.1f} s; summary in {options.run_dir / 'summary.json'}"
+        )
+        return 0
+    except ChildFailedError as exc:
+        console.print(f"[bold red]federation failed[/]: {exc}")
+        return 1
+    except grpc.RpcError as exc:
+        console.print(f"[bold red]coordinator unreachable[/]: {exc}")
+        for child in children:
+            console.print(f"--- {child.name} ---\n{child.log_tail(10)}")
+        return 1
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: stopping every process started[/]")
+        return 130
+    finally:
+        stop_all(children)

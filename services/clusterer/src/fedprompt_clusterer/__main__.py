@@ -1,0 +1,112 @@
+"""Entry point of the clusterer process (``fedprompt-clusterer``): wiring only.
+
+When the listen port is 0 the bound port is printed on stdout as ``LISTENING <port>`` so that
+a parent process can read it. SIGTERM and SIGINT stop the server gracefully; the exit code is
+0 after a clean stop, 1 when the address cannot be bound, 2 for a configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import grpc
+
+from fedprompt.logs import configure_logging
+from fedprompt.server import start_server
+from fedprompt.v1 import clusterer_pb2_grpc
+from fedprompt_clusterer.config import ClustererConfig, ConfigError, listen_port, load_config
+from fedprompt_clusterer.servicer import SERVICE_NAME, ClustererServicer
+
+logger = logging.getLogger(__name__)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line.
+
+    Parameters
+    ----------
+    argv
+        Arguments without the program name; ``sys.argv[1:]`` by default.
+    """
+    parser = argparse.ArgumentParser(
+        prog="fedprompt-clusterer",
+        description="Serve fedprompt.v1.Clusterer: HDBSCAN over clients' public metadata.",
+    )
+    parser.add_argument("--config", default=None, help="YAML file with ClustererConfig fields")
+    parser.add_argument("--listen", default=None, help="host:port to bind (port 0: any free)")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
+    return parser.parse_args(argv)
+
+
+async def serve(config: ClustererConfig) -> None:
+    """Run the server until SIGTERM or SIGINT, then stop it gracefully.
+
+    Parameters
+    ----------
+    config
+        The process configuration.
+    """
+    servicer = ClustererServicer()
+
+    def register(server: grpc.aio.Server) -> None:
+        clusterer_pb2_grpc.add_ClustererServicer_to_server(servicer, server)
+
+    handle = await start_server(
+        register=register, service_names=[SERVICE_NAME], address=config.listen
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    logger.info("clusterer listening on port %d", handle.port)
+    if listen_port(config.listen) == 0:
+        print(f"LISTENING {handle.port}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        logger.info("stopping (grace %.1f s)", config.shutdown_grace_seconds)
+        await handle.stop(config.shutdown_grace_seconds)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    logger.info("stopped")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Load the configuration, configure logging and serve until stopped.
+
+    Parameters
+    ----------
+    argv
+        Arguments without the program name; ``sys.argv[1:]`` by default.
+
+    Returns
+    -------
+    int
+        The process exit code.
+    """
+    args = parse_args(argv)
+    try:
+        config = load_config(
+            ClustererConfig,
+            args.config,
+            {"listen": args.listen, "log_level": args.log_level},
+        )
+    except ConfigError as exc:
+        print(f"fedprompt-clusterer: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level, service="clusterer")
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        logger.error("cannot serve on %s: %s", config.listen, exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""Tests of the metadata feature encoding."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fedprompt.errors import InvalidArgumentError
+from fedprompt_clusterer.features import build_features, parse_metadata_json, validate_metadata
+
+
+def test_numeric_fields_are_standardised_in_sorted_order() -> None:
+    features = build_features(
+        ["a", "b", "c"], [{"z": -1, "y": 1.0}, {"z": 0, "y": 2.0}, {"z": 1, "y": 3.0}]
+    )
+    assert features.names == ("log1p(y)", "z")
+    assert features.values.shape == (3, 2)
+    np.testing.assert_allclose(features.values.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(features.values.std(axis=0), 1.0)
+    np.testing.assert_allclose(features.values[:, 1], [-math.sqrt(1.5), 0.0, math.sqrt(1.5)])
+
+
+def test_non_negative_numbers_are_log_transformed_before_scaling() -> None:
+    features = build_features(["a", "b", "c"], [{"n": 0}, {"n": 99}, {"n": 9999}])
+    assert features.names == ("log1p(n)",)
+    # log1p makes 0, 99, 9999 equally spaced (0, ~4.6, ~9.2): scaled values are symmetric.
+    np.testing.assert_allclose(features.values[:, 0], [-1.2247, 0.0, 1.2247], atol=1e-3)
+
+
+def test_constant_numeric_column_is_zero() -> None:
+    features = build_features(["a", "b"], [{"n": 5, "m": -3}, {"n": 5, "m": -3}])
+    np.testing.assert_array_equal(features.values, np.zeros((2, 2)))
+
+
+def test_categorical_fields_are_one_hot() -> None:
+    features = build_features(
+        ["a", "b", "c"],
+        [
+            {"specialty": "pain", "teaching": True},
+            {"specialty": "psychiatry", "teaching": False},
+            {"specialty": "pain", "teaching": True},
+        ],
+    )
+    assert features.names == (
+        "specialty=pain",
+        "specialty=psychiatry",
+        "teaching=false",
+        "teaching=true",
+    )
+    np.testing.assert_array_equal(features.values, [[1, 0, 0, 1], [0, 1, 1, 0], [1, 0, 0, 1]])
+
+
+def test_missing_numeric_value_gets_the_column_mean() -> None:
+    features = build_features(["a", "b", "c"], [{"t": -2.0}, {}, {"t": 2.0}])
+    assert features.names == ("t",)
+    np.testing.assert_allclose(features.values[:, 0], [-math.sqrt(1.5), 0.0, math.sqrt(1.5)])
+
+
+def test_missing_categorical_value_gets_its_own_category() -> None:
+    features = build_features(["a", "b", "c"], [{"region": "eu"}, {}, {"region": None}])
+    assert features.names == ("region=eu", "region=<missing>")
+    np.testing.assert_array_equal(features.values, [[1, 0], [0, 1], [0, 1]])
+
+
+def test_mixed_numbers_and_text_are_categorical() -> None:
+    features = build_features(["a", "b", "c"], [{"size": "large"}, {"size": 5}, {"size": True}])
+    assert features.names == ("size=true", "size=large", "size=5")
+    np.testing.assert_array_equal(features.values, [[0, 1, 0], [0, 0, 1], [1, 0, 0]])
+
+
+def test_no_fields_gives_an_empty_matrix() -> None:
+    features = build_features(["a", "b"], [{}, {}])
+    assert features.values.shape == (2, 0)
+    assert features.names == ()
+
+
+def test_column_order_does_not_depend_on_member_or_key_order() -> None:
+    first = build_features(["a", "b"], [{"x": 1, "s": "u"}, {"s": "v", "x": 2}])
+    second = build_features(["b", "a"], [{"x": 2, "s": "v"}, {"s": "u", "x": 1}])
+    assert first.names == second.names
+    np.testing.assert_allclose(first.values, second.values[::-1])
+
+
+def test_parse_metadata_json_accepts_a_flat_object() -> None:
+    parsed = parse_metadata_json(
+        "c1", '{"specialty": "pain", "beds": 12, "ratio": 0.5, "teaching": false, "note": null}'
+    )
+    assert parsed == {"specialty": "pain", "beds": 12, "ratio": 0.5, "teaching": False}
+    assert parse_metadata_json("c1", "") == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('"pain"', "must be a JSON object"),
+        ('{"sites": {"a": 1}}', "'sites'"),
+        ('{"sites": [1, 2]}', "'sites'"),
+        ('{"x": NaN}', "non-finite"),
+        ('{"x": 1e400}', "'x'"),
+    ],
+)
+def test_parse_metadata_json_rejects_bad_input_naming_the_client(text: str, fragment: str) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        parse_metadata_json("clinic-7", text)
+    assert "clinic-7" in info.value.message
+    assert fragment in info.value.message
+
+
+def test_error_messages_do_not_echo_metadata_values() -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        parse_metadata_json("c1", '{"secret": {"value": "do-not-echo"}}')
+    assert "do-not-echo" not in info.value.message
+
+
+def test_build_features_rejects_nested_values_naming_client_and_field() -> None:
+    with pytest.raises(InvalidArgumentError, match=r"'tags'.*'c2'"):
+        build_features(["c1", "c2"], [{"tags": "a"}, {"tags": ["a", "b"]}])
+
+
+def test_validate_metadata_rejects_huge_integers() -> None:
+    with pytest.raises(InvalidArgumentError, match="finite"):
+        validate_metadata("c1", {"n": 10**400})
+
+
+def test_numbers_near_the_float_limit_are_scaled_without_overflow() -> None:
+    features = build_features(["a", "b", "c"], [{"x": -1e308}, {"x": 1e308}, {"x": 1e308}])
+    assert np.isfinite(features.values).all()
+    np.testing.assert_allclose(
+        features.values[:, 0], [-math.sqrt(2), 1 / math.sqrt(2), 1 / math.sqrt(2)]
+    )

@@ -1,0 +1,164 @@
+"""Tests of ClustererServicer over a real aio gRPC server on 127.0.0.1, port 0."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+import pytest
+import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from fedprompt.server import create_channel, start_server
+from fedprompt.v1 import clusterer_pb2, clusterer_pb2_grpc
+from fedprompt_clusterer.clustering import (
+    ClusteringSettings,
+    ClusterResult,
+    Member,
+    MetadataClusterer,
+)
+from fedprompt_clusterer.servicer import SERVICE_NAME, ClustererServicer
+
+
+class RecordingClusterer(MetadataClusterer):
+    """A MetadataClusterer that remembers which thread ran it."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def cluster(
+        self,
+        members: Sequence[Member],
+        *,
+        previous: Mapping[str, int],
+        settings: ClusteringSettings,
+    ) -> ClusterResult:
+        self.threads.append(threading.get_ident())
+        return super().cluster(members, previous=previous, settings=settings)
+
+
+@dataclass
+class Connection:
+    stub: clusterer_pb2_grpc.ClustererAsyncStub
+    health: health_pb2_grpc.HealthStub
+    clusterer: RecordingClusterer
+
+
+@pytest_asyncio.fixture
+async def connection() -> AsyncIterator[Connection]:
+    clusterer = RecordingClusterer()
+    servicer = ClustererServicer(clusterer)
+
+    def register(server: grpc.aio.Server) -> None:
+        clusterer_pb2_grpc.add_ClustererServicer_to_server(servicer, server)
+
+    handle = await start_server(
+        register=register, service_names=[SERVICE_NAME], address="127.0.0.1:0"
+    )
+    channel = create_channel(f"127.0.0.1:{handle.port}")
+    try:
+        yield Connection(
+            stub=clusterer_pb2_grpc.ClustererStub(channel),  # type: ignore[arg-type]
+            health=health_pb2_grpc.HealthStub(channel),
+            clusterer=clusterer,
+        )
+    finally:
+        await channel.close()
+        await handle.stop(0)
+
+
+def member(client_id: str, **metadata: object) -> clusterer_pb2.MemberMetadata:
+    return clusterer_pb2.MemberMetadata(client_id=client_id, metadata_json=json.dumps(metadata))
+
+
+CLINICS = [
+    member("psy-north", specialty="psychiatry", region="north", num_records=1200),
+    member("psy-south", specialty="psychiatry", region="south", num_records=1500),
+    member("wh-north", specialty="womens_health", region="north", num_records=20000),
+    member("wh-south", specialty="womens_health", region="south", num_records=26000),
+    member("pain-north", specialty="pain", region="north", num_records=5000),
+    member("pain-south", specialty="pain", region="south", num_records=4000),
+]
+
+
+@pytest.mark.asyncio
+async def test_cluster_happy_path(connection: Connection) -> None:
+    previous = {"psy-north": 7, "psy-south": 7, "pain-north": 3, "pain-south": 3}
+    response = await connection.stub.Cluster(
+        clusterer_pb2.ClusterRequest(members=CLINICS, previous_assignment=previous)
+    )
+    assert dict(response.assignment) == {**previous, "wh-north": 8, "wh-south": 8}
+    assert response.num_clusters == 3
+    assert list(response.noise_reassigned) == []
+    assert "specialty=pain" in response.feature_names
+    assert response.seconds > 0
+    assert connection.clusterer.threads and connection.clusterer.threads[0] != threading.get_ident()
+
+
+@pytest.mark.asyncio
+async def test_singleton_noise_policy_over_the_wire(connection: Connection) -> None:
+    members = [member(f"a{i}", x=-10.0 - i / 10) for i in range(3)]
+    members += [member(f"b{i}", x=10.0 + i / 10) for i in range(3)]
+    members.append(member("z", x=60.0))
+    response = await connection.stub.Cluster(
+        clusterer_pb2.ClusterRequest(
+            members=members, noise_policy=clusterer_pb2.NOISE_POLICY_SINGLETON
+        )
+    )
+    assert list(response.noise_reassigned) == ["z"]
+    assert response.num_clusters == 3
+
+
+@pytest.mark.asyncio
+async def test_invalid_json_is_invalid_argument_naming_the_client(connection: Connection) -> None:
+    request = clusterer_pb2.ClusterRequest(
+        members=[
+            member("ok", x=1),
+            clusterer_pb2.MemberMetadata(client_id="broken-7", metadata_json="{nope"),
+        ]
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await connection.stub.Cluster(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "broken-7" in (info.value.details() or "")
+
+
+@pytest.mark.asyncio
+async def test_nested_metadata_is_invalid_argument(connection: Connection) -> None:
+    request = clusterer_pb2.ClusterRequest(members=[member("c1", sites={"a": 1})])
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await connection.stub.Cluster(request)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'sites'" in (info.value.details() or "")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "request_",
+    [
+        clusterer_pb2.ClusterRequest(),
+        clusterer_pb2.ClusterRequest(members=[member("a"), member("a")]),
+        clusterer_pb2.ClusterRequest(members=[member("a")], min_cluster_size=1),
+        clusterer_pb2.ClusterRequest(
+            members=[member("a")], noise_policy=clusterer_pb2.NoisePolicy.ValueType(9)
+        ),
+        clusterer_pb2.ClusterRequest(members=[member("a")], previous_assignment={"a": -2}),
+    ],
+    ids=["empty", "duplicate-ids", "min-cluster-size-1", "unknown-policy", "negative-previous"],
+)
+async def test_bad_requests_are_invalid_argument(
+    connection: Connection, request_: clusterer_pb2.ClusterRequest
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await connection.stub.Cluster(request_)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.asyncio
+async def test_health_reports_serving(connection: Connection) -> None:
+    response = await connection.health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+    assert response.status == health_pb2.HealthCheckResponse.SERVING
+    assert SERVICE_NAME == "fedprompt.v1.Clusterer"
