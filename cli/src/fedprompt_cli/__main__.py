@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -18,9 +19,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run a local federation on loopback and print the results")
     up.add_argument("--clients", type=int, default=4, help="client agents (silos), default 4")
     up.add_argument("--rounds", type=int, default=5, help="federated rounds, default 5")
-    up.add_argument("--local-steps", type=int, default=12, help="local steps per round")
+    up.add_argument("--local-steps", type=int, default=15, help="local steps per round")
     up.add_argument("--batch-size", type=int, default=16)
-    up.add_argument("--max-length", type=int, default=128, help="tokens per example")
+    up.add_argument("--max-length", type=int, default=96, help="tokens per example")
     up.add_argument("--seed", type=int, default=0)
     up.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     up.add_argument("--run-dir", type=Path, help="default: runs/<timestamp>")
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedprompt`` command."""
     args = build_parser().parse_args(argv)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 150)
     if args.command == "up":
         if args.clients < 1 or args.rounds < 1:
             console.print("[red]--clients and --rounds must be at least 1[/]")

@@ -1,0 +1,100 @@
+"""``fedprompt-client-agent``: wiring only (config, runtime, agent loop, signals)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import grpc
+
+from fedprompt.config import ConfigError, load_config
+from fedprompt.logs import configure_logging
+from fedprompt_client_agent.config import ClientAgentConfig
+
+logger = logging.getLogger("fedprompt_client_agent")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line flags; each overrides the YAML config and environment."""
+    p = argparse.ArgumentParser(prog="fedprompt-client-agent", description=__doc__)
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--client-id")
+    p.add_argument("--coordinator", help="coordinator host:port")
+    p.add_argument("--data-dir", help="silo folder (train/val/test + metadata.json)")
+    p.add_argument("--state-dir", help="where the personal prompt is kept")
+    p.add_argument("--model-dir", help="local Hugging Face model folder")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--n-global", type=int)
+    p.add_argument("--n-cluster", type=int)
+    p.add_argument("--n-local", type=int)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--torch-threads", type=int)
+    p.add_argument("--log-level")
+    return p.parse_args(argv)
+
+
+async def run(config: ClientAgentConfig) -> int:
+    """Build the runtime (in a thread: loading the model is slow) and run the agent."""
+    from fedprompt_client_agent.agent import ClientAgent
+    from fedprompt_client_agent.runtime import PromptTuningRuntime
+
+    runtime = await asyncio.to_thread(PromptTuningRuntime, config)
+    agent = ClientAgent(
+        runtime, coordinator=config.coordinator, max_reconnect_s=config.max_reconnect_s
+    )
+    main_task = asyncio.create_task(agent.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main_task.cancel)
+    try:
+        await main_task
+    except asyncio.CancelledError:
+        logger.info("stopped by signal")
+        return 0
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``fedprompt-client-agent``."""
+    args = parse_args(argv)
+    try:
+        config = load_config(
+            ClientAgentConfig,
+            yaml_path=args.config,
+            env_prefix="FEDPROMPT_CLIENT_",
+            overrides={
+                "client_id": args.client_id,
+                "coordinator": args.coordinator,
+                "data_dir": args.data_dir,
+                "state_dir": args.state_dir,
+                "model_dir": args.model_dir,
+                "device": args.device,
+                "n_global": args.n_global,
+                "n_cluster": args.n_cluster,
+                "n_local": args.n_local,
+                "max_length": args.max_length,
+                "seed": args.seed,
+                "torch_threads": args.torch_threads,
+                "log_level": args.log_level,
+            },
+        )
+    except ConfigError as exc:
+        print(f"fedprompt-client-agent: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level, service=config.client_id)
+    try:
+        return asyncio.run(run(config))
+    except grpc.aio.AioRpcError as exc:
+        logger.error("coordinator refused: %s: %s", exc.code().name, exc.details())
+        return 1
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        logger.error("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
