@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+def console_script(name: str) -> str:
+    """Path of a console script installed beside this interpreter (else on PATH)."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"console script {name!r} not found; run `make setup`")
+    return found
 
 
 class ChildFailedError(RuntimeError):

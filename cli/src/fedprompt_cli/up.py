@@ -10,9 +10,7 @@ the child's error.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ from rich.table import Table
 
 from fedprompt.server import channel_options
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
-from fedprompt_cli.processes import Child, ChildFailedError, stop_all
+from fedprompt_cli.processes import Child, ChildFailedError, console_script, stop_all
 from fedprompt_cli.report import bytes_table, client_table, rounds_table, summarize
 
 
@@ -46,15 +44,6 @@ class UpOptions:
     torch_threads: int
 
 
-def _script(name: str) -> str:
-    """Path of a console script installed beside this interpreter."""
-    beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
-    if found is None:
-        raise FileNotFoundError(f"console script {name!r} not found; run `make setup`")
-    return found
-
-
 def _phase_name(phase: int) -> str:
     return common_pb2.RoundPhase.Name(phase).removeprefix("ROUND_PHASE_").lower()  # type: ignore[arg-type]
 
@@ -71,7 +60,7 @@ def _silo_dirs(options: UpOptions, console: Console) -> list[Path]:
     console.print(f"[bold]making {options.clients} silos[/] of the drug-review task in {out}")
     proc = subprocess.run(
         [
-            _script("fedprompt-make-silos"),
+            console_script("fedprompt-make-silos"),
             "--num-silos",
             str(options.clients),
             "--seed",
@@ -125,7 +114,7 @@ def run_up(options: UpOptions, console: Console) -> int:
         silos = _silo_dirs(options, console)
         clusterer = Child(
             "clusterer",
-            [_script("fedprompt-clusterer"), "--listen", "127.0.0.1:0"],
+            [console_script("fedprompt-clusterer"), "--listen", "127.0.0.1:0"],
             logs / "clusterer.log",
         )
         clusterer.start()
@@ -134,7 +123,7 @@ def run_up(options: UpOptions, console: Console) -> int:
         coordinator = Child(
             "coordinator",
             [
-                _script("fedprompt-coordinator"),
+                console_script("fedprompt-coordinator"),
                 "--listen", "127.0.0.1:0",
                 "--state-dir", str(options.run_dir / "coordinator"),
                 "--rounds", str(options.rounds),
@@ -152,7 +141,7 @@ def run_up(options: UpOptions, console: Console) -> int:
         clients = []
         for silo in silos:
             argv = [
-                _script("fedprompt-client-agent"),
+                console_script("fedprompt-client-agent"),
                 "--client-id", silo.name,
                 "--coordinator", f"127.0.0.1:{port}",
                 "--data-dir", str(silo),
@@ -168,6 +157,9 @@ def run_up(options: UpOptions, console: Console) -> int:
             child.start()
             children.append(child)
             clients.append(child)
+        (options.run_dir / "pids.json").write_text(
+            json.dumps({c.name: c.pid for c in children}, indent=2, sort_keys=True)
+        )
         console.print(
             f"[bold]federation up[/]: coordinator 127.0.0.1:{port}, clusterer "
             f"127.0.0.1:{clusterer_port}, {len(clients)} clients; logs in {logs}"

@@ -183,6 +183,7 @@ class Federation:
         self._assignment = state.assignment()
         self._clustered_members: frozenset[str] = frozenset()
         self._payload_cache: dict[tuple[int, ModelStage, int], bytes] = {}
+        self._initial_lock = asyncio.Lock()
         for cid, (meta, n, device) in state.clients().items():
             self._sessions[cid] = ClientSession(cid, meta, n, device)
         if self._completed:
@@ -580,6 +581,10 @@ class Federation:
             session.queue.put_nowait(task)
 
     async def _accept_initial(self, client_id: str, tensors: dict[str, np.ndarray]) -> bool:
+        async with self._initial_lock:  # concurrent joiners race to provide the initial model
+            return await self._accept_initial_locked(client_id, tensors)
+
+    async def _accept_initial_locked(self, client_id: str, tensors: dict[str, np.ndarray]) -> bool:
         if self._model is not None:
             if spec_of(tensors) != self._spec:
                 raise ModelMismatchError(

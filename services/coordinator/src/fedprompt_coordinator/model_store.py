@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 from fedprompt.codec import decode_tensors, encode_tensors
@@ -51,9 +52,7 @@ class ModelStore:
     def save(self, round_id: int, model: FederationModel) -> Path:
         """Persist ``model`` as the state after ``round_id`` (0 = initial model)."""
         final = self._dir(round_id)
-        tmp = self.root / f".tmp-round-{round_id:06d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-round-{round_id:06d}-", dir=self.root))
         files = {
             "global.safetensors": model.global_tensors,
             "template.safetensors": model.cluster_template,
