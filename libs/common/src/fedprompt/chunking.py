@@ -114,6 +114,10 @@ class ChunkAssembler:
             raise InvalidArgumentError(
                 f"chunk seq {chunk.seq} out of order, expected {self._next_seq}"
             )
+        if chunk.seq >= self._info.num_chunks:
+            raise InvalidArgumentError(
+                f"chunk seq {chunk.seq} is beyond num_chunks={self._info.num_chunks} of the header"
+            )
         if len(chunk.data) > MAX_CHUNK_BYTES:
             raise TooLargeError(
                 f"chunk {chunk.seq} holds {len(chunk.data)} bytes, over {MAX_CHUNK_BYTES}"

@@ -104,8 +104,13 @@ def read_metadata(payload: bytes) -> dict[str, str]:
     (header_len,) = struct.unpack("<Q", payload[:8])
     if header_len > len(payload) - 8:
         raise InvalidArgumentError("safetensors header length exceeds the payload")
-    header = json.loads(payload[8 : 8 + header_len])
-    meta = header.get("__metadata__", {})
+    try:
+        header = json.loads(payload[8 : 8 + header_len])
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidArgumentError("safetensors header is not valid JSON") from None
+    meta = header.get("__metadata__", {}) if isinstance(header, dict) else None
+    if not isinstance(meta, dict):
+        raise InvalidArgumentError("safetensors header must be a JSON object with object metadata")
     return {str(k): str(v) for k, v in meta.items()}
 
 

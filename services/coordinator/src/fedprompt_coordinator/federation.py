@@ -673,7 +673,10 @@ class Federation:
                 if remaining <= 0:
                     return False
                 try:
-                    await asyncio.wait_for(self._changed.wait(), timeout=remaining)
+                    # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that
+                    # arrives just after a notification, so the round task would not stop.
+                    async with asyncio.timeout(remaining):
+                        await self._changed.wait()
                 except TimeoutError:
                     return predicate()
             return True

@@ -1,0 +1,644 @@
+"""Tests of the federation's round state machine, driven through its methods (no gRPC)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedprompt.chunking import describe_payload, split_payload
+from fedprompt.codec import decode_tensors, encode_tensors
+from fedprompt.errors import (
+    ConflictError,
+    InvalidArgumentError,
+    ModelMismatchError,
+    NotParticipantError,
+    UnknownClientError,
+    WrongRoundError,
+)
+from fedprompt_coordinator.aggregation import WeightedFedAvg
+from fedprompt_coordinator.clustering_backend import ClusteringBackend
+from fedprompt_coordinator.config import CoordinatorConfig
+from fedprompt_coordinator.domain import (
+    Capabilities,
+    JoinRequest,
+    MetricsPhase,
+    ModelStage,
+    Phase,
+    Task,
+    TaskKind,
+    UpdateKind,
+)
+from fedprompt_coordinator.federation import Federation
+from fedprompt_coordinator.model_store import ModelStore
+from fedprompt_coordinator.state_store import SqliteStateStore
+
+FINGERPRINT = "fp-test"
+INITIAL = {"prompt.global": [1.0, 2.0], "prompt.cluster": [10.0]}
+# Three clients in two clusters; n = 1, 3, 4.
+CLUSTERS = {"a": 0, "b": 0, "c": 1}
+EXAMPLES = {"a": 1, "b": 3, "c": 4}
+DELTAS = {
+    "a": {"prompt.global": [4.0, 8.0], "prompt.cluster": [2.0]},
+    "b": {"prompt.global": [0.0, 4.0], "prompt.cluster": [6.0]},
+    "c": {"prompt.global": [2.0, -2.0], "prompt.cluster": [1.0]},
+}
+ACCURACY = {"a": 0.5, "b": 1.0, "c": 0.25}
+TIMEOUT_S = 10.0
+
+
+def _f32(values: dict[str, list[float]]) -> dict[str, np.ndarray]:
+    return {k: np.array(v, dtype=np.float32) for k, v in values.items()}
+
+
+class Clock:
+    """A wall clock the test moves by hand, so deadlines pass without waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FixedClusters(ClusteringBackend):
+    """Assigns clients from a fixed table (cluster 0 for anyone else)."""
+
+    def __init__(self, table: dict[str, int]) -> None:
+        self.table = table
+        self.calls = 0
+
+    async def assign(self, members: dict[str, str], previous: dict[str, int]) -> dict[str, int]:
+        self.calls += 1
+        return {c: self.table.get(c, 0) for c in members}
+
+
+def _join_request(client_id: str, *, fingerprint: str = FINGERPRINT, n: int = 1) -> JoinRequest:
+    return JoinRequest(
+        client_id=client_id,
+        metadata_json=json.dumps({"site": client_id}),
+        capabilities=Capabilities("cpu", "tiny", fingerprint, ("prompt.global", "prompt.cluster")),
+        num_train_examples=n,
+    )
+
+
+async def _upload(
+    fed: Federation,
+    client_id: str,
+    round_id: int,
+    kind: UpdateKind,
+    tensors: dict[str, np.ndarray],
+    n: int,
+) -> bool:
+    payload = encode_tensors(tensors)
+    session = fed.begin_upload(
+        client_id=client_id,
+        round_id=round_id,
+        kind=kind,
+        num_examples=n,
+        info=describe_payload(payload, chunk_size=16),
+    )
+    for chunk in split_payload(payload, chunk_size=16):
+        fed.add_chunk(session, chunk)
+    return await fed.finish_upload(session)
+
+
+async def until(predicate: Callable[[], bool], what: str) -> None:
+    """Poll ``predicate`` until it holds; fail after TIMEOUT_S."""
+    try:
+        async with asyncio.timeout(TIMEOUT_S):
+            while not predicate():
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def settle() -> None:
+    """Let every ready task run (to check that something does *not* happen)."""
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+@dataclass
+class FakeClient:
+    """A client driven through the Federation's methods, like the real agent loop."""
+
+    fed: Federation
+    client_id: str
+    #: Given the count of TRAIN tasks received so far (1-based), whether to answer this one.
+    answers_train: Callable[[int], bool] = lambda k: True
+    upload_initial: bool = True
+    tasks: list[Task] = field(default_factory=list)
+    fetched: dict[tuple[int, ModelStage], dict[str, np.ndarray]] = field(default_factory=dict)
+    trained_rounds: list[int] = field(default_factory=list)
+
+    async def join(self) -> bool:
+        result = await self.fed.join(_join_request(self.client_id, n=EXAMPLES[self.client_id]))
+        if result.initial_model_requested and self.upload_initial:
+            await _upload(self.fed, self.client_id, 0, UpdateKind.INITIAL, _f32(INITIAL), 0)
+        return result.initial_model_requested
+
+    def _fetch(self, round_id: int, stage: ModelStage) -> dict[str, np.ndarray]:
+        payload = self.fed.fetch_model(self.client_id, round_id, stage)
+        tensors = {k: v.copy() for k, v in decode_tensors(payload).items()}
+        self.fetched[(round_id, stage)] = tensors
+        return tensors
+
+    async def serve(self) -> None:
+        async for task in self.fed.task_stream(self.client_id):
+            self.tasks.append(task)
+            if task.kind is TaskKind.TRAIN:
+                if not self.answers_train(sum(t.kind is TaskKind.TRAIN for t in self.tasks)):
+                    continue
+                self._fetch(task.round, ModelStage.ROUND_START)
+                delta = _f32(DELTAS[self.client_id])
+                n = EXAMPLES[self.client_id]
+                await _upload(self.fed, self.client_id, task.round, UpdateKind.DELTA, delta, n)
+                await self.fed.report_metrics(
+                    self.client_id, task.round, MetricsPhase.TRAIN, {"loss": 1.0}
+                )
+                self.trained_rounds.append(task.round)
+            elif task.kind is TaskKind.EVALUATE:
+                self._fetch(task.round, ModelStage.AGGREGATED)
+                await self.fed.report_metrics(
+                    self.client_id,
+                    task.round,
+                    MetricsPhase.EVALUATE,
+                    {"accuracy": ACCURACY[self.client_id]},
+                )
+
+    def kinds(self) -> list[tuple[TaskKind, int]]:
+        return [(t.kind, t.round) for t in self.tasks]
+
+
+@dataclass
+class Harness:
+    fed: Federation
+    state: SqliteStateStore
+    models: ModelStore
+    clock: Clock
+    clustering: FixedClusters
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self.background.append(task)
+        return task
+
+    def start(self) -> asyncio.Task[Any]:
+        return self.spawn(self.fed.run())
+
+    async def connect(self, client: FakeClient) -> asyncio.Task[Any]:
+        await client.join()
+        task = self.spawn(client.serve())
+        # Connected now, or already served (a fast round may be over before the first poll).
+        await until(
+            lambda: self._connected(client.client_id) or bool(client.tasks) or task.done(),
+            f"{client.client_id} connected",
+        )
+        return task
+
+    def _connected(self, client_id: str) -> bool:
+        return any(c.client_id == client_id and c.connected for c in self.fed.status().clients)
+
+    async def pass_deadline(self, seconds: float) -> None:
+        """Move the clock past a deadline and wake the state machine (a re-join notifies)."""
+        self.clock.now += seconds
+        any_client = self.fed.status().clients[0].client_id
+        await self.fed.join(_join_request(any_client, n=EXAMPLES.get(any_client, 1)))
+
+
+@asynccontextmanager
+async def federation(tmp_path: Path, **overrides: Any) -> AsyncIterator[Harness]:
+    settings: dict[str, Any] = {
+        "state_dir": tmp_path,
+        "rounds": 1,
+        "min_clients": 2,
+        "expected_clients": 3,  # rounds open once a, b and c are all connected
+        "quorum_wait_s": 600.0,
+        "round_deadline_s": 600.0,
+        "eval_deadline_s": 600.0,
+    }
+    settings.update(overrides)
+    config = CoordinatorConfig(**settings)
+    state = SqliteStateStore(tmp_path / "state.sqlite3")
+    models = ModelStore(tmp_path / "models")
+    clock = Clock()
+    clustering = FixedClusters(CLUSTERS)
+    fed = Federation(
+        config=config,
+        state=state,
+        models=models,
+        aggregator=WeightedFedAvg(),
+        clustering=clustering,
+        clock=clock,
+    )
+    harness = Harness(fed, state, models, clock, clustering)
+    try:
+        yield harness
+    finally:
+        for task in harness.background:
+            task.cancel()
+        await asyncio.gather(*harness.background, return_exceptions=True)
+        state.close()
+
+
+def _assert_tensors(actual: dict[str, np.ndarray], expected: dict[str, list[float]]) -> None:
+    assert sorted(actual) == sorted(expected)
+    for name, values in expected.items():
+        np.testing.assert_array_equal(actual[name], np.array(values, dtype=np.float32))
+
+
+# ----------------------------------------------------------------------------- joining
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("request_", "error", "fragment"),
+    [
+        (_join_request("has space"), InvalidArgumentError, "client_id"),
+        (_join_request(""), InvalidArgumentError, "client_id"),
+        (_join_request("x" * 129), InvalidArgumentError, "client_id"),
+        (_join_request("a", fingerprint=""), InvalidArgumentError, "model_fingerprint"),
+        (_join_request("a", n=0), InvalidArgumentError, "num_train_examples"),
+    ],
+)
+async def test_invalid_joins_are_refused(
+    tmp_path: Path, request_: JoinRequest, error: type[Exception], fragment: str
+) -> None:
+    async with federation(tmp_path) as h:
+        with pytest.raises(error, match=fragment):
+            await h.fed.join(request_)
+        assert h.fed.status().clients == ()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("metadata", ["[1, 2]", "not json", '"text"', "x" * 20_000])
+async def test_join_metadata_must_be_a_small_json_object(tmp_path: Path, metadata: str) -> None:
+    async with federation(tmp_path) as h:
+        request = JoinRequest("a", metadata, _join_request("a").capabilities, 1)
+        with pytest.raises(InvalidArgumentError, match="metadata_json"):
+            await h.fed.join(request)
+
+
+@pytest.mark.asyncio
+async def test_first_join_fixes_the_fingerprint_and_asks_for_the_initial_model(
+    tmp_path: Path,
+) -> None:
+    async with federation(tmp_path) as h:
+        first = await h.fed.join(_join_request("a"))
+        assert first.initial_model_requested
+        assert first.current_round == 0 and first.total_rounds == 1
+        with pytest.raises(ModelMismatchError, match="fingerprint"):
+            await h.fed.join(_join_request("b", fingerprint="other"))
+        await _upload(h.fed, "a", 0, UpdateKind.INITIAL, _f32(INITIAL), 0)
+        assert not (await h.fed.join(_join_request("b"))).initial_model_requested
+        # A second initial model with the same layout is an idempotent duplicate...
+        assert await _upload(h.fed, "b", 0, UpdateKind.INITIAL, _f32(INITIAL), 0)
+        # ...one with another layout is refused.
+        with pytest.raises(ModelMismatchError):
+            await _upload(h.fed, "b", 0, UpdateKind.INITIAL, {"x": np.zeros(1, np.float32)}, 0)
+        assert h.state.get_setting("model_fingerprint") == FINGERPRINT
+        assert h.models.rounds() == [0]
+
+
+@pytest.mark.asyncio
+async def test_calls_from_unknown_clients_are_refused(tmp_path: Path) -> None:
+    async with federation(tmp_path) as h:
+        with pytest.raises(UnknownClientError):
+            h.fed.fetch_model("ghost", 1, ModelStage.ROUND_START)
+        with pytest.raises(UnknownClientError):
+            await _upload(h.fed, "ghost", 0, UpdateKind.INITIAL, _f32(INITIAL), 0)
+        with pytest.raises(UnknownClientError):
+            await h.fed.report_metrics("ghost", 1, MetricsPhase.TRAIN, {"loss": 1.0})
+        with pytest.raises(UnknownClientError):
+            await anext(aiter(h.fed.task_stream("ghost")))
+
+
+# ----------------------------------------------------------------------------- quorum
+
+
+@pytest.mark.asyncio
+async def test_round_waits_for_quorum_and_an_initial_model(tmp_path: Path) -> None:
+    async with federation(tmp_path, expected_clients=None, quorum_wait_s=0.0) as h:
+        run = h.start()
+        a = FakeClient(h.fed, "a", upload_initial=False, answers_train=lambda k: False)
+        b = FakeClient(h.fed, "b", upload_initial=False, answers_train=lambda k: False)
+        await h.connect(a)
+        await settle()
+        assert h.fed.phase is Phase.WAITING_FOR_QUORUM and a.tasks == []
+
+        await h.connect(b)  # two connected, but no model yet
+        await settle()
+        assert h.fed.phase is Phase.WAITING_FOR_QUORUM and a.tasks == [] and b.tasks == []
+
+        await _upload(h.fed, "a", 0, UpdateKind.INITIAL, _f32(INITIAL), 0)
+        await until(lambda: bool(a.tasks and b.tasks), "TRAIN tasks")
+        assert a.kinds() == b.kinds() == [(TaskKind.TRAIN, 1)]
+        assert not run.done()
+
+
+@pytest.mark.asyncio
+async def test_expected_clients_opens_the_round_when_all_are_connected(tmp_path: Path) -> None:
+    async with federation(tmp_path, expected_clients=3, quorum_wait_s=600.0) as h:
+        h.start()
+        clients = [FakeClient(h.fed, c, answers_train=lambda k: False) for c in "abc"]
+        await h.connect(clients[0])
+        await h.connect(clients[1])
+        await settle()
+        assert h.fed.phase is Phase.WAITING_FOR_QUORUM  # quorum holds, still waiting for c
+        await h.connect(clients[2])
+        await until(lambda: all(c.tasks for c in clients), "TRAIN tasks for all three")
+        assert {t.cluster_id for c in clients for t in c.tasks} == {0, 1}
+        assert [c.tasks[0].cluster_id for c in clients] == [0, 0, 1]
+
+
+@pytest.mark.asyncio
+async def test_quorum_wait_ends_at_its_deadline(tmp_path: Path) -> None:
+    async with federation(tmp_path, expected_clients=3, quorum_wait_s=30.0) as h:
+        h.start()
+        a = FakeClient(h.fed, "a", answers_train=lambda k: False)
+        b = FakeClient(h.fed, "b", answers_train=lambda k: False)
+        await h.connect(a)
+        await h.connect(b)
+        await settle()
+        assert a.tasks == []
+        await h.pass_deadline(31.0)
+        await until(lambda: bool(a.tasks and b.tasks), "TRAIN tasks after the quorum wait")
+        assert a.kinds() == [(TaskKind.TRAIN, 1)]
+
+
+# ----------------------------------------------------------------------------- rounds
+
+
+@pytest.mark.asyncio
+async def test_round_with_three_clients_advances_the_model_by_the_weighted_mean(
+    tmp_path: Path,
+) -> None:
+    async with federation(tmp_path) as h:
+        run = h.start()
+        clients = {c: FakeClient(h.fed, c) for c in "abc"}
+        for client in clients.values():
+            await h.connect(client)
+        await asyncio.wait_for(run, TIMEOUT_S)
+        await until(
+            lambda: all(c.tasks[-1].kind is TaskKind.FINISHED for c in clients.values()), "FINISHED"
+        )
+
+        for cid, client in clients.items():
+            assert client.kinds() == [
+                (TaskKind.TRAIN, 1),
+                (TaskKind.EVALUATE, 1),
+                (TaskKind.FINISHED, 1),
+            ]
+            assert client.tasks[0].cluster_id == CLUSTERS[cid]
+            assert [(s.name, s.dtype, s.shape) for s in client.tasks[0].expected_update] == [
+                ("prompt.cluster", "F32", (1,)),
+                ("prompt.global", "F32", (2,)),
+            ]
+            _assert_tensors(client.fetched[(1, ModelStage.ROUND_START)], INITIAL)
+
+        # Global: [1,2] + (1*[4,8] + 3*[0,4] + 4*[2,-2]) / 8 = [2.5, 3.5].
+        # Cluster 0 (a, b): 10 + (1*2 + 3*6) / 4 = 15.  Cluster 1 (c): 10 + 1 = 11.
+        cluster0 = {"prompt.global": [2.5, 3.5], "prompt.cluster": [15.0]}
+        cluster1 = {"prompt.global": [2.5, 3.5], "prompt.cluster": [11.0]}
+        _assert_tensors(clients["a"].fetched[(1, ModelStage.AGGREGATED)], cluster0)
+        _assert_tensors(clients["b"].fetched[(1, ModelStage.AGGREGATED)], cluster0)
+        _assert_tensors(clients["c"].fetched[(1, ModelStage.AGGREGATED)], cluster1)
+
+        saved = h.models.load(1)
+        _assert_tensors(saved.for_cluster(0), cluster0)
+        _assert_tensors(saved.for_cluster(1), cluster1)
+
+        (record,) = h.state.rounds()
+        assert (record.round, record.status, record.num_clusters) == (1, "completed", 2)
+        assert [
+            (c.client_id, c.cluster_id, c.num_examples, c.update_accepted) for c in record.clients
+        ] == [("a", 0, 1, True), ("b", 0, 3, True), ("c", 1, 4, True)]
+        assert record.clients[0].train_metrics == {"loss": 1.0}
+        assert record.clients[2].eval_metrics == {"accuracy": 0.25}
+        # Accuracies 0.5, 1.0, 0.25: mean 7/12, Jain 1.75^2 / (3 * 1.3125) = 7/9.
+        assert record.summary["accuracy_mean"] == pytest.approx(7 / 12)
+        assert record.summary["accuracy_worst"] == 0.25
+        assert record.summary["jain_index"] == pytest.approx(7 / 9)
+        assert record.summary["cluster_0_accuracy_mean"] == pytest.approx(0.75)
+        assert record.summary["cluster_1_accuracy_mean"] == pytest.approx(0.25)
+        assert record.summary["updates_accepted"] == 3.0
+
+        status = h.fed.status()
+        assert (status.completed_rounds, status.phase) == (1, Phase.DONE)
+        assert h.state.assignment() == CLUSTERS
+
+
+@pytest.mark.asyncio
+async def test_client_missing_the_deadline_is_left_out_when_quorum_holds(tmp_path: Path) -> None:
+    async with federation(tmp_path) as h:
+        run = h.start()
+        a, b = FakeClient(h.fed, "a"), FakeClient(h.fed, "b")
+        c = FakeClient(h.fed, "c", answers_train=lambda k: False)
+        for client in (a, b, c):
+            await h.connect(client)
+        await until(lambda: a.trained_rounds == [1] and b.trained_rounds == [1], "a and b trained")
+        await until(lambda: c.tasks != [], "c's TRAIN task")
+        await settle()
+        assert h.fed.phase is Phase.TRAINING  # still waiting for c
+        await h.pass_deadline(601.0)
+        await asyncio.wait_for(run, TIMEOUT_S)
+
+        (record,) = h.state.rounds()
+        assert record.status == "completed"
+        assert [(r.client_id, r.update_accepted, r.num_examples) for r in record.clients] == [
+            ("a", True, 1),
+            ("b", True, 3),
+            ("c", False, 0),
+        ]
+        assert record.summary["participants"] == 3.0
+        assert record.summary["updates_accepted"] == 2.0
+        # Only a and b: global [1,2] + (1*[4,8] + 3*[0,4]) / 4 = [2, 7]; cluster 0: 15.
+        saved = h.models.load(1)
+        _assert_tensors(
+            saved.for_cluster(0), {"prompt.global": [2.0, 7.0], "prompt.cluster": [15.0]}
+        )
+        # Cluster 1 had no update: it still starts from the template.
+        _assert_tensors(
+            saved.for_cluster(1), {"prompt.global": [2.0, 7.0], "prompt.cluster": [10.0]}
+        )
+        await until(lambda: c.tasks[-1].kind is TaskKind.FINISHED, "c finished")
+        assert c.kinds() == [(TaskKind.TRAIN, 1), (TaskKind.FINISHED, 1)]  # no EVALUATE for c
+        assert (TaskKind.EVALUATE, 1) in a.kinds()
+
+
+@pytest.mark.asyncio
+async def test_round_without_quorum_by_the_deadline_fails_and_is_retried(tmp_path: Path) -> None:
+    async with federation(tmp_path) as h:
+        run = h.start()
+        a = FakeClient(h.fed, "a")
+        lazy_once = {c: FakeClient(h.fed, c, answers_train=lambda k: k >= 2) for c in "bc"}
+        for client in (a, *lazy_once.values()):
+            await h.connect(client)
+        await until(lambda: a.trained_rounds == [1], "a trained")
+        await until(lambda: all(c.tasks for c in lazy_once.values()), "TRAIN tasks")
+        await h.pass_deadline(601.0)
+
+        await asyncio.wait_for(run, TIMEOUT_S)
+        failed, completed = h.state.rounds()
+        assert failed.round == completed.round == 1
+        assert failed.status == "failed: 1 of 3 updates by the deadline, quorum is 2"
+        assert [(r.client_id, r.update_accepted) for r in failed.clients] == [
+            ("a", True),
+            ("b", False),
+            ("c", False),
+        ]
+        assert completed.status == "completed"
+        assert all(r.update_accepted for r in completed.clients)
+        assert h.state.last_completed_round() == 1
+        # The retry started from the same model, so the result equals a full first round.
+        _assert_tensors(
+            h.models.load(1).for_cluster(0), {"prompt.global": [2.5, 3.5], "prompt.cluster": [15.0]}
+        )
+        assert a.trained_rounds == [1, 1]
+        assert a.kinds()[:2] == [(TaskKind.TRAIN, 1), (TaskKind.TRAIN, 1)]
+
+
+@pytest.mark.asyncio
+async def test_update_rules_during_a_round(tmp_path: Path) -> None:
+    async with federation(tmp_path, expected_clients=None, quorum_wait_s=0.0) as h:
+        h.start()
+        a = FakeClient(h.fed, "a", answers_train=lambda k: False)
+        b = FakeClient(h.fed, "b", answers_train=lambda k: False)
+        await h.connect(a)
+        await h.connect(b)
+        await until(lambda: bool(a.tasks and b.tasks), "TRAIN tasks")
+        delta = _f32(DELTAS["a"])
+
+        with pytest.raises(WrongRoundError):
+            await _upload(h.fed, "a", 2, UpdateKind.DELTA, delta, 1)
+        with pytest.raises(InvalidArgumentError, match="num_examples"):
+            await _upload(h.fed, "a", 1, UpdateKind.DELTA, delta, 0)
+        with pytest.raises(WrongRoundError, match="not been aggregated"):
+            h.fed.fetch_model("a", 1, ModelStage.AGGREGATED)
+
+        await h.fed.join(_join_request("late"))  # joined after the round opened
+        with pytest.raises(NotParticipantError):
+            await _upload(h.fed, "late", 1, UpdateKind.DELTA, delta, 1)
+        with pytest.raises(NotParticipantError):
+            h.fed.fetch_model("late", 1, ModelStage.ROUND_START)
+        with pytest.raises(NotParticipantError):
+            await h.fed.report_metrics("late", 1, MetricsPhase.TRAIN, {"loss": 1.0})
+
+        with pytest.raises(InvalidArgumentError, match="not finite"):
+            await h.fed.report_metrics("a", 1, MetricsPhase.TRAIN, {"loss": float("nan")})
+        with pytest.raises(InvalidArgumentError, match="at most 64 metrics"):
+            await h.fed.report_metrics(
+                "a", 1, MetricsPhase.TRAIN, {f"m{i}": 0.0 for i in range(65)}
+            )
+        with pytest.raises(WrongRoundError):
+            await h.fed.report_metrics("a", 3, MetricsPhase.TRAIN, {"loss": 1.0})
+
+        assert not await _upload(h.fed, "a", 1, UpdateKind.DELTA, delta, 1)
+        assert await _upload(h.fed, "a", 1, UpdateKind.DELTA, delta, 1)  # same bytes: duplicate
+        with pytest.raises(ConflictError, match="already submitted"):
+            await _upload(h.fed, "a", 1, UpdateKind.DELTA, _f32(DELTAS["b"]), 1)
+        assert h.fed.phase is Phase.TRAINING
+
+
+# ----------------------------------------------------------------------------- restart
+
+
+@pytest.mark.asyncio
+async def test_restart_resumes_after_the_last_completed_round(tmp_path: Path) -> None:
+    async with federation(tmp_path) as h:
+        run = h.start()
+        for cid in "abc":
+            await h.connect(FakeClient(h.fed, cid))
+        await asyncio.wait_for(run, TIMEOUT_S)
+    round1 = {
+        0: {"prompt.global": [2.5, 3.5], "prompt.cluster": [15.0]},
+        1: {"prompt.global": [2.5, 3.5], "prompt.cluster": [11.0]},
+    }
+
+    async with federation(tmp_path, rounds=2) as h:
+        status = h.fed.status()
+        assert (status.completed_rounds, status.current_round, status.total_rounds) == (1, 1, 2)
+        assert status.phase is Phase.WAITING_FOR_QUORUM
+        assert status.model_fingerprint == FINGERPRINT
+        assert [(c.client_id, c.connected, c.cluster_id) for c in status.clients] == [
+            ("a", False, 0),
+            ("b", False, 0),
+            ("c", False, 1),
+        ]
+        assert [r.status for r in status.rounds] == ["completed"]
+        with pytest.raises(ModelMismatchError):
+            await h.fed.join(_join_request("d", fingerprint="another-model"))
+
+        run = h.start()
+        clients = {cid: FakeClient(h.fed, cid) for cid in "abc"}
+        for client in clients.values():
+            assert not await client.join()  # the model survived: no initial upload requested
+            h.spawn(client.serve())
+        await asyncio.wait_for(run, TIMEOUT_S)
+
+        for cid, client in clients.items():
+            assert client.kinds()[0] == (TaskKind.TRAIN, 2)
+            _assert_tensors(client.fetched[(2, ModelStage.ROUND_START)], round1[CLUSTERS[cid]])
+        # Round 2 applies the same deltas once more.
+        _assert_tensors(
+            h.models.load(2).for_cluster(0), {"prompt.global": [4.0, 5.0], "prompt.cluster": [20.0]}
+        )
+        _assert_tensors(
+            h.models.load(2).for_cluster(1), {"prompt.global": [4.0, 5.0], "prompt.cluster": [12.0]}
+        )
+        assert [(r.round, r.status) for r in h.state.rounds()] == [
+            (1, "completed"),
+            (2, "completed"),
+        ]
+
+
+@pytest.mark.asyncio
+async def test_restart_after_the_last_round_is_done_at_once(tmp_path: Path) -> None:
+    async with federation(tmp_path) as h:
+        run = h.start()
+        for cid in "abc":
+            await h.connect(FakeClient(h.fed, cid))
+        await asyncio.wait_for(run, TIMEOUT_S)
+
+    async with federation(tmp_path) as h:
+        assert h.fed.phase is Phase.DONE
+        client = FakeClient(h.fed, "a")
+        await client.join()
+        await asyncio.wait_for(client.serve(), TIMEOUT_S)
+        assert client.kinds() == [(TaskKind.FINISHED, 1)]
+
+
+# ----------------------------------------------------------------------------- cancellation
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("yields", [0, 1, 2])
+async def test_run_stops_when_cancelled_right_after_a_notification(
+    tmp_path: Path, yields: int
+) -> None:
+    # Cancelling the round task in the same loop iteration in which a client call woke it up
+    # must still stop it (asyncio.wait_for on Python 3.11 can swallow such a cancellation).
+    async with federation(tmp_path, expected_clients=None, quorum_wait_s=0.0) as h:
+        run = h.start()
+        a = FakeClient(h.fed, "a", answers_train=lambda k: False)
+        b = FakeClient(h.fed, "b", answers_train=lambda k: False)
+        await h.connect(a)
+        await h.connect(b)
+        await until(lambda: bool(a.tasks and b.tasks), "TRAIN tasks")
+        await settle()
+        await h.fed.join(_join_request("a"))  # wakes the state machine waiting for updates
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        run.cancel()
+        done, _ = await asyncio.wait({run}, timeout=TIMEOUT_S)
+        assert run in done, "the round task ignored its cancellation"
+        assert run.cancelled()
