@@ -29,7 +29,10 @@ lint:
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: setup proto-check lint
+typecheck:
+	$(BIN)/mypy --strict libs/common/src services/coordinator/src services/clusterer/src services/client_agent/src cli/src
+
+test: setup proto-check lint typecheck
 	$(BIN)/python -m pytest -q tests
 
 test-unit: setup

@@ -44,8 +44,8 @@ class UpOptions:
     torch_threads: int
 
 
-def _phase_name(phase: int) -> str:
-    return common_pb2.RoundPhase.Name(phase).removeprefix("ROUND_PHASE_").lower()  # type: ignore[arg-type]
+def _phase_name(phase: common_pb2.RoundPhase.ValueType) -> str:
+    return common_pb2.RoundPhase.Name(phase).removeprefix("ROUND_PHASE_").lower()
 
 
 def _silo_dirs(options: UpOptions, console: Console) -> list[Path]:
@@ -90,15 +90,15 @@ def _progress(status: coordinator_pb2.GetStatusResponse, started: float) -> Tabl
         table.add_column(col)
     last_eval: dict[str, float] = {}
     for r in status.rounds:
-        for c in r.clients:
-            if "accuracy" in c.eval_metrics:
-                last_eval[c.client_id] = c.eval_metrics["accuracy"]
-    for c in status.clients:
-        acc = last_eval.get(c.client_id)
+        for record in r.clients:
+            if "accuracy" in record.eval_metrics:
+                last_eval[record.client_id] = record.eval_metrics["accuracy"]
+    for client in status.clients:
+        acc = last_eval.get(client.client_id)
         table.add_row(
-            c.client_id,
-            str(c.cluster_id),
-            "yes" if c.connected else "no",
+            client.client_id,
+            str(client.cluster_id),
+            "yes" if client.connected else "no",
             "-" if acc is None else f"{100 * acc:.1f}%",
         )
     return table

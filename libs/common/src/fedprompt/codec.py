@@ -8,6 +8,7 @@ for anything that is not a well-formed safetensors payload.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -82,7 +83,10 @@ def decode_tensors(payload: bytes | bytearray | memoryview) -> dict[str, np.ndar
         When the bytes are not a valid safetensors payload or hold an unknown dtype.
     """
     try:
-        views = safetensors.deserialize(bytes(payload))
+        # safetensors ships no annotation for deserialize: [(name, {dtype, shape, data})].
+        views: list[tuple[str, dict[str, Any]]] = safetensors.deserialize(  # type: ignore[no-untyped-call]
+            bytes(payload)
+        )
     except Exception as exc:  # noqa: BLE001 - safetensors raises several error types
         raise InvalidArgumentError(f"payload is not valid safetensors: {exc}") from None
     result: dict[str, np.ndarray] = {}

@@ -2,15 +2,19 @@
 
 Every server gets the same message limits, keepalive settings, the standard
 ``grpc.health.v1`` service and the :class:`ErrorMappingInterceptor`, which is the only
-place where domain errors become gRPC status codes.
+place where domain errors become gRPC status codes. Server processes announce the port they
+bound with :func:`announce_port` and stop on SIGTERM/SIGINT through
+:func:`stop_event_on_signals`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn, TypeAlias, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -26,7 +30,18 @@ MAX_CHUNK_BYTES = 1 * MIB
 DEFAULT_MAX_MESSAGE_BYTES = 2 * MIB
 CLIENT_ID_METADATA_KEY = "x-fedprompt-client-id"
 
-Handler = grpc.RpcMethodHandler
+#: A method handler of any request and response type (what interceptors see).
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+#: The aio context of a call whose message types the caller does not know.
+AnyContext: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+#: An aio behaviour answering with one response (unary-unary, stream-unary).
+UnaryBehavior: TypeAlias = Callable[[Any, AnyContext], Awaitable[Any]]
+#: An aio behaviour answering with a response stream (unary-stream, stream-stream).
+StreamingBehavior: TypeAlias = Callable[[Any, AnyContext], AsyncIterator[Any]]
+#: Wraps the request iterator of a client-streaming call.
+RequestIterWrapper: TypeAlias = Callable[[AsyncIterator[Any], AnyContext], AsyncIterator[Any]]
+
+_R = TypeVar("_R")
 
 
 def channel_options(*, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
@@ -51,10 +66,9 @@ def channel_options(*, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> li
 def wrap_handler(
     handler: Handler,
     *,
-    unary: Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]],
-    streaming: Callable[[Callable[..., AsyncIterator[Any]]], Callable[..., AsyncIterator[Any]]],
-    request_iter: Callable[[AsyncIterator[Any], grpc.aio.ServicerContext], AsyncIterator[Any]]
-    | None = None,
+    unary: Callable[[UnaryBehavior], UnaryBehavior],
+    streaming: Callable[[StreamingBehavior], StreamingBehavior],
+    request_iter: RequestIterWrapper | None = None,
 ) -> Handler:
     """Return a copy of ``handler`` whose behaviour is wrapped.
 
@@ -62,43 +76,47 @@ def wrap_handler(
     responses; ``request_iter`` (optional) wraps client-streamed request iterators.
     """
 
-    def wrap_requests(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    def wrap_requests(
+        behavior: Callable[[Any, AnyContext], _R],
+    ) -> Callable[[Any, AnyContext], _R]:
         if request_iter is None:
             return behavior
 
-        def call(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+        def call(requests: AsyncIterator[Any], context: AnyContext) -> _R:
             return behavior(request_iter(requests, context), context)
 
         return call
 
+    # grpc-stubs type a handler's behaviours as those of a sync server; on an aio server
+    # they are coroutine functions (one response) or async generator functions (a stream).
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
-            unary(handler.unary_unary),
+            unary(cast(UnaryBehavior, handler.unary_unary)),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            streaming(handler.unary_stream),
+            streaming(cast(StreamingBehavior, handler.unary_stream)),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(
-            unary(wrap_requests(handler.stream_unary)),
+            unary(wrap_requests(cast(UnaryBehavior, handler.stream_unary))),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.stream_stream is not None:
         return grpc.stream_stream_rpc_method_handler(
-            streaming(wrap_requests(handler.stream_stream)),
+            streaming(wrap_requests(cast(StreamingBehavior, handler.stream_stream))),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
     return handler
 
 
-async def _abort_for(exc: BaseException, context: grpc.aio.ServicerContext, method: str) -> None:
+async def _abort_for(exc: BaseException, context: AnyContext, method: str) -> NoReturn:
     """Abort the call with the status that ``exc`` maps to, logging it once."""
     if isinstance(exc, FedPromptError):
         logger.info("%s -> %s: %s", method, exc.status_code.name, exc.message)
@@ -112,17 +130,17 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
+    ) -> Handler | None:
         """Wrap the method handler so that escaping exceptions become status codes."""
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
         method = handler_call_details.method
 
-        def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def call(request: Any, context: AnyContext) -> Any:
                 try:
                     return await behavior(request, context)
                 except grpc.aio.AbortError:
@@ -132,10 +150,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
             return call
 
-        def streaming(
-            behavior: Callable[..., AsyncIterator[Any]],
-        ) -> Callable[..., AsyncIterator[Any]]:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        def streaming(behavior: StreamingBehavior) -> StreamingBehavior:
+            async def call(request: Any, context: AnyContext) -> AsyncIterator[Any]:
                 try:
                     async for response in behavior(request, context):
                         yield response
@@ -201,6 +217,30 @@ async def start_server(
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     logger.info("serving %s on port %d", ", ".join(service_names), port)
     return ServerHandle(server=server, port=port, health=health_servicer)
+
+
+def announce_port(handle: ServerHandle) -> None:
+    """Print ``LISTENING <port>`` on stdout (flushed) so that a parent process can read it.
+
+    The ``fedprompt up`` launcher and the process tests parse this line to learn the port a
+    server bound when it was asked for port 0.
+    """
+    print(f"LISTENING {handle.port}", flush=True)
+
+
+def stop_event_on_signals(
+    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+) -> asyncio.Event:
+    """Return an event that is set when the process receives one of ``signals``.
+
+    The handlers are installed on the running event loop (so call this from a coroutine)
+    and stay until the loop closes; a server awaits the event, then stops gracefully.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in signals:
+        loop.add_signal_handler(signum, stop.set)
+    return stop
 
 
 def create_channel(

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 import numpy as np
@@ -24,6 +24,9 @@ from fedprompt.codec import decode_tensors, encode_tensors
 from fedprompt.server import CLIENT_ID_METADATA_KEY, create_channel
 from fedprompt.transfer import chunk_from_proto, payload_info_from_proto, payload_messages
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+
+if TYPE_CHECKING:  # the async stub class exists only in the generated .pyi
+    from fedprompt.v1.coordinator_pb2_grpc import CoordinatorAsyncStub
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +126,7 @@ class ClientAgent:
                 await asyncio.sleep(sleep)
                 delay = min(delay * 2, 10.0)
 
-    async def _join(self, stub: coordinator_pb2_grpc.CoordinatorStub) -> None:
+    async def _join(self, stub: CoordinatorAsyncStub) -> None:
         rt = self._runtime
         response = await stub.Join(
             coordinator_pb2.JoinRequest(
@@ -148,7 +151,7 @@ class ClientAgent:
             )
             logger.info("uploaded the initial model (%d tensors)", len(state))
 
-    async def _serve_tasks(self, stub: coordinator_pb2_grpc.CoordinatorStub) -> str:
+    async def _serve_tasks(self, stub: CoordinatorAsyncStub) -> str:
         stream = stub.StreamTasks(
             coordinator_pb2.StreamTasksRequest(client_id=self._runtime.client_id),
             metadata=self._metadata,
@@ -168,9 +171,7 @@ class ClientAgent:
             "task stream closed",
         )
 
-    async def _train(
-        self, stub: coordinator_pb2_grpc.CoordinatorStub, task: coordinator_pb2.Task
-    ) -> None:
+    async def _train(self, stub: CoordinatorAsyncStub, task: coordinator_pb2.Task) -> None:
         rt = self._runtime
         received, digest = await self._fetch(
             stub, task.round, coordinator_pb2.MODEL_STAGE_ROUND_START
@@ -221,9 +222,7 @@ class ClientAgent:
             after.get("accuracy", float("nan")),
         )
 
-    async def _evaluate(
-        self, stub: coordinator_pb2_grpc.CoordinatorStub, task: coordinator_pb2.Task
-    ) -> None:
+    async def _evaluate(self, stub: CoordinatorAsyncStub, task: coordinator_pb2.Task) -> None:
         rt = self._runtime
         aggregated, digest = await self._fetch(
             stub, task.round, coordinator_pb2.MODEL_STAGE_AGGREGATED
@@ -249,7 +248,10 @@ class ClientAgent:
         )
 
     async def _fetch(
-        self, stub: coordinator_pb2_grpc.CoordinatorStub, round_id: int, stage: int
+        self,
+        stub: CoordinatorAsyncStub,
+        round_id: int,
+        stage: coordinator_pb2.ModelStage.ValueType,
     ) -> tuple[dict[str, np.ndarray], bytes]:
         """Download a model; returns its tensors and the payload's SHA-256."""
         call = stub.FetchModel(
@@ -276,10 +278,10 @@ class ClientAgent:
 
     async def _upload(
         self,
-        stub: coordinator_pb2_grpc.CoordinatorStub,
+        stub: CoordinatorAsyncStub,
         *,
         round_id: int,
-        kind: int,
+        kind: coordinator_pb2.UpdateKind.ValueType,
         tensors: Mapping[str, np.ndarray],
         num_examples: int,
     ) -> coordinator_pb2.UploadUpdateResponse:
@@ -291,7 +293,7 @@ class ClientAgent:
                 header=coordinator_pb2.UpdateHeader(
                     client_id=self._runtime.client_id,
                     round=round_id,
-                    kind=kind,  # type: ignore[arg-type]
+                    kind=kind,
                     num_examples=num_examples,
                     payload=header,
                 )
@@ -299,7 +301,4 @@ class ClientAgent:
             for chunk in chunks:
                 yield coordinator_pb2.UploadUpdateRequest(chunk=chunk)
 
-        response: coordinator_pb2.UploadUpdateResponse = await stub.UploadUpdate(
-            requests(), metadata=self._metadata, timeout=600
-        )
-        return response
+        return await stub.UploadUpdate(requests(), metadata=self._metadata, timeout=600)

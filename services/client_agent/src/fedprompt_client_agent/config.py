@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedprompt.config import LogLevel
+
 
 class DeviceChoice(enum.StrEnum):
     """Where the frozen model runs."""
@@ -40,4 +42,4 @@ class ClientAgentConfig(BaseModel):
     max_reconnect_s: float = Field(
         300.0, gt=0, description="Give up when the coordinator stays unreachable this long."
     )
-    log_level: str = Field("INFO", description="Python logging level.")
+    log_level: LogLevel = Field(LogLevel.INFO, description="Python logging level.")

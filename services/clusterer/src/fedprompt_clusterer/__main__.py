@@ -10,16 +10,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 from collections.abc import Sequence
 
 import grpc
 
+from fedprompt.config import ConfigError, load_config
 from fedprompt.logs import configure_logging
-from fedprompt.server import start_server
+from fedprompt.server import announce_port, start_server, stop_event_on_signals
 from fedprompt.v1 import clusterer_pb2_grpc
-from fedprompt_clusterer.config import ClustererConfig, ConfigError, listen_port, load_config
+from fedprompt_clusterer.config import ENV_PREFIX, ClustererConfig, listen_port
 from fedprompt_clusterer.servicer import SERVICE_NAME, ClustererServicer
 
 logger = logging.getLogger(__name__)
@@ -59,20 +59,15 @@ async def serve(config: ClustererConfig) -> None:
     handle = await start_server(
         register=register, service_names=[SERVICE_NAME], address=config.listen
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_event_on_signals()
     logger.info("clusterer listening on port %d", handle.port)
     if listen_port(config.listen) == 0:
-        print(f"LISTENING {handle.port}", flush=True)
+        announce_port(handle)
     try:
         await stop.wait()
     finally:
         logger.info("stopping (grace %.1f s)", config.shutdown_grace_seconds)
         await handle.stop(config.shutdown_grace_seconds)
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
     logger.info("stopped")
 
 
@@ -93,8 +88,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(
             ClustererConfig,
-            args.config,
-            {"listen": args.listen, "log_level": args.log_level},
+            yaml_path=args.config,
+            env_prefix=ENV_PREFIX,
+            overrides={"listen": args.listen, "log_level": args.log_level},
         )
     except ConfigError as exc:
         print(f"fedprompt-clusterer: {exc}", file=sys.stderr)

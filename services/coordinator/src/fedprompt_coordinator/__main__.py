@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 import sys
 
 from fedprompt.config import ConfigError, load_config
 from fedprompt.logs import configure_logging
-from fedprompt.server import start_server
+from fedprompt.server import announce_port, start_server, stop_event_on_signals
 from fedprompt.v1 import coordinator_pb2_grpc
 from fedprompt_coordinator.aggregation import make_aggregator
 from fedprompt_coordinator.clustering_backend import make_clustering_backend
@@ -61,17 +60,16 @@ async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> None:
         address=config.listen,
         interceptors=[TrafficInterceptor(federation.traffic)],
     )
-    print(f"LISTENING {handle.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    announce_port(handle)
+    stop = stop_event_on_signals()
     rounds = asyncio.create_task(federation.run(), name="rounds")
     stopper = asyncio.create_task(stop.wait(), name="stop")
     waiting = {stopper} if not exit_when_done else {stopper, rounds}
     done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-    if rounds in done and rounds.exception() is not None:
-        raise rounds.exception()  # type: ignore[misc]
+    if rounds in done:
+        failure = rounds.exception()
+        if failure is not None:
+            raise failure
     if rounds.done() and exit_when_done:
         await asyncio.sleep(1.0)  # let clients read their FINISHED task
     rounds.cancel()

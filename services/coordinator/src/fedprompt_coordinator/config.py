@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fedprompt.config import LogLevel
+
 
 class NoisePolicy(enum.StrEnum):
     """What the clusterer does with HDBSCAN's noise points."""
@@ -20,10 +22,14 @@ class TrainingConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    local_steps: int = Field(20, ge=1, description="Optimizer steps per client per round.")
-    batch_size: int = Field(16, ge=1, description="Local mini-batch size.")
-    learning_rate: float = Field(3e-2, gt=0, description="Learning rate of the soft prompt.")
-    head_learning_rate: float = Field(3e-3, gt=0, description="Learning rate of the task head.")
+    local_steps: int = Field(default=20, ge=1, description="Optimizer steps per client per round.")
+    batch_size: int = Field(default=16, ge=1, description="Local mini-batch size.")
+    learning_rate: float = Field(
+        default=3e-2, gt=0, description="Learning rate of the soft prompt."
+    )
+    head_learning_rate: float = Field(
+        default=3e-3, gt=0, description="Learning rate of the task head."
+    )
 
 
 class ClusteringConfig(BaseModel):
@@ -32,13 +38,17 @@ class ClusteringConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     address: str | None = Field(
-        None, description="host:port of the clusterer; None puts every client in cluster 0."
+        default=None, description="host:port of the clusterer; None puts every client in cluster 0."
     )
-    min_cluster_size: int = Field(2, ge=2, description="HDBSCAN min_cluster_size.")
-    min_samples: int = Field(1, ge=1, description="HDBSCAN min_samples.")
-    noise_policy: NoisePolicy = Field(NoisePolicy.NEAREST, description="Where noise points go.")
-    timeout_s: float = Field(30.0, gt=0, description="Deadline of one Cluster call.")
-    retries: int = Field(3, ge=0, description="Retries (exponential backoff) on UNAVAILABLE.")
+    min_cluster_size: int = Field(default=2, ge=2, description="HDBSCAN min_cluster_size.")
+    min_samples: int = Field(default=1, ge=1, description="HDBSCAN min_samples.")
+    noise_policy: NoisePolicy = Field(
+        default=NoisePolicy.NEAREST, description="Where noise points go."
+    )
+    timeout_s: float = Field(default=30.0, gt=0, description="Deadline of one Cluster call.")
+    retries: int = Field(
+        default=3, ge=0, description="Retries (exponential backoff) on UNAVAILABLE."
+    )
 
 
 class CoordinatorConfig(BaseModel):
@@ -63,9 +73,9 @@ class CoordinatorConfig(BaseModel):
     max_update_bytes: int = Field(
         2 * 1024**3, ge=1, description="Largest update payload a client may upload."
     )
-    training: TrainingConfig = Field(default_factory=TrainingConfig)  # type: ignore[arg-type]
-    clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)  # type: ignore[arg-type]
-    log_level: str = Field("INFO", description="Python logging level.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)
+    log_level: LogLevel = Field(LogLevel.INFO, description="Python logging level.")
 
     @model_validator(mode="after")
     def _expected_at_least_quorum(self) -> CoordinatorConfig:

@@ -256,8 +256,8 @@ class Federation:
             session.queue.put_nowait(None)  # a newer stream replaces the old one
         queue: asyncio.Queue[Task | None] = asyncio.Queue()
         session.queue = queue
-        for task in self._pending_tasks_for(client_id):
-            queue.put_nowait(task)
+        for pending in self._pending_tasks_for(client_id):
+            queue.put_nowait(pending)
         await self._notify()
         try:
             while True:

@@ -12,6 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from fedprompt.codec import decode_tensors, encode_tensors
 from fedprompt_coordinator.domain import FederationModel
 
@@ -82,7 +84,7 @@ class ModelStore:
         if not folder.is_dir():
             raise FileNotFoundError(f"no model snapshot for round {round_id} in {self.root}")
 
-        def read(path: Path) -> dict:
+        def read(path: Path) -> dict[str, np.ndarray]:
             return {k: v.copy() for k, v in decode_tensors(path.read_bytes()).items()}
 
         clusters = {

@@ -20,21 +20,31 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self._federation = federation
 
     async def Join(  # noqa: N802 - gRPC method name
-        self, request: coordinator_pb2.JoinRequest, context: grpc.aio.ServicerContext
+        self,
+        request: coordinator_pb2.JoinRequest,
+        context: grpc.aio.ServicerContext[
+            coordinator_pb2.JoinRequest, coordinator_pb2.JoinResponse
+        ],
     ) -> coordinator_pb2.JoinResponse:
         """Register a client."""
         result = await self._federation.join(serde.join_request_from_proto(request))
         return serde.join_result_to_proto(result)
 
     async def StreamTasks(  # noqa: N802 - gRPC method name
-        self, request: coordinator_pb2.StreamTasksRequest, context: grpc.aio.ServicerContext
+        self,
+        request: coordinator_pb2.StreamTasksRequest,
+        context: grpc.aio.ServicerContext[coordinator_pb2.StreamTasksRequest, coordinator_pb2.Task],
     ) -> AsyncIterator[coordinator_pb2.Task]:
         """Stream tasks to a client until the federation is done."""
         async for task in self._federation.task_stream(request.client_id):
             yield serde.task_to_proto(task)
 
     async def FetchModel(  # noqa: N802 - gRPC method name
-        self, request: coordinator_pb2.FetchModelRequest, context: grpc.aio.ServicerContext
+        self,
+        request: coordinator_pb2.FetchModelRequest,
+        context: grpc.aio.ServicerContext[
+            coordinator_pb2.FetchModelRequest, coordinator_pb2.FetchModelResponse
+        ],
     ) -> AsyncIterator[coordinator_pb2.FetchModelResponse]:
         """Stream the requested model as a header plus chunks."""
         payload = self._federation.fetch_model(
@@ -48,7 +58,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     async def UploadUpdate(  # noqa: N802 - gRPC method name
         self,
         request_iterator: AsyncIterator[coordinator_pb2.UploadUpdateRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[
+            coordinator_pb2.UploadUpdateRequest, coordinator_pb2.UploadUpdateResponse
+        ],
     ) -> coordinator_pb2.UploadUpdateResponse:
         """Receive a header and chunks; validate and store the update."""
         upload = None
@@ -77,7 +89,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         )
 
     async def ReportMetrics(  # noqa: N802 - gRPC method name
-        self, request: coordinator_pb2.ReportMetricsRequest, context: grpc.aio.ServicerContext
+        self,
+        request: coordinator_pb2.ReportMetricsRequest,
+        context: grpc.aio.ServicerContext[
+            coordinator_pb2.ReportMetricsRequest, coordinator_pb2.ReportMetricsResponse
+        ],
     ) -> coordinator_pb2.ReportMetricsResponse:
         """Store a client's metrics."""
         await self._federation.report_metrics(
@@ -89,7 +105,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return coordinator_pb2.ReportMetricsResponse()
 
     async def GetStatus(  # noqa: N802 - gRPC method name
-        self, request: coordinator_pb2.GetStatusRequest, context: grpc.aio.ServicerContext
+        self,
+        request: coordinator_pb2.GetStatusRequest,
+        context: grpc.aio.ServicerContext[
+            coordinator_pb2.GetStatusRequest, coordinator_pb2.GetStatusResponse
+        ],
     ) -> coordinator_pb2.GetStatusResponse:
         """Return the federation's status."""
         return serde.status_to_proto(self._federation.status())

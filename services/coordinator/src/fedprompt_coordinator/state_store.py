@@ -53,6 +53,9 @@ class StateStore(abc.ABC):
     def rounds(self) -> list[RoundRecord]:
         """Every stored round, ascending."""
 
+    def close(self) -> None:  # noqa: B027 - an optional hook, not abstract
+        """Release the store's resources; the default holds none."""
+
     def last_completed_round(self) -> int:
         """The highest completed round, 0 when none."""
         done = [r.round for r in self.rounds() if r.status == "completed"]

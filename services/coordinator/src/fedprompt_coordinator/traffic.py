@@ -13,7 +13,14 @@ from typing import Any
 
 import grpc
 
-from fedprompt.server import CLIENT_ID_METADATA_KEY, Handler, wrap_handler
+from fedprompt.server import (
+    CLIENT_ID_METADATA_KEY,
+    AnyContext,
+    Handler,
+    StreamingBehavior,
+    UnaryBehavior,
+    wrap_handler,
+)
 
 GRPC_MESSAGE_PREFIX_BYTES = 5
 
@@ -55,7 +62,7 @@ class TrafficMeter:
             del self._bytes[key]
 
 
-def _client_id(context: grpc.aio.ServicerContext) -> str:
+def _client_id(context: AnyContext) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == CLIENT_ID_METADATA_KEY:
             return str(value)
@@ -70,23 +77,23 @@ class TrafficInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
+    ) -> Handler | None:
         """Wrap the handler so that requests and responses are counted."""
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
         meter = self._meter
 
-        def count_request(request: Any, context: grpc.aio.ServicerContext) -> None:
+        def count_request(request: Any, context: AnyContext) -> None:
             if not hasattr(request, "__aiter__"):
                 cid = _client_id(context)
                 if cid:
                     meter.add(cid, up=wire_size(request))
 
-        def unary(behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def call(request: Any, context: AnyContext) -> Any:
                 count_request(request, context)
                 response = await behavior(request, context)
                 cid = _client_id(context)
@@ -96,10 +103,8 @@ class TrafficInterceptor(grpc.aio.ServerInterceptor):
 
             return call
 
-        def streaming(
-            behavior: Callable[..., AsyncIterator[Any]],
-        ) -> Callable[..., AsyncIterator[Any]]:
-            async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        def streaming(behavior: StreamingBehavior) -> StreamingBehavior:
+            async def call(request: Any, context: AnyContext) -> AsyncIterator[Any]:
                 count_request(request, context)
                 cid = _client_id(context)
                 async for response in behavior(request, context):
@@ -109,9 +114,7 @@ class TrafficInterceptor(grpc.aio.ServerInterceptor):
 
             return call
 
-        async def requests(
-            source: AsyncIterator[Any], context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
+        async def requests(source: AsyncIterator[Any], context: AnyContext) -> AsyncIterator[Any]:
             cid = _client_id(context)
             async for request in source:
                 if cid:
