@@ -52,7 +52,8 @@ def alignment_weights(scores: np.ndarray) -> np.ndarray:
     """Softmax of the scores over the cluster's members."""
     z = scores - scores.max()
     e = np.exp(z)
-    return e / e.sum()
+    out: np.ndarray = e / e.sum()
+    return out
 
 
 def contrastive_cluster_weights(
@@ -68,4 +69,5 @@ def contrastive_cluster_weights(
         alignment_scores(proposals, own=own, centroids=centroids, temperature=temperature)
     )
     w = np.asarray(num_examples, dtype=np.float64) * a
-    return w / w.sum()
+    out: np.ndarray = w / w.sum()
+    return out

@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x65\x64prompt/v1/common.proto\x12\x0c\x66\x65\x64prompt.v1\"1\n\x05\x43hunk\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x63rc32\x18\x03 \x01(\r\"^\n\rPayloadHeader\x12\x13\n\x0btotal_bytes\x18\x01 \x01(\x04\x12\x12\n\nnum_chunks\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\"n\n\x12\x43lientCapabilities\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x03 \x01(\t\x12\x19\n\x11trainable_tensors\x18\x04 \x03(\t*\x89\x02\n\nRoundPhase\x12\x1b\n\x17ROUND_PHASE_UNSPECIFIED\x10\x00\x12\"\n\x1eROUND_PHASE_WAITING_FOR_QUORUM\x10\x01\x12\x1a\n\x16ROUND_PHASE_CLUSTERING\x10\x02\x12\x19\n\x15ROUND_PHASE_BROADCAST\x10\x03\x12\x18\n\x14ROUND_PHASE_TRAINING\x10\x04\x12\x1b\n\x17ROUND_PHASE_AGGREGATION\x10\x05\x12\x1a\n\x16ROUND_PHASE_EVALUATION\x10\x06\x12\x1a\n\x16ROUND_PHASE_CHECKPOINT\x10\x07\x12\x14\n\x10ROUND_PHASE_DONE\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x65\x64prompt/v1/common.proto\x12\x0c\x66\x65\x64prompt.v1\"1\n\x05\x43hunk\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x63rc32\x18\x03 \x01(\r\"^\n\rPayloadHeader\x12\x13\n\x0btotal_bytes\x18\x01 \x01(\x04\x12\x12\n\nnum_chunks\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x04 \x01(\t\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x04\"\x80\x01\n\x12\x43lientCapabilities\x12\x0e\n\x06\x64\x65vice\x18\x01 \x01(\t\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x19\n\x11model_fingerprint\x18\x03 \x01(\t\x12\x19\n\x11trainable_tensors\x18\x04 \x03(\t\x12\x10\n\x08strategy\x18\x05 \x01(\t*\x89\x02\n\nRoundPhase\x12\x1b\n\x17ROUND_PHASE_UNSPECIFIED\x10\x00\x12\"\n\x1eROUND_PHASE_WAITING_FOR_QUORUM\x10\x01\x12\x1a\n\x16ROUND_PHASE_CLUSTERING\x10\x02\x12\x19\n\x15ROUND_PHASE_BROADCAST\x10\x03\x12\x18\n\x14ROUND_PHASE_TRAINING\x10\x04\x12\x1b\n\x17ROUND_PHASE_AGGREGATION\x10\x05\x12\x1a\n\x16ROUND_PHASE_EVALUATION\x10\x06\x12\x1a\n\x16ROUND_PHASE_CHECKPOINT\x10\x07\x12\x14\n\x10ROUND_PHASE_DONE\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedprompt.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUNDPHASE']._serialized_start=361
-  _globals['_ROUNDPHASE']._serialized_end=626
+  _globals['_ROUNDPHASE']._serialized_start=380
+  _globals['_ROUNDPHASE']._serialized_end=645
   _globals['_CHUNK']._serialized_start=43
   _globals['_CHUNK']._serialized_end=92
   _globals['_PAYLOADHEADER']._serialized_start=94
   _globals['_PAYLOADHEADER']._serialized_end=188
   _globals['_TENSORSPEC']._serialized_start=190
   _globals['_TENSORSPEC']._serialized_end=246
-  _globals['_CLIENTCAPABILITIES']._serialized_start=248
-  _globals['_CLIENTCAPABILITIES']._serialized_end=358
+  _globals['_CLIENTCAPABILITIES']._serialized_start=249
+  _globals['_CLIENTCAPABILITIES']._serialized_end=377
 # @@protoc_insertion_point(module_scope)

@@ -154,12 +154,17 @@ class ClientCapabilities(_message.Message):
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     MODEL_FINGERPRINT_FIELD_NUMBER: _builtins.int
     TRAINABLE_TENSORS_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
     device: _builtins.str
     """"cpu" or "cuda:0" and so on."""
     model_name: _builtins.str
     """Name of the frozen model the client loaded (folder name or hub-style id)."""
     model_fingerprint: _builtins.str
     """Fingerprint of model + prompt layout + label set; all members must match."""
+    strategy: _builtins.str
+    """Federated strategy the client's model is built for (e.g. "fpl"); must match the
+    coordinator's.
+    """
     @_builtins.property
     def trainable_tensors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Tensor names this client trains and uploads (prompt segments, head)."""
@@ -171,10 +176,11 @@ class ClientCapabilities(_message.Message):
         model_name: _builtins.str = ...,
         model_fingerprint: _builtins.str = ...,
         trainable_tensors: _abc.Iterable[_builtins.str] | None = ...,
+        strategy: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "model_fingerprint", b"model_fingerprint", "model_name", b"model_name", "trainable_tensors", b"trainable_tensors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "model_fingerprint", b"model_fingerprint", "model_name", b"model_name", "strategy", b"strategy", "trainable_tensors", b"trainable_tensors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -148,6 +148,7 @@ class JoinResponse(_message.Message):
     CURRENT_ROUND_FIELD_NUMBER: _builtins.int
     TOTAL_ROUNDS_FIELD_NUMBER: _builtins.int
     PHASE_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
     accepted: _builtins.bool
     initial_model_requested: _builtins.bool
     """True when the federation has no model yet: the client must upload its initial
@@ -156,6 +157,8 @@ class JoinResponse(_message.Message):
     current_round: _builtins.int
     total_rounds: _builtins.int
     phase: _common_pb2.RoundPhase.ValueType
+    strategy: _builtins.str
+    """The federation's strategy."""
     def __init__(
         self,
         *,
@@ -164,10 +167,11 @@ class JoinResponse(_message.Message):
         current_round: _builtins.int = ...,
         total_rounds: _builtins.int = ...,
         phase: _common_pb2.RoundPhase.ValueType = ...,
+        strategy: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "current_round", b"current_round", "initial_model_requested", b"initial_model_requested", "phase", b"phase", "total_rounds", b"total_rounds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "current_round", b"current_round", "initial_model_requested", b"initial_model_requested", "phase", b"phase", "strategy", b"strategy", "total_rounds", b"total_rounds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -200,10 +204,16 @@ class TrainingSettings(_message.Message):
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     LEARNING_RATE_FIELD_NUMBER: _builtins.int
     HEAD_LEARNING_RATE_FIELD_NUMBER: _builtins.int
+    CONTRASTIVE_WEIGHT_FIELD_NUMBER: _builtins.int
+    CONTRASTIVE_TEMPERATURE_FIELD_NUMBER: _builtins.int
     local_steps: _builtins.int
     batch_size: _builtins.int
     learning_rate: _builtins.float
     head_learning_rate: _builtins.float
+    contrastive_weight: _builtins.float
+    """λ of the client-side InfoNCE regulariser on the cluster segment (0: off)."""
+    contrastive_temperature: _builtins.float
+    """τ of that InfoNCE term."""
     def __init__(
         self,
         *,
@@ -211,10 +221,12 @@ class TrainingSettings(_message.Message):
         batch_size: _builtins.int = ...,
         learning_rate: _builtins.float = ...,
         head_learning_rate: _builtins.float = ...,
+        contrastive_weight: _builtins.float = ...,
+        contrastive_temperature: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "head_learning_rate", b"head_learning_rate", "learning_rate", b"learning_rate", "local_steps", b"local_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "contrastive_temperature", b"contrastive_temperature", "contrastive_weight", b"contrastive_weight", "head_learning_rate", b"head_learning_rate", "learning_rate", b"learning_rate", "local_steps", b"local_steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -243,7 +255,10 @@ class Task(_message.Message):
     def training(self) -> Global___TrainingSettings: ...
     @_builtins.property
     def expected_update(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TensorSpec]:
-        """Tensors the client must upload (deltas), with their dtypes and shapes."""
+        """Tensors the client must upload (deltas), with their dtypes and shapes. The round-start
+        model may carry extra read-only tensors "centroid.<cluster id>" (token-mean of every
+        cluster's prompt) that serve as the InfoNCE positive and negatives.
+        """
 
     def __init__(
         self,
@@ -714,11 +729,21 @@ class GetStatusResponse(_message.Message):
     SETUP_BYTES_UP_FIELD_NUMBER: _builtins.int
     SETUP_BYTES_DOWN_FIELD_NUMBER: _builtins.int
     MODEL_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    STRATEGY_FIELD_NUMBER: _builtins.int
+    EPSILON_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    STOP_REASON_FIELD_NUMBER: _builtins.int
     current_round: _builtins.int
     total_rounds: _builtins.int
     completed_rounds: _builtins.int
     phase: _common_pb2.RoundPhase.ValueType
     model_fingerprint: _builtins.str
+    strategy: _builtins.str
+    epsilon: _builtins.float
+    """Client-level (ε, δ) of DP-FedAvg spent so far; ε is 0 when DP is off."""
+    delta: _builtins.float
+    stop_reason: _builtins.str
+    """Why the federation stopped early (e.g. the privacy budget), empty otherwise."""
     @_builtins.property
     def clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClientInfo]: ...
     @_builtins.property
@@ -741,10 +766,14 @@ class GetStatusResponse(_message.Message):
         setup_bytes_up: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         setup_bytes_down: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         model_fingerprint: _builtins.str = ...,
+        strategy: _builtins.str = ...,
+        epsilon: _builtins.float = ...,
+        delta: _builtins.float = ...,
+        stop_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "completed_rounds", b"completed_rounds", "current_round", b"current_round", "model_fingerprint", b"model_fingerprint", "phase", b"phase", "rounds", b"rounds", "setup_bytes_down", b"setup_bytes_down", "setup_bytes_up", b"setup_bytes_up", "total_rounds", b"total_rounds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "completed_rounds", b"completed_rounds", "current_round", b"current_round", "delta", b"delta", "epsilon", b"epsilon", "model_fingerprint", b"model_fingerprint", "phase", b"phase", "rounds", b"rounds", "setup_bytes_down", b"setup_bytes_down", "setup_bytes_up", b"setup_bytes_up", "stop_reason", b"stop_reason", "strategy", b"strategy", "total_rounds", b"total_rounds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
