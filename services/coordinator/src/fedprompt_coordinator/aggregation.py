@@ -11,10 +11,13 @@ from __future__ import annotations
 import abc
 import enum
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from fedprompt_coordinator.contrastive import centroid, contrastive_cluster_weights
 from fedprompt_coordinator.domain import ClientUpdate, FederationModel
+from fedprompt_coordinator.dp_fedavg import dp_fedavg
 
 
 class Level(enum.StrEnum):
@@ -37,9 +40,14 @@ def level_of(name: str) -> Level:
 
 
 def split_levels(
-    tensors: Mapping[str, np.ndarray],
+    tensors: Mapping[str, np.ndarray], *, clustered: bool = True
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Split named tensors into (global, cluster) dictionaries."""
+    """Split named tensors into (global, cluster) dictionaries.
+
+    With ``clustered=False`` (strategies with one shared model) every tensor is global.
+    """
+    if not clustered:
+        return dict(tensors), {}
     glob = {k: v for k, v in tensors.items() if level_of(k) is Level.GLOBAL}
     clus = {k: v for k, v in tensors.items() if level_of(k) is Level.CLUSTER}
     return glob, clus
@@ -67,55 +75,113 @@ def weighted_mean_delta(
     return out
 
 
+@dataclass(frozen=True)
+class GlobalDP:
+    """DP-FedAvg settings of the global level for one round."""
+
+    clip_norm: float
+    noise_multiplier: float
+    expected_participants: float
+    server_learning_rate: float
+    rng: np.random.Generator
+
+
 class ClusterAggregator(abc.ABC):
     """Turns a round's validated updates into the next federation model."""
 
     name: str = ""
+
+    def __init__(self) -> None:
+        #: Diagnostics of the last aggregation (clipping, noise, alignment weights).
+        self.last_info: dict[str, float] = {}
 
     @abc.abstractmethod
     def aggregate(
         self,
         model: FederationModel,
         updates: Sequence[ClientUpdate],
+        *,
+        global_dp: GlobalDP | None = None,
     ) -> FederationModel:
         """Return the model after applying ``updates`` to ``model`` (which is not modified)."""
 
 
-class WeightedFedAvg(ClusterAggregator):
-    """FedAvg weighted by sample count: global tensors over everyone, cluster tensors per cluster.
+def _apply(
+    base: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    return {
+        name: (base[name].astype(np.float64) + delta[name]).astype(base[name].dtype)
+        for name in base
+    }
 
-    ``G' = G + Σ_i n_i ΔG_i / Σ_i n_i`` over all participants, and for every cluster k with
-    members in the round ``C'_k = C_k + Σ_{i∈k} n_i ΔC_i / Σ_{i∈k} n_i``; clusters without
-    updates keep their tensors.
+
+class WeightedFedAvg(ClusterAggregator):
+    """Hierarchical FedAvg: the global level over everyone, the cluster level per cluster.
+
+    ``G' = G + Σ_i n_i ΔG_i / Σ_i n_i`` over all participants (or DP-FedAvg when
+    ``global_dp`` is given), and for every cluster k with members in the round
+    ``C'_k = C_k + Σ_{i∈k} w_i ΔC_i`` with ``w_i ∝ n_i`` (see :meth:`cluster_weights`);
+    clusters without updates keep their tensors.
     """
 
     name = "fedavg"
+
+    def cluster_weights(
+        self, model: FederationModel, cluster_id: int, members: Sequence[ClientUpdate]
+    ) -> np.ndarray:
+        """Aggregation weights of a cluster's members (summing to 1): proportional to n_i."""
+        n = np.asarray([u.num_examples for u in members], dtype=np.float64)
+        out: np.ndarray = n / n.sum()
+        return out
 
     def aggregate(
         self,
         model: FederationModel,
         updates: Sequence[ClientUpdate],
+        *,
+        global_dp: GlobalDP | None = None,
     ) -> FederationModel:
-        """Apply sample-weighted mean deltas at both levels."""
+        """Apply the global and the per-cluster updates."""
+        self.last_info = {}
         new_global = {k: v.copy() for k, v in model.global_tensors.items()}
         new_clusters = {
             c: {k: v.copy() for k, v in t.items()} for c, t in model.cluster_tensors.items()
         }
-        if updates:
-            mean = weighted_mean_delta(updates, list(model.global_tensors))
-            for name, delta in mean.items():
-                base = new_global[name]
-                new_global[name] = (base.astype(np.float64) + delta).astype(base.dtype)
+        if updates and model.global_tensors:
+            if global_dp is None:
+                new_global = _apply(
+                    model.global_tensors, weighted_mean_delta(updates, list(model.global_tensors))
+                )
+            else:
+                result = dp_fedavg(
+                    model.global_tensors,
+                    [{k: u.tensors[k] for k in model.global_tensors} for u in updates],
+                    clip_norm=global_dp.clip_norm,
+                    noise_multiplier=global_dp.noise_multiplier,
+                    expected_participants=global_dp.expected_participants,
+                    server_lr=global_dp.server_learning_rate,
+                    rng=global_dp.rng,
+                )
+                new_global = result.tensors
+                self.last_info.update(
+                    dp_clipped_fraction=result.clipped_fraction,
+                    dp_mean_update_norm=result.mean_update_norm,
+                    dp_noise_std=result.noise_std,
+                )
         for cluster_id in sorted({u.cluster_id for u in updates}):
             members = [u for u in updates if u.cluster_id == cluster_id]
             base_tensors = model.cluster_tensors.get(cluster_id, model.cluster_template)
-            mean = weighted_mean_delta(members, list(base_tensors))
-            new_clusters[cluster_id] = {
-                name: (base_tensors[name].astype(np.float64) + mean[name]).astype(
-                    base_tensors[name].dtype
-                )
-                for name in base_tensors
-            }
+            if not base_tensors:
+                continue
+            weights = self.cluster_weights(model, cluster_id, members)
+            self.last_info[f"cluster_{cluster_id}_min_weight"] = float(weights.min())
+            delta: dict[str, np.ndarray] = {}
+            for name in base_tensors:
+                acc = np.zeros(base_tensors[name].shape, dtype=np.float64)
+                for w, u in zip(weights, members, strict=True):
+                    acc += w * u.tensors[name].astype(np.float64, copy=False)
+                delta[name] = acc
+            new_clusters[cluster_id] = _apply(base_tensors, delta)
         return FederationModel(
             global_tensors=new_global,
             cluster_tensors=new_clusters,
@@ -123,7 +189,46 @@ class WeightedFedAvg(ClusterAggregator):
         )
 
 
-AGGREGATORS: dict[str, Callable[[], ClusterAggregator]] = {WeightedFedAvg.name: WeightedFedAvg}
+class ContrastiveFedAvg(WeightedFedAvg):
+    """:class:`WeightedFedAvg` whose cluster weights are ``w_i ∝ n_i · a_i`` (DESIGN.md §3.5).
+
+    ``a_i`` is the softmax over the cluster's members of the InfoNCE alignment score of the
+    member's proposed cluster segment ``C_k + ΔC_i`` against all cluster centroids, so a
+    member whose proposal looks like another cluster counts less.
+    """
+
+    name = "contrastive"
+
+    def __init__(self, *, temperature: float = 0.5, segment: str = "prompt.cluster") -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.segment = segment
+
+    def cluster_weights(
+        self, model: FederationModel, cluster_id: int, members: Sequence[ClientUpdate]
+    ) -> np.ndarray:
+        """Contrastive alignment weights (n-weighted when there is no cluster segment)."""
+        base = model.cluster_tensors.get(cluster_id, model.cluster_template)
+        if self.segment not in base:
+            return super().cluster_weights(model, cluster_id, members)
+        centroids = model.centroids(self.segment)
+        centroids.setdefault(cluster_id, centroid(base[self.segment]))
+        proposals = [
+            base[self.segment].astype(np.float64) + u.tensors[self.segment] for u in members
+        ]
+        return contrastive_cluster_weights(
+            proposals,
+            [u.num_examples for u in members],
+            own=cluster_id,
+            centroids=centroids,
+            temperature=self.temperature,
+        )
+
+
+AGGREGATORS: dict[str, Callable[[], ClusterAggregator]] = {
+    WeightedFedAvg.name: WeightedFedAvg,
+    ContrastiveFedAvg.name: ContrastiveFedAvg,
+}
 
 
 def make_aggregator(name: str) -> ClusterAggregator:

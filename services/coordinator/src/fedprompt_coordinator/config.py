@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedprompt.config import LogLevel
+from fedprompt.strategies import StrategyName
 
 
 class NoisePolicy(enum.StrEnum):
@@ -51,6 +52,72 @@ class ClusteringConfig(BaseModel):
     )
 
 
+class ContrastiveConfig(BaseModel):
+    """Contrastive alignment of cluster prompts (strategy ``fpl``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    weight: float = Field(
+        default=0.1, ge=0, description="λ of the client-side InfoNCE term (0: off)."
+    )
+    temperature: float = Field(
+        default=0.5, gt=0, description="τ of the client InfoNCE and the server alignment scores."
+    )
+    server_weighting: str = Field(
+        default="contrastive",
+        pattern="^(contrastive|mean)$",
+        description="Cluster aggregation weights: contrastive alignment, or `mean` (ablation).",
+    )
+
+
+class AccountantName(enum.StrEnum):
+    """Privacy accountants the coordinator can use."""
+
+    RDP = "rdp"
+    PLD = "pld"
+
+
+class PrivacyConfig(BaseModel):
+    """Client-level DP-FedAvg of the global level, with an accountant and a budget."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(default=False, description="Apply DP-FedAvg to the global level.")
+    clip_norm: float = Field(default=1.0, gt=0, description="S: per-client L2 clip bound.")
+    noise_multiplier: float | None = Field(
+        default=None, gt=0, description="z: noise std is z·S; give this or target_epsilon."
+    )
+    target_epsilon: float | None = Field(
+        default=None, gt=0, description="Calibrate z so that all rounds spend at most this ε."
+    )
+    delta: float = Field(default=1e-5, gt=0, lt=1, description="δ of the reported (ε, δ).")
+    accountant: AccountantName = Field(default=AccountantName.RDP, description="rdp or pld.")
+    epsilon_budget: float | None = Field(
+        default=None,
+        gt=0,
+        description="Refuse to open a round that would exceed this ε (default: target_epsilon).",
+    )
+    server_learning_rate: float = Field(default=1.0, gt=0, description="η of DP-FedAvg.")
+    client_sampling_rate: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="q: each connected client is drawn into a round with this probability "
+        "(Poisson sampling; privacy amplification is only claimed for q < 1 drawn this way).",
+    )
+    seed: int | None = Field(
+        default=None, description="Seed of noise and sampling (tests only; None = OS entropy)."
+    )
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> PrivacyConfig:
+        if self.enabled and (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError(
+                "privacy.enabled needs exactly one of noise_multiplier, target_epsilon"
+            )
+        return self
+
+
 class CoordinatorConfig(BaseModel):
     """Everything the coordinator process needs."""
 
@@ -73,12 +140,19 @@ class CoordinatorConfig(BaseModel):
     max_update_bytes: int = Field(
         2 * 1024**3, ge=1, description="Largest update payload a client may upload."
     )
+    strategy: StrategyName = Field(
+        default=StrategyName.FPL, description="Federated strategy; clients must use the same."
+    )
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)
+    contrastive: ContrastiveConfig = Field(default_factory=ContrastiveConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     log_level: LogLevel = Field(LogLevel.INFO, description="Python logging level.")
 
     @model_validator(mode="after")
     def _expected_at_least_quorum(self) -> CoordinatorConfig:
         if self.expected_clients is not None and self.expected_clients < self.min_clients:
             raise ValueError("expected_clients must be >= min_clients")
+        if self.privacy.enabled and self.strategy is StrategyName.LOCAL:
+            raise ValueError("privacy.enabled needs a strategy that shares tensors, not `local`")
         return self

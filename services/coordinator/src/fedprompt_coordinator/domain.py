@@ -131,6 +131,14 @@ class FederationModel:
     #: Cluster-level tensors a new cluster starts from (the round-0 values).
     cluster_template: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def centroids(self, segment: str = "prompt.cluster") -> dict[int, np.ndarray]:
+        """Token-mean of every cluster's ``segment`` (the InfoNCE positives and negatives)."""
+        return {
+            c: np.asarray(t[segment], dtype=np.float64).mean(axis=0)
+            for c, t in self.cluster_tensors.items()
+            if segment in t
+        }
+
     def for_cluster(self, cluster_id: int) -> dict[str, np.ndarray]:
         """Return the tensors a member of ``cluster_id`` trains from."""
         cluster = self.cluster_tensors.get(cluster_id, self.cluster_template)
