@@ -18,15 +18,24 @@ def test_numeric_fields_are_standardised_in_sorted_order() -> None:
     assert features.names == ("log1p(y)", "z")
     assert features.values.shape == (3, 2)
     np.testing.assert_allclose(features.values.mean(axis=0), 0.0, atol=1e-12)
-    np.testing.assert_allclose(features.values.std(axis=0), 1.0)
+    assert features.values[:, 1].std() == pytest.approx(1.0)  # z is standardised
     np.testing.assert_allclose(features.values[:, 1], [-math.sqrt(1.5), 0.0, math.sqrt(1.5)])
+    # log1p(y) is centred only: log1p(1), log1p(2), log1p(3) minus their mean
+    logged = np.log1p([1.0, 2.0, 3.0])
+    np.testing.assert_allclose(features.values[:, 0], logged - logged.mean())
 
 
-def test_non_negative_numbers_are_log_transformed_before_scaling() -> None:
+def test_non_negative_numbers_are_log_transformed_and_centred() -> None:
     features = build_features(["a", "b", "c"], [{"n": 0}, {"n": 99}, {"n": 9999}])
     assert features.names == ("log1p(n)",)
-    # log1p makes 0, 99, 9999 equally spaced (0, ~4.6, ~9.2): scaled values are symmetric.
-    np.testing.assert_allclose(features.values[:, 0], [-1.2247, 0.0, 1.2247], atol=1e-3)
+    # log1p makes 0, 99, 9999 equally spaced (0, ~4.6, ~9.2); one unit is a factor of e.
+    np.testing.assert_allclose(features.values[:, 0], [-4.6052, 0.0, 4.6052], atol=1e-3)
+
+
+def test_near_equal_sizes_stay_near_equal() -> None:
+    # standardising would spread 811..814 records to about ±1.3, as far apart as a specialty
+    features = build_features(["a", "b", "c"], [{"n": 811}, {"n": 812}, {"n": 814}])
+    assert np.ptp(features.values[:, 0]) < 0.01
 
 
 def test_constant_numeric_column_is_zero() -> None:

@@ -6,9 +6,12 @@ Each metadata field becomes one or more columns, in sorted field-name order:
   column. When all present values are >= 0 the column is first transformed with
   ``log1p``: sizes and counts such as ``num_records`` span orders of magnitude, and on a
   linear scale one very large silo would make every other silo look alike. Such a column
-  is named ``log1p(<field>)``. Missing values are imputed with the column mean (after the
-  transform), then the column is standardised with :class:`~sklearn.preprocessing.StandardScaler`;
-  a constant column becomes all zeros.
+  is named ``log1p(<field>)`` and is only centred, not divided by its spread: one unit is a
+  factor of e, so silos of 811 and 814 records stay near-identical instead of being blown
+  apart to ±1 (standardising would give a meaningless size difference the weight of a
+  specialty). Other numeric columns are standardised with
+  :class:`~sklearn.preprocessing.StandardScaler`. Missing values are imputed with the
+  column mean (after the transform); a constant column becomes all zeros.
 * **Categorical fields** (every present value a ``str`` or ``bool``) are one-hot encoded
   with unscaled 0/1 columns named ``<field>=<value>`` (booleans as ``true``/``false``).
   A member that lacks the field gets the field's own ``<field>=<missing>`` category.
@@ -195,8 +198,10 @@ def _numeric_column(
     raw = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
     name = field
     if np.nanmin(raw) >= 0.0:
-        raw = np.log1p(raw)
-        name = f"log1p({field})"
+        logged = np.log1p(raw)
+        logged[np.isnan(logged)] = np.nanmean(logged)
+        centred: npt.NDArray[np.float64] = logged - logged.mean()
+        return centred, f"log1p({field})"
     peak = float(np.nanmax(np.abs(raw)))
     if peak > 0.0:
         raw = raw / peak  # standardising is scale-free; this keeps the variance finite
