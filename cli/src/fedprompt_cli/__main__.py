@@ -29,6 +29,20 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--data-root", type=Path, help="folder of silo folders (your own data)")
     up.add_argument("--timeout-s", type=float, default=1800.0)
     up.add_argument("--torch-threads", type=int, default=1, help="torch threads per client")
+    up.add_argument(
+        "--strategy",
+        choices=["local", "fedavg", "clustered", "fpl", "lora-fedavg", "full-fedavg"],
+        default="fpl",
+        help="federated strategy (default: fpl, the full method)",
+    )
+    up.add_argument("--task", choices=["text", "vision"], default="text", help="bundled task")
+    up.add_argument("--learning-rate", type=float, help="default depends on strategy and task")
+    up.add_argument("--head-learning-rate", type=float)
+    up.add_argument("--contrastive-weight", type=float, help="λ of the client InfoNCE (fpl)")
+    up.add_argument("--dp-epsilon", type=float, help="client-level DP-FedAvg with target ε")
+    up.add_argument("--dp-noise-multiplier", type=float, help="client-level DP-FedAvg z")
+    up.add_argument("--dp-sgd-epsilon", type=float, help="record-level DP-SGD target ε (text)")
+    up.add_argument("--max-images", type=int, help="cap on digit images (vision)")
     return parser
 
 
@@ -54,6 +68,15 @@ def main(argv: list[str] | None = None) -> int:
             data_root=args.data_root,
             timeout_s=args.timeout_s,
             torch_threads=args.torch_threads,
+            strategy=args.strategy,
+            task=args.task,
+            learning_rate=args.learning_rate,
+            head_learning_rate=args.head_learning_rate,
+            contrastive_weight=args.contrastive_weight,
+            dp_epsilon=args.dp_epsilon,
+            dp_noise_multiplier=args.dp_noise_multiplier,
+            dp_sgd_epsilon=args.dp_sgd_epsilon,
+            max_images=args.max_images,
         )
         return run_up(options, console)
     return 2

@@ -48,6 +48,10 @@ def summarize(status: coordinator_pb2.GetStatusResponse) -> dict[str, Any]:
             per_round
         )
     return {
+        "strategy": status.strategy,
+        "epsilon": status.epsilon,
+        "delta": status.delta,
+        "stop_reason": status.stop_reason,
         "completed_rounds": status.completed_rounds,
         "rounds": [
             {"round": r.round, "num_clusters": r.num_clusters, "summary": dict(r.summary)}
@@ -65,17 +69,26 @@ def _kib(value: float | None) -> str:
     return "-" if value is None else f"{value / 1024:.1f} KiB"
 
 
+def _group(metadata: dict[str, Any]) -> str:
+    """A short description of a silo from its public metadata."""
+    if "specialty" in metadata:
+        return str(metadata["specialty"])
+    if "scanner_orientation_deg" in metadata:
+        return f"rot {metadata['scanner_orientation_deg']}°, digits {metadata.get('dominant_digits', '?')}"
+    return str(metadata.get("region", ""))
+
+
 def client_table(summary: dict[str, Any]) -> Table:
     """Per-client accuracy before/after, cluster, bytes per round."""
     table = Table(title="fedprompt federation: per-client results")
-    for col in ("client", "specialty", "cluster", "acc before", "acc after", "macro-F1 after"):
+    for col in ("client", "group", "cluster", "acc before", "acc after", "macro-F1 after"):
         table.add_column(col)
     table.add_column("up / round", justify="right")
     table.add_column("down / round", justify="right")
     for cid, c in sorted(summary["clients"].items()):
         table.add_row(
             cid,
-            str(c.get("metadata", {}).get("specialty", "")),
+            _group(c.get("metadata", {})),
             str(c.get("cluster", "")),
             _pct(c.get("accuracy_before")),
             _pct(c.get("accuracy_after")),

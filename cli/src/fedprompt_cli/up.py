@@ -42,6 +42,53 @@ class UpOptions:
     data_root: Path | None
     timeout_s: float
     torch_threads: int
+    strategy: str = "fpl"
+    task: str = "text"
+    learning_rate: float | None = None
+    head_learning_rate: float | None = None
+    contrastive_weight: float | None = None
+    dp_epsilon: float | None = None
+    dp_noise_multiplier: float | None = None
+    dp_sgd_epsilon: float | None = None
+    max_images: int | None = None
+
+    def coordinator_flags(self) -> list[str]:
+        """Strategy, learning-rate and privacy flags of the coordinator."""
+        lr = self.learning_rate
+        if lr is None:
+            lr = DEFAULT_LEARNING_RATES[(self.task, self.strategy)]
+        flags = ["--strategy", self.strategy, "--learning-rate", str(lr)]
+        optional = {
+            "--head-learning-rate": self.head_learning_rate,
+            "--contrastive-weight": self.contrastive_weight,
+            "--dp-epsilon": self.dp_epsilon,
+            "--dp-noise-multiplier": self.dp_noise_multiplier,
+        }
+        for flag, value in optional.items():
+            if value is not None:
+                flags += [flag, str(value)]
+        return flags
+
+    def client_flags(self) -> list[str]:
+        """Strategy and record-level DP flags of every client agent."""
+        flags = ["--strategy", self.strategy]
+        if self.dp_sgd_epsilon is not None:
+            flags += [
+                "--dp-sgd-epsilon", str(self.dp_sgd_epsilon),
+                "--dp-sgd-total-steps", str(self.rounds * self.local_steps),
+            ]  # fmt: skip
+        return flags
+
+
+#: Learning rate of the adapted parameters per (task, strategy): soft prompts take large
+#: steps, LoRA adapters smaller ones, full fine-tuning the usual small ones.
+DEFAULT_LEARNING_RATES: dict[tuple[str, str], float] = {
+    **{(t, s): 3e-2 for t in ("text", "vision") for s in ("local", "fedavg", "clustered", "fpl")},
+    ("text", "lora-fedavg"): 3e-3,
+    ("vision", "lora-fedavg"): 3e-3,
+    ("text", "full-fedavg"): 5e-5,
+    ("vision", "full-fedavg"): 1e-3,
+}
 
 
 def _phase_name(phase: common_pb2.RoundPhase.ValueType) -> str:
@@ -57,17 +104,19 @@ def _silo_dirs(options: UpOptions, console: Console) -> list[Path]:
             )
         return silos[: options.clients]
     out = options.run_dir / "silos"
-    console.print(f"[bold]making {options.clients} silos[/] of the drug-review task in {out}")
+    what = "drug-review" if options.task == "text" else "rotated-digits"
+    console.print(f"[bold]making {options.clients} silos[/] of the {what} task in {out}")
+    argv = [
+        console_script("fedprompt-make-silos"),
+        "--task", options.task,
+        "--num-silos", str(options.clients),
+        "--seed", str(options.seed),
+        "--out", str(out),
+    ]  # fmt: skip
+    if options.max_images is not None:
+        argv += ["--max-images", str(options.max_images)]
     proc = subprocess.run(
-        [
-            console_script("fedprompt-make-silos"),
-            "--num-silos",
-            str(options.clients),
-            "--seed",
-            str(options.seed),
-            "--out",
-            str(out),
-        ],
+        argv,
         capture_output=True,
         text=True,
         check=False,
@@ -83,6 +132,7 @@ def _progress(status: coordinator_pb2.GetStatusResponse, started: float) -> Tabl
         title=(
             f"round {status.current_round}/{status.total_rounds} - phase "
             f"{_phase_name(status.phase)} - {status.completed_rounds} completed - "
+            f"strategy {status.strategy} - ε {status.epsilon:.2f} - "
             f"{time.monotonic() - started:.0f} s"
         )
     )
@@ -132,6 +182,7 @@ def run_up(options: UpOptions, console: Console) -> int:
                 "--clusterer", f"127.0.0.1:{clusterer_port}",
                 "--local-steps", str(options.local_steps),
                 "--batch-size", str(options.batch_size),
+                *options.coordinator_flags(),
             ],
             logs / "coordinator.log",
         )  # fmt: skip
@@ -150,6 +201,7 @@ def run_up(options: UpOptions, console: Console) -> int:
                 "--max-length", str(options.max_length),
                 "--seed", str(options.seed),
                 "--torch-threads", str(options.torch_threads),
+                *options.client_flags(),
             ]  # fmt: skip
             if options.model_dir is not None:
                 argv += ["--model-dir", str(options.model_dir)]
@@ -199,6 +251,10 @@ def run_up(options: UpOptions, console: Console) -> int:
         (options.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
         console.print(rounds_table(summary))
         console.print(Group(client_table(summary), bytes_table(summary)))
+        if status.stop_reason:
+            console.print(f"[yellow]stopped early[/]: {status.stop_reason}")
+        if status.epsilon > 0:
+            console.print(f"client-level privacy: ε={status.epsilon:.3f} at δ={status.delta:g}")
         console.print(
             f"[bold green]done[/]: {summary['completed_rounds']} rounds in "
             f"{summary['wall_seconds']:.1f} s; summary in {options.run_dir / 'summary.json'}"

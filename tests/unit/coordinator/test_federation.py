@@ -84,7 +84,9 @@ def _join_request(client_id: str, *, fingerprint: str = FINGERPRINT, n: int = 1)
     return JoinRequest(
         client_id=client_id,
         metadata_json=json.dumps({"site": client_id}),
-        capabilities=Capabilities("cpu", "tiny", fingerprint, ("prompt.global", "prompt.cluster")),
+        capabilities=Capabilities(
+            "cpu", "tiny", fingerprint, ("prompt.global", "prompt.cluster"), strategy="clustered"
+        ),
         num_train_examples=n,
     )
 
@@ -220,6 +222,7 @@ async def federation(tmp_path: Path, **overrides: Any) -> AsyncIterator[Harness]
     settings: dict[str, Any] = {
         "state_dir": tmp_path,
         "rounds": 1,
+        "strategy": "clustered",  # plain n-weighted FedAvg per level: hand-computable
         "min_clients": 2,
         "expected_clients": 3,  # rounds open once a, b and c are all connected
         "quorum_wait_s": 600.0,

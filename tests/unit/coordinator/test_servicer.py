@@ -115,6 +115,7 @@ class Client:
                 model_name="tiny",
                 model_fingerprint=FINGERPRINT,
                 trainable_tensors=sorted(INITIAL),
+                strategy="clustered",
             ),
             num_train_examples=self.num_examples,
         )
@@ -233,6 +234,7 @@ async def coordinator(tmp_path: Path) -> AsyncIterator[Coordinator]:
         listen="127.0.0.1:0",
         state_dir=tmp_path / "state",
         rounds=1,
+        strategy="clustered",
         min_clients=2,
         expected_clients=2,
         quorum_wait_s=30.0,

@@ -33,6 +33,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--torch-threads", type=int)
+    p.add_argument("--strategy", help="local, fedavg, clustered, fpl, lora-fedavg, full-fedavg")
+    p.add_argument("--modality", choices=["auto", "text", "image"])
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--dp-sgd-noise-multiplier", type=float, help="record-level DP-SGD σ")
+    p.add_argument("--dp-sgd-epsilon", type=float, help="record-level DP-SGD target ε")
+    p.add_argument("--dp-sgd-total-steps", type=int, help="planned local steps of the run")
+    p.add_argument("--dp-sgd-max-grad-norm", type=float)
     p.add_argument("--log-level")
     return p.parse_args(argv)
 
@@ -40,9 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def run(config: ClientAgentConfig) -> int:
     """Build the runtime (in a thread: loading the model is slow) and run the agent."""
     from fedprompt_client_agent.agent import ClientAgent
-    from fedprompt_client_agent.runtime import PromptTuningRuntime
+    from fedprompt_client_agent.runtime import SiloRuntime
 
-    runtime = await asyncio.to_thread(PromptTuningRuntime, config)
+    runtime = await asyncio.to_thread(SiloRuntime, config)
     agent = ClientAgent(
         runtime, coordinator=config.coordinator, max_reconnect_s=config.max_reconnect_s
     )
@@ -79,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
                 "max_length": args.max_length,
                 "seed": args.seed,
                 "torch_threads": args.torch_threads,
+                "strategy": args.strategy,
+                "modality": args.modality,
+                "image_size": args.image_size,
+                "dp_sgd_noise_multiplier": args.dp_sgd_noise_multiplier,
+                "dp_sgd_target_epsilon": args.dp_sgd_epsilon,
+                "dp_sgd_total_steps": args.dp_sgd_total_steps,
+                "dp_sgd_max_grad_norm": args.dp_sgd_max_grad_norm,
                 "log_level": args.log_level,
             },
         )

@@ -8,12 +8,13 @@ tensor transfer is a chunked safetensors payload. The learning itself is behind
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import random
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import grpc
@@ -32,7 +33,19 @@ logger = logging.getLogger(__name__)
 
 #: Largest model a client accepts from the coordinator.
 MAX_MODEL_BYTES = 4 * 1024**3
+#: Read-only tensors of round-start models: every cluster's centroid (InfoNCE).
+CENTROID_PREFIX = "centroid."
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def tensor_digest(tensors: Mapping[str, np.ndarray]) -> bytes:
+    """SHA-256 over names, dtypes, shapes and bytes of a set of tensors (order-independent)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.tobytes())
+    return h.digest()
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,12 @@ class TrainSettings:
     batch_size: int
     learning_rate: float
     head_learning_rate: float
+    #: λ and τ of the InfoNCE regulariser on the cluster segment (λ = 0: off).
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.5
+    #: This client's cluster and every cluster's centroid (token-mean of its prompt).
+    cluster_id: int = 0
+    centroids: Mapping[int, np.ndarray] = field(default_factory=dict)
 
 
 class LearningRuntime(Protocol):
@@ -173,9 +192,14 @@ class ClientAgent:
 
     async def _train(self, stub: CoordinatorAsyncStub, task: coordinator_pb2.Task) -> None:
         rt = self._runtime
-        received, digest = await self._fetch(
-            stub, task.round, coordinator_pb2.MODEL_STAGE_ROUND_START
-        )
+        payload, _ = await self._fetch(stub, task.round, coordinator_pb2.MODEL_STAGE_ROUND_START)
+        centroids = {
+            int(k.removeprefix(CENTROID_PREFIX)): v
+            for k, v in payload.items()
+            if k.startswith(CENTROID_PREFIX)
+        }
+        received = {k: v for k, v in payload.items() if not k.startswith(CENTROID_PREFIX)}
+        digest = tensor_digest(received)
         await asyncio.to_thread(rt.load_shared_state, received)
         if self._last_eval is not None and self._last_eval[0] == digest:
             before = self._last_eval[1]
@@ -186,6 +210,10 @@ class ClientAgent:
             batch_size=task.training.batch_size,
             learning_rate=task.training.learning_rate,
             head_learning_rate=task.training.head_learning_rate,
+            contrastive_weight=task.training.contrastive_weight,
+            contrastive_temperature=task.training.contrastive_temperature or 0.5,
+            cluster_id=task.cluster_id,
+            centroids=centroids,
         )
         train_metrics = await asyncio.to_thread(rt.train, settings)
         after = await asyncio.to_thread(rt.evaluate)
@@ -224,9 +252,8 @@ class ClientAgent:
 
     async def _evaluate(self, stub: CoordinatorAsyncStub, task: coordinator_pb2.Task) -> None:
         rt = self._runtime
-        aggregated, digest = await self._fetch(
-            stub, task.round, coordinator_pb2.MODEL_STAGE_AGGREGATED
-        )
+        aggregated, _ = await self._fetch(stub, task.round, coordinator_pb2.MODEL_STAGE_AGGREGATED)
+        digest = tensor_digest(aggregated)
         await asyncio.to_thread(rt.load_shared_state, aggregated)
         metrics = await asyncio.to_thread(rt.evaluate)
         self._last_eval = (digest, metrics)

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedprompt.config import LogLevel
+from fedprompt.strategies import StrategyName
 
 
 class DeviceChoice(enum.StrEnum):
@@ -16,6 +17,14 @@ class DeviceChoice(enum.StrEnum):
     AUTO = "auto"
     CPU = "cpu"
     CUDA = "cuda"
+
+
+class Modality(enum.StrEnum):
+    """What the silo's data is; ``auto`` looks for ``train.npz`` (images) in the data folder."""
+
+    AUTO = "auto"
+    TEXT = "text"
+    IMAGE = "image"
 
 
 class ClientAgentConfig(BaseModel):
@@ -31,9 +40,33 @@ class ClientAgentConfig(BaseModel):
         None, description="Local Hugging Face model folder; default: the bundled all-MiniLM-L6-v2."
     )
     device: DeviceChoice = Field(DeviceChoice.AUTO, description="auto picks CUDA when present.")
-    n_global: int = Field(8, ge=0, description="Virtual tokens of the global prompt segment.")
-    n_cluster: int = Field(4, ge=0, description="Virtual tokens of the cluster prompt segment.")
-    n_local: int = Field(4, ge=0, description="Virtual tokens of the local (never sent) segment.")
+    strategy: StrategyName = Field(
+        StrategyName.FPL, description="Federated strategy; must match the coordinator's."
+    )
+    modality: Modality = Field(Modality.AUTO, description="text, image, or auto-detect.")
+    n_global: int | None = Field(
+        None,
+        ge=0,
+        description="Global segment: virtual tokens (text, default 8) or ring pixels "
+        "(image, default 2).",
+    )
+    n_cluster: int | None = Field(
+        None, ge=0, description="Cluster segment size (text default 4, image default 1)."
+    )
+    n_local: int | None = Field(
+        None, ge=0, description="Local, never-sent segment size (text default 4, image default 1)."
+    )
+    image_size: int = Field(32, ge=8, description="Images are resized to this side (image).")
+    dp_sgd_noise_multiplier: float | None = Field(
+        None, ge=0, description="Record-level DP-SGD (Opacus) with this σ."
+    )
+    dp_sgd_target_epsilon: float | None = Field(
+        None, gt=0, description="Record-level DP-SGD calibrated to this ε over dp_sgd_total_steps."
+    )
+    dp_sgd_total_steps: int | None = Field(
+        None, ge=1, description="Planned local steps of the whole run (rounds × local steps)."
+    )
+    dp_sgd_max_grad_norm: float = Field(1.0, gt=0, description="DP-SGD per-example clip C.")
     max_length: int = Field(128, ge=8, description="Token limit of one example.")
     seed: int = Field(0, description="Seed of prompt initialisation and data order.")
     text_column: str = Field("text", description="Text column of the silo's files.")

@@ -36,6 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Split the bundled drugs.com condition-prediction task into specialised clinic silos.",
     )
     parser.add_argument("--num-silos", type=int, default=4, help="number of silos (default: 4)")
+    parser.add_argument(
+        "--task",
+        choices=["text", "vision"],
+        default="text",
+        help="text: drug-review condition prediction; vision: rotated, label-skewed digits",
+    )
+    parser.add_argument(
+        "--source", choices=["mnist", "digits"], default="mnist", help="digit images (vision)"
+    )
+    parser.add_argument(
+        "--max-images", type=int, default=None, help="cap on images used (vision; default all)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument(
         "--out", type=Path, required=True, help="output folder, one sub-folder per silo"
@@ -70,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.task == "vision":
+        return _write_vision(args)
     try:
         silos = make_drug_review_silos(
             args.num_silos,
@@ -87,6 +101,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         folder = write_silo_dir(silo, out / silo.name)
         print(_summary_line(silo, folder))
     print(f"labels: {', '.join(f'{i}={name}' for i, name in enumerate(silos[0].labels))}")
+    return 0
+
+
+def _write_vision(args: argparse.Namespace) -> int:
+    """Write rotated, label-skewed digit silos (``.npz``) and print a summary."""
+    from fedprompt_client_agent.vision_data import make_digit_silos, write_image_silo_dir
+
+    try:
+        silos = make_digit_silos(
+            args.num_silos,
+            source=args.source,
+            seed=args.seed,
+            skew=args.skew,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            max_images=args.max_images,
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"fedprompt-make-silos: error: {exc}", file=sys.stderr)
+        return 2
+    for silo in silos:
+        folder = write_image_silo_dir(silo, args.out / silo.name)
+        histogram = Counter(int(y) for y in silo.train.labels)
+        hist_text = " ".join(f"{k}:{histogram[k]}" for k in sorted(histogram))
+        print(
+            f"{silo.name}  rotation={silo.metadata.get('scanner_orientation_deg')}  "
+            f"train/val/test={len(silo.train)}/{len(silo.val)}/{len(silo.test)}  "
+            f"train labels [{hist_text}]  -> {folder}"
+        )
     return 0
 
 

@@ -11,13 +11,13 @@ from fedprompt.config import ConfigError, load_config
 from fedprompt.logs import configure_logging
 from fedprompt.server import announce_port, start_server, stop_event_on_signals
 from fedprompt.v1 import coordinator_pb2_grpc
-from fedprompt_coordinator.aggregation import make_aggregator
 from fedprompt_coordinator.clustering_backend import make_clustering_backend
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.federation import Federation
 from fedprompt_coordinator.model_store import ModelStore
 from fedprompt_coordinator.servicer import CoordinatorServicer
 from fedprompt_coordinator.state_store import make_state_store
+from fedprompt_coordinator.strategies import build_aggregator
 from fedprompt_coordinator.traffic import TrafficInterceptor
 
 logger = logging.getLogger("fedprompt_coordinator")
@@ -36,6 +36,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--local-steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--round-deadline-s", type=float)
+    p.add_argument("--strategy", help="local, fedavg, clustered, fpl, lora-fedavg, full-fedavg")
+    p.add_argument("--learning-rate", type=float, help="client prompt (or adapter) learning rate")
+    p.add_argument("--head-learning-rate", type=float)
+    p.add_argument("--contrastive-weight", type=float, help="λ of the client InfoNCE term")
+    p.add_argument("--dp-epsilon", type=float, help="enable DP-FedAvg with this target ε")
+    p.add_argument("--dp-noise-multiplier", type=float, help="enable DP-FedAvg with this z")
+    p.add_argument("--dp-clip-norm", type=float, help="S of DP-FedAvg")
     p.add_argument("--exit-when-done", action="store_true", help="stop after the last round")
     p.add_argument("--log-level")
     return p.parse_args(argv)
@@ -49,7 +56,7 @@ async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> None:
         config=config,
         state=state,
         models=ModelStore(config.state_dir / "models"),
-        aggregator=make_aggregator("fedavg"),
+        aggregator=build_aggregator(config),
         clustering=make_clustering_backend(config.clustering),
     )
     handle = await start_server(
@@ -96,6 +103,16 @@ def main(argv: list[str] | None = None) -> int:
                 "clustering.address": args.clusterer,
                 "training.local_steps": args.local_steps,
                 "training.batch_size": args.batch_size,
+                "training.learning_rate": args.learning_rate,
+                "training.head_learning_rate": args.head_learning_rate,
+                "strategy": args.strategy,
+                "contrastive.weight": args.contrastive_weight,
+                "privacy.enabled": (
+                    True if args.dp_epsilon is not None or args.dp_noise_multiplier else None
+                ),
+                "privacy.target_epsilon": args.dp_epsilon,
+                "privacy.noise_multiplier": args.dp_noise_multiplier,
+                "privacy.clip_norm": args.dp_clip_norm,
                 "round_deadline_s": args.round_deadline_s,
                 "log_level": args.log_level,
             },

@@ -67,6 +67,7 @@ class Capabilities:
     model_name: str
     model_fingerprint: str
     trainable_tensors: tuple[str, ...]
+    strategy: str = ""
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class JoinResult:
     current_round: int
     total_rounds: int
     phase: Phase
+    strategy: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class TrainingSettings:
     batch_size: int
     learning_rate: float
     head_learning_rate: float
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -197,3 +201,7 @@ class FederationStatus:
     setup_bytes_up: dict[str, int]
     setup_bytes_down: dict[str, int]
     model_fingerprint: str
+    strategy: str = ""
+    epsilon: float = 0.0
+    delta: float = 0.0
+    stop_reason: str = ""

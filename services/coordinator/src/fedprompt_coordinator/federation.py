@@ -34,7 +34,12 @@ from fedprompt.errors import (
     UnknownClientError,
     WrongRoundError,
 )
-from fedprompt_coordinator.aggregation import ClusterAggregator, fairness_summary, split_levels
+from fedprompt_coordinator.aggregation import (
+    ClusterAggregator,
+    GlobalDP,
+    fairness_summary,
+    split_levels,
+)
 from fedprompt_coordinator.clustering_backend import ClusteringBackend
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.domain import (
@@ -56,7 +61,14 @@ from fedprompt_coordinator.domain import (
     UpdateKind,
 )
 from fedprompt_coordinator.model_store import ModelStore
+from fedprompt_coordinator.privacy import (
+    BudgetExhaustedError,
+    PrivacyBudget,
+    calibrate_noise_multiplier,
+    make_accountant,
+)
 from fedprompt_coordinator.state_store import StateStore
+from fedprompt_coordinator.strategies import get_strategy
 from fedprompt_coordinator.traffic import TrafficMeter
 from fedprompt_coordinator.validation import spec_of, validate_update
 
@@ -67,6 +79,10 @@ MAX_METADATA_BYTES = 16 * 1024
 MAX_METRICS = 64
 _SETTING_FINGERPRINT = "model_fingerprint"
 _SETTING_SPEC = "tensor_spec"
+_SETTING_ACCOUNTANT = "privacy_accountant"
+_SETTING_STOP_REASON = "stop_reason"
+#: Read-only tensors added to round-start models of contrastive strategies.
+CENTROID_PREFIX = "centroid."
 
 
 @dataclass
@@ -186,10 +202,49 @@ class Federation:
         self._initial_lock = asyncio.Lock()
         for cid, (meta, n, device) in state.clients().items():
             self._sessions[cid] = ClientSession(cid, meta, n, device)
+        self._strategy = get_strategy(config.strategy)
+        self._budget = self._make_budget()
+        self._rng = np.random.default_rng(config.privacy.seed)
+        self._stop_reason = state.get_setting(_SETTING_STOP_REASON) or ""
         if self._completed:
             logger.info("resuming after completed round %d", self._completed)
-        if self._completed >= config.rounds:
+        if self._completed >= config.rounds or self._stop_reason:
             self._phase = Phase.DONE
+
+    def _make_budget(self) -> PrivacyBudget | None:
+        """The DP-FedAvg budget (restored from the state store), or None when DP is off."""
+        cfg = self._config.privacy
+        if not cfg.enabled:
+            return None
+        if cfg.noise_multiplier is not None:
+            z = cfg.noise_multiplier
+        else:
+            assert cfg.target_epsilon is not None
+            z = calibrate_noise_multiplier(
+                target_epsilon=cfg.target_epsilon,
+                delta=cfg.delta,
+                sample_rate=cfg.client_sampling_rate,
+                steps=self._config.rounds,
+                accountant=cfg.accountant.value,
+            )
+            logger.info(
+                "privacy: z=%.4f calibrated for ε=%g over %d rounds",
+                z,
+                cfg.target_epsilon,
+                self._config.rounds,
+            )
+        accountant = make_accountant(cfg.accountant.value)
+        saved = self._state.get_setting(_SETTING_ACCOUNTANT)
+        if saved:
+            accountant.load_state_dict(json.loads(saved))
+        budget = cfg.epsilon_budget if cfg.epsilon_budget is not None else cfg.target_epsilon
+        return PrivacyBudget(
+            accountant=accountant,
+            noise_multiplier=z,
+            sample_rate=cfg.client_sampling_rate,
+            delta=cfg.delta,
+            epsilon_budget=budget if budget is not None else math.inf,
+        )
 
     # ------------------------------------------------------------------ client calls
 
@@ -214,6 +269,11 @@ class Federation:
             raise ModelMismatchError(
                 f"client model fingerprint {fingerprint!r} differs from the federation's "
                 f"{self._fingerprint!r} (same model folder, prompt lengths and labels are required)"
+            )
+        if request.capabilities.strategy != self._config.strategy.value:
+            raise ModelMismatchError(
+                f"client strategy {request.capabilities.strategy!r} differs from the "
+                f"federation's {self._config.strategy.value!r}"
             )
         if request.num_train_examples <= 0:
             raise InvalidArgumentError("num_train_examples must be positive")
@@ -247,6 +307,7 @@ class Federation:
             current_round=self.current_round,
             total_rounds=self._config.rounds,
             phase=self._phase,
+            strategy=self._config.strategy.value,
         )
 
     async def task_stream(self, client_id: str) -> AsyncIterator[Task]:
@@ -296,7 +357,10 @@ class Federation:
         assert model is not None
         key = (round_id, stage, cluster)
         if key not in self._payload_cache:
-            self._payload_cache[key] = encode_tensors(model.for_cluster(cluster))
+            tensors = model.for_cluster(cluster)
+            if stage is ModelStage.ROUND_START and self._strategy.contrastive:
+                tensors.update(self._centroid_tensors(model, current))
+            self._payload_cache[key] = encode_tensors(tensors)
         return self._payload_cache[key]
 
     def begin_upload(
@@ -413,6 +477,10 @@ class Federation:
             setup_bytes_up={c: v[0] for c, v in setup.items()},
             setup_bytes_down={c: v[1] for c, v in setup.items()},
             model_fingerprint=self._fingerprint or "",
+            strategy=self._config.strategy.value,
+            epsilon=self._budget.epsilon if self._budget else 0.0,
+            delta=self._budget.delta if self._budget else 0.0,
+            stop_reason=self._stop_reason,
         )
 
     @property
@@ -429,11 +497,18 @@ class Federation:
 
     async def run(self) -> None:
         """Run rounds until the configured number is completed, then tell clients to finish."""
-        while self._completed < self._config.rounds:
-            await self._run_round(self._completed + 1)
+        while self._completed < self._config.rounds and not self._stop_reason:
+            try:
+                await self._run_round(self._completed + 1)
+            except BudgetExhaustedError as exc:
+                self._stop_reason = exc.message
+                self._state.set_setting(_SETTING_STOP_REASON, exc.message)
+                logger.warning("%s", exc.message)
         self._phase = Phase.DONE
         self._round = None
         message = f"federation completed {self._completed} rounds"
+        if self._stop_reason:
+            message += f"; stopped early: {self._stop_reason}"
         logger.info("%s", message)
         for session in self._sessions.values():
             if session.queue is not None:
@@ -444,11 +519,13 @@ class Federation:
 
     async def _run_round(self, round_id: int) -> None:
         self._phase = Phase.WAITING_FOR_QUORUM
+        if self._budget is not None:
+            self._budget.check_next_round(round_id)  # refuse before any work is done
         await self._wait_for_quorum()
         started = self._clock()
 
         self._phase = Phase.CLUSTERING
-        participants = sorted(s.client_id for s in self._sessions.values() if s.connected)
+        participants = self._draw_participants()
         await self._update_assignment(participants)
 
         self._phase = Phase.BROADCAST
@@ -482,9 +559,16 @@ class Federation:
         assert self._model is not None
         t0 = time.perf_counter()
         current.aggregated = await asyncio.to_thread(
-            self._aggregator.aggregate, self._model, list(current.updates.values())
+            self._aggregate, self._model, list(current.updates.values())
         )
         current.aggregation_seconds = time.perf_counter() - t0
+        if self._budget is not None:
+            # account before the noised model is released to anyone; a crash after this
+            # point may count the round twice (safe), never zero times
+            self._budget.record_round()
+            self._state.set_setting(
+                _SETTING_ACCOUNTANT, json.dumps(self._budget.accountant.state_dict())
+            )
 
         self._phase = Phase.EVALUATION
         eval_deadline = self._clock() + self._config.eval_deadline_s
@@ -558,6 +642,10 @@ class Federation:
                 batch_size=cfg.batch_size,
                 learning_rate=cfg.learning_rate,
                 head_learning_rate=cfg.head_learning_rate,
+                contrastive_weight=(
+                    self._config.contrastive.weight if self._strategy.contrastive else 0.0
+                ),
+                contrastive_temperature=self._config.contrastive.temperature,
             ),
             expected_update=self._spec,
         )
@@ -591,10 +679,13 @@ class Federation:
                     "initial tensors differ in names, dtypes or shapes from the federation's"
                 )
             return True
-        if not tensors:
+        if not tensors and self._strategy.name.value != "local":
             raise InvalidArgumentError("the initial model holds no tensors")
         validate_update(tensors, spec_of(tensors))
-        glob, clus = split_levels({k: np.array(v, copy=True) for k, v in tensors.items()})
+        glob, clus = split_levels(
+            {k: np.array(v, copy=True) for k, v in tensors.items()},
+            clustered=self._strategy.clustered_levels,
+        )
         model = FederationModel(global_tensors=glob, cluster_tensors={}, cluster_template=clus)
         await asyncio.to_thread(self._models.save, 0, model)
         self._spec = spec_of(tensors)
@@ -616,6 +707,9 @@ class Federation:
         summary["participants"] = float(len(current.participants))
         summary["updates_accepted"] = float(len(current.updates))
         summary["round_seconds"] = self._clock() - current.started_unix
+        if self._budget is not None:
+            summary["epsilon"] = self._budget.epsilon
+        summary.update(self._aggregator.last_info if current.aggregated is not None else {})
         for cluster in sorted(set(current.participants.values())):
             members = [
                 current.eval_metrics[c]["accuracy"]
@@ -649,6 +743,39 @@ class Federation:
             clients=tuple(clients),
             summary=summary,
         )
+
+    def _draw_participants(self) -> list[str]:
+        """Connected clients, Poisson-sampled with rate q when DP-FedAvg samples clients."""
+        connected = sorted(s.client_id for s in self._sessions.values() if s.connected)
+        q = self._config.privacy.client_sampling_rate if self._budget is not None else 1.0
+        if q >= 1.0:
+            return connected
+        return [c for c in connected if self._rng.random() < q]
+
+    def _aggregate(self, model: FederationModel, updates: list[ClientUpdate]) -> FederationModel:
+        global_dp = None
+        if self._budget is not None:
+            cfg = self._config.privacy
+            global_dp = GlobalDP(
+                clip_norm=cfg.clip_norm,
+                noise_multiplier=self._budget.noise_multiplier,
+                # fixed denominator: the expected number of participants, q · N
+                expected_participants=max(1.0, cfg.client_sampling_rate * len(self._sessions)),
+                server_learning_rate=cfg.server_learning_rate,
+                rng=self._rng,
+            )
+        return self._aggregator.aggregate(model, updates, global_dp=global_dp)
+
+    def _centroid_tensors(
+        self, model: FederationModel, current: RoundInProgress
+    ) -> dict[str, np.ndarray]:
+        """``centroid.<k>`` for every cluster of the round (InfoNCE positive and negatives)."""
+        out = {}
+        for cluster in sorted(set(current.participants.values())):
+            segment = model.for_cluster(cluster).get("prompt.cluster")
+            if segment is not None:
+                out[f"{CENTROID_PREFIX}{cluster}"] = np.asarray(segment, np.float32).mean(axis=0)
+        return out
 
     # ------------------------------------------------------------------ helpers
 

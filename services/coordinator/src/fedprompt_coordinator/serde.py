@@ -23,6 +23,7 @@ def join_request_from_proto(msg: coordinator_pb2.JoinRequest) -> domain.JoinRequ
             model_name=caps.model_name,
             model_fingerprint=caps.model_fingerprint,
             trainable_tensors=tuple(caps.trainable_tensors),
+            strategy=caps.strategy,
         ),
         num_train_examples=msg.num_train_examples,
     )
@@ -36,6 +37,7 @@ def join_result_to_proto(result: domain.JoinResult) -> coordinator_pb2.JoinRespo
         current_round=result.current_round,
         total_rounds=result.total_rounds,
         phase=phase_to_proto(result.phase),
+        strategy=result.strategy,
     )
 
 
@@ -61,6 +63,8 @@ def task_to_proto(task: domain.Task) -> coordinator_pb2.Task:
                 batch_size=task.training.batch_size,
                 learning_rate=task.training.learning_rate,
                 head_learning_rate=task.training.head_learning_rate,
+                contrastive_weight=task.training.contrastive_weight,
+                contrastive_temperature=task.training.contrastive_temperature,
             )
         )
     return msg
@@ -139,4 +143,8 @@ def status_to_proto(status: domain.FederationStatus) -> coordinator_pb2.GetStatu
         setup_bytes_up=status.setup_bytes_up,
         setup_bytes_down=status.setup_bytes_down,
         model_fingerprint=status.model_fingerprint,
+        strategy=status.strategy,
+        epsilon=status.epsilon,
+        delta=status.delta,
+        stop_reason=status.stop_reason,
     )

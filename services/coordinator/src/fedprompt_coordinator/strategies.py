@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedprompt.strategies import StrategyName
+from fedprompt_coordinator.aggregation import ClusterAggregator, ContrastiveFedAvg, WeightedFedAvg
+from fedprompt_coordinator.config import CoordinatorConfig
 
 
 @dataclass(frozen=True)
@@ -78,3 +80,11 @@ def get_strategy(name: str) -> Strategy:
         raise ValueError(
             f"unknown strategy {name!r}; known: {', '.join(s.value for s in StrategyName)}"
         ) from None
+
+
+def build_aggregator(config: CoordinatorConfig) -> ClusterAggregator:
+    """The aggregator a configured strategy uses."""
+    strategy = get_strategy(config.strategy)
+    if strategy.contrastive and config.contrastive.server_weighting == "contrastive":
+        return ContrastiveFedAvg(temperature=config.contrastive.temperature)
+    return WeightedFedAvg()
