@@ -80,12 +80,14 @@ class FixedClusters(ClusteringBackend):
         return {c: self.table.get(c, 0) for c in members}
 
 
-def _join_request(client_id: str, *, fingerprint: str = FINGERPRINT, n: int = 1) -> JoinRequest:
+def _join_request(
+    client_id: str, *, fingerprint: str = FINGERPRINT, n: int = 1, strategy: str = "clustered"
+) -> JoinRequest:
     return JoinRequest(
         client_id=client_id,
         metadata_json=json.dumps({"site": client_id}),
         capabilities=Capabilities(
-            "cpu", "tiny", fingerprint, ("prompt.global", "prompt.cluster"), strategy="clustered"
+            "cpu", "tiny", fingerprint, ("prompt.global", "prompt.cluster"), strategy=strategy
         ),
         num_train_examples=n,
     )
@@ -142,9 +144,14 @@ class FakeClient:
     trained_rounds: list[int] = field(default_factory=list)
 
     async def join(self) -> bool:
-        result = await self.fed.join(_join_request(self.client_id, n=EXAMPLES[self.client_id]))
+        result = await self.fed.join(
+            _join_request(
+                self.client_id, n=EXAMPLES[self.client_id], strategy=self.fed.status().strategy
+            )
+        )
         if result.initial_model_requested and self.upload_initial:
-            await _upload(self.fed, self.client_id, 0, UpdateKind.INITIAL, _f32(INITIAL), 0)
+            initial = _f32(INITIAL) if result.strategy != "local" else {}
+            await _upload(self.fed, self.client_id, 0, UpdateKind.INITIAL, initial, 0)
         return result.initial_model_requested
 
     def _fetch(self, round_id: int, stage: ModelStage) -> dict[str, np.ndarray]:
@@ -160,7 +167,7 @@ class FakeClient:
                 if not self.answers_train(sum(t.kind is TaskKind.TRAIN for t in self.tasks)):
                     continue
                 self._fetch(task.round, ModelStage.ROUND_START)
-                delta = _f32(DELTAS[self.client_id])
+                delta = _f32(DELTAS[self.client_id]) if task.expected_update else {}
                 n = EXAMPLES[self.client_id]
                 await _upload(self.fed, self.client_id, task.round, UpdateKind.DELTA, delta, n)
                 await self.fed.report_metrics(
@@ -214,7 +221,11 @@ class Harness:
         """Move the clock past a deadline and wake the state machine (a re-join notifies)."""
         self.clock.now += seconds
         any_client = self.fed.status().clients[0].client_id
-        await self.fed.join(_join_request(any_client, n=EXAMPLES.get(any_client, 1)))
+        await self.fed.join(
+            _join_request(
+                any_client, n=EXAMPLES.get(any_client, 1), strategy=self.fed.status().strategy
+            )
+        )
 
 
 @asynccontextmanager
@@ -645,3 +656,100 @@ async def test_run_stops_when_cancelled_right_after_a_notification(
         done, _ = await asyncio.wait({run}, timeout=TIMEOUT_S)
         assert run in done, "the round task ignored its cancellation"
         assert run.cancelled()
+
+
+# ----------------------------------------------------------------------------- strategies
+
+
+async def _run_three(h: Harness) -> dict[str, FakeClient]:
+    run = h.start()
+    clients = {c: FakeClient(h.fed, c) for c in "abc"}
+    for client in clients.values():
+        await h.connect(client)
+    await asyncio.wait_for(run, TIMEOUT_S)
+    await until(
+        lambda: all(c.tasks and c.tasks[-1].kind is TaskKind.FINISHED for c in clients.values()),
+        "FINISHED",
+    )
+    return clients
+
+
+@pytest.mark.asyncio
+async def test_a_client_of_another_strategy_is_refused(tmp_path: Path) -> None:
+    async with federation(tmp_path, strategy="fpl") as h:
+        with pytest.raises(ModelMismatchError, match="strategy") as info:
+            await h.fed.join(_join_request("a", strategy="fedavg"))
+        assert info.value.status_code.name == "FAILED_PRECONDITION"
+        assert (await h.fed.join(_join_request("a", strategy="fpl"))).strategy == "fpl"
+
+
+@pytest.mark.asyncio
+async def test_fpl_round_start_models_carry_every_cluster_centroid(tmp_path: Path) -> None:
+    async with federation(tmp_path, strategy="fpl") as h:
+        clients = await _run_three(h)
+        task = clients["a"].tasks[0]
+        assert task.training is not None and task.training.contrastive_weight > 0
+        start = clients["a"].fetched[(1, ModelStage.ROUND_START)]
+        # both clusters of the round, as token-means of their cluster segment
+        assert sorted(k for k in start if k.startswith("centroid.")) == ["centroid.0", "centroid.1"]
+        np.testing.assert_allclose(start["centroid.1"], np.mean(INITIAL["prompt.cluster"]))
+        # the centroids are read-only extras: never part of the expected update
+        assert all(not s.name.startswith("centroid.") for s in task.expected_update)
+        assert "centroid.0" not in clients["a"].fetched[(1, ModelStage.AGGREGATED)]
+
+
+@pytest.mark.asyncio
+async def test_fedavg_shares_one_model_across_clusters(tmp_path: Path) -> None:
+    async with federation(tmp_path, strategy="fedavg") as h:
+        clients = await _run_three(h)
+        # everything is global: n-weighted over all three clients, whatever the cluster
+        # prompt.cluster: 10 + (1*2 + 3*6 + 4*1) / 8 = 13
+        expected = {"prompt.global": [2.5, 3.5], "prompt.cluster": [13.0]}
+        for client in clients.values():
+            _assert_tensors(client.fetched[(1, ModelStage.AGGREGATED)], expected)
+        assert h.models.load(0).cluster_template == {}
+
+
+@pytest.mark.asyncio
+async def test_local_strategy_shares_nothing(tmp_path: Path) -> None:
+    async with federation(tmp_path, strategy="local") as h:
+        clients = await _run_three(h)
+        for client in clients.values():
+            assert client.tasks[0].expected_update == ()
+            assert client.fetched[(1, ModelStage.AGGREGATED)] == {}
+        assert [r.status for r in h.state.rounds()] == ["completed"]
+
+
+@pytest.mark.asyncio
+async def test_dp_budget_stops_the_federation_before_the_round_that_would_exceed_it(
+    tmp_path: Path,
+) -> None:
+    from fedprompt_coordinator.privacy import RDPAccountant
+
+    one_round = RDPAccountant.epsilon_of([(1.0, 1.0, 1)], 1e-5)
+    two_rounds = RDPAccountant.epsilon_of([(1.0, 1.0, 2)], 1e-5)
+    privacy = {
+        "enabled": True,
+        "noise_multiplier": 1.0,
+        "clip_norm": 1.0,
+        "epsilon_budget": (one_round + two_rounds) / 2,  # room for one round, not two
+        "seed": 0,
+    }
+    async with federation(tmp_path, rounds=3, privacy=privacy) as h:
+        clients = await _run_three(h)
+        status = h.fed.status()
+        assert status.completed_rounds == 1
+        assert status.epsilon == pytest.approx(one_round)
+        assert status.epsilon <= privacy["epsilon_budget"]
+        assert "round 2 would raise" in status.stop_reason
+        finished = clients["a"].tasks[-1]
+        assert "stopped early" in finished.message and "budget" in finished.message
+        assert [r.round for r in h.state.rounds()] == [1]  # round 2 never opened
+        assert h.state.rounds()[0].summary["epsilon"] == pytest.approx(one_round)
+        # the global level was noised: not the plain weighted mean [2.5, 3.5]
+        glob = clients["a"].fetched[(1, ModelStage.AGGREGATED)]["prompt.global"]
+        assert not np.allclose(glob, [2.5, 3.5])
+    # a restarted coordinator keeps the spent ε and the stop
+    async with federation(tmp_path, rounds=3, privacy=privacy) as h2:
+        assert h2.fed.status().epsilon == pytest.approx(one_round)
+        assert h2.fed.phase is Phase.DONE
