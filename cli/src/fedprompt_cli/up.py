@@ -87,7 +87,7 @@ DEFAULT_LEARNING_RATES: dict[tuple[str, str], float] = {
     ("text", "lora-fedavg"): 3e-3,
     ("vision", "lora-fedavg"): 3e-3,
     ("text", "full-fedavg"): 5e-5,
-    ("vision", "full-fedavg"): 1e-3,
+    ("vision", "full-fedavg"): 3e-4,
 }
 
 
