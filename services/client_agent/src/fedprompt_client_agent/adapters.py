@@ -60,17 +60,14 @@ import abc
 import logging
 import math
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, Self, cast
 
-import numpy as np
-import safetensors.numpy
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
-from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -84,16 +81,15 @@ from fedprompt_client_agent.efficientnet_lite import (
 )
 from fedprompt_client_agent.model import (
     BackboneKind,
-    PromptClassifier,
     Tokenizer,
-    _atomic_write,
-    _autocast,
-    _checked_tensor,
-    _input_embedding_weight,
+    autocast,
+    input_embedding_weight,
     load_backbone,
+    pool_hidden,
     resolve_device,
 )
-from fedprompt_client_agent.vision_model import _resize
+from fedprompt_client_agent.state_io import TensorStateMixin, preview_keys
+from fedprompt_client_agent.vision_model import resize_images
 
 __all__ = [
     "FULL_FINETUNE_SUGGESTED_LR",
@@ -113,7 +109,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TensorMap = Mapping[str, np.ndarray]
 FeatureFn = Callable[..., torch.Tensor]
 """``features(backbone, *inputs) -> [batch, feature_dim]``: the backbone's pooled features."""
 
@@ -125,7 +120,6 @@ VISION_LORA_TARGETS: Final = ("_project_conv", "_conv_head")
 _ADAPTER: Final = "default"
 _LORA_MATRICES: Final = frozenset({"lora_A", "lora_B"})
 _TARGET_FALLBACKS: Final = (("query", "value"), ("q_proj", "v_proj"))
-_MAX_KEYS_IN_ERRORS: Final = 8
 
 
 @dataclass(frozen=True)
@@ -164,11 +158,7 @@ class TransformerFeatures:
             ``[batch, hidden]`` pooled features.
         """
         hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        # PromptClassifier._pool reads only ``self.kind``; this object provides it.
-        pooled: torch.Tensor = PromptClassifier._pool(
-            cast(PromptClassifier, self), hidden, attention_mask
-        )
-        return pooled
+        return pool_hidden(hidden, attention_mask, kind=self.kind)
 
 
 @dataclass(frozen=True)
@@ -234,7 +224,7 @@ class ImageFeatures:
         size = self.spec.image_size
         x = images.to(_module_device(backbone), torch.float32)
         if tuple(x.shape[-2:]) != (size, size):
-            x = _resize(x, size)
+            x = resize_images(x, size)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         return cast(EfficientNetLite0, backbone).features(normalize(x))
@@ -277,14 +267,12 @@ def default_lora_targets(backbone: nn.Module) -> tuple[str, ...]:
     )
 
 
-class _HeadedClassifier(nn.Module, abc.ABC):
+class _HeadedClassifier(TensorStateMixin, nn.Module):
     """Backbone + feature function + linear head, with the federation's state API.
 
     Subclasses decide which backbone parameters train and travel (``_shared_views``,
     ``prompt_parameters``), and call ``_finish`` at the end of their constructor.
     """
-
-    personal_format: str = ""
 
     def __init__(
         self,
@@ -371,135 +359,19 @@ class _HeadedClassifier(nn.Module, abc.ABC):
         torch.Tensor
             ``[batch, num_labels]`` float32 logits.
         """
-        with _autocast(self.device):
+        with autocast(self.device):
             logits: torch.Tensor = self.head(self._features(self.backbone, *inputs))
         return logits.float()
 
     # ----------------------------------------------------------------- state exchange
 
-    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Return the shape of every personal tensor (shared tensors, then buffers)."""
-        return {key: tuple(t.shape) for key, t in self._personal_views().items()}
-
-    def shared_state(self) -> dict[str, np.ndarray]:
-        """Copy the federated tensors (see the subclass) as float32 numpy arrays.
-
-        Returns
-        -------
-        dict of str to numpy.ndarray
-            float32 copies, in parameter order, ending with ``head.weight``
-            ``[num_labels, feature_dim]`` and ``head.bias`` ``[num_labels]``.
-        """
-        return _export(self._shared_views())
-
-    def load_shared_state(self, tensors: TensorMap) -> None:
-        """Overwrite some or all federated tensors (see ``shared_state``).
-
-        Parameters
-        ----------
-        tensors : mapping of str to numpy.ndarray
-            A subset of the keys of ``shared_state``; floating dtypes only.
-
-        Raises
-        ------
-        ValueError
-            On an unknown key, a wrong shape, a non-floating dtype or a non-finite
-            value; nothing is changed in that case.
-        """
-        _import(self._shared_views(), tensors, what="shared")
-
-    def local_state(self) -> dict[str, np.ndarray]:
-        """Return the private tensors: none for these baselines (an empty dict)."""
-        return {}
-
-    def load_local_state(self, tensors: TensorMap) -> None:
-        """Accept only an empty mapping: these baselines have no private tensors.
-
-        Raises
-        ------
-        ValueError
-            If any tensor is given.
-        """
-        _import({}, tensors, what="local")
-
-    def personal_state(self) -> dict[str, np.ndarray]:
-        """Copy the whole personal state: shared tensors plus floating buffers (float32)."""
-        return _export(self._personal_views())
-
-    def load_personal_state(self, tensors: TensorMap) -> None:
-        """Overwrite the whole personal state; every tensor must be present.
-
-        Raises
-        ------
-        ValueError
-            On a missing or unknown key, a wrong shape, dtype or a non-finite value.
-        """
-        views = self._personal_views()
-        missing = sorted(set(views) - set(tensors))
-        if missing:
-            raise ValueError(f"personal state is missing {_preview(missing)}")
-        _import(views, tensors, what="personal")
-
-    def save_personal(self, path: str | Path) -> Path:
-        """Write the personal state to one safetensors file, atomically.
-
-        The bytes go to a fsynced temporary file in the same folder that is then
-        renamed over ``path``: a crash leaves the old or the new file, never a torn one.
-
-        Parameters
-        ----------
-        path : str or Path
-            Target file; its folder is created if needed.
-
-        Returns
-        -------
-        Path
-            The file written.
-        """
-        target = Path(path)
-        metadata = {
-            "format": self.personal_format,
-            "feature_dim": str(self.hidden_size),
-            "num_labels": str(self.num_labels),
-        }
-        payload = safetensors.numpy.save(self.personal_state(), metadata=metadata)
-        _atomic_write(target, payload)
-        logger.debug("saved personal state to %s", target)
-        return target
-
-    def load_personal(self, path: str | Path) -> None:
-        """Load a file written by ``save_personal``, validating format, keys and shapes.
-
-        Parameters
-        ----------
-        path : str or Path
-            The safetensors file.
-
-        Raises
-        ------
-        ValueError
-            If the file cannot be read or parsed, was written by another model family
-            or does not match this model's shapes.
-        """
-        source = Path(path)
-        try:
-            with safe_open(str(source), framework="numpy") as handle:
-                found = (handle.metadata() or {}).get("format")
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
-        except (OSError, SafetensorError) as exc:
-            raise ValueError(f"{source}: cannot read personal state: {exc}") from exc
-        if found is not None and found != self.personal_format:
-            raise ValueError(f"{source}: a {found!r} file, not {self.personal_format!r}")
-        try:
-            self.load_personal_state(tensors)
-        except ValueError as exc:
-            raise ValueError(f"{source}: {exc}") from exc
-
-    # ----------------------------------------------------------------- internals
-
     @abc.abstractmethod
     def _shared_views(self) -> dict[str, torch.Tensor]:
         """Map each shared key to the parameter that holds it (head last)."""
+
+    def _local_views(self) -> dict[str, torch.Tensor]:
+        """No private tensors in these baselines."""
+        return {}
 
     def _personal_views(self) -> dict[str, torch.Tensor]:
         """Shared views plus the backbone's floating-point persistent buffers."""
@@ -509,6 +381,12 @@ class _HeadedClassifier(nn.Module, abc.ABC):
             if name in persistent and buffer.is_floating_point():
                 views[f"buffer.{name}"] = buffer
         return views
+
+    def _personal_metadata(self) -> dict[str, str]:
+        """Feature width and label count of the personal file."""
+        return {"feature_dim": str(self.hidden_size), "num_labels": str(self.num_labels)}
+
+    # ----------------------------------------------------------------- internals
 
     def _head_views(self) -> dict[str, torch.Tensor]:
         """The head's two tensors, keyed as in ``PromptClassifier``."""
@@ -540,7 +418,7 @@ class _HeadedClassifier(nn.Module, abc.ABC):
         if stray or frozen or not self.prompt_parameters():
             raise RuntimeError(
                 f"{type(self).__name__}: trainable parameters do not match the declared groups; "
-                f"stray: {_preview(stray)}, frozen in a group: {len(frozen)}"
+                f"stray: {preview_keys(stray)}, frozen in a group: {len(frozen)}"
             )
 
 
@@ -677,7 +555,7 @@ class LoraClassifier(_HeadedClassifier):
         return cls(
             backbone,
             features=TransformerFeatures(resolved),
-            feature_dim=int(_input_embedding_weight(backbone).shape[1]),
+            feature_dim=int(input_embedding_weight(backbone).shape[1]),
             num_labels=num_labels,
             target_modules=(
                 default_lora_targets(backbone) if target_modules is None else target_modules
@@ -834,7 +712,7 @@ class FullFinetuneClassifier(_HeadedClassifier):
         return cls(
             backbone,
             features=TransformerFeatures(resolved),
-            feature_dim=int(_input_embedding_weight(backbone).shape[1]),
+            feature_dim=int(input_embedding_weight(backbone).shape[1]),
             num_labels=num_labels,
             seed=seed,
             kind=resolved,
@@ -1096,33 +974,3 @@ def _position_limit(backbone: nn.Module) -> int | None:
     """``config.max_position_embeddings`` of a Hugging Face model, if it has one."""
     limit = getattr(getattr(backbone, "config", None), "max_position_embeddings", None)
     return None if limit is None else int(limit)
-
-
-def _preview(keys: Sequence[str]) -> str:
-    """A short rendering of a possibly long key list, for error messages."""
-    shown = list(keys[:_MAX_KEYS_IN_ERRORS])
-    more = len(keys) - len(shown)
-    return f"{shown}" + (f" and {more} more" if more > 0 else "")
-
-
-def _export(views: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Copy tensors to float32 numpy arrays, keeping the key order."""
-    return {
-        key: tensor.detach().to("cpu", torch.float32).numpy().copy()
-        for key, tensor in views.items()
-    }
-
-
-def _import(targets: Mapping[str, torch.Tensor], tensors: TensorMap, *, what: str) -> None:
-    """Validate every incoming tensor first, then copy them all into ``targets``."""
-    checked: dict[str, torch.Tensor] = {}
-    for key, value in tensors.items():
-        target = targets.get(key)
-        if target is None:
-            raise ValueError(
-                f"unknown {what} tensor {key!r}; expected keys among {_preview(list(targets))}"
-            )
-        checked[key] = _checked_tensor(key, value, tuple(target.shape))
-    with torch.no_grad():
-        for key, tensor in checked.items():
-            targets[key].copy_(tensor.to(targets[key].device, targets[key].dtype))

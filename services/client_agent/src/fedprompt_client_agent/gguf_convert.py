@@ -26,7 +26,6 @@ folder, ready for ``build_prompt_classifier(model_dir=...)``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import importlib.util
 import json
@@ -44,6 +43,8 @@ from typing import Any, Final
 import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from fedprompt_client_agent.state_io import fsync_dir
 
 __all__ = [
     "DTYPES",
@@ -327,7 +328,7 @@ def _publish(staging: Path, target: Path, provenance: dict[str, Any]) -> None:
                 raise
             shutil.rmtree(staging, ignore_errors=True)  # a concurrent run published the same
             return
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def _fsync_tree(folder: Path) -> None:
@@ -341,17 +342,7 @@ def _fsync_tree(folder: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist renames in a folder (best effort; not possible on every OS)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(folder)
 
 
 if __name__ == "__main__":

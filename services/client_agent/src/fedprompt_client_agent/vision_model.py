@@ -33,23 +33,15 @@ and head in both ``hooks`` and ``functorch`` modes (tested).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import math
-import os
-import tempfile
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Final, Self
 
-import ml_dtypes
 import numpy as np
-import safetensors.numpy
 import torch
 import torch.nn.functional as F  # noqa: N812 (conventional alias)
-from safetensors import SafetensorError
 from torch import nn
 
 from fedprompt_client_agent.efficientnet_lite import (
@@ -59,7 +51,8 @@ from fedprompt_client_agent.efficientnet_lite import (
     load_efficientnet_lite0,
     normalize,
 )
-from fedprompt_client_agent.model import LOCAL_KEYS, PERSONAL_KEYS, SHARED_KEYS, resolve_device
+from fedprompt_client_agent.model import LOCAL_KEYS, SHARED_KEYS, autocast, resolve_device
+from fedprompt_client_agent.state_io import TensorStateMixin, select_views
 
 __all__ = [
     "BACKBONE_NAME",
@@ -67,18 +60,13 @@ __all__ = [
     "VisualPromptSpec",
     "build_visual_prompt_classifier",
     "images_to_tensor",
+    "resize_images",
 ]
 
 logger = logging.getLogger(__name__)
 
-TensorMap = Mapping[str, np.ndarray]
-
 BACKBONE_NAME: Final = "efficientnet-lite0"
 _SEGMENTS: Final = ("global", "cluster", "local")
-_PERSONAL_FORMAT: Final = "fedprompt-visual-prompt/1"
-_FLOAT_DTYPES: Final = frozenset(
-    {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64), np.dtype(ml_dtypes.bfloat16)}
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -201,23 +189,29 @@ def images_to_tensor(images: np.ndarray, *, size: int | None = None) -> torch.Te
         raise ValueError(f"images must be [N, H, W] or [N, H, W, 3], got {array.shape}")
     result = tensor.to(torch.float32) / 255.0
     if size is not None and len(result) and tuple(result.shape[-2:]) != (size, size):
-        result = _resize(result, size)
+        result = resize_images(result, size)
     return result.contiguous()
 
 
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize to ``size x size``, antialiased when shrinking."""
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a batch of images bilinearly to ``size x size``, antialiased when shrinking.
+
+    Parameters
+    ----------
+    images : torch.Tensor
+        ``[N, C, H, W]`` float images in ``[0, 1]``.
+    size : int
+        Output side in pixels.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[N, C, size, size]``, clamped to ``[0, 1]``.
+    """
     shrinking = min(images.shape[-2:]) > size
     return F.interpolate(
         images, size=(size, size), mode="bilinear", align_corners=False, antialias=shrinking
     ).clamp(0.0, 1.0)
-
-
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bfloat16 autocast on CUDA, nothing (fp32) on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class _RingPrompt(nn.Module):
@@ -258,7 +252,7 @@ class _RingPrompt(nn.Module):
         return padded + flat.view(1, 3, side, side).to(padded.dtype)
 
 
-class VisualPromptClassifier(nn.Module):
+class VisualPromptClassifier(TensorStateMixin, nn.Module):
     """A frozen EfficientNet-Lite0, a three-ring visual prompt and a linear head.
 
     Parameters
@@ -274,6 +268,10 @@ class VisualPromptClassifier(nn.Module):
         Seed of the ring and head initialisation: equal seeds give equal initial
         values on every client and device.
     """
+
+    personal_format = "fedprompt-visual-prompt/1"
+    personal_noun = "personal visual prompt"
+    personal_label = "a visual prompt"
 
     def __init__(
         self,
@@ -375,7 +373,7 @@ class VisualPromptClassifier(nn.Module):
             )
         x = images.to(self.device, torch.float32)
         if tuple(x.shape[-2:]) != (self.spec.image_size, self.spec.image_size):
-            x = _resize(x, self.spec.image_size)
+            x = resize_images(x, self.spec.image_size)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         prompted: torch.Tensor = self.prompt(normalize(x))
@@ -395,96 +393,36 @@ class VisualPromptClassifier(nn.Module):
             ``[batch, num_labels]`` float32 logits.
         """
         canvas = self.prompted_inputs(images)
-        with _autocast(self.device):
+        with autocast(self.device):
             logits: torch.Tensor = self.head(self.backbone.features(canvas))
         return logits.float()
 
     # ----------------------------------------------------------------- state exchange
 
-    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        """Return the shape of every personal tensor, omitting rings of width 0."""
-        shapes: dict[str, tuple[int, ...]] = {
-            f"prompt.{name}": tuple(self.prompt.segment(name).shape)
-            for name in self.prompt.segments
+    def _shared_views(self) -> dict[str, torch.Tensor]:
+        """``prompt.global``, ``prompt.cluster`` (rings of width > 0) and the head."""
+        return select_views(self._personal_views(), SHARED_KEYS)
+
+    def _local_views(self) -> dict[str, torch.Tensor]:
+        """``prompt.local``, if that ring has width > 0."""
+        return select_views(self._personal_views(), LOCAL_KEYS)
+
+    def _personal_views(self) -> dict[str, torch.Tensor]:
+        """Map each personal key to the parameter that holds it.
+
+        Rings of width > 0 are ``prompt.{global,cluster,local}``, ``[3, P_s]``;
+        ``head.weight`` is ``[num_labels, 1280]``, ``head.bias`` ``[num_labels]``.
+        """
+        views: dict[str, torch.Tensor] = {
+            f"prompt.{name}": self.prompt.segment(name) for name in self.prompt.segments
         }
-        shapes["head.weight"] = (self.num_labels, self.hidden_size)
-        shapes["head.bias"] = (self.num_labels,)
-        return shapes
+        views["head.weight"] = self.head.weight
+        views["head.bias"] = self.head.bias
+        return views
 
-    def shared_state(self) -> dict[str, np.ndarray]:
-        """Copy the federated tensors: global and cluster rings and the head.
-
-        Returns
-        -------
-        dict of str to numpy.ndarray
-            float32 copies keyed ``prompt.global`` ``[3, P_g]``,
-            ``prompt.cluster`` ``[3, P_c]``, ``head.weight``
-            ``[num_labels, 1280]``, ``head.bias`` ``[num_labels]``; rings of
-            width 0 are omitted.
-        """
-        return self._export(SHARED_KEYS)
-
-    def load_shared_state(self, tensors: TensorMap) -> None:
-        """Overwrite some or all federated tensors (see ``shared_state``).
-
-        Parameters
-        ----------
-        tensors : mapping of str to numpy.ndarray
-            A subset of the keys of ``shared_state``; floating dtypes only.
-
-        Raises
-        ------
-        ValueError
-            On an unknown key, a wrong shape, a non-floating dtype or a
-            non-finite value; nothing is changed in that case.
-        """
-        self._import(tensors, allowed=SHARED_KEYS, what="shared")
-
-    def local_state(self) -> dict[str, np.ndarray]:
-        """Copy the private ring (``prompt.local``, float32), if any."""
-        return self._export(LOCAL_KEYS)
-
-    def load_local_state(self, tensors: TensorMap) -> None:
-        """Overwrite the private ring; validated like ``load_shared_state``."""
-        self._import(tensors, allowed=LOCAL_KEYS, what="local")
-
-    def personal_state(self) -> dict[str, np.ndarray]:
-        """Copy the whole personal prompt: all rings and the head (float32)."""
-        return self._export(PERSONAL_KEYS)
-
-    def load_personal_state(self, tensors: TensorMap) -> None:
-        """Overwrite the whole personal prompt; every tensor must be present.
-
-        Raises
-        ------
-        ValueError
-            On a missing or unknown key, a wrong shape, dtype or a non-finite value.
-        """
-        missing = sorted(set(self.expected_shapes()) - set(tensors))
-        if missing:
-            raise ValueError(f"personal state is missing {missing}")
-        self._import(tensors, allowed=PERSONAL_KEYS, what="personal")
-
-    def save_personal(self, path: str | Path) -> Path:
-        """Write the personal prompt to one safetensors file, atomically.
-
-        The file is written to a temporary file in the same folder, flushed and
-        fsynced, then renamed over ``path``: a crash leaves either the old or the
-        new file, never a torn one.
-
-        Parameters
-        ----------
-        path : str or Path
-            Target file; its folder is created if needed.
-
-        Returns
-        -------
-        Path
-            The file written.
-        """
-        target = Path(path)
-        metadata = {
-            "format": _PERSONAL_FORMAT,
+    def _personal_metadata(self) -> dict[str, str]:
+        """Backbone, image size, ring widths, feature width and label count of the file."""
+        return {
             "backbone": self.backbone_name,
             "image_size": str(self.spec.image_size),
             "n_global": str(self.spec.n_global),
@@ -493,77 +431,8 @@ class VisualPromptClassifier(nn.Module):
             "hidden_size": str(self.hidden_size),
             "num_labels": str(self.num_labels),
         }
-        payload = safetensors.numpy.save(self.personal_state(), metadata=metadata)
-        _atomic_write(target, payload)
-        logger.debug("saved personal visual prompt to %s", target)
-        return target
-
-    def load_personal(self, path: str | Path) -> None:
-        """Load a file written by ``save_personal``, validating format, keys and shapes.
-
-        Parameters
-        ----------
-        path : str or Path
-            The safetensors file.
-
-        Raises
-        ------
-        ValueError
-            If the file cannot be parsed, was written by another kind of model
-            (e.g. a text prompt) or does not match this model's shapes.
-        """
-        source = Path(path)
-        try:
-            payload = source.read_bytes()
-            tensors = safetensors.numpy.load(payload)
-            header = _safetensors_metadata(payload)
-        except OSError as exc:
-            raise ValueError(f"{source}: cannot read personal prompt: {exc}") from exc
-        except SafetensorError as exc:
-            raise ValueError(f"{source}: not a valid safetensors file: {exc}") from exc
-        found = header.get("format")
-        if found is not None and found != _PERSONAL_FORMAT:
-            raise ValueError(
-                f"{source}: a {found!r} file, not a visual prompt ({_PERSONAL_FORMAT!r})"
-            )
-        try:
-            self.load_personal_state(tensors)
-        except ValueError as exc:
-            raise ValueError(f"{source}: {exc}") from exc
 
     # ----------------------------------------------------------------- internals
-
-    def _tensor_views(self) -> dict[str, torch.Tensor]:
-        """Map each personal key to the parameter that holds it."""
-        views: dict[str, torch.Tensor] = {
-            f"prompt.{name}": self.prompt.segment(name) for name in self.prompt.segments
-        }
-        views["head.weight"] = self.head.weight
-        views["head.bias"] = self.head.bias
-        return views
-
-    def _export(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
-        """Copy the named tensors to float32 numpy arrays."""
-        sources = self._tensor_views()
-        return {
-            key: sources[key].detach().to("cpu", torch.float32).numpy().copy()
-            for key in keys
-            if key in sources
-        }
-
-    def _import(self, tensors: TensorMap, *, allowed: Sequence[str], what: str) -> None:
-        """Validate every tensor first, then copy them all into the parameters."""
-        targets = self._tensor_views()
-        shapes = self.expected_shapes()
-        checked: dict[str, torch.Tensor] = {}
-        for key, value in tensors.items():
-            if key not in allowed or key not in shapes:
-                valid = [k for k in allowed if k in shapes]
-                raise ValueError(f"unknown {what} tensor {key!r}; expected keys among {valid}")
-            checked[key] = _checked_tensor(key, value, shapes[key])
-        with torch.no_grad():
-            for key, tensor in checked.items():
-                targets[key].copy_(tensor.to(targets[key].device, targets[key].dtype))
 
     def _initialise(self, *, seed: int) -> None:
         """Set rings and head from one seeded CPU generator (device-independent)."""
@@ -590,54 +459,6 @@ class VisualPromptClassifier(nn.Module):
             raise RuntimeError(
                 f"trainable parameters must be exactly the prompt and head; stray: {stray}"
             )
-
-
-def _safetensors_metadata(payload: bytes) -> dict[str, str]:
-    """Read the ``__metadata__`` of a safetensors payload (empty when absent)."""
-    if len(payload) < 8:
-        raise SafetensorError("file too short for a safetensors header")
-    size = int.from_bytes(payload[:8], "little")
-    try:
-        header = json.loads(payload[8 : 8 + size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SafetensorError(f"invalid header: {exc}") from exc
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    return dict(metadata) if isinstance(metadata, dict) else {}
-
-
-def _checked_tensor(key: str, value: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
-    """Validate one incoming array and return it as a float32 tensor."""
-    array = np.asarray(value)
-    if array.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"tensor {key!r} must be floating point, got dtype {array.dtype}")
-    if tuple(array.shape) != shape:
-        raise ValueError(f"tensor {key!r} has shape {tuple(array.shape)}, expected {shape}")
-    as_float = array.astype(np.float32)
-    if not np.isfinite(as_float).all():
-        raise ValueError(f"tensor {key!r} contains NaN or infinite values")
-    return torch.from_numpy(np.ascontiguousarray(as_float))
-
-
-def _atomic_write(target: Path, payload: bytes) -> None:
-    """Write bytes via a fsynced temporary file in the same folder and ``os.replace``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def build_visual_prompt_classifier(
