@@ -61,7 +61,10 @@ def main() -> int:
         clients = summary["clients"].values()
         up = sum(c["bytes_up_per_round"] for c in clients) / len(summary["clients"])
         dp_sgd = [
-            max((r["train"].get("train_dp_sgd_epsilon", 0.0) for r in c["rounds"].values()), default=0)
+            max(
+                (r["train"].get("train_dp_sgd_epsilon", 0.0) for r in c["rounds"].values()),
+                default=0,
+            )
             for c in clients
         ]
         rows.append(
