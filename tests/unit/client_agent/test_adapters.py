@@ -32,7 +32,6 @@ from fedprompt_client_agent.efficientnet_lite import (
 )
 from fedprompt_client_agent.model import (
     BackboneKind,
-    PromptClassifier,
     Tokenizer,
     build_prompt_classifier,
     default_model_dir,
@@ -41,7 +40,6 @@ from fedprompt_client_agent.model import (
 from fedprompt_client_agent.silos import load_drug_reviews
 from fedprompt_client_agent.trainer import LocalTrainer, TrainConfig
 from fedprompt_client_agent.vision_data import ImageSiloData, ImageSplit, load_mnist
-from fedprompt_client_agent.vision_model import VisualPromptClassifier
 from fedprompt_client_agent.vision_trainer import VisionTrainer
 
 HIDDEN = 384
@@ -93,7 +91,7 @@ def _trainer(
     **config: Any,
 ) -> LocalTrainer:
     # LocalTrainer is annotated with PromptClassifier but uses only the shared model API.
-    return LocalTrainer(cast(PromptClassifier, model), tokenizer, silo, TrainConfig(**config))
+    return LocalTrainer(model, tokenizer, silo, TrainConfig(**config))
 
 
 def _changed(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> set[str]:
@@ -483,7 +481,7 @@ def _vision_trainer(
     model: LoraClassifier | FullFinetuneClassifier, silo: ImageSiloData, **config: Any
 ) -> VisionTrainer:
     # VisionTrainer is annotated with VisualPromptClassifier but uses only the shared API.
-    return VisionTrainer(cast(VisualPromptClassifier, model), silo, TrainConfig(**config))
+    return VisionTrainer(model, silo, TrainConfig(**config))
 
 
 def test_vision_lora_baseline(digit_silo: ImageSiloData) -> None:

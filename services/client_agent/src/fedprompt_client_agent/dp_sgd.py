@@ -59,13 +59,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedprompt.errors import NotReadyError
 from fedprompt_client_agent.data import SiloData
-from fedprompt_client_agent.model import PromptClassifier, Tokenizer
+from fedprompt_client_agent.model import Tokenizer
 from fedprompt_client_agent.trainer import (
     ExtraLoss,
     LocalTrainer,
+    TextModel,
     TrainConfig,
     TrainResult,
-    _seeded_torch_rng,
+    seeded_torch_rng,
 )
 
 __all__ = [
@@ -295,8 +296,9 @@ class DPLocalTrainer(LocalTrainer):
 
     Parameters
     ----------
-    model : PromptClassifier
-        The model; only its prompt table and head are updated.
+    model : TextModel
+        The model, a ``torch.nn.Module`` (Opacus wraps it); only its prompt (or
+        adapter) parameters and head are updated.
     tokenizer : transformers tokenizer
         The backbone's tokenizer.
     silo : SiloData
@@ -314,7 +316,7 @@ class DPLocalTrainer(LocalTrainer):
 
     def __init__(
         self,
-        model: PromptClassifier,
+        model: TextModel,
         tokenizer: Tokenizer,
         silo: SiloData,
         config: TrainConfig,
@@ -336,11 +338,6 @@ class DPLocalTrainer(LocalTrainer):
             logger.warning("silo %s: DP-SGD with noise_multiplier=0 gives no privacy", silo.name)
 
     # ----------------------------------------------------------------- privacy state
-
-    @property
-    def num_train_examples(self) -> int:
-        """N, the number of training records."""
-        return len(self._splits["train"])
 
     @property
     def sample_rate(self) -> float:
@@ -540,7 +537,7 @@ class DPLocalTrainer(LocalTrainer):
         started = time.perf_counter()
         module = self._wrap()
         try:
-            with _quiet_opacus(), _seeded_torch_rng(self._next_dropout_seed(), self.model.device):
+            with _quiet_opacus(), seeded_torch_rng(self.next_dropout_seed(), self.model.device):
                 for step in range(n_steps):
                     step_start = time.perf_counter()
                     drawn, objective = self._dp_step(
@@ -599,17 +596,17 @@ class DPLocalTrainer(LocalTrainer):
         optimizer.zero_grad(set_to_none=True)
         objective: float | None = None
         if len(indices) > 0:
-            input_ids, mask, labels = self._collate(self._splits["train"], indices)
-            loss = F.cross_entropy(module(input_ids, mask), labels)
+            inputs, labels = self.training_batch(indices)
+            loss = F.cross_entropy(module(*inputs), labels)
             objective = float(loss.detach())
-            self._check_finite(objective, step)
+            self.check_finite_loss(objective, step=step)
             loss.backward()  # type: ignore[no-untyped-call]
         else:  # an empty Poisson batch: clipping sums nothing, the noise is still added
             for p in params:
                 p.grad_sample = p.new_zeros((0, *p.shape))  # type: ignore[attr-defined]
         extra_value, extra_grads = self._extra_gradients(module, params, extra_loss)
         if extra_value is not None:
-            self._check_finite(extra_value, step)
+            self.check_finite_loss(extra_value, step=step)
             objective = None if objective is None else objective + extra_value
         if optimizer.pre_step():  # clip per sample, sum, add N(0, sigma² C²), divide by qN
             with torch.no_grad():
@@ -662,13 +659,6 @@ class DPLocalTrainer(LocalTrainer):
                 f"silo {self.silo.name}: {steps} more DP-SGD steps would raise ε from "
                 f"{self.epsilon():.3f} to {after:.3f}, over the target ε={target:g} at "
                 f"δ={self.delta:g} ({self.steps_taken} of {self.dp.total_steps} planned steps done)"
-            )
-
-    def _check_finite(self, value: float, step: int) -> None:
-        """Raise ``FloatingPointError`` for a NaN or infinite objective."""
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f"silo {self.silo.name}: non-finite loss {value} at step {step}"
             )
 
     def _calibrate(self) -> float:

@@ -1,45 +1,129 @@
-"""Local training and evaluation of a ``PromptClassifier`` on one silo's data.
+"""Local training and evaluation of an adapted model on one silo's data.
 
-Each split is tokenised once (truncated, unpadded); batches are padded on the
-right to their own longest text. Training runs a fixed number of AdamW steps
-over the prompt table (``lr``) and the head (``head_lr``), cycling through
-seeded shuffles of the training set; the sampler position carries over from
-one ``train`` call (one federated round) to the next.
+``BaseTrainer`` owns the loop that every modality shares: a fixed number of AdamW
+steps over the model's two parameter groups (``prompt_parameters`` at ``lr``,
+``head_parameters`` at ``head_lr``), cycling through seeded shuffles of the training
+set (the sampler position carries over from one ``train`` call, one federated round,
+to the next), an optional extra loss, the non-finite check, and evaluation with
+accuracy, macro-F1 and loss. Subclasses only prepare the splits and build batches.
+
+``LocalTrainer`` is the text trainer: each split is tokenised once (truncated,
+unpadded); batches are padded on the right to their own longest text. Any model with
+the ``TextModel`` API trains with it (soft prompt, LoRA, full fine-tuning).
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from dataclasses import dataclass
-from typing import Literal
+from typing import Generic, Literal, Protocol, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 (conventional alias)
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedprompt_client_agent.data import SiloData, TextExample
-from fedprompt_client_agent.model import PromptClassifier, Tokenizer
+from fedprompt_client_agent.data import SPLIT_NAMES, SiloData, TextExample
+from fedprompt_client_agent.model import Tokenizer
 
 __all__ = [
+    "BaseTrainer",
     "EvalResult",
     "ExtraLoss",
     "LocalTrainer",
     "SplitName",
+    "TextModel",
     "TrainConfig",
     "TrainResult",
+    "TrainableModel",
     "macro_f1",
+    "seeded_torch_rng",
 ]
 
 logger = logging.getLogger(__name__)
 
 SplitName = Literal["train", "val", "test"]
-ExtraLoss = Callable[[PromptClassifier], torch.Tensor]
+
+
+class TrainableModel(Protocol):
+    """What a trainer needs from a model: two parameter groups, a device and a forward.
+
+    ``PromptClassifier``, ``VisualPromptClassifier``, ``LoraClassifier`` and
+    ``FullFinetuneClassifier`` all have it.
+    """
+
+    @property
+    def num_labels(self) -> int:
+        """Number of classes of the head."""
+        ...
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        ...
+
+    @property
+    def training(self) -> bool:
+        """Whether the model is in training mode."""
+        ...
+
+    def train(self, mode: bool = True) -> object:
+        """Set training (True) or evaluation (False) mode."""
+        ...
+
+    def eval(self) -> object:
+        """Set evaluation mode."""
+        ...
+
+    def prompt_parameters(self) -> list[torch.Tensor]:
+        """Return the adapted parameters (the ``lr`` group)."""
+        ...
+
+    def head_parameters(self) -> list[torch.Tensor]:
+        """Return the head parameters (the ``head_lr`` group)."""
+        ...
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        """Return ``[batch, num_labels]`` logits."""
+        ...
+
+
+class TextModel(TrainableModel, Protocol):
+    """A model over right-padded token ids: ``model(input_ids, attention_mask)``."""
+
+    @property
+    def max_text_tokens(self) -> int | None:
+        """Longest tokenised text the model takes (``None``: no limit)."""
+        ...
+
+
+class _Silo(Protocol):
+    """What ``BaseTrainer`` reads from a text or image silo."""
+
+    @property
+    def name(self) -> str:
+        """Silo name, for messages."""
+        ...
+
+    @property
+    def num_labels(self) -> int:
+        """Number of classes."""
+        ...
+
+    @property
+    def train(self) -> Sized:
+        """The training split."""
+        ...
+
+
+ModelT = TypeVar("ModelT", bound=TrainableModel)
+ExtraLoss = Callable[[TextModel], torch.Tensor]
 
 
 class TrainConfig(BaseModel):
@@ -168,16 +252,17 @@ def macro_f1(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndar
     return float(np.mean(scores))
 
 
-class LocalTrainer:
-    """Trains and evaluates a ``PromptClassifier`` on one silo's splits.
+class BaseTrainer(abc.ABC, Generic[ModelT]):
+    """The training and evaluation loop shared by the text and image trainers.
+
+    Subclasses prepare their splits after calling ``__init__`` and implement
+    ``_split_size`` and ``_batch`` (and optionally ``_eval_order``).
 
     Parameters
     ----------
-    model : PromptClassifier
-        The model; only its prompt table and head are updated.
-    tokenizer : transformers tokenizer
-        The backbone's tokenizer (from ``load_backbone``).
-    silo : SiloData
+    model : TrainableModel
+        The model; only its ``prompt_parameters`` and ``head_parameters`` are updated.
+    silo : text or image silo
         The silo; its label set must match ``model.num_labels``.
     config : TrainConfig
         Hyper-parameters.
@@ -188,27 +273,24 @@ class LocalTrainer:
         If the label counts differ or the training split is empty.
     """
 
-    def __init__(
-        self, model: PromptClassifier, tokenizer: Tokenizer, silo: SiloData, config: TrainConfig
-    ) -> None:
+    def __init__(self, model: ModelT, silo: _Silo, config: TrainConfig) -> None:
         if silo.num_labels != model.num_labels:
             raise ValueError(
                 f"silo {silo.name} has {silo.num_labels} labels, the model's head has {model.num_labels}"
             )
-        if not silo.train:
+        if len(silo.train) == 0:
             raise ValueError(f"silo {silo.name} has no training examples")
         self.model = model
         self.silo = silo
         self.config = config
-        self.max_length = _effective_max_length(config.max_length, model.max_text_tokens)
-        self._pad_id = int(tokenizer.pad_token_id)
-        self._splits = {
-            name: _encode(tokenizer, silo.split(name), max_length=self.max_length)
-            for name in ("train", "val", "test")
-        }
         self._order_rng = np.random.default_rng(config.seed)
         self._queue: deque[int] = deque()
         self._calls = 0
+
+    @property
+    def num_train_examples(self) -> int:
+        """N, the number of training examples."""
+        return self._split_size("train")
 
     def update_config(self, **changes: object) -> TrainConfig:
         """Replace some hyper-parameters (e.g. per-round steps and learning rates), validated.
@@ -228,11 +310,10 @@ class LocalTrainer:
         pydantic.ValidationError
             If a field is unknown or a value is out of range.
         ValueError
-            If ``max_length`` changes: the splits are tokenised once, at construction.
+            If the trainer cannot take the change (see ``_check_config_change``).
         """
         config = TrainConfig.model_validate({**self.config.model_dump(), **changes})
-        if config.max_length != self.config.max_length:
-            raise ValueError("max_length is fixed when the trainer is built; create a new trainer")
+        self._check_config_change(config)
         self.config = config
         return config
 
@@ -242,7 +323,7 @@ class LocalTrainer:
         Returns
         -------
         torch.optim.Optimizer
-            AdamW: the prompt table at ``lr``, the head at ``head_lr``.
+            AdamW: ``prompt_parameters`` at ``lr``, ``head_parameters`` at ``head_lr``.
         """
         groups = [
             {"params": self.model.prompt_parameters(), "lr": self.config.lr},
@@ -251,7 +332,10 @@ class LocalTrainer:
         return torch.optim.AdamW(groups, weight_decay=self.config.weight_decay)
 
     def train(
-        self, *, steps: int | None = None, extra_loss: ExtraLoss | None = None
+        self,
+        *,
+        steps: int | None = None,
+        extra_loss: Callable[[ModelT], torch.Tensor] | None = None,
     ) -> TrainResult:
         """Run a fixed number of optimizer steps on the training split.
 
@@ -282,13 +366,13 @@ class LocalTrainer:
         n_steps = self.config.steps if steps is None else steps
         if n_steps < 1:
             raise ValueError(f"steps must be >= 1, got {n_steps}")
-        batch_size = min(self.config.batch_size, len(self._splits["train"]))
+        batch_size = min(self.config.batch_size, self.num_train_examples)
         optimizer = self.build_optimizer()
         self.model.train()
         losses: list[float] = []
         step_times: list[float] = []
         started = time.perf_counter()
-        with _seeded_torch_rng(self._next_dropout_seed(), self.model.device):
+        with seeded_torch_rng(self.next_dropout_seed(), self.model.device):
             for step in range(n_steps):
                 step_start = time.perf_counter()
                 losses.append(self._step(optimizer, batch_size, extra_loss, step=step))
@@ -301,7 +385,7 @@ class LocalTrainer:
             seconds=seconds,
             step_seconds_mean=float(np.mean(step_times)),
         )
-        logger.info(
+        logging.getLogger(type(self).__module__).info(
             "silo %s: %d steps, mean loss %.4f, %.3f s/step",
             self.silo.name,
             result.steps,
@@ -328,23 +412,88 @@ class LocalTrainer:
         ValueError
             If the split is unknown or empty.
         """
-        if split not in self._splits:
+        if split not in SPLIT_NAMES:
             raise ValueError(f"unknown split {split!r}; expected 'train', 'val' or 'test'")
-        encoded = self._splits[split]
-        if len(encoded) == 0:
+        size = self._split_size(split)
+        if size == 0:
             raise ValueError(f"silo {self.silo.name}: split {split!r} is empty")
         was_training = self.model.training
         self.model.eval()
         try:
-            predictions, loss_sum = self._predict(encoded)
+            predictions, targets, loss_sum = self._predict(split)
         finally:
             self.model.train(was_training)
         return EvalResult(
-            accuracy=float(np.mean(predictions == encoded.labels)),
-            macro_f1=macro_f1(encoded.labels, predictions),
-            loss=loss_sum / len(encoded),
-            num_examples=len(encoded),
+            accuracy=float(np.mean(predictions == targets)),
+            macro_f1=macro_f1(targets, predictions),
+            loss=loss_sum / size,
+            num_examples=size,
         )
+
+    def training_batch(self, indices: np.ndarray) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Build the model inputs and labels of some training examples, on the model's device.
+
+        Parameters
+        ----------
+        indices : numpy.ndarray
+            int64 positions in the training split.
+
+        Returns
+        -------
+        tuple
+            ``(inputs, labels)``: the model is called as ``model(*inputs)``.
+        """
+        return self._batch("train", indices)
+
+    def next_dropout_seed(self) -> int:
+        """Derive the next ``train`` call's torch seed from the config seed and a call counter.
+
+        Returns
+        -------
+        int
+            ``config.seed * 1_000_003 + calls``.
+        """
+        self._calls += 1
+        return self.config.seed * 1_000_003 + self._calls
+
+    def check_finite_loss(self, value: float, *, step: int) -> None:
+        """Raise ``FloatingPointError`` for a NaN or infinite objective.
+
+        Parameters
+        ----------
+        value : float
+            The objective.
+        step : int
+            The step, for the message.
+
+        Raises
+        ------
+        FloatingPointError
+            If ``value`` is NaN or infinite.
+        """
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"silo {self.silo.name}: non-finite loss {value} at step {step}"
+            )
+
+    # ----------------------------------------------------------------- subclass hooks
+
+    @abc.abstractmethod
+    def _split_size(self, split: str) -> int:
+        """Number of examples in a split."""
+
+    @abc.abstractmethod
+    def _batch(
+        self, split: str, indices: np.ndarray
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Model inputs and labels of the given examples of a split, on the model's device."""
+
+    def _eval_order(self, split: str) -> np.ndarray:
+        """Order in which ``evaluate`` batches a split (default: as stored)."""
+        return np.arange(self._split_size(split), dtype=np.int64)
+
+    def _check_config_change(self, config: TrainConfig) -> None:
+        """Reject a new configuration the trainer cannot take (default: accept all)."""
 
     # ----------------------------------------------------------------- internals
 
@@ -352,52 +501,100 @@ class LocalTrainer:
         self,
         optimizer: torch.optim.Optimizer,
         batch_size: int,
-        extra_loss: ExtraLoss | None,
+        extra_loss: Callable[[ModelT], torch.Tensor] | None,
         *,
         step: int,
     ) -> float:
         """One optimizer step on the next batch; returns the objective."""
-        indices = self._next_indices(batch_size)
-        input_ids, mask, labels = self._collate(self._splits["train"], indices)
-        logits = self.model(input_ids, mask)
+        inputs, labels = self.training_batch(self._next_indices(batch_size))
+        logits = self.model(*inputs)
         loss = F.cross_entropy(logits, labels)
         if extra_loss is not None:
             loss = loss + extra_loss(self.model)
         value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                f"silo {self.silo.name}: non-finite loss {value} at step {step}"
-            )
+        self.check_finite_loss(value, step=step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
         return value
 
-    def _predict(self, encoded: _EncodedSplit) -> tuple[np.ndarray, float]:
-        """Predict a whole split in length-sorted batches; returns predictions and summed loss."""
-        order = np.argsort([len(ids) for ids in encoded.input_ids], kind="stable")
-        predictions = np.empty(len(encoded), dtype=np.int64)
+    def _predict(self, split: str) -> tuple[np.ndarray, np.ndarray, float]:
+        """Predict a whole split in batches; returns predictions, targets and summed loss."""
+        order = self._eval_order(split)
+        predictions = np.empty(len(order), dtype=np.int64)
+        targets = np.empty(len(order), dtype=np.int64)
         loss_sum = 0.0
         with torch.no_grad():
             for start in range(0, len(order), self.config.eval_batch_size):
                 chunk = order[start : start + self.config.eval_batch_size]
-                input_ids, mask, labels = self._collate(encoded, chunk)
-                logits = self.model(input_ids, mask)
+                inputs, labels = self._batch(split, chunk)
+                logits = self.model(*inputs)
                 loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
                 predictions[chunk] = logits.argmax(dim=-1).cpu().numpy()
-        return predictions, loss_sum
+                targets[chunk] = labels.cpu().numpy()
+        return predictions, targets, loss_sum
 
     def _next_indices(self, batch_size: int) -> np.ndarray:
         """Take the next training indices from an endless stream of seeded shuffles."""
-        n = len(self._splits["train"])
+        n = self.num_train_examples
         while len(self._queue) < batch_size:
             self._queue.extend(int(i) for i in self._order_rng.permutation(n))
         return np.array([self._queue.popleft() for _ in range(batch_size)], dtype=np.int64)
 
-    def _collate(
-        self, encoded: _EncodedSplit, indices: np.ndarray
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+
+class LocalTrainer(BaseTrainer[TextModel]):
+    """Trains and evaluates a text model on one silo's splits.
+
+    Parameters
+    ----------
+    model : TextModel
+        The model (``PromptClassifier``, ``LoraClassifier``, ``FullFinetuneClassifier``);
+        only its prompt (or adapter) parameters and head are updated.
+    tokenizer : transformers tokenizer
+        The backbone's tokenizer (from ``load_backbone``).
+    silo : SiloData
+        The silo; its label set must match ``model.num_labels``.
+    config : TrainConfig
+        Hyper-parameters.
+
+    Raises
+    ------
+    ValueError
+        If the label counts differ or the training split is empty.
+    """
+
+    def __init__(
+        self, model: TextModel, tokenizer: Tokenizer, silo: SiloData, config: TrainConfig
+    ) -> None:
+        super().__init__(model, silo, config)
+        self.max_length = _effective_max_length(config.max_length, model.max_text_tokens)
+        self._pad_id = int(tokenizer.pad_token_id)
+        self._splits = {
+            name: _encode(tokenizer, silo.split(name), max_length=self.max_length)
+            for name in SPLIT_NAMES
+        }
+
+    # ----------------------------------------------------------------- hooks
+
+    def _check_config_change(self, config: TrainConfig) -> None:
+        """Refuse a new ``max_length``: the splits are tokenised once, at construction."""
+        if config.max_length != self.config.max_length:
+            raise ValueError("max_length is fixed when the trainer is built; create a new trainer")
+
+    def _split_size(self, split: str) -> int:
+        """Number of texts in a split."""
+        return len(self._splits[split])
+
+    def _eval_order(self, split: str) -> np.ndarray:
+        """Length-sorted order, so that evaluation batches pad little."""
+        encoded = self._splits[split]
+        return np.argsort([len(ids) for ids in encoded.input_ids], kind="stable")
+
+    def _batch(
+        self, split: str, indices: np.ndarray
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """Right-pad the selected texts to the longest one and move them to the model's device."""
+        encoded = self._splits[split]
         rows = [encoded.input_ids[i] for i in indices]
         width = max(len(row) for row in rows)
         ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)
@@ -407,17 +604,25 @@ class LocalTrainer:
             mask[r, : len(row)] = 1
         labels = torch.from_numpy(encoded.labels[indices])
         device = self.model.device
-        return ids.to(device), mask.to(device), labels.to(device)
-
-    def _next_dropout_seed(self) -> int:
-        """Derive this call's dropout seed from the config seed and a call counter."""
-        self._calls += 1
-        return self.config.seed * 1_000_003 + self._calls
+        return (ids.to(device), mask.to(device)), labels.to(device)
 
 
 @contextlib.contextmanager
-def _seeded_torch_rng(seed: int, device: torch.device) -> Iterator[None]:
-    """Fork torch's RNG, seed the fork, and restore the caller's RNG state afterwards."""
+def seeded_torch_rng(seed: int, device: torch.device) -> Iterator[None]:
+    """Fork torch's RNG, seed the fork, and restore the caller's RNG state afterwards.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of the forked RNG.
+    device : torch.device
+        The model's device; a CUDA device's RNG is forked too.
+
+    Yields
+    ------
+    None
+        Inside, torch draws from the seeded fork.
+    """
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
