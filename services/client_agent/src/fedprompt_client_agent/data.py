@@ -20,13 +20,22 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-import numpy as np
+from fedprompt_client_agent.silo_files import (
+    LABELS_FILE,
+    METADATA_FILE,
+    SPLIT_NAMES,
+    fill_missing_splits,
+    metadata_json,
+    read_label_names,
+    read_metadata,
+    stratified_split,
+    write_metadata_and_labels,
+)
 
 __all__ = [
     "SPLIT_NAMES",
@@ -39,11 +48,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SPLIT_NAMES: Final = ("train", "val", "test")
 _SUFFIXES: Final = (".jsonl", ".csv")
-_METADATA_FILE: Final = "metadata.json"
-_LABELS_FILE: Final = "labels.json"
-_DEFAULT_HOLDOUT: Final = {"val": 0.15, "test": 0.15}
 
 
 @dataclass(frozen=True)
@@ -123,56 +128,6 @@ class _RawRow:
     where: str
 
 
-def stratified_split(
-    labels: Sequence[int],
-    *,
-    fractions: Mapping[str, float],
-    rng: np.random.Generator,
-) -> dict[str, list[int]]:
-    """Split positions into named parts, stratified by label.
-
-    Parameters
-    ----------
-    labels : sequence of int
-        The label of each item; the returned lists index into this sequence.
-    fractions : mapping of str to float
-        Target fraction per held-out part (e.g. ``{"val": 0.15, "test": 0.2}``);
-        whatever remains goes to ``"train"``. Fractions must be >= 0 and sum to < 1.
-    rng : numpy.random.Generator
-        Source of the shuffles; the result is a pure function of its state.
-
-    Returns
-    -------
-    dict of str to list of int
-        ``"train"`` plus one key per entry of ``fractions``; each position appears
-        in exactly one list. Within each label, part sizes are rounded to the
-        nearest integer and at least one item per label stays in ``"train"``.
-
-    Raises
-    ------
-    ValueError
-        If a fraction is negative or the fractions sum to 1 or more.
-    """
-    if any(f < 0 for f in fractions.values()) or sum(fractions.values()) >= 1.0:
-        raise ValueError(f"fractions must be >= 0 and sum to < 1, got {dict(fractions)}")
-    parts: dict[str, list[int]] = {"train": [], **{name: [] for name in fractions}}
-    by_label: dict[int, list[int]] = {}
-    for pos, label in enumerate(labels):
-        by_label.setdefault(label, []).append(pos)
-    for label in sorted(by_label):
-        positions = by_label[label]
-        order = rng.permutation(len(positions))
-        shuffled = [positions[i] for i in order]
-        start = 0
-        for name, frac in fractions.items():
-            take = min(math.floor(len(shuffled) * frac + 0.5), len(shuffled) - start - 1)
-            take = max(take, 0)
-            parts[name].extend(shuffled[start : start + take])
-            start += take
-        parts["train"].extend(shuffled[start:])
-    return {name: sorted(positions) for name, positions in parts.items()}
-
-
 def load_silo_dir(
     path: str | Path,
     *,
@@ -217,11 +172,16 @@ def load_silo_dir(
     }
     if not raw["train"]:
         raise ValueError(f"{train_file}: no training rows")
-    metadata = _read_metadata(root / _METADATA_FILE)
-    labels = _resolve_labels(root / _LABELS_FILE, raw)
+    metadata = read_metadata(root / METADATA_FILE)
+    labels = _resolve_labels(root / LABELS_FILE, raw)
     index = {name: i for i, name in enumerate(labels)}
     splits = {name: _to_examples(rows, index) for name, rows in raw.items()}
-    splits = _fill_missing_splits(splits, seed=split_seed)
+    splits = fill_missing_splits(
+        splits,
+        seed=split_seed,
+        labels_of=lambda examples: [ex.label for ex in examples],
+        subset=lambda examples, positions: tuple(examples[i] for i in positions),
+    )
     silo = SiloData(
         name=root.resolve().name,
         labels=labels,
@@ -267,10 +227,7 @@ def write_silo_dir(silo: SiloData, path: str | Path) -> Path:
     """
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
-    try:
-        metadata_text = json.dumps(silo.metadata, indent=2, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"silo {silo.name}: metadata is not JSON-serialisable: {exc}") from exc
+    metadata_text = metadata_json(silo.name, silo.metadata)
     for split in SPLIT_NAMES:
         for stale in _SUFFIXES:
             (root / f"{split}{stale}").unlink(missing_ok=True)
@@ -278,10 +235,7 @@ def write_silo_dir(silo: SiloData, path: str | Path) -> Path:
         (root / f"{split}.jsonl").write_text(
             "".join(line + "\n" for line in lines), encoding="utf-8"
         )
-    (root / _METADATA_FILE).write_text(metadata_text + "\n", encoding="utf-8")
-    (root / _LABELS_FILE).write_text(
-        json.dumps(list(silo.labels), indent=2) + "\n", encoding="utf-8"
-    )
+    write_metadata_and_labels(root, metadata_text, silo.labels)
     return root
 
 
@@ -377,43 +331,11 @@ def _validate_record(
     return _RawRow(text=text, label=label_name, where=where)
 
 
-def _read_metadata(file: Path) -> dict[str, object]:
-    """Read the silo's public metadata, which must be a JSON object."""
-    if not file.is_file():
-        raise ValueError(f"{file}: missing; every silo publishes a metadata JSON object")
-    value = _read_json(file)
-    if not isinstance(value, dict):
-        raise ValueError(f"{file}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
 def _resolve_labels(file: Path, raw: Mapping[str, Sequence[_RawRow]]) -> tuple[str, ...]:
     """Return the label names from labels.json, or the sorted union of the data's labels."""
     if not file.is_file():
         return tuple(sorted({row.label for rows in raw.values() for row in rows}))
-    value = _read_json(file)
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"{file}: expected a non-empty JSON list of label names")
-    names: list[str] = []
-    for item in value:
-        if isinstance(item, bool) or not isinstance(item, (str, int)) or not str(item).strip():
-            raise ValueError(
-                f"{file}: label names must be non-empty strings or integers, got {item!r}"
-            )
-        names.append(str(item).strip())
-    if len(set(names)) != len(names):
-        raise ValueError(f"{file}: duplicate label names")
-    return tuple(names)
-
-
-def _read_json(file: Path) -> Any:
-    """Parse a whole JSON file, turning every failure into a ValueError naming it."""
-    try:
-        return json.loads(file.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{file}: cannot read file: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{file}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+    return read_label_names(file)
 
 
 def _to_examples(rows: Sequence[_RawRow], index: Mapping[str, int]) -> tuple[TextExample, ...]:
@@ -427,21 +349,3 @@ def _to_examples(rows: Sequence[_RawRow], index: Mapping[str, int]) -> tuple[Tex
             )
         examples.append(TextExample(text=row.text, label=label))
     return tuple(examples)
-
-
-def _fill_missing_splits(
-    splits: dict[str, tuple[TextExample, ...]], *, seed: int
-) -> dict[str, tuple[TextExample, ...]]:
-    """Carve missing val/test splits out of train (fractions of the train file)."""
-    missing = {name: frac for name, frac in _DEFAULT_HOLDOUT.items() if name not in splits}
-    if not missing:
-        return splits
-    train = splits["train"]
-    parts = stratified_split(
-        [ex.label for ex in train], fractions=missing, rng=np.random.default_rng(seed)
-    )
-    result = dict(splits)
-    for name, positions in parts.items():
-        result[name] = tuple(train[i] for i in positions)
-    logger.info("carved %s out of train (seed %d)", sorted(missing), seed)
-    return result

@@ -24,7 +24,6 @@ exactly one silo.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import zipfile
@@ -33,14 +32,24 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 (conventional alias)
 from numpy.lib.npyio import NpzFile
 
-from fedprompt_client_agent.data import SPLIT_NAMES, stratified_split
+from fedprompt_client_agent.silo_files import (
+    LABELS_FILE,
+    METADATA_FILE,
+    SPLIT_NAMES,
+    fill_missing_splits,
+    metadata_json,
+    read_label_names,
+    read_metadata,
+    stratified_split,
+    write_metadata_and_labels,
+)
 
 __all__ = [
     "DEFAULT_ROTATIONS",
@@ -60,10 +69,7 @@ logger = logging.getLogger(__name__)
 
 DIGIT_LABELS: Final = tuple(str(d) for d in range(10))
 DEFAULT_ROTATIONS: Final = (0.0, 90.0, 180.0, 270.0)
-_METADATA_FILE: Final = "metadata.json"
-_LABELS_FILE: Final = "labels.json"
 _SPLIT_SUFFIX: Final = ".npz"
-_DEFAULT_HOLDOUT: Final = {"val": 0.15, "test": 0.15}
 # Synthetic but consistent site attributes: the sites of one group share them.
 _SITE_OF_GROUP: Final = (
     ("hospital", "north"),
@@ -562,19 +568,13 @@ def write_image_silo_dir(silo: ImageSiloData, path: str | Path) -> Path:
         If the metadata is not JSON-serialisable.
     """
     root = Path(path)
-    try:
-        metadata_text = json.dumps(silo.metadata, indent=2, sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"silo {silo.name}: metadata is not JSON-serialisable: {exc}") from exc
+    metadata_text = metadata_json(silo.name, silo.metadata)
     root.mkdir(parents=True, exist_ok=True)
     for name in SPLIT_NAMES:
         split = silo.split(name)
         with (root / f"{name}{_SPLIT_SUFFIX}").open("wb") as handle:
             np.savez_compressed(handle, images=split.images, labels=split.labels)
-    (root / _METADATA_FILE).write_text(metadata_text + "\n", encoding="utf-8")
-    (root / _LABELS_FILE).write_text(
-        json.dumps(list(silo.labels), indent=2) + "\n", encoding="utf-8"
-    )
+    write_metadata_and_labels(root, metadata_text, silo.labels)
     return root
 
 
@@ -607,8 +607,8 @@ def load_image_silo_dir(path: str | Path, *, split_seed: int = 0) -> ImageSiloDa
     train_file = root / f"train{_SPLIT_SUFFIX}"
     if not train_file.is_file():
         raise ValueError(f"{train_file}: missing; every image silo needs train{_SPLIT_SUFFIX}")
-    metadata = _read_metadata(root / _METADATA_FILE)
-    labels = _read_labels(root / _LABELS_FILE)
+    metadata = read_metadata(root / METADATA_FILE, flat=True)
+    labels = _read_labels(root / LABELS_FILE)
     splits: dict[str, ImageSplit] = {}
     for name in SPLIT_NAMES:
         file = root / f"{name}{_SPLIT_SUFFIX}"
@@ -619,7 +619,12 @@ def load_image_silo_dir(path: str | Path, *, split_seed: int = 0) -> ImageSiloDa
     shapes = {name: split.image_shape for name, split in splits.items() if len(split)}
     if len(set(shapes.values())) > 1:
         raise ValueError(f"{root}: image shapes differ between splits: {shapes}")
-    splits = _fill_missing_splits(splits, seed=split_seed)
+    splits = fill_missing_splits(
+        splits,
+        seed=split_seed,
+        labels_of=lambda split: split.labels.tolist(),
+        subset=_subset,
+    )
     silo = ImageSiloData(
         name=root.resolve().name,
         labels=labels,
@@ -664,65 +669,19 @@ def _read_split(file: Path, *, num_labels: int) -> ImageSplit:
     if len(split) and int(split.labels.max()) >= num_labels:
         raise ValueError(
             f"{file}: label id {int(split.labels.max())} out of range for {num_labels} labels "
-            f"in {_LABELS_FILE}"
+            f"in {LABELS_FILE}"
         )
     return split
-
-
-def _read_metadata(file: Path) -> dict[str, object]:
-    """Read the silo's public metadata, which must be a flat JSON object."""
-    if not file.is_file():
-        raise ValueError(f"{file}: missing; every silo publishes a metadata JSON object")
-    value = _read_json(file)
-    if not isinstance(value, dict):
-        raise ValueError(f"{file}: expected a JSON object, got {type(value).__name__}")
-    nested = sorted(key for key, item in value.items() if isinstance(item, dict | list))
-    if nested:
-        raise ValueError(f"{file}: metadata must be flat; nested values under {nested}")
-    return value
 
 
 def _read_labels(file: Path) -> tuple[str, ...]:
     """Read the ordered label names from labels.json."""
     if not file.is_file():
-        raise ValueError(f"{file}: missing; image silos name their labels in {_LABELS_FILE}")
-    value = _read_json(file)
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"{file}: expected a non-empty JSON list of label names")
-    names: list[str] = []
-    for item in value:
-        if isinstance(item, bool) or not isinstance(item, str | int) or not str(item).strip():
-            raise ValueError(
-                f"{file}: label names must be non-empty strings or integers, got {item!r}"
-            )
-        names.append(str(item).strip())
-    if len(set(names)) != len(names):
-        raise ValueError(f"{file}: duplicate label names")
-    return tuple(names)
+        raise ValueError(f"{file}: missing; image silos name their labels in {LABELS_FILE}")
+    return read_label_names(file)
 
 
-def _read_json(file: Path) -> Any:
-    """Parse a whole JSON file, turning every failure into a ValueError naming it."""
-    try:
-        return json.loads(file.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{file}: cannot read file: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{file}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
-
-
-def _fill_missing_splits(splits: dict[str, ImageSplit], *, seed: int) -> dict[str, ImageSplit]:
-    """Carve missing val/test splits out of train (fractions of the train file)."""
-    missing = {name: frac for name, frac in _DEFAULT_HOLDOUT.items() if name not in splits}
-    if not missing:
-        return splits
-    train = splits["train"]
-    parts = stratified_split(
-        train.labels.tolist(), fractions=missing, rng=np.random.default_rng(seed)
-    )
-    result = dict(splits)
-    for name, positions in parts.items():
-        index = np.array(positions, dtype=np.int64)
-        result[name] = ImageSplit(images=train.images[index], labels=train.labels[index])
-    logger.info("carved %s out of train (seed %d)", sorted(missing), seed)
-    return result
+def _subset(split: ImageSplit, positions: list[int]) -> ImageSplit:
+    """The images and labels of a split at the given positions."""
+    index = np.array(positions, dtype=np.int64)
+    return ImageSplit(images=split.images[index], labels=split.labels[index])
