@@ -63,7 +63,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal, Self, cast
+from typing import Final, Literal, Self, TypedDict, cast
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
@@ -83,10 +83,12 @@ from fedprompt_client_agent.model import (
     BackboneKind,
     Tokenizer,
     autocast,
+    init_linear_head,
     input_embedding_weight,
     load_backbone,
     pool_hidden,
     resolve_device,
+    trainable_mismatch,
 )
 from fedprompt_client_agent.state_io import TensorStateMixin, preview_keys
 from fedprompt_client_agent.vision_model import resize_images
@@ -270,7 +272,7 @@ def default_lora_targets(backbone: nn.Module) -> tuple[str, ...]:
 class _HeadedClassifier(TensorStateMixin, nn.Module):
     """Backbone + feature function + linear head, with the federation's state API.
 
-    Subclasses decide which backbone parameters train and travel (``_shared_views``,
+    Subclasses decide which backbone parameters train and travel (``_backbone_views``,
     ``prompt_parameters``), and call ``_finish`` at the end of their constructor.
     """
 
@@ -366,8 +368,16 @@ class _HeadedClassifier(TensorStateMixin, nn.Module):
     # ----------------------------------------------------------------- state exchange
 
     @abc.abstractmethod
+    def _backbone_views(self) -> dict[str, torch.Tensor]:
+        """Map each travelling backbone-side key to the parameter that holds it."""
+
     def _shared_views(self) -> dict[str, torch.Tensor]:
-        """Map each shared key to the parameter that holds it (head last)."""
+        """The backbone-side views, then the head's two tensors (keyed as in ``PromptClassifier``)."""
+        return {
+            **self._backbone_views(),
+            "head.weight": self.head.weight,
+            "head.bias": self.head.bias,
+        }
 
     def _local_views(self) -> dict[str, torch.Tensor]:
         """No private tensors in these baselines."""
@@ -388,37 +398,23 @@ class _HeadedClassifier(TensorStateMixin, nn.Module):
 
     # ----------------------------------------------------------------- internals
 
-    def _head_views(self) -> dict[str, torch.Tensor]:
-        """The head's two tensors, keyed as in ``PromptClassifier``."""
-        return {"head.weight": self.head.weight, "head.bias": self.head.bias}
-
     def _initialise_backbone_side(self, generator: torch.Generator) -> None:
         """Draw the backbone-side trainable tensors from ``generator`` (nothing by default)."""
 
     def _finish(self, *, seed: int) -> None:
         """Seeded initialisation, device placement, mode and a trainability check."""
         generator = torch.Generator().manual_seed(seed)
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        head_weight = (
-            torch.rand(self.num_labels, self.hidden_size, generator=generator) * (2 * bound) - bound
-        )
-        with torch.no_grad():
-            self.head.weight.copy_(head_weight)
-            self.head.bias.zero_()
+        init_linear_head(self.head, generator)
         self._initialise_backbone_side(generator)
         self.to(_module_device(self.backbone))
         self.train()
-        expected = {id(p) for p in (*self.prompt_parameters(), *self.head_parameters())}
-        stray = [
-            name for name, p in self.named_parameters() if p.requires_grad and id(p) not in expected
-        ]
-        frozen = [
-            p for p in (*self.prompt_parameters(), *self.head_parameters()) if not p.requires_grad
-        ]
+        stray, frozen = trainable_mismatch(
+            self, [*self.prompt_parameters(), *self.head_parameters()]
+        )
         if stray or frozen or not self.prompt_parameters():
             raise RuntimeError(
                 f"{type(self).__name__}: trainable parameters do not match the declared groups; "
-                f"stray: {preview_keys(stray)}, frozen in a group: {len(frozen)}"
+                f"stray: {preview_keys(stray)}, frozen in a group: {frozen}"
             )
 
 
@@ -551,11 +547,9 @@ class LoraClassifier(_HeadedClassifier):
         LoraClassifier
             The classifier; features are ``TransformerFeatures(kind)``.
         """
-        resolved = BackboneKind(kind)
         return cls(
             backbone,
-            features=TransformerFeatures(resolved),
-            feature_dim=int(input_embedding_weight(backbone).shape[1]),
+            **_transformer_wiring(backbone, kind),
             num_labels=num_labels,
             target_modules=(
                 default_lora_targets(backbone) if target_modules is None else target_modules
@@ -564,8 +558,6 @@ class LoraClassifier(_HeadedClassifier):
             r=r,
             lora_alpha=lora_alpha,
             lora_dropout=lora_dropout,
-            kind=resolved,
-            max_text_tokens=_position_limit(backbone),
         )
 
     def prompt_parameters(self) -> list[torch.Tensor]:
@@ -588,13 +580,9 @@ class LoraClassifier(_HeadedClassifier):
             if _LORA_MATRICES.intersection(name.split("."))
         ]
 
-    def _shared_views(self) -> dict[str, torch.Tensor]:
-        """``lora.<module>.lora_{A,B}.weight`` for every adapter, then the head."""
-        views: dict[str, torch.Tensor] = {
-            f"lora.{_drop_adapter_name(name)}": param for name, param in self._lora_named()
-        }
-        views.update(self._head_views())
-        return views
+    def _backbone_views(self) -> dict[str, torch.Tensor]:
+        """``lora.<module>.lora_{A,B}.weight`` for every adapter."""
+        return {f"lora.{_drop_adapter_name(name)}": param for name, param in self._lora_named()}
 
     def _initialise_backbone_side(self, generator: torch.Generator) -> None:
         """``lora_A`` uniform in ``±1 / sqrt(fan_in)`` (peft's default), ``lora_B`` zero."""
@@ -708,15 +696,11 @@ class FullFinetuneClassifier(_HeadedClassifier):
         FullFinetuneClassifier
             The classifier; features are ``TransformerFeatures(kind)``.
         """
-        resolved = BackboneKind(kind)
         return cls(
             backbone,
-            features=TransformerFeatures(resolved),
-            feature_dim=int(input_embedding_weight(backbone).shape[1]),
+            **_transformer_wiring(backbone, kind),
             num_labels=num_labels,
             seed=seed,
-            kind=resolved,
-            max_text_tokens=_position_limit(backbone),
             frozen_modules=frozen_modules,
         )
 
@@ -724,15 +708,13 @@ class FullFinetuneClassifier(_HeadedClassifier):
         """Return the trainable backbone parameters (``lr``; see ``FULL_FINETUNE_SUGGESTED_LR``)."""
         return [param for param in self.backbone.parameters() if param.requires_grad]
 
-    def _shared_views(self) -> dict[str, torch.Tensor]:
-        """``backbone.<name>`` for every trainable backbone parameter, then the head."""
-        views: dict[str, torch.Tensor] = {
+    def _backbone_views(self) -> dict[str, torch.Tensor]:
+        """``backbone.<name>`` for every trainable backbone parameter."""
+        return {
             f"backbone.{name}": param
             for name, param in self.backbone.named_parameters()
             if param.requires_grad
         }
-        views.update(self._head_views())
-        return views
 
 
 def build_lora_classifier(
@@ -968,6 +950,26 @@ def _module_device(module: nn.Module) -> torch.device:
     """Device of a module's first parameter (CPU for a module without any)."""
     first = next(module.parameters(), None)
     return first.device if first is not None else torch.device("cpu")
+
+
+class _TransformerWiring(TypedDict):
+    """The constructor arguments that wire a Hugging Face base model (``from_transformer``)."""
+
+    features: FeatureFn
+    feature_dim: int
+    kind: BackboneKind
+    max_text_tokens: int | None
+
+
+def _transformer_wiring(backbone: PreTrainedModel, kind: BackboneKind | str) -> _TransformerWiring:
+    """Pooled features, their width, the kind and the token limit of a Hugging Face base model."""
+    resolved = BackboneKind(kind)
+    return _TransformerWiring(
+        features=TransformerFeatures(resolved),
+        feature_dim=int(input_embedding_weight(backbone).shape[1]),
+        kind=resolved,
+        max_text_tokens=_position_limit(backbone),
+    )
 
 
 def _position_limit(backbone: nn.Module) -> int | None:

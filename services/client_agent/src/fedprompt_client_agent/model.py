@@ -51,11 +51,13 @@ __all__ = [
     "build_prompt_classifier",
     "default_model_dir",
     "detect_backbone_kind",
+    "init_linear_head",
     "input_embedding_weight",
     "load_backbone",
     "pool_hidden",
     "register_prompt_initialiser",
     "resolve_device",
+    "trainable_mismatch",
 ]
 
 logger = logging.getLogger(__name__)
@@ -577,28 +579,64 @@ class PromptClassifier(TensorStateMixin, nn.Module):
             init_token_ids=init_token_ids,
         )
         rows = PROMPT_INITIALISERS[prompt_init](ctx)
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        head_weight = (
-            torch.rand(self.num_labels, self.hidden_size, generator=generator) * (2 * bound) - bound
-        )
         with torch.no_grad():
             self.prompt_embedding.weight.copy_(rows)
-            self.head.weight.copy_(head_weight)
-            self.head.bias.zero_()
+        init_linear_head(self.head, generator)
 
     def _check_trainable(self) -> None:
         """Fail loudly if anything but the prompt table and the head would train."""
-        expected = {id(p) for p in (*self.prompt_parameters(), *self.head_parameters())}
-        stray = [
-            name for name, p in self.named_parameters() if p.requires_grad and id(p) not in expected
-        ]
-        frozen = [
-            p for p in (*self.prompt_parameters(), *self.head_parameters()) if not p.requires_grad
-        ]
+        stray, frozen = trainable_mismatch(
+            self, [*self.prompt_parameters(), *self.head_parameters()]
+        )
         if stray or frozen:
             raise RuntimeError(
                 f"trainable parameters must be exactly the prompt and head; stray: {stray}"
             )
+
+
+def init_linear_head(head: nn.Linear, generator: torch.Generator) -> None:
+    """Draw a classification head from a seeded generator: weight uniform, bias zero.
+
+    The weight is drawn on the CPU, ``[out_features, in_features]`` uniform in
+    ``±1 / sqrt(in_features)``, so equal seeds give equal heads on every device.
+
+    Parameters
+    ----------
+    head : torch.nn.Linear
+        The head, changed in place.
+    generator : torch.Generator
+        Seeded CPU generator.
+    """
+    bound = 1.0 / math.sqrt(head.in_features)
+    weight = (
+        torch.rand(head.out_features, head.in_features, generator=generator) * (2 * bound) - bound
+    )
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.zero_()
+
+
+def trainable_mismatch(module: nn.Module, groups: Sequence[torch.Tensor]) -> tuple[list[str], int]:
+    """Compare the parameters that require gradients with the declared parameter groups.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model.
+    groups : sequence of torch.Tensor
+        Every parameter the trainer's groups hold.
+
+    Returns
+    -------
+    tuple
+        ``(stray, frozen)``: names of trainable parameters outside the groups, and
+        how many parameters in the groups do not require gradients.
+    """
+    expected = {id(p) for p in groups}
+    stray = [
+        name for name, p in module.named_parameters() if p.requires_grad and id(p) not in expected
+    ]
+    return stray, sum(1 for p in groups if not p.requires_grad)
 
 
 def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, *, kind: BackboneKind) -> torch.Tensor:

@@ -51,7 +51,14 @@ from fedprompt_client_agent.efficientnet_lite import (
     load_efficientnet_lite0,
     normalize,
 )
-from fedprompt_client_agent.model import LOCAL_KEYS, SHARED_KEYS, autocast, resolve_device
+from fedprompt_client_agent.model import (
+    LOCAL_KEYS,
+    SHARED_KEYS,
+    autocast,
+    init_linear_head,
+    resolve_device,
+    trainable_mismatch,
+)
 from fedprompt_client_agent.state_io import TensorStateMixin, select_views
 
 __all__ = [
@@ -437,24 +444,17 @@ class VisualPromptClassifier(TensorStateMixin, nn.Module):
     def _initialise(self, *, seed: int) -> None:
         """Set rings and head from one seeded CPU generator (device-independent)."""
         generator = torch.Generator().manual_seed(seed)
-        bound = 1.0 / math.sqrt(self.hidden_size)
         with torch.no_grad():
             for name in self.prompt.segments:
                 ring = self.prompt.segment(name)
                 ring.copy_(torch.randn(ring.shape, generator=generator) * self.spec.init_std)
-            weight = torch.rand(self.head.weight.shape, generator=generator) * (2 * bound) - bound
-            self.head.weight.copy_(weight)
-            self.head.bias.zero_()
+        init_linear_head(self.head, generator)
 
     def _check_trainable(self) -> None:
         """Fail loudly if anything but the rings and the head would train."""
-        expected = {id(p) for p in (*self.prompt_parameters(), *self.head_parameters())}
-        stray = [
-            name for name, p in self.named_parameters() if p.requires_grad and id(p) not in expected
-        ]
-        frozen = [
-            p for p in (*self.prompt_parameters(), *self.head_parameters()) if not p.requires_grad
-        ]
+        stray, frozen = trainable_mismatch(
+            self, [*self.prompt_parameters(), *self.head_parameters()]
+        )
         if stray or frozen:
             raise RuntimeError(
                 f"trainable parameters must be exactly the prompt and head; stray: {stray}"
