@@ -18,8 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,6 +31,7 @@ from fedprompt.v1 import common_pb2
 from fedprompt_client_agent.agent import TrainSettings
 from fedprompt_client_agent.config import ClientAgentConfig, Modality
 from fedprompt_client_agent.contrastive_loss import make_info_nce_loss
+from fedprompt_client_agent.state_io import atomic_write
 from fedprompt_client_agent.trainer import EvalResult, TrainConfig, TrainResult
 
 logger = logging.getLogger(__name__)
@@ -92,15 +91,6 @@ def model_fingerprint(source: Path, parts: Mapping[str, object]) -> str:
             h.update(str(source.stat().st_size).encode())
     h.update(json.dumps(dict(parts), sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
-
-
-def _write_json_atomic(path: Path, data: object) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class SiloRuntime:
@@ -306,7 +296,8 @@ class SiloRuntime:
         if self._dp_sgd:
             metrics["dp_sgd_epsilon"] = self._dp_epsilon()
             metrics["dp_sgd_delta"] = float(self.trainer.delta)  # type: ignore[attr-defined]
-            _write_json_atomic(self._dp_state_path, self.trainer.state_dict())  # type: ignore[attr-defined]
+            state = self.trainer.state_dict()  # type: ignore[attr-defined]
+            atomic_write(self._dp_state_path, json.dumps(state).encode())
         return metrics
 
     def _dp_epsilon(self) -> float:
