@@ -38,6 +38,7 @@ from fedprompt_coordinator.domain import (
 )
 from fedprompt_coordinator.federation import Federation
 from fedprompt_coordinator.model_store import ModelStore
+from fedprompt_coordinator.privacy import RDPAccountant as RDPAccountantForTest
 from fedprompt_coordinator.state_store import SqliteStateStore
 
 FINGERPRINT = "fp-test"
@@ -753,3 +754,26 @@ async def test_dp_budget_stops_the_federation_before_the_round_that_would_exceed
     async with federation(tmp_path, rounds=3, privacy=privacy) as h2:
         assert h2.fed.status().epsilon == pytest.approx(one_round)
         assert h2.fed.phase is Phase.DONE
+
+
+@pytest.mark.asyncio
+async def test_a_sampling_draw_below_quorum_fails_at_once_and_is_redrawn(tmp_path: Path) -> None:
+    privacy = {
+        "enabled": True,
+        "noise_multiplier": 1.0,
+        "client_sampling_rate": 0.5,
+        "seed": 9,  # with this seed the first three draws of 3 clients fall below 2
+    }
+    # deadlines far away: a draw below the quorum must not wait for them
+    async with federation(tmp_path, rounds=1, privacy=privacy) as h:
+        clients = await _run_three(h)
+        rounds = h.state.rounds()
+        assert rounds[-1].status == "completed"
+        assert len(rounds) >= 2  # at least one draw fell below the quorum...
+        assert all(r.status.startswith("failed: client sampling drew") for r in rounds[:-1])
+        trained = [c for c in clients.values() if c.trained_rounds == [1]]
+        assert len(trained) >= 2  # the round that ran had at least the quorum
+        # only the round that released a model was accounted
+        assert h.fed.status().epsilon == pytest.approx(
+            RDPAccountantForTest.epsilon_of([(1.0, 0.5, 1)], 1e-5)
+        )

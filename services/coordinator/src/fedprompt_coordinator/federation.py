@@ -83,6 +83,8 @@ _SETTING_ACCOUNTANT = "privacy_accountant"
 _SETTING_STOP_REASON = "stop_reason"
 #: Read-only tensors added to round-start models of contrastive strategies.
 CENTROID_PREFIX = "centroid."
+#: Pause before drawing a round again when client sampling fell below the quorum.
+SAMPLING_RETRY_PAUSE_S = 0.5
 
 
 @dataclass
@@ -526,6 +528,20 @@ class Federation:
 
         self._phase = Phase.CLUSTERING
         participants = self._draw_participants()
+        if len(participants) < self._config.min_clients:
+            # Poisson sampling drew fewer clients than the quorum: nothing is trained or
+            # released (the draw does not depend on any data, so no privacy is spent); the
+            # attempt is recorded and the round is drawn again after a short pause.
+            reason = (
+                f"failed: client sampling drew {len(participants)} clients, "
+                f"quorum is {self._config.min_clients}"
+            )
+            logger.warning("round %d %s; it will be retried", round_id, reason)
+            self._state.record_round(
+                RoundRecord(round_id, reason, started, self._clock(), 0, (), {})
+            )
+            await asyncio.sleep(SAMPLING_RETRY_PAUSE_S)
+            return
         await self._update_assignment(participants)
 
         self._phase = Phase.BROADCAST
