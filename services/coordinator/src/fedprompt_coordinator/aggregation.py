@@ -54,23 +54,32 @@ def split_levels(
 
 
 def weighted_mean_delta(
-    updates: Sequence[ClientUpdate], names: Sequence[str]
+    updates: Sequence[ClientUpdate],
+    names: Sequence[str],
+    weights: Sequence[float] | np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Σ_i n_i Δ_i / Σ_i n_i for each name, accumulated in float64.
+    """Σ_i w_i Δ_i for each name, accumulated in float64.
+
+    ``weights`` default to ``n_i / Σ_j n_j`` (sample-weighted FedAvg); given weights are used
+    as they are (they should sum to 1).
 
     Raises
     ------
     ValueError
-        When ``updates`` is empty or the total weight is zero.
+        When ``updates`` is empty or the total sample weight is zero.
     """
-    total = float(sum(u.num_examples for u in updates))
-    if not updates or total <= 0:
+    if weights is None:
+        total = float(sum(u.num_examples for u in updates))
+        if not updates or total <= 0:
+            raise ValueError("weighted mean of no updates (or zero total weight)")
+        weights = [u.num_examples / total for u in updates]
+    elif not updates:
         raise ValueError("weighted mean of no updates (or zero total weight)")
     out: dict[str, np.ndarray] = {}
     for name in names:
         acc = np.zeros(updates[0].tensors[name].shape, dtype=np.float64)
-        for u in updates:
-            acc += (u.num_examples / total) * u.tensors[name].astype(np.float64, copy=False)
+        for w, u in zip(weights, updates, strict=True):
+            acc += w * u.tensors[name].astype(np.float64, copy=False)
         out[name] = acc
     return out
 
@@ -175,12 +184,7 @@ class WeightedFedAvg(ClusterAggregator):
                 continue
             weights = self.cluster_weights(model, cluster_id, members)
             self.last_info[f"cluster_{cluster_id}_min_weight"] = float(weights.min())
-            delta: dict[str, np.ndarray] = {}
-            for name in base_tensors:
-                acc = np.zeros(base_tensors[name].shape, dtype=np.float64)
-                for w, u in zip(weights, members, strict=True):
-                    acc += w * u.tensors[name].astype(np.float64, copy=False)
-                delta[name] = acc
+            delta = weighted_mean_delta(members, list(base_tensors), weights)
             new_clusters[cluster_id] = _apply(base_tensors, delta)
         return FederationModel(
             global_tensors=new_global,
