@@ -8,8 +8,9 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from fedprompt.files import atomic_write as write_file_atomic
 from fedprompt_coordinator.domain import FederationModel
-from fedprompt_coordinator.model_store import ModelStore, write_file_atomic
+from fedprompt_coordinator.model_store import ModelStore
 
 
 def _model(offset: float = 0.0) -> FederationModel:

@@ -18,11 +18,8 @@ key, exact shape, floating dtype, finite values; a rejected mapping changes noth
 from __future__ import annotations
 
 import abc
-import contextlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar, Final
@@ -32,6 +29,8 @@ import numpy as np
 import safetensors.numpy
 import torch
 from safetensors import SafetensorError
+
+from fedprompt.files import atomic_write, fsync_dir
 
 __all__ = [
     "FLOAT_DTYPES",
@@ -173,49 +172,6 @@ def import_tensors(targets: Mapping[str, torch.Tensor], tensors: TensorMap, *, w
     with torch.no_grad():
         for key, tensor in checked.items():
             targets[key].copy_(tensor.to(targets[key].device, targets[key].dtype))
-
-
-def atomic_write(target: Path, payload: bytes) -> None:
-    """Write bytes via a fsynced temporary file in the same folder and ``os.replace``.
-
-    A crash leaves either the old or the new file, never a torn one.
-
-    Parameters
-    ----------
-    target : Path
-        The file; its folder is created if needed.
-    payload : bytes
-        The content.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    fsync_dir(target.parent)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Persist a rename by fsyncing the folder (best effort; not possible on every OS).
-
-    Parameters
-    ----------
-    folder : Path
-        The folder whose entries changed.
-    """
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def read_safetensors(source: Path, *, what: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:

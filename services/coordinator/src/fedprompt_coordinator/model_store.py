@@ -15,28 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from fedprompt.codec import decode_tensors, encode_tensors
+from fedprompt.files import fsync_dir
 from fedprompt_coordinator.domain import FederationModel
 
 _ROUND_DIR = re.compile(r"^round-(\d{6})$")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a fsynced temporary file and an atomic rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class ModelStore:
@@ -65,11 +47,11 @@ class ModelStore:
                 fh.write(encode_tensors(tensors))
                 fh.flush()
                 os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return final
 
     def load(self, round_id: int) -> FederationModel:
