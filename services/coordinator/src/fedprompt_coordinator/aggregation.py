@@ -18,6 +18,7 @@ import numpy as np
 from fedprompt_coordinator.contrastive import centroid, contrastive_cluster_weights
 from fedprompt_coordinator.domain import ClientUpdate, FederationModel
 from fedprompt_coordinator.dp_fedavg import dp_fedavg
+from fedprompt_coordinator.weighted_sum import add_scaled, weighted_sum
 
 
 class Level(enum.StrEnum):
@@ -58,7 +59,7 @@ def weighted_mean_delta(
     names: Sequence[str],
     weights: Sequence[float] | np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Σ_i w_i Δ_i for each name, accumulated in float64.
+    """Σ_i w_i Δ_i for each name, accumulated in float64 (vectorised, bounded memory).
 
     ``weights`` default to ``n_i / Σ_j n_j`` (sample-weighted FedAvg); given weights are used
     as they are (they should sum to 1).
@@ -75,13 +76,7 @@ def weighted_mean_delta(
         weights = [u.num_examples / total for u in updates]
     elif not updates:
         raise ValueError("weighted mean of no updates (or zero total weight)")
-    out: dict[str, np.ndarray] = {}
-    for name in names:
-        acc = np.zeros(updates[0].tensors[name].shape, dtype=np.float64)
-        for w, u in zip(weights, updates, strict=True):
-            acc += w * u.tensors[name].astype(np.float64, copy=False)
-        out[name] = acc
-    return out
+    return {name: weighted_sum([u.tensors[name] for u in updates], weights) for name in names}
 
 
 @dataclass(frozen=True)
@@ -118,10 +113,7 @@ class ClusterAggregator(abc.ABC):
 def _apply(
     base: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
-    return {
-        name: (base[name].astype(np.float64) + delta[name]).astype(base[name].dtype)
-        for name in base
-    }
+    return {name: add_scaled(base[name], delta[name]) for name in base}
 
 
 class WeightedFedAvg(ClusterAggregator):
