@@ -209,9 +209,10 @@ class ContrastiveFedAvg(WeightedFedAvg):
             return super().cluster_weights(model, cluster_id, members)
         centroids = model.centroids(self.segment)
         centroids.setdefault(cluster_id, centroid(base[self.segment]))
-        proposals = [
-            base[self.segment].astype(np.float64) + u.tensors[self.segment] for u in members
-        ]
+        # the token-mean is linear: centroid(C_k + ΔC_i) = centroid(C_k) + centroid(ΔC_i),
+        # so each proposal is scored from its delta's mean without building C_k + ΔC_i
+        base_centroid = centroid(base[self.segment])
+        proposals = [base_centroid + centroid(u.tensors[self.segment]) for u in members]
         return contrastive_cluster_weights(
             proposals,
             [u.num_examples for u in members],
