@@ -426,6 +426,12 @@ class CoordinatorProcess:
         """Peak resident set size so far (VmHWM)."""
         return 1024 * _read_kib(self.pid, "VmHWM")
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU seconds the coordinator has used so far."""
+        with open(f"/proc/{self.pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def status(self) -> coordinator_pb2.GetStatusResponse:
         """The coordinator's GetStatus answer (blocking, for use after a run)."""
 

@@ -20,11 +20,13 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from fedprompt.chunking import ChunkAssembler, ChunkData, PayloadInfo
-from fedprompt.codec import decode_tensors, encode_tensors
+from fedprompt.codec import decode_tensors, decode_tensors_file, encode_tensors
 from fedprompt.errors import (
     ConflictError,
     FedPromptError,
@@ -85,6 +87,8 @@ _SETTING_STOP_REASON = "stop_reason"
 CENTROID_PREFIX = "centroid."
 #: Pause before drawing a round again when client sampling fell below the quorum.
 SAMPLING_RETRY_PAUSE_S = 0.5
+#: Uploads larger than this stream to a file instead of memory (then are memory-mapped).
+SPOOL_THRESHOLD_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -121,7 +125,11 @@ class RoundInProgress:
 
 @dataclass
 class UploadSession:
-    """An upload between its header and its last chunk."""
+    """An upload between its header and its last chunk.
+
+    Payloads over :data:`SPOOL_THRESHOLD_BYTES` stream into ``spool_path`` (bounded
+    memory); smaller ones are assembled in memory.
+    """
 
     client_id: str
     round: int
@@ -129,6 +137,16 @@ class UploadSession:
     num_examples: int
     info: PayloadInfo
     assembler: ChunkAssembler
+    spool_path: Path | None = None
+    spool_file: BinaryIO | None = None
+
+    def close_spool(self, *, delete: bool) -> None:
+        """Close the spool file (if any) and optionally delete it."""
+        if self.spool_file is not None:
+            self.spool_file.close()
+            self.spool_file = None
+        if delete and self.spool_path is not None:
+            self.spool_path.unlink(missing_ok=True)
 
 
 def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -394,19 +412,50 @@ class Federation:
                 raise InvalidArgumentError("num_examples must be positive for a delta update")
         else:
             raise InvalidArgumentError("update kind must be INITIAL or DELTA")
-        assembler = ChunkAssembler(info, max_total_bytes=self._config.max_update_bytes)
-        return UploadSession(client_id, round_id, kind, num_examples, info, assembler)
+        max_bytes = self._config.max_update_bytes
+        if info.total_bytes <= SPOOL_THRESHOLD_BYTES or info.total_bytes > max_bytes:
+            assembler = ChunkAssembler(info, max_total_bytes=max_bytes)
+            return UploadSession(client_id, round_id, kind, num_examples, info, assembler)
+        path = self._models.spool_file(round_id, client_id)
+        sink = open(path, "wb")  # noqa: SIM115 - closed by finish_upload / discard_upload
+        try:
+            assembler = ChunkAssembler(info, max_total_bytes=max_bytes, sink=sink)
+        except BaseException:
+            sink.close()
+            path.unlink(missing_ok=True)
+            raise
+        return UploadSession(client_id, round_id, kind, num_examples, info, assembler, path, sink)
 
     def add_chunk(self, upload: UploadSession, chunk: ChunkData) -> None:
         """Feed one chunk of an upload (raises coded errors on corruption)."""
         upload.assembler.add(chunk)
 
+    def discard_upload(self, upload: UploadSession) -> None:
+        """Forget an upload that failed or was cut off (deletes its spooled bytes)."""
+        upload.close_spool(delete=True)
+
     async def finish_upload(self, upload: UploadSession) -> bool:
         """Validate and store a complete upload; returns True for an idempotent duplicate."""
+        try:
+            return await self._finish_upload(upload)
+        except BaseException:
+            upload.close_spool(delete=True)
+            raise
+
+    async def _finish_upload(self, upload: UploadSession) -> bool:
         payload = upload.assembler.finish()
-        tensors = await asyncio.to_thread(decode_tensors, payload)
+        tensors: dict[str, np.ndarray]
+        if upload.spool_path is not None:
+            upload.close_spool(delete=False)
+            # memory-mapped, read-only views of the spooled file: never a copy in memory
+            tensors = await asyncio.to_thread(decode_tensors_file, upload.spool_path)
+        else:
+            tensors = await asyncio.to_thread(decode_tensors, payload)
         if upload.kind is UpdateKind.INITIAL:
-            return await self._accept_initial(upload.client_id, tensors)
+            try:
+                return await self._accept_initial(upload.client_id, tensors)
+            finally:
+                upload.close_spool(delete=True)  # the model holds its own copies
         current = self._round
         if current is None or current.round != upload.round or self._phase is not Phase.TRAINING:
             raise WrongRoundError(f"round {upload.round} closed while the update was uploading")
@@ -419,12 +468,30 @@ class Federation:
                 f"client {upload.client_id!r} already submitted a different update for round "
                 f"{upload.round}"
             )
-        validate_update(tensors, self._spec)
+        if upload.spool_path is None:
+            validate_update(tensors, self._spec)
+        else:  # reading a large file: off the event loop, then re-check what may have moved
+            await asyncio.to_thread(validate_update, tensors, self._spec)
+            if self._round is not current or self._phase is not Phase.TRAINING:
+                raise WrongRoundError(f"round {upload.round} closed while the update was checked")
+            if upload.client_id in current.digests:
+                if current.digests[upload.client_id] == digest:
+                    upload.close_spool(delete=True)
+                    return True
+                raise ConflictError(
+                    f"client {upload.client_id!r} already submitted a different update for "
+                    f"round {upload.round}"
+                )
         current.updates[upload.client_id] = ClientUpdate(
             client_id=upload.client_id,
             cluster_id=current.participants[upload.client_id],
             num_examples=upload.num_examples,
-            tensors={k: np.array(v, copy=True) for k, v in tensors.items()},
+            # small payloads: own copies; spooled ones stay mapped from their file
+            tensors=(
+                tensors
+                if upload.spool_path is not None
+                else {k: np.array(v, copy=True) for k, v in tensors.items()}
+            ),
         )
         current.digests[upload.client_id] = digest
         logger.info(
@@ -569,6 +636,7 @@ class Federation:
             logger.warning("round %d %s; it will be retried", round_id, reason)
             self._state.record_round(self._round_record(current, status=reason))
             self._round = None
+            self._models.drop_spool(round_id)
             return
 
         self._phase = Phase.AGGREGATION
@@ -609,6 +677,7 @@ class Federation:
         self._model = current.aggregated
         self._completed = round_id
         self._round = None
+        self._models.drop_spool(round_id)
         self._models.prune(keep_from=round_id - 1)
         self.traffic.forget_before(round_id)
         logger.info("round %d completed", round_id)

@@ -64,23 +64,28 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     ) -> coordinator_pb2.UploadUpdateResponse:
         """Receive a header and chunks; validate and store the update."""
         upload = None
-        async for message in request_iterator:
-            which = message.WhichOneof("message")
-            if upload is None:
-                if which != "header":
-                    raise InvalidArgumentError("an upload must start with its header")
-                h = message.header
-                upload = self._federation.begin_upload(
-                    client_id=h.client_id,
-                    round_id=h.round,
-                    kind=serde.update_kind_from_proto(h.kind),
-                    num_examples=h.num_examples,
-                    info=payload_info_from_proto(h.payload),
-                )
-            elif which == "chunk":
-                self._federation.add_chunk(upload, chunk_from_proto(message.chunk))
-            else:
-                raise InvalidArgumentError("an upload carries exactly one header, then chunks")
+        try:
+            async for message in request_iterator:
+                which = message.WhichOneof("message")
+                if upload is None:
+                    if which != "header":
+                        raise InvalidArgumentError("an upload must start with its header")
+                    h = message.header
+                    upload = self._federation.begin_upload(
+                        client_id=h.client_id,
+                        round_id=h.round,
+                        kind=serde.update_kind_from_proto(h.kind),
+                        num_examples=h.num_examples,
+                        info=payload_info_from_proto(h.payload),
+                    )
+                elif which == "chunk":
+                    self._federation.add_chunk(upload, chunk_from_proto(message.chunk))
+                else:
+                    raise InvalidArgumentError("an upload carries exactly one header, then chunks")
+        except BaseException:
+            if upload is not None:
+                self._federation.discard_upload(upload)
+            raise
         if upload is None:
             raise TruncatedPayloadError("upload stream ended before its header")
         duplicate = await self._federation.finish_upload(upload)
