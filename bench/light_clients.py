@@ -446,6 +446,18 @@ class CoordinatorProcess:
         """``round_seconds`` the coordinator recorded for each completed round."""
         return [r.summary["round_seconds"] for r in self.status().rounds if r.status == "completed"]
 
+    def phase_medians(self) -> dict[str, float]:
+        """Median seconds of each phase the coordinator timed (training, aggregation, ...)."""
+        keys = (
+            "training_seconds",
+            "aggregation_seconds",
+            "evaluation_seconds",
+            "model_save_seconds",
+            "checkpoint_wait_seconds",
+        )
+        done = [r.summary for r in self.status().rounds if r.status == "completed"]
+        return {k: statistics.median(s[k] for s in done if k in s) for k in keys if done}
+
     def log_tail(self, lines: int = 40) -> str:
         """The end of the coordinator's log."""
         return self._child.log_tail(lines)

@@ -61,6 +61,7 @@ def main() -> int:
             cpu = coord.cpu_seconds() - cpu0
             rss = coord.peak_rss_bytes()
             coord_rounds = coord.round_seconds()
+            phases = coord.phase_medians()
         client_rounds = stats.round_seconds()
         failed |= not stats.ok
         print(
@@ -71,6 +72,7 @@ def main() -> int:
             + (f"  errors: {stats.errors[:2]}" if stats.errors else ""),
             flush=True,
         )
+        print("         phase medians (s): " + ", ".join(f"{k}={v:.4f}" for k, v in phases.items()))
     return 1 if failed else 0
 
 

@@ -121,6 +121,8 @@ class RoundInProgress:
     eval_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     aggregated: FederationModel | None = None
     aggregation_seconds: float = 0.0
+    #: Wall seconds of the phases (training, evaluation, checkpoint), for the round summary.
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -220,6 +222,7 @@ class Federation:
         self._clustered_members: frozenset[str] = frozenset()
         self._payload_cache: dict[tuple[int, ModelStage, int], bytes] = {}
         self._initial_lock = asyncio.Lock()
+        self._waited_for_latecomers = False
         for cid, (meta, n, device) in state.clients().items():
             self._sessions[cid] = ClientSession(cid, meta, n, device)
         self._strategy = get_strategy(config.strategy)
@@ -450,7 +453,7 @@ class Federation:
             # memory-mapped, read-only views of the spooled file: never a copy in memory
             tensors = await asyncio.to_thread(decode_tensors_file, upload.spool_path)
         else:
-            tensors = await asyncio.to_thread(decode_tensors, payload)
+            tensors = decode_tensors(payload)  # zero-copy header parse: no thread hop needed
         if upload.kind is UpdateKind.INITIAL:
             try:
                 return await self._accept_initial(upload.client_id, tensors)
@@ -623,11 +626,13 @@ class Federation:
         self._payload_cache.clear()
         logger.info("round %d: %d participants", round_id, len(participants))
         self._phase = Phase.TRAINING
+        t_train = time.perf_counter()
         for cid in participants:
             self._publish(cid, self._train_task(current, cid))
         await self._wait_until(
             lambda: len(current.updates) == len(current.participants), current.deadline_unix
         )
+        current.phase_seconds["training_seconds"] = time.perf_counter() - t_train
         if len(current.updates) < self._config.min_clients:
             reason = (
                 f"failed: {len(current.updates)} of {len(current.participants)} updates by the "
@@ -654,7 +659,14 @@ class Federation:
                 _SETTING_ACCOUNTANT, json.dumps(self._budget.accountant.state_dict())
             )
 
+        # The aggregate is final: write its tensor files while clients evaluate it. The round
+        # only counts as completed once the SQLite record below commits, after these files
+        # are durable, so a crash in between resumes from the previous round as before.
+        save = asyncio.ensure_future(
+            asyncio.to_thread(self._save_snapshot, round_id, current.aggregated)
+        )
         self._phase = Phase.EVALUATION
+        t_eval = time.perf_counter()
         eval_deadline = self._clock() + self._config.eval_deadline_s
         evaluators = sorted(current.updates)
         for cid in evaluators:
@@ -667,20 +679,39 @@ class Federation:
                     deadline_unix_ms=int(eval_deadline * 1000),
                 ),
             )
-        await self._wait_until(
-            lambda: all(c in current.eval_metrics for c in evaluators), eval_deadline
-        )
-
-        self._phase = Phase.CHECKPOINT
-        await asyncio.to_thread(self._models.save, round_id, current.aggregated)
+        try:
+            await self._wait_until(  # the length test spares an O(n) scan on most wake-ups
+                lambda: (
+                    len(current.eval_metrics) >= len(evaluators)
+                    and all(c in current.eval_metrics for c in evaluators)
+                ),
+                eval_deadline,
+            )
+            current.phase_seconds["evaluation_seconds"] = time.perf_counter() - t_eval
+            self._phase = Phase.CHECKPOINT
+            t_save = time.perf_counter()
+            current.phase_seconds["model_save_seconds"] = await save
+            current.phase_seconds["checkpoint_wait_seconds"] = time.perf_counter() - t_save
+        finally:
+            if not save.done():
+                save.cancel()
         self._state.record_round(self._round_record(current, status="completed"))
         self._model = current.aggregated
         self._completed = round_id
         self._round = None
         self._models.drop_spool(round_id)
-        self._models.prune(keep_from=round_id - 1)
         self.traffic.forget_before(round_id)
         logger.info("round %d completed", round_id)
+
+    def _save_snapshot(self, round_id: int, model: FederationModel) -> float:
+        """Prune snapshots older than the round-start model, write ``model``; returns seconds.
+
+        Kept on disk: the initial model, the round-start model (round_id - 1) and this one.
+        """
+        t0 = time.perf_counter()
+        self._models.prune(keep_from=round_id - 1)
+        self._models.save(round_id, model)
+        return time.perf_counter() - t0
 
     async def _wait_for_quorum(self) -> None:
         def quorum() -> bool:
@@ -694,8 +725,10 @@ class Federation:
                 lambda: sum(s.connected for s in self._sessions.values()) >= expected,
                 self._clock() + self._config.quorum_wait_s,
             )
-        elif self._config.quorum_wait_s > 0:
+        elif self._config.quorum_wait_s > 0 and not self._waited_for_latecomers:
+            # only before the first round this process opens: later rounds start at once
             await asyncio.sleep(self._config.quorum_wait_s)
+        self._waited_for_latecomers = True
 
     async def _update_assignment(self, participants: list[str]) -> None:
         members = frozenset(self._sessions)
@@ -789,6 +822,7 @@ class Federation:
         accs = [m["accuracy"] for m in current.eval_metrics.values() if "accuracy" in m]
         summary = fairness_summary(accs)
         summary["aggregation_seconds"] = current.aggregation_seconds
+        summary.update(current.phase_seconds)
         summary["participants"] = float(len(current.participants))
         summary["updates_accepted"] = float(len(current.updates))
         summary["round_seconds"] = self._clock() - current.started_unix

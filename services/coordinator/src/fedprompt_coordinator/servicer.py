@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
@@ -12,12 +13,20 @@ from fedprompt.v1 import coordinator_pb2, coordinator_pb2_grpc
 from fedprompt_coordinator import serde
 from fedprompt_coordinator.federation import Federation
 
+#: Payloads up to this size keep their FetchModel messages cached (prompts, heads).
+FETCH_CACHE_MAX_BYTES = 64 * 1024 * 1024
+#: Cached payloads (one per round stage and cluster); the cache is emptied when full.
+FETCH_CACHE_ENTRIES = 64
+
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     """The Coordinator service over a :class:`Federation`."""
 
     def __init__(self, federation: Federation) -> None:
         self._federation = federation
+        #: id(payload) -> (payload, its FetchModel messages); the payload is kept so the id
+        #: cannot be reused by another object while the entry lives.
+        self._fetch_cache: dict[int, tuple[bytes, list[coordinator_pb2.FetchModelResponse]]] = {}
 
     async def Join(  # noqa: N802 - gRPC method name
         self,
@@ -50,10 +59,29 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         payload = self._federation.fetch_model(
             request.client_id, request.round, serde.model_stage_from_proto(request.stage)
         )
+        for message in self._fetch_messages(payload):
+            yield message
+
+    def _fetch_messages(self, payload: bytes) -> Iterable[coordinator_pb2.FetchModelResponse]:
+        """The header and chunk messages of ``payload``, built once per payload.
+
+        Every participant of a cluster downloads the same payload object, so its SHA-256,
+        CRC-32s and protobuf messages are computed once, not per download. Large payloads
+        are not cached (their chunks would double the memory); they stream lazily.
+        """
+        cached = self._fetch_cache.get(id(payload))
+        if cached is not None and cached[0] is payload:
+            return cached[1]
         header, chunks = payload_messages(payload)
-        yield coordinator_pb2.FetchModelResponse(header=header)
-        for chunk in chunks:
-            yield coordinator_pb2.FetchModelResponse(chunk=chunk)
+        first = coordinator_pb2.FetchModelResponse(header=header)
+        lazy = (coordinator_pb2.FetchModelResponse(chunk=c) for c in chunks)
+        if len(payload) > FETCH_CACHE_MAX_BYTES:
+            return itertools.chain([first], lazy)
+        messages = [first, *lazy]
+        if len(self._fetch_cache) >= FETCH_CACHE_ENTRIES:
+            self._fetch_cache.clear()
+        self._fetch_cache[id(payload)] = (payload, messages)
+        return messages
 
     async def UploadUpdate(  # noqa: N802 - gRPC method name
         self,
