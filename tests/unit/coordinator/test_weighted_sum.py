@@ -83,3 +83,19 @@ def test_add_scaled_keeps_the_base_dtype_and_shape(small_blocks: None) -> None:
     np.testing.assert_allclose(out, base + 1.0)
     with pytest.raises(ValueError):
         ws.add_scaled(base, np.zeros(3))
+
+
+@pytest.mark.parametrize("blocks", ["one", "many"])
+def test_add_weighted_sum_equals_add_scaled_of_weighted_sum(
+    blocks: str, request: pytest.FixtureRequest
+) -> None:
+    if blocks == "many":
+        request.getfixturevalue("small_blocks")
+    base = np.linspace(-1, 1, 33, dtype=np.float32).reshape(3, 11)
+    arrays = _arrays(4, (3, 11))
+    w = [0.4, 0.3, 0.2, 0.1]
+    got = ws.add_weighted_sum(base, arrays, w)
+    assert got.dtype == np.float32 and got.shape == base.shape
+    np.testing.assert_array_equal(got, ws.add_scaled(base, ws.weighted_sum(arrays, w)))
+    with pytest.raises(ValueError):
+        ws.add_weighted_sum(np.zeros(5, np.float32), arrays, w)

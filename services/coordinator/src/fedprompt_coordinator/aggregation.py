@@ -18,7 +18,7 @@ import numpy as np
 from fedprompt_coordinator.contrastive import centroid, contrastive_cluster_weights
 from fedprompt_coordinator.domain import ClientUpdate, FederationModel
 from fedprompt_coordinator.dp_fedavg import dp_fedavg
-from fedprompt_coordinator.weighted_sum import add_scaled, weighted_sum
+from fedprompt_coordinator.weighted_sum import add_weighted_sum, weighted_sum
 
 
 class Level(enum.StrEnum):
@@ -110,10 +110,21 @@ class ClusterAggregator(abc.ABC):
         """Return the model after applying ``updates`` to ``model`` (which is not modified)."""
 
 
-def _apply(
-    base: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]
+def _apply_weighted_mean(
+    base: Mapping[str, np.ndarray],
+    updates: Sequence[ClientUpdate],
+    weights: Sequence[float] | np.ndarray | None,
 ) -> dict[str, np.ndarray]:
-    return {name: add_scaled(base[name], delta[name]) for name in base}
+    """``base + Σ_i w_i Δ_i`` per name (w_i ∝ n_i by default), fused: one copy of ``base``."""
+    if weights is None:
+        n = np.asarray([u.num_examples for u in updates], dtype=np.float64)
+        if not updates or n.sum() <= 0:
+            raise ValueError("weighted mean of no updates (or zero total weight)")
+        weights = n / n.sum()
+    return {
+        name: add_weighted_sum(base[name], [u.tensors[name] for u in updates], weights)
+        for name in base
+    }
 
 
 class WeightedFedAvg(ClusterAggregator):
@@ -144,15 +155,18 @@ class WeightedFedAvg(ClusterAggregator):
     ) -> FederationModel:
         """Apply the global and the per-cluster updates."""
         self.last_info = {}
-        new_global = {k: v.copy() for k, v in model.global_tensors.items()}
-        new_clusters = {
-            c: {k: v.copy() for k, v in t.items()} for c, t in model.cluster_tensors.items()
+        updated_clusters = {u.cluster_id for u in updates}
+        new_global: dict[str, np.ndarray] = {}
+        new_clusters = {  # copies only of the clusters nobody updated this round
+            c: {k: v.copy() for k, v in t.items()}
+            for c, t in model.cluster_tensors.items()
+            if c not in updated_clusters
         }
-        if updates and model.global_tensors:
+        if not (updates and model.global_tensors):
+            new_global = {k: v.copy() for k, v in model.global_tensors.items()}
+        else:
             if global_dp is None:
-                new_global = _apply(
-                    model.global_tensors, weighted_mean_delta(updates, list(model.global_tensors))
-                )
+                new_global = _apply_weighted_mean(model.global_tensors, updates, None)
             else:
                 result = dp_fedavg(
                     model.global_tensors,
@@ -176,8 +190,7 @@ class WeightedFedAvg(ClusterAggregator):
                 continue
             weights = self.cluster_weights(model, cluster_id, members)
             self.last_info[f"cluster_{cluster_id}_min_weight"] = float(weights.min())
-            delta = weighted_mean_delta(members, list(base_tensors), weights)
-            new_clusters[cluster_id] = _apply(base_tensors, delta)
+            new_clusters[cluster_id] = _apply_weighted_mean(base_tensors, members, weights)
         return FederationModel(
             global_tensors=new_global,
             cluster_tensors=new_clusters,
