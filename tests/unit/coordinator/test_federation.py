@@ -835,3 +835,35 @@ async def test_a_corrupt_or_abandoned_spooled_upload_deletes_its_file(
         # a good spooled initial model is accepted and its file is gone afterwards
         assert not await _upload(h.fed, "a", 0, UpdateKind.INITIAL, _f32(INITIAL), 0)
         assert not any(p.is_file() for p in h.models.spool_dir.rglob("*"))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("method", ["fp16", "int8"])
+async def test_compressed_uploads_are_decoded_before_aggregation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    import sys
+
+    from fedprompt.compression import compress_tensors
+
+    real_encode = encode_tensors
+
+    def compressed(tensors: dict[str, np.ndarray]) -> bytes:
+        packed, meta = compress_tensors(tensors, method)
+        return real_encode(packed, metadata=meta)
+
+    # every value of INITIAL and DELTAS is exact in fp16 and in int8 blocks of one tensor
+    monkeypatch.setattr(sys.modules[__name__], "encode_tensors", compressed)
+    async with federation(tmp_path) as h:
+        run = h.start()
+        for c in "abc":
+            await h.connect(FakeClient(h.fed, c))
+        await asyncio.wait_for(run, TIMEOUT_S)
+        saved = h.models.load(1)
+        tol = 0.0 if method == "fp16" else 8.0 / 127  # int8: half a step of the largest value
+        for cluster, expected in ((0, [2.5, 3.5, 15.0]), (1, [2.5, 3.5, 11.0])):
+            got = saved.for_cluster(cluster)
+            assert got["prompt.global"].dtype == np.float32
+            np.testing.assert_allclose(
+                [*got["prompt.global"], *got["prompt.cluster"]], expected, atol=tol
+            )

@@ -51,7 +51,10 @@ async def run(config: ClientAgentConfig) -> int:
 
     runtime = await asyncio.to_thread(SiloRuntime, config)
     agent = ClientAgent(
-        runtime, coordinator=config.coordinator, max_reconnect_s=config.max_reconnect_s
+        runtime,
+        coordinator=config.coordinator,
+        max_reconnect_s=config.max_reconnect_s,
+        upload_compression=config.upload_compression,
     )
     main_task = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()

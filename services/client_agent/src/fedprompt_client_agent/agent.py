@@ -22,6 +22,7 @@ import numpy as np
 
 from fedprompt.chunking import ChunkAssembler
 from fedprompt.codec import decode_tensors, encode_tensors
+from fedprompt.compression import Compression, compress_tensors
 from fedprompt.server import CLIENT_ID_METADATA_KEY, create_channel
 from fedprompt.transfer import chunk_from_proto, payload_info_from_proto, payload_messages
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
@@ -99,12 +100,21 @@ class ClientAgent:
         Coordinator ``host:port``.
     max_reconnect_s
         Give up after the coordinator has been unreachable this long.
+    upload_compression
+        Lossy compression of uploaded deltas (``none``, ``fp16``, ``int8``); the initial
+        model always travels exact.
     """
 
     def __init__(
-        self, runtime: LearningRuntime, *, coordinator: str, max_reconnect_s: float = 300.0
+        self,
+        runtime: LearningRuntime,
+        *,
+        coordinator: str,
+        max_reconnect_s: float = 300.0,
+        upload_compression: Compression | str = Compression.NONE,
     ) -> None:
         self._runtime = runtime
+        self._compression = Compression(upload_compression)
         self._target = coordinator
         self._max_reconnect_s = max_reconnect_s
         self._metadata = ((CLIENT_ID_METADATA_KEY, runtime.client_id),)
@@ -312,7 +322,12 @@ class ClientAgent:
         tensors: Mapping[str, np.ndarray],
         num_examples: int,
     ) -> coordinator_pb2.UploadUpdateResponse:
-        payload = await asyncio.to_thread(encode_tensors, tensors)
+        method = self._compression if kind == coordinator_pb2.UPDATE_KIND_DELTA else None
+        if method is not None and method is not Compression.NONE:
+            packed, meta = await asyncio.to_thread(compress_tensors, tensors, method)
+            payload = await asyncio.to_thread(encode_tensors, packed, metadata=meta)
+        else:
+            payload = await asyncio.to_thread(encode_tensors, tensors)
         header, chunks = payload_messages(payload)
 
         async def requests() -> AsyncIterator[coordinator_pb2.UploadUpdateRequest]:

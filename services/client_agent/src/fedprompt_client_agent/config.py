@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedprompt.compression import Compression
 from fedprompt.config import LogLevel
 from fedprompt.strategies import StrategyName
 
@@ -68,6 +69,10 @@ class ClientAgentConfig(BaseModel):
     )
     dp_sgd_max_grad_norm: float = Field(1.0, gt=0, description="DP-SGD per-example clip C.")
     max_length: int = Field(128, ge=8, description="Token limit of one example.")
+    upload_compression: Compression = Field(
+        Compression.NONE,
+        description="Lossy compression of uploaded deltas: none, fp16 or int8 (blockwise).",
+    )
     seed: int = Field(0, description="Seed of prompt initialisation and data order.")
     text_column: str = Field("text", description="Text column of the silo's files.")
     label_column: str = Field("label", description="Label column of the silo's files.")

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import re
+import struct
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,14 @@ from typing import BinaryIO
 import numpy as np
 
 from fedprompt.chunking import ChunkAssembler, ChunkData, PayloadInfo
-from fedprompt.codec import decode_tensors, decode_tensors_file, encode_tensors
+from fedprompt.codec import (
+    MAX_HEADER_BYTES,
+    decode_tensors,
+    decode_tensors_file,
+    encode_tensors,
+    read_metadata,
+)
+from fedprompt.compression import decompress_tensors
 from fedprompt.errors import (
     ConflictError,
     FedPromptError,
@@ -149,6 +157,16 @@ class UploadSession:
             self.spool_file = None
         if delete and self.spool_path is not None:
             self.spool_path.unlink(missing_ok=True)
+
+
+def _payload_metadata(upload: UploadSession, payload: bytes) -> dict[str, str]:
+    """The safetensors header metadata of an assembled upload (in memory or spooled)."""
+    if upload.spool_path is None:
+        return read_metadata(payload)
+    with open(upload.spool_path, "rb") as fh:
+        head = fh.read(8)
+        (length,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
+        return read_metadata(head + fh.read(min(length, MAX_HEADER_BYTES)))
 
 
 def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -454,6 +472,9 @@ class Federation:
             tensors = await asyncio.to_thread(decode_tensors_file, upload.spool_path)
         else:
             tensors = decode_tensors(payload)  # zero-copy header parse: no thread hop needed
+        # fp16 / int8 uploads (a client option) become the float32 tensors of the round here,
+        # before validation and aggregation see them
+        tensors = decompress_tensors(tensors, _payload_metadata(upload, payload))
         if upload.kind is UpdateKind.INITIAL:
             try:
                 return await self._accept_initial(upload.client_id, tensors)
