@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PROTO_SRC := proto
 STUB_DIR := libs/common/src
 
-.PHONY: setup proto proto-check lint typecheck test test-unit test-integration demo clean
+.PHONY: setup proto proto-check lint typecheck test test-unit test-integration demo clean bench-system
 
 setup: $(BIN)/.installed
 
@@ -40,6 +40,15 @@ test-unit: setup
 
 test-integration: setup
 	$(BIN)/python -m pytest -q tests/integration
+
+# System benchmarks (not part of `make test`): each script prints its figures.
+bench-system: setup
+	$(BIN)/python -m bench.codec_throughput
+	$(BIN)/python -m bench.aggregation_1000
+	$(BIN)/python -m bench.round_overhead --clients 10 100 1000
+	$(BIN)/python -m bench.grpc_floor
+	$(BIN)/python -m bench.upload_1gb
+	$(BIN)/python -m bench.client_throughput
 
 demo: setup
 	$(BIN)/fedprompt up --clients 4 --rounds 5
