@@ -61,6 +61,8 @@ def encode_tensors(
     flat: dict[str, safetensors.TensorSpec] = {}
     keep_alive: list[np.ndarray] = []  # safetensors reads raw pointers: keep the arrays alive
     for name, array in tensors.items():
+        if name == "__metadata__":  # the safetensors header reserves this key
+            raise InvalidArgumentError("a tensor may not be named '__metadata__'")
         arr = np.require(array, requirements="C")  # keeps 0-d arrays 0-d
         if arr.dtype.byteorder == ">":
             arr = arr.byteswap().view(arr.dtype.newbyteorder("<"))

@@ -186,6 +186,7 @@ async def start_server(
     address: str,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> ServerHandle:
     """Build, bind and start an aio server with health checking and error mapping.
 
@@ -201,6 +202,9 @@ async def start_server(
         Extra interceptors, run outside the error mapping.
     max_message_bytes
         Receive/send limit of one message.
+    credentials
+        TLS credentials (see :func:`fedprompt.tls.server_credentials`); None binds a
+        plaintext port.
     """
     server = grpc.aio.server(
         interceptors=[*interceptors, ErrorMappingInterceptor()],
@@ -209,13 +213,21 @@ async def start_server(
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(address)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"could not bind {address}")
     await server.start()
     for name in (*service_names, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    logger.info("serving %s on port %d", ", ".join(service_names), port)
+    logger.info(
+        "serving %s on port %d (%s)",
+        ", ".join(service_names),
+        port,
+        "plaintext" if credentials is None else "mutual TLS",
+    )
     return ServerHandle(server=server, port=port, health=health_servicer)
 
 
@@ -244,9 +256,17 @@ def stop_event_on_signals(
 
 
 def create_channel(
-    target: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    target: str,
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.aio.Channel:
-    """Open an aio channel to ``target`` with fedprompt's shared options."""
-    return grpc.aio.insecure_channel(
-        target, options=channel_options(max_message_bytes=max_message_bytes)
-    )
+    """Open an aio channel to ``target`` with fedprompt's shared options.
+
+    ``credentials`` (see :func:`fedprompt.tls.channel_credentials`) make it a TLS channel;
+    None opens a plaintext one.
+    """
+    options = channel_options(max_message_bytes=max_message_bytes)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)

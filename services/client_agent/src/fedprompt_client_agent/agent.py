@@ -99,13 +99,21 @@ class ClientAgent:
         Coordinator ``host:port``.
     max_reconnect_s
         Give up after the coordinator has been unreachable this long.
+    credentials
+        Mutual TLS credentials of this silo (None: plaintext).
     """
 
     def __init__(
-        self, runtime: LearningRuntime, *, coordinator: str, max_reconnect_s: float = 300.0
+        self,
+        runtime: LearningRuntime,
+        *,
+        coordinator: str,
+        max_reconnect_s: float = 300.0,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._runtime = runtime
         self._target = coordinator
+        self._credentials = credentials
         self._max_reconnect_s = max_reconnect_s
         self._metadata = ((CLIENT_ID_METADATA_KEY, runtime.client_id),)
         self.rounds_trained: list[int] = []
@@ -125,7 +133,7 @@ class ClientAgent:
         unreachable_since: float | None = None
         while True:
             try:
-                async with create_channel(self._target) as channel:
+                async with create_channel(self._target, credentials=self._credentials) as channel:
                     stub = coordinator_pb2_grpc.CoordinatorStub(channel)
                     await self._join(stub)
                     unreachable_since = None
@@ -176,11 +184,23 @@ class ClientAgent:
             metadata=self._metadata,
         )
         async for task in stream:
-            if task.kind == coordinator_pb2.TASK_KIND_TRAIN:
-                await self._train(stub, task)
-            elif task.kind == coordinator_pb2.TASK_KIND_EVALUATE:
-                await self._evaluate(stub, task)
-            elif task.kind == coordinator_pb2.TASK_KIND_FINISHED:
+            try:
+                if task.kind == coordinator_pb2.TASK_KIND_TRAIN:
+                    await self._train(stub, task)
+                elif task.kind == coordinator_pb2.TASK_KIND_EVALUATE:
+                    await self._evaluate(stub, task)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                # a straggler: the round closed (deadline) before this client was done;
+                # its late work is discarded and it waits for the next round's task
+                logger.warning(
+                    "round %d closed before this client finished (%s); waiting for the next task",
+                    task.round,
+                    exc.details(),
+                )
+                continue
+            if task.kind == coordinator_pb2.TASK_KIND_FINISHED:
                 logger.info("finished: %s", task.message)
                 return task.message
         raise grpc.aio.AioRpcError(  # the stream ended without FINISHED: reconnect

@@ -70,7 +70,7 @@ from fedprompt_coordinator.privacy import (
 from fedprompt_coordinator.state_store import StateStore
 from fedprompt_coordinator.strategies import get_strategy
 from fedprompt_coordinator.traffic import TrafficMeter
-from fedprompt_coordinator.validation import spec_of, validate_update
+from fedprompt_coordinator.validation import check_update_size, spec_of, validate_update
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +200,9 @@ class Federation:
             self._model = models.load(self._completed)
         self._assignment = state.assignment()
         self._clustered_members: frozenset[str] = frozenset()
+        #: True while the clusterer could not be reached: the last assignment is kept and
+        #: every round summary says so (``clustering_degraded``) until it answers again.
+        self._clustering_degraded = False
         self._payload_cache: dict[tuple[int, ModelStage, int], bytes] = {}
         self._initial_lock = asyncio.Lock()
         for cid, (meta, n, device) in state.clients().items():
@@ -392,6 +395,9 @@ class Federation:
                 )
             if num_examples <= 0:
                 raise InvalidArgumentError("num_examples must be positive for a delta update")
+            check_update_size(
+                info.total_bytes, self._spec, max_update_bytes=self._config.max_update_bytes
+            )
         else:
             raise InvalidArgumentError("update kind must be INITIAL or DELTA")
         assembler = ChunkAssembler(info, max_total_bytes=self._config.max_update_bytes)
@@ -419,7 +425,7 @@ class Federation:
                 f"client {upload.client_id!r} already submitted a different update for round "
                 f"{upload.round}"
             )
-        validate_update(tensors, self._spec)
+        validate_update(tensors, self._spec, max_l2_norm=self._config.max_update_l2_norm)
         current.updates[upload.client_id] = ClientUpdate(
             client_id=upload.client_id,
             cluster_id=current.participants[upload.client_id],
@@ -636,12 +642,19 @@ class Federation:
         try:
             assignment = await self._clustering.assign(metadata, self._assignment)
         except FedPromptError as exc:
-            logger.warning("clustering failed, keeping the last assignment: %s", exc.message)
+            logger.warning(
+                "clustering failed, keeping the last assignment (retried next round): %s",
+                exc.message,
+            )
+            self._clustering_degraded = True
             assignment = dict(self._assignment)
             fallback = min(assignment.values(), default=0)
             for cid in participants:
                 assignment.setdefault(cid, fallback)
         else:
+            if self._clustering_degraded:
+                logger.info("clusterer answered again; assignment updated")
+            self._clustering_degraded = False
             self._clustered_members = members
         self._assignment = assignment
         self._state.set_assignment(assignment)
@@ -725,6 +738,8 @@ class Federation:
         summary["round_seconds"] = self._clock() - current.started_unix
         if self._budget is not None:
             summary["epsilon"] = self._budget.epsilon
+        if self._clustering_degraded:
+            summary["clustering_degraded"] = 1.0
         summary.update(self._aggregator.last_info if current.aggregated is not None else {})
         for cluster in sorted(set(current.participants.values())):
             members = [

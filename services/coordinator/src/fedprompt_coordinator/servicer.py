@@ -11,6 +11,7 @@ from fedprompt.transfer import chunk_from_proto, payload_info_from_proto, payloa
 from fedprompt.v1 import coordinator_pb2, coordinator_pb2_grpc
 from fedprompt_coordinator import serde
 from fedprompt_coordinator.federation import Federation
+from fedprompt_coordinator.identity import check_caller
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
@@ -27,6 +28,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         ],
     ) -> coordinator_pb2.JoinResponse:
         """Register a client."""
+        check_caller(context, request.client_id)
         result = await self._federation.join(serde.join_request_from_proto(request))
         return serde.join_result_to_proto(result)
 
@@ -36,6 +38,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         context: grpc.aio.ServicerContext[coordinator_pb2.StreamTasksRequest, coordinator_pb2.Task],
     ) -> AsyncIterator[coordinator_pb2.Task]:
         """Stream tasks to a client until the federation is done."""
+        check_caller(context, request.client_id)
         async for task in self._federation.task_stream(request.client_id):
             yield serde.task_to_proto(task)
 
@@ -47,6 +50,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         ],
     ) -> AsyncIterator[coordinator_pb2.FetchModelResponse]:
         """Stream the requested model as a header plus chunks."""
+        check_caller(context, request.client_id)
         payload = self._federation.fetch_model(
             request.client_id, request.round, serde.model_stage_from_proto(request.stage)
         )
@@ -70,6 +74,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 if which != "header":
                     raise InvalidArgumentError("an upload must start with its header")
                 h = message.header
+                check_caller(context, h.client_id)
                 upload = self._federation.begin_upload(
                     client_id=h.client_id,
                     round_id=h.round,
@@ -96,6 +101,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         ],
     ) -> coordinator_pb2.ReportMetricsResponse:
         """Store a client's metrics."""
+        check_caller(context, request.client_id)
         await self._federation.report_metrics(
             request.client_id,
             request.round,
