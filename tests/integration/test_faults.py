@@ -108,7 +108,7 @@ def test_federation_survives_dead_clients_a_cut_network_and_a_coordinator_crash(
             f"coordinator-{tag}",
             [script("fedprompt-coordinator"), "--listen", listen, "--state-dir", str(state_dir),
              "--rounds", str(ROUNDS), "--min-clients", "1", "--expected-clients", "3",
-             "--clusterer", f"127.0.0.1:{clusterer_port}", "--local-steps", "3",
+             "--clusterer", f"127.0.0.1:{clusterer_port}", "--local-steps", "1",
              "--batch-size", "8", "--round-deadline-s", str(DEADLINE_S),
              *tls_flags("coordinator")],
             logs / f"coordinator-{tag}.log",
@@ -185,7 +185,8 @@ def test_federation_survives_dead_clients_a_cut_network_and_a_coordinator_crash(
         children.remove(coordinator)
         children.remove(clusterer)
         db = sqlite3.connect(state_dir / "state.sqlite3")
-        assert db.execute("SELECT round, status FROM rounds").fetchall() == [(1, "completed")]
+        done = db.execute("SELECT round FROM rounds WHERE status = 'completed'").fetchall()
+        assert done == [(1,)]  # the crashed round 2 left no completed record
         db.close()
 
         restarted = coordinator_child("2", f"127.0.0.1:{port}", cport)
@@ -208,10 +209,12 @@ def test_federation_survives_dead_clients_a_cut_network_and_a_coordinator_crash(
                 child.process.send_signal(signal.SIGCONT)
         stop_all(children)
 
-    # no lost and no duplicated round
+    # no lost and no duplicated round (an attempt that missed its deadline on a slow machine
+    # is recorded as failed and retried; it is not a completed round)
     db = sqlite3.connect(state_dir / "state.sqlite3")
     rows = db.execute("SELECT round, status FROM rounds ORDER BY round").fetchall()
-    assert rows == [(1, "completed"), (2, "completed")]
+    assert [r for r in rows if r[1] == "completed"] == [(1, "completed"), (2, "completed")], rows
+    assert all(r[1] == "completed" or r[1].startswith("failed") for r in rows), rows
     db.close()
     r2 = next(r for r in status.rounds if r.round == 2)
     assert {rec.client_id for rec in r2.clients if rec.update_accepted} == {a, b, c}
@@ -304,7 +307,16 @@ def test_corrupt_truncated_oversized_and_malformed_uploads(
         )
         with pytest.raises(grpc.RpcError) as info:
             raw(iter([b"\xff\xff\xff\xff\x0f\x08"]), timeout=10)
-        assert info.value.code() is not Code.OK
+        assert info.value.code() is Code.INVALID_ARGUMENT
+        assert "malformed request message" in (info.value.details() or "")
+        raw_join = channel.unary_unary(
+            "/fedprompt.v1.Coordinator/Join",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            raw_join(b"\x0a\xff\xff", timeout=10)  # a length past the end of the message
+        assert info.value.code() is Code.INVALID_ARGUMENT
 
         # ... and the coordinator still serves: the same upload, intact, is accepted
         assert upload([head, *good]) is Code.OK

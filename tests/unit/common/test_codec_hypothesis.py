@@ -20,7 +20,7 @@ from fedprompt.codec import decode_tensors, encode_tensors
 from fedprompt.errors import FedPromptError, InvalidArgumentError
 from fedprompt.server import MAX_CHUNK_BYTES
 
-MANY = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+MANY = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 DTYPES = [
     np.dtype(np.float32),

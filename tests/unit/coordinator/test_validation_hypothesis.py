@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +26,8 @@ from fedprompt_coordinator.validation import (
     validate_update,
 )
 
-MANY = settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+MANY = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 DTYPES = [np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64), np.dtype(np.int32)]
 shapes = st.lists(st.integers(0, 4), min_size=0, max_size=2).map(tuple)

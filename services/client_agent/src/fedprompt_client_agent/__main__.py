@@ -48,10 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def run(config: ClientAgentConfig) -> int:
     """Build the runtime (in a thread: loading the model is slow) and run the agent."""
+    # certificates first: a TLS misconfiguration fails before torch is even imported
+    credentials = channel_credentials(config.tls, role=f"client {config.client_id}")
     from fedprompt_client_agent.agent import ClientAgent
     from fedprompt_client_agent.runtime import SiloRuntime
 
-    credentials = channel_credentials(config.tls, role=f"client {config.client_id}")
     runtime = await asyncio.to_thread(SiloRuntime, config)
     agent = ClientAgent(
         runtime,
