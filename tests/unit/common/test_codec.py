@@ -221,3 +221,101 @@ def test_shape_disagreeing_with_data_length_is_invalid_argument() -> None:
 def test_read_metadata_refuses_garbage_with_invalid_argument(payload: bytes) -> None:
     with pytest.raises(InvalidArgumentError):
         read_metadata(payload)
+
+
+# ----------------------------------------------------------------- zero-copy paths
+
+
+def test_payloads_interoperate_with_the_safetensors_library() -> None:
+    import safetensors
+
+    tensors = {
+        "b": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "a": np.arange(5, dtype=np.int64),
+        "h": np.ones((2, 2), dtype=ml_dtypes.bfloat16),
+    }
+    ours = encode_tensors(tensors, metadata={"k": "v"})
+    parsed = dict(safetensors.deserialize(ours))
+    assert sorted(parsed) == ["a", "b", "h"]
+    assert parsed["b"]["shape"] == [3, 4]
+    assert bytes(parsed["b"]["data"]) == tensors["b"].tobytes()
+    theirs = safetensors.serialize(
+        {
+            k: safetensors.TensorSpec(
+                dtype=v.dtype.name, shape=v.shape, data_ptr=v.ctypes.data, data_len=v.nbytes
+            )
+            for k, v in tensors.items()
+        }
+    )
+    decoded = decode_tensors(theirs)
+    for name, arr in tensors.items():
+        np.testing.assert_array_equal(decoded[name], arr)
+
+
+def test_decode_returns_views_of_the_payload_not_copies() -> None:
+    payload = bytearray(encode_tensors({"x": np.zeros(4, dtype=np.float32)}))
+    x = decode_tensors(payload)["x"]
+    payload[-4:] = np.float32(5.0).tobytes()
+    assert x[-1] == 5.0  # a view: callers copy what they keep beyond the buffer
+
+
+def test_write_tensors_writes_exactly_the_encoded_bytes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fedprompt.codec import write_tensors
+
+    tensors = {"w": np.arange(10, dtype=np.float16), "e": np.zeros((0, 3), dtype=np.float32)}
+    path = tmp_path / "t.safetensors"
+    with open(path, "wb") as fh:
+        written = write_tensors(fh, tensors, metadata={"m": "1"})
+    assert path.read_bytes() == encode_tensors(tensors, metadata={"m": "1"})
+    assert written == path.stat().st_size
+
+
+def test_decode_tensors_file_maps_the_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fedprompt.codec import decode_tensors_file
+
+    path = tmp_path / "t.safetensors"
+    arr = np.arange(1000, dtype=np.float32).reshape(10, 100)
+    path.write_bytes(encode_tensors({"x": arr}))
+    out = decode_tensors_file(path)
+    np.testing.assert_array_equal(out["x"], arr)
+    assert not out["x"].flags.writeable
+    (tmp_path / "empty").write_bytes(b"")
+    with pytest.raises(InvalidArgumentError):
+        decode_tensors_file(tmp_path / "empty")
+
+
+@pytest.mark.parametrize(
+    ("entries", "data_len"),
+    [
+        ({"a": [0, 8], "b": [4, 12]}, 12),  # overlap
+        ({"a": [0, 4], "b": [8, 12]}, 12),  # hole
+        ({"a": [0, 4]}, 8),  # trailing bytes
+        ({"a": [4, 0]}, 4),  # reversed offsets
+    ],
+    ids=["overlap", "hole", "trailing", "reversed"],
+)
+def test_offsets_that_overlap_or_leave_holes_are_invalid_argument(
+    entries: dict[str, list[int]], data_len: int
+) -> None:
+    header = {
+        name: {"dtype": "F32", "shape": [(e - b) // 4 if e >= b else 1], "data_offsets": [b, e]}
+        for name, (b, e) in entries.items()
+    }
+    with pytest.raises(InvalidArgumentError, match="not valid safetensors"):
+        decode_tensors(_raw_payload(header, b"\0" * data_len))
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]},
+        {"dtype": "F32", "shape": "4", "data_offsets": [0, 4]},
+        {"dtype": "F32", "shape": [1], "data_offsets": [0]},
+        {"dtype": "F32", "shape": [1], "data_offsets": [0.0, 4.0]},
+        "not an object",
+    ],
+    ids=["negative-dim", "shape-string", "one-offset", "float-offsets", "not-object"],
+)
+def test_malformed_entries_are_invalid_argument(entry: object) -> None:
+    with pytest.raises(InvalidArgumentError, match="not valid safetensors"):
+        decode_tensors(_raw_payload({"x": entry}, b"\0" * 4))

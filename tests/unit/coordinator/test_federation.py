@@ -777,3 +777,61 @@ async def test_a_sampling_draw_below_quorum_fails_at_once_and_is_redrawn(tmp_pat
         assert h.fed.status().epsilon == pytest.approx(
             RDPAccountantForTest.epsilon_of([(1.0, 0.5, 1)], 1e-5)
         )
+
+
+# ----------------------------------------------------------------------------- spooled uploads
+
+
+@pytest.mark.asyncio
+async def test_spooled_uploads_give_the_same_round_and_leave_no_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fedprompt_coordinator.federation as federation_module
+
+    monkeypatch.setattr(federation_module, "SPOOL_THRESHOLD_BYTES", 0)  # every upload spools
+    async with federation(tmp_path) as h:
+        run = h.start()
+        clients = {c: FakeClient(h.fed, c) for c in "abc"}
+        for client in clients.values():
+            await h.connect(client)
+        await asyncio.wait_for(run, TIMEOUT_S)
+        cluster0 = {"prompt.global": [2.5, 3.5], "prompt.cluster": [15.0]}
+        cluster1 = {"prompt.global": [2.5, 3.5], "prompt.cluster": [11.0]}
+        saved = h.models.load(1)
+        _assert_tensors(saved.for_cluster(0), cluster0)
+        _assert_tensors(saved.for_cluster(1), cluster1)
+        assert not any(p.is_file() for p in h.models.spool_dir.rglob("*"))
+
+
+@pytest.mark.asyncio
+async def test_a_corrupt_or_abandoned_spooled_upload_deletes_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fedprompt_coordinator.federation as federation_module
+    from fedprompt.chunking import PayloadInfo
+    from fedprompt.errors import CorruptPayloadError
+
+    monkeypatch.setattr(federation_module, "SPOOL_THRESHOLD_BYTES", 0)
+    async with federation(tmp_path) as h:
+        await h.fed.join(_join_request("a"))
+        payload = encode_tensors(_f32(INITIAL))
+        info = describe_payload(payload)
+        bad = PayloadInfo(info.total_bytes, info.num_chunks, b"\0" * 32)  # wrong SHA-256
+        session = h.fed.begin_upload(
+            client_id="a", round_id=0, kind=UpdateKind.INITIAL, num_examples=0, info=bad
+        )
+        assert session.spool_path is not None and session.spool_path.exists()
+        for chunk in split_payload(payload):
+            h.fed.add_chunk(session, chunk)
+        with pytest.raises(CorruptPayloadError):
+            await h.fed.finish_upload(session)
+        assert not session.spool_path.exists()
+
+        abandoned = h.fed.begin_upload(
+            client_id="a", round_id=0, kind=UpdateKind.INITIAL, num_examples=0, info=info
+        )
+        h.fed.discard_upload(abandoned)
+        assert abandoned.spool_path is not None and not abandoned.spool_path.exists()
+        # a good spooled initial model is accepted and its file is gone afterwards
+        assert not await _upload(h.fed, "a", 0, UpdateKind.INITIAL, _f32(INITIAL), 0)
+        assert not any(p.is_file() for p in h.models.spool_dir.rglob("*"))

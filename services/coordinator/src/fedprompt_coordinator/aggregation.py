@@ -18,6 +18,7 @@ import numpy as np
 from fedprompt_coordinator.contrastive import centroid, contrastive_cluster_weights
 from fedprompt_coordinator.domain import ClientUpdate, FederationModel
 from fedprompt_coordinator.dp_fedavg import dp_fedavg
+from fedprompt_coordinator.weighted_sum import add_weighted_sum, weighted_sum
 
 
 class Level(enum.StrEnum):
@@ -58,7 +59,7 @@ def weighted_mean_delta(
     names: Sequence[str],
     weights: Sequence[float] | np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Σ_i w_i Δ_i for each name, accumulated in float64.
+    """Σ_i w_i Δ_i for each name, accumulated in float64 (vectorised, bounded memory).
 
     ``weights`` default to ``n_i / Σ_j n_j`` (sample-weighted FedAvg); given weights are used
     as they are (they should sum to 1).
@@ -75,13 +76,7 @@ def weighted_mean_delta(
         weights = [u.num_examples / total for u in updates]
     elif not updates:
         raise ValueError("weighted mean of no updates (or zero total weight)")
-    out: dict[str, np.ndarray] = {}
-    for name in names:
-        acc = np.zeros(updates[0].tensors[name].shape, dtype=np.float64)
-        for w, u in zip(weights, updates, strict=True):
-            acc += w * u.tensors[name].astype(np.float64, copy=False)
-        out[name] = acc
-    return out
+    return {name: weighted_sum([u.tensors[name] for u in updates], weights) for name in names}
 
 
 @dataclass(frozen=True)
@@ -115,11 +110,19 @@ class ClusterAggregator(abc.ABC):
         """Return the model after applying ``updates`` to ``model`` (which is not modified)."""
 
 
-def _apply(
-    base: Mapping[str, np.ndarray], delta: Mapping[str, np.ndarray]
+def _apply_weighted_mean(
+    base: Mapping[str, np.ndarray],
+    updates: Sequence[ClientUpdate],
+    weights: Sequence[float] | np.ndarray | None,
 ) -> dict[str, np.ndarray]:
+    """``base + Σ_i w_i Δ_i`` per name (w_i ∝ n_i by default), fused: one copy of ``base``."""
+    if weights is None:
+        n = np.asarray([u.num_examples for u in updates], dtype=np.float64)
+        if not updates or n.sum() <= 0:
+            raise ValueError("weighted mean of no updates (or zero total weight)")
+        weights = n / n.sum()
     return {
-        name: (base[name].astype(np.float64) + delta[name]).astype(base[name].dtype)
+        name: add_weighted_sum(base[name], [u.tensors[name] for u in updates], weights)
         for name in base
     }
 
@@ -152,15 +155,18 @@ class WeightedFedAvg(ClusterAggregator):
     ) -> FederationModel:
         """Apply the global and the per-cluster updates."""
         self.last_info = {}
-        new_global = {k: v.copy() for k, v in model.global_tensors.items()}
-        new_clusters = {
-            c: {k: v.copy() for k, v in t.items()} for c, t in model.cluster_tensors.items()
+        updated_clusters = {u.cluster_id for u in updates}
+        new_global: dict[str, np.ndarray] = {}
+        new_clusters = {  # copies only of the clusters nobody updated this round
+            c: {k: v.copy() for k, v in t.items()}
+            for c, t in model.cluster_tensors.items()
+            if c not in updated_clusters
         }
-        if updates and model.global_tensors:
+        if not (updates and model.global_tensors):
+            new_global = {k: v.copy() for k, v in model.global_tensors.items()}
+        else:
             if global_dp is None:
-                new_global = _apply(
-                    model.global_tensors, weighted_mean_delta(updates, list(model.global_tensors))
-                )
+                new_global = _apply_weighted_mean(model.global_tensors, updates, None)
             else:
                 result = dp_fedavg(
                     model.global_tensors,
@@ -184,8 +190,7 @@ class WeightedFedAvg(ClusterAggregator):
                 continue
             weights = self.cluster_weights(model, cluster_id, members)
             self.last_info[f"cluster_{cluster_id}_min_weight"] = float(weights.min())
-            delta = weighted_mean_delta(members, list(base_tensors), weights)
-            new_clusters[cluster_id] = _apply(base_tensors, delta)
+            new_clusters[cluster_id] = _apply_weighted_mean(base_tensors, members, weights)
         return FederationModel(
             global_tensors=new_global,
             cluster_tensors=new_clusters,
@@ -217,9 +222,10 @@ class ContrastiveFedAvg(WeightedFedAvg):
             return super().cluster_weights(model, cluster_id, members)
         centroids = model.centroids(self.segment)
         centroids.setdefault(cluster_id, centroid(base[self.segment]))
-        proposals = [
-            base[self.segment].astype(np.float64) + u.tensors[self.segment] for u in members
-        ]
+        # the token-mean is linear: centroid(C_k + ΔC_i) = centroid(C_k) + centroid(ΔC_i),
+        # so each proposal is scored from its delta's mean without building C_k + ΔC_i
+        base_centroid = centroid(base[self.segment])
+        proposals = [base_centroid + centroid(u.tensors[self.segment]) for u in members]
         return contrastive_cluster_weights(
             proposals,
             [u.num_examples for u in members],

@@ -23,11 +23,6 @@ def centroid(segment: np.ndarray) -> np.ndarray:
     return arr.mean(axis=0) if arr.ndim > 1 else arr
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
-
-
 def alignment_scores(
     proposals: Sequence[np.ndarray],
     *,
@@ -39,13 +34,19 @@ def alignment_scores(
     if temperature <= 0:
         raise ValueError("temperature must be positive")
     ids = sorted(centroids)
-    scores = []
-    for proposal in proposals:
-        c = centroid(proposal)
-        logits = np.array([_cos(c, centroids[j]) / temperature for j in ids])
-        log_norm = float(np.logaddexp.reduce(logits))
-        scores.append(logits[ids.index(own)] - log_norm)
-    return np.asarray(scores, dtype=np.float64)
+    if not proposals:
+        return np.zeros(0, dtype=np.float64)
+    # vectorised over members: token-means, cosines to every centroid, log-softmax
+    means = np.stack([centroid(p) for p in proposals])
+    mus = np.stack([np.asarray(centroids[j], dtype=np.float64) for j in ids])
+    mean_norms = np.linalg.norm(means, axis=1, keepdims=True)
+    mu_norms = np.linalg.norm(mus, axis=1, keepdims=True)
+    unit_means = np.divide(means, mean_norms, out=np.zeros_like(means), where=mean_norms > 0)
+    unit_mus = np.divide(mus, mu_norms, out=np.zeros_like(mus), where=mu_norms > 0)
+    logits = unit_means @ unit_mus.T / temperature
+    log_norm = np.logaddexp.reduce(logits, axis=1)
+    out: np.ndarray = logits[:, ids.index(own)] - log_norm
+    return out
 
 
 def alignment_weights(scores: np.ndarray) -> np.ndarray:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedprompt_coordinator.weighted_sum import squared_norms, weighted_sum
+
 
 @dataclass(frozen=True)
 class DPFedAvgResult:
@@ -72,13 +74,18 @@ def dp_fedavg(
     """
     if clip_norm <= 0 or expected_participants <= 0:
         raise ValueError("clip_norm and expected_participants must be positive")
-    total = {k: np.zeros(np.shape(v), dtype=np.float64) for k, v in base.items()}
-    norms = []
-    for delta in deltas:
-        clipped, norm = clip_update({k: delta[k] for k in base}, clip_norm)
-        norms.append(norm)
-        for k in total:
-            total[k] += clipped[k]
+    names = list(base)
+    # one vectorised pass per tensor: norms over all of a client's tensors, then Σ_i f_i Δ_i
+    squares = np.zeros(len(deltas), dtype=np.float64)
+    for k in names:
+        squares += squared_norms([np.asarray(d[k]) for d in deltas])
+    norms = np.sqrt(squares)
+    factors = np.minimum(1.0, clip_norm / np.where(norms > 0, norms, np.inf))
+    total = (
+        {k: weighted_sum([np.asarray(d[k]) for d in deltas], factors) for k in names}
+        if deltas
+        else {k: np.zeros(np.shape(v), dtype=np.float64) for k, v in base.items()}
+    )
     std = noise_multiplier * clip_norm
     out = {}
     for k, v in base.items():
@@ -88,7 +95,7 @@ def dp_fedavg(
         ).astype(np.asarray(v).dtype)
     return DPFedAvgResult(
         tensors=out,
-        clipped_fraction=float(np.mean([n > clip_norm for n in norms])) if norms else 0.0,
-        mean_update_norm=float(np.mean(norms)) if norms else 0.0,
+        clipped_fraction=float(np.mean(norms > clip_norm)) if len(norms) else 0.0,
+        mean_update_norm=float(np.mean(norms)) if len(norms) else 0.0,
         noise_std=std,
     )

@@ -20,11 +20,13 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from fedprompt.chunking import ChunkAssembler, ChunkData, PayloadInfo
-from fedprompt.codec import decode_tensors, encode_tensors
+from fedprompt.codec import decode_tensors, decode_tensors_file, encode_tensors
 from fedprompt.errors import (
     ConflictError,
     FedPromptError,
@@ -85,6 +87,8 @@ _SETTING_STOP_REASON = "stop_reason"
 CENTROID_PREFIX = "centroid."
 #: Pause before drawing a round again when client sampling fell below the quorum.
 SAMPLING_RETRY_PAUSE_S = 0.5
+#: Uploads larger than this stream to a file instead of memory (then are memory-mapped).
+SPOOL_THRESHOLD_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -117,11 +121,17 @@ class RoundInProgress:
     eval_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     aggregated: FederationModel | None = None
     aggregation_seconds: float = 0.0
+    #: Wall seconds of the phases (training, evaluation, checkpoint), for the round summary.
+    phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
 class UploadSession:
-    """An upload between its header and its last chunk."""
+    """An upload between its header and its last chunk.
+
+    Payloads over :data:`SPOOL_THRESHOLD_BYTES` stream into ``spool_path`` (bounded
+    memory); smaller ones are assembled in memory.
+    """
 
     client_id: str
     round: int
@@ -129,6 +139,16 @@ class UploadSession:
     num_examples: int
     info: PayloadInfo
     assembler: ChunkAssembler
+    spool_path: Path | None = None
+    spool_file: BinaryIO | None = None
+
+    def close_spool(self, *, delete: bool) -> None:
+        """Close the spool file (if any) and optionally delete it."""
+        if self.spool_file is not None:
+            self.spool_file.close()
+            self.spool_file = None
+        if delete and self.spool_path is not None:
+            self.spool_path.unlink(missing_ok=True)
 
 
 def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
@@ -205,6 +225,7 @@ class Federation:
         self._clustering_degraded = False
         self._payload_cache: dict[tuple[int, ModelStage, int], bytes] = {}
         self._initial_lock = asyncio.Lock()
+        self._waited_for_latecomers = False
         for cid, (meta, n, device) in state.clients().items():
             self._sessions[cid] = ClientSession(cid, meta, n, device)
         self._strategy = get_strategy(config.strategy)
@@ -400,19 +421,50 @@ class Federation:
             )
         else:
             raise InvalidArgumentError("update kind must be INITIAL or DELTA")
-        assembler = ChunkAssembler(info, max_total_bytes=self._config.max_update_bytes)
-        return UploadSession(client_id, round_id, kind, num_examples, info, assembler)
+        max_bytes = self._config.max_update_bytes
+        if info.total_bytes <= SPOOL_THRESHOLD_BYTES or info.total_bytes > max_bytes:
+            assembler = ChunkAssembler(info, max_total_bytes=max_bytes)
+            return UploadSession(client_id, round_id, kind, num_examples, info, assembler)
+        path = self._models.spool_file(round_id, client_id)
+        sink = open(path, "wb")  # noqa: SIM115 - closed by finish_upload / discard_upload
+        try:
+            assembler = ChunkAssembler(info, max_total_bytes=max_bytes, sink=sink)
+        except BaseException:
+            sink.close()
+            path.unlink(missing_ok=True)
+            raise
+        return UploadSession(client_id, round_id, kind, num_examples, info, assembler, path, sink)
 
     def add_chunk(self, upload: UploadSession, chunk: ChunkData) -> None:
         """Feed one chunk of an upload (raises coded errors on corruption)."""
         upload.assembler.add(chunk)
 
+    def discard_upload(self, upload: UploadSession) -> None:
+        """Forget an upload that failed or was cut off (deletes its spooled bytes)."""
+        upload.close_spool(delete=True)
+
     async def finish_upload(self, upload: UploadSession) -> bool:
         """Validate and store a complete upload; returns True for an idempotent duplicate."""
+        try:
+            return await self._finish_upload(upload)
+        except BaseException:
+            upload.close_spool(delete=True)
+            raise
+
+    async def _finish_upload(self, upload: UploadSession) -> bool:
         payload = upload.assembler.finish()
-        tensors = await asyncio.to_thread(decode_tensors, payload)
+        tensors: dict[str, np.ndarray]
+        if upload.spool_path is not None:
+            upload.close_spool(delete=False)
+            # memory-mapped, read-only views of the spooled file: never a copy in memory
+            tensors = await asyncio.to_thread(decode_tensors_file, upload.spool_path)
+        else:
+            tensors = decode_tensors(payload)  # zero-copy header parse: no thread hop needed
         if upload.kind is UpdateKind.INITIAL:
-            return await self._accept_initial(upload.client_id, tensors)
+            try:
+                return await self._accept_initial(upload.client_id, tensors)
+            finally:
+                upload.close_spool(delete=True)  # the model holds its own copies
         current = self._round
         if current is None or current.round != upload.round or self._phase is not Phase.TRAINING:
             raise WrongRoundError(f"round {upload.round} closed while the update was uploading")
@@ -425,12 +477,32 @@ class Federation:
                 f"client {upload.client_id!r} already submitted a different update for round "
                 f"{upload.round}"
             )
-        validate_update(tensors, self._spec, max_l2_norm=self._config.max_update_l2_norm)
+        if upload.spool_path is None:
+            validate_update(tensors, self._spec, max_l2_norm=self._config.max_update_l2_norm)
+        else:  # reading a large file: off the event loop, then re-check what may have moved
+            await asyncio.to_thread(
+                validate_update, tensors, self._spec, max_l2_norm=self._config.max_update_l2_norm
+            )
+            if self._round is not current or self._phase is not Phase.TRAINING:
+                raise WrongRoundError(f"round {upload.round} closed while the update was checked")
+            if upload.client_id in current.digests:
+                if current.digests[upload.client_id] == digest:
+                    upload.close_spool(delete=True)
+                    return True
+                raise ConflictError(
+                    f"client {upload.client_id!r} already submitted a different update for "
+                    f"round {upload.round}"
+                )
         current.updates[upload.client_id] = ClientUpdate(
             client_id=upload.client_id,
             cluster_id=current.participants[upload.client_id],
             num_examples=upload.num_examples,
-            tensors={k: np.array(v, copy=True) for k, v in tensors.items()},
+            # small payloads: own copies; spooled ones stay mapped from their file
+            tensors=(
+                tensors
+                if upload.spool_path is not None
+                else {k: np.array(v, copy=True) for k, v in tensors.items()}
+            ),
         )
         current.digests[upload.client_id] = digest
         logger.info(
@@ -562,11 +634,13 @@ class Federation:
         self._payload_cache.clear()
         logger.info("round %d: %d participants", round_id, len(participants))
         self._phase = Phase.TRAINING
+        t_train = time.perf_counter()
         for cid in participants:
             self._publish(cid, self._train_task(current, cid))
         await self._wait_until(
             lambda: len(current.updates) == len(current.participants), current.deadline_unix
         )
+        current.phase_seconds["training_seconds"] = time.perf_counter() - t_train
         if len(current.updates) < self._config.min_clients:
             reason = (
                 f"failed: {len(current.updates)} of {len(current.participants)} updates by the "
@@ -575,6 +649,7 @@ class Federation:
             logger.warning("round %d %s; it will be retried", round_id, reason)
             self._state.record_round(self._round_record(current, status=reason))
             self._round = None
+            self._models.drop_spool(round_id)
             return
 
         self._phase = Phase.AGGREGATION
@@ -592,7 +667,14 @@ class Federation:
                 _SETTING_ACCOUNTANT, json.dumps(self._budget.accountant.state_dict())
             )
 
+        # The aggregate is final: write its tensor files while clients evaluate it. The round
+        # only counts as completed once the SQLite record below commits, after these files
+        # are durable, so a crash in between resumes from the previous round as before.
+        save = asyncio.ensure_future(
+            asyncio.to_thread(self._save_snapshot, round_id, current.aggregated)
+        )
         self._phase = Phase.EVALUATION
+        t_eval = time.perf_counter()
         eval_deadline = self._clock() + self._config.eval_deadline_s
         evaluators = sorted(current.updates)
         for cid in evaluators:
@@ -605,19 +687,39 @@ class Federation:
                     deadline_unix_ms=int(eval_deadline * 1000),
                 ),
             )
-        await self._wait_until(
-            lambda: all(c in current.eval_metrics for c in evaluators), eval_deadline
-        )
-
-        self._phase = Phase.CHECKPOINT
-        await asyncio.to_thread(self._models.save, round_id, current.aggregated)
+        try:
+            await self._wait_until(  # the length test spares an O(n) scan on most wake-ups
+                lambda: (
+                    len(current.eval_metrics) >= len(evaluators)
+                    and all(c in current.eval_metrics for c in evaluators)
+                ),
+                eval_deadline,
+            )
+            current.phase_seconds["evaluation_seconds"] = time.perf_counter() - t_eval
+            self._phase = Phase.CHECKPOINT
+            t_save = time.perf_counter()
+            current.phase_seconds["model_save_seconds"] = await save
+            current.phase_seconds["checkpoint_wait_seconds"] = time.perf_counter() - t_save
+        finally:
+            if not save.done():
+                save.cancel()
         self._state.record_round(self._round_record(current, status="completed"))
         self._model = current.aggregated
         self._completed = round_id
         self._round = None
-        self._models.prune(keep_from=round_id - 1)
+        self._models.drop_spool(round_id)
         self.traffic.forget_before(round_id)
         logger.info("round %d completed", round_id)
+
+    def _save_snapshot(self, round_id: int, model: FederationModel) -> float:
+        """Prune snapshots older than the round-start model, write ``model``; returns seconds.
+
+        Kept on disk: the initial model, the round-start model (round_id - 1) and this one.
+        """
+        t0 = time.perf_counter()
+        self._models.prune(keep_from=round_id - 1)
+        self._models.save(round_id, model)
+        return time.perf_counter() - t0
 
     async def _wait_for_quorum(self) -> None:
         def quorum() -> bool:
@@ -631,8 +733,10 @@ class Federation:
                 lambda: sum(s.connected for s in self._sessions.values()) >= expected,
                 self._clock() + self._config.quorum_wait_s,
             )
-        elif self._config.quorum_wait_s > 0:
+        elif self._config.quorum_wait_s > 0 and not self._waited_for_latecomers:
+            # only before the first round this process opens: later rounds start at once
             await asyncio.sleep(self._config.quorum_wait_s)
+        self._waited_for_latecomers = True
 
     async def _update_assignment(self, participants: list[str]) -> None:
         members = frozenset(self._sessions)
@@ -733,6 +837,7 @@ class Federation:
         accs = [m["accuracy"] for m in current.eval_metrics.values() if "accuracy" in m]
         summary = fairness_summary(accs)
         summary["aggregation_seconds"] = current.aggregation_seconds
+        summary.update(current.phase_seconds)
         summary["participants"] = float(len(current.participants))
         summary["updates_accepted"] = float(len(current.updates))
         summary["round_seconds"] = self._clock() - current.started_unix

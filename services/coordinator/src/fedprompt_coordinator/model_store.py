@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedprompt.codec import decode_tensors, encode_tensors
+from fedprompt.codec import decode_tensors_file, write_tensors
 from fedprompt.files import fsync_dir
 from fedprompt_coordinator.domain import FederationModel
 
@@ -29,6 +29,22 @@ class ModelStore:
         self.root.mkdir(parents=True, exist_ok=True)
         for stale in self.root.glob(".tmp-*"):
             shutil.rmtree(stale, ignore_errors=True)
+        #: Large uploads of the round in progress stream here (not durable: a restarted
+        #: coordinator reruns the round, so leftovers are deleted at start).
+        self.spool_dir = self.root / ".uploads"
+        shutil.rmtree(self.spool_dir, ignore_errors=True)
+
+    def spool_file(self, round_id: int, client_id: str) -> Path:
+        """A fresh file for an upload of ``client_id`` in ``round_id`` (round 0: initial)."""
+        folder = self.spool_dir / f"round-{round_id:06d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{client_id}-", suffix=".safetensors", dir=folder)
+        os.close(fd)
+        return Path(name)
+
+    def drop_spool(self, round_id: int) -> None:
+        """Delete the spooled uploads of ``round_id`` (after its checkpoint or failure)."""
+        shutil.rmtree(self.spool_dir / f"round-{round_id:06d}", ignore_errors=True)
 
     def _dir(self, round_id: int) -> Path:
         return self.root / f"round-{round_id:06d}"
@@ -44,7 +60,7 @@ class ModelStore:
         files.update({f"cluster-{c}.safetensors": t for c, t in model.cluster_tensors.items()})
         for name, tensors in files.items():
             with open(tmp / name, "wb") as fh:
-                fh.write(encode_tensors(tensors))
+                write_tensors(fh, tensors)  # streams the arrays: no second copy in memory
                 fh.flush()
                 os.fsync(fh.fileno())
         fsync_dir(tmp)
@@ -67,7 +83,7 @@ class ModelStore:
             raise FileNotFoundError(f"no model snapshot for round {round_id} in {self.root}")
 
         def read(path: Path) -> dict[str, np.ndarray]:
-            return {k: v.copy() for k, v in decode_tensors(path.read_bytes()).items()}
+            return {k: v.copy() for k, v in decode_tensors_file(path).items()}
 
         clusters = {
             int(p.stem.split("-", 1)[1]): read(p)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
@@ -13,12 +14,20 @@ from fedprompt_coordinator import serde
 from fedprompt_coordinator.federation import Federation
 from fedprompt_coordinator.identity import check_caller
 
+#: Payloads up to this size keep their FetchModel messages cached (prompts, heads).
+FETCH_CACHE_MAX_BYTES = 64 * 1024 * 1024
+#: Cached payloads (one per round stage and cluster); the cache is emptied when full.
+FETCH_CACHE_ENTRIES = 64
+
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     """The Coordinator service over a :class:`Federation`."""
 
     def __init__(self, federation: Federation) -> None:
         self._federation = federation
+        #: id(payload) -> (payload, its FetchModel messages); the payload is kept so the id
+        #: cannot be reused by another object while the entry lives.
+        self._fetch_cache: dict[int, tuple[bytes, list[coordinator_pb2.FetchModelResponse]]] = {}
 
     async def Join(  # noqa: N802 - gRPC method name
         self,
@@ -54,10 +63,29 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         payload = self._federation.fetch_model(
             request.client_id, request.round, serde.model_stage_from_proto(request.stage)
         )
+        for message in self._fetch_messages(payload):
+            yield message
+
+    def _fetch_messages(self, payload: bytes) -> Iterable[coordinator_pb2.FetchModelResponse]:
+        """The header and chunk messages of ``payload``, built once per payload.
+
+        Every participant of a cluster downloads the same payload object, so its SHA-256,
+        CRC-32s and protobuf messages are computed once, not per download. Large payloads
+        are not cached (their chunks would double the memory); they stream lazily.
+        """
+        cached = self._fetch_cache.get(id(payload))
+        if cached is not None and cached[0] is payload:
+            return cached[1]
         header, chunks = payload_messages(payload)
-        yield coordinator_pb2.FetchModelResponse(header=header)
-        for chunk in chunks:
-            yield coordinator_pb2.FetchModelResponse(chunk=chunk)
+        first = coordinator_pb2.FetchModelResponse(header=header)
+        lazy = (coordinator_pb2.FetchModelResponse(chunk=c) for c in chunks)
+        if len(payload) > FETCH_CACHE_MAX_BYTES:
+            return itertools.chain([first], lazy)
+        messages = [first, *lazy]
+        if len(self._fetch_cache) >= FETCH_CACHE_ENTRIES:
+            self._fetch_cache.clear()
+        self._fetch_cache[id(payload)] = (payload, messages)
+        return messages
 
     async def UploadUpdate(  # noqa: N802 - gRPC method name
         self,
@@ -68,24 +96,29 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     ) -> coordinator_pb2.UploadUpdateResponse:
         """Receive a header and chunks; validate and store the update."""
         upload = None
-        async for message in request_iterator:
-            which = message.WhichOneof("message")
-            if upload is None:
-                if which != "header":
-                    raise InvalidArgumentError("an upload must start with its header")
-                h = message.header
-                check_caller(context, h.client_id)
-                upload = self._federation.begin_upload(
-                    client_id=h.client_id,
-                    round_id=h.round,
-                    kind=serde.update_kind_from_proto(h.kind),
-                    num_examples=h.num_examples,
-                    info=payload_info_from_proto(h.payload),
-                )
-            elif which == "chunk":
-                self._federation.add_chunk(upload, chunk_from_proto(message.chunk))
-            else:
-                raise InvalidArgumentError("an upload carries exactly one header, then chunks")
+        try:
+            async for message in request_iterator:
+                which = message.WhichOneof("message")
+                if upload is None:
+                    if which != "header":
+                        raise InvalidArgumentError("an upload must start with its header")
+                    h = message.header
+                    check_caller(context, h.client_id)
+                    upload = self._federation.begin_upload(
+                        client_id=h.client_id,
+                        round_id=h.round,
+                        kind=serde.update_kind_from_proto(h.kind),
+                        num_examples=h.num_examples,
+                        info=payload_info_from_proto(h.payload),
+                    )
+                elif which == "chunk":
+                    self._federation.add_chunk(upload, chunk_from_proto(message.chunk))
+                else:
+                    raise InvalidArgumentError("an upload carries exactly one header, then chunks")
+        except BaseException:
+            if upload is not None:
+                self._federation.discard_upload(upload)
+            raise
         if upload is None:
             raise TruncatedPayloadError("upload stream ended before its header")
         duplicate = await self._federation.finish_upload(upload)
