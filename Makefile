@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 PROTO_SRC := proto
 STUB_DIR := libs/common/src
 
-.PHONY: setup proto proto-check lint typecheck test test-unit test-integration demo clean bench-system
+.PHONY: setup proto proto-check lint typecheck test test-unit test-integration demo clean \
+	bench-system bench-load fuzz fuzz-deps
 
 setup: $(BIN)/.installed
 
@@ -32,8 +33,20 @@ lint:
 typecheck:
 	$(BIN)/mypy --strict libs/common/src services/coordinator/src services/clusterer/src services/client_agent/src cli/src
 
-test: setup proto-check lint typecheck
+test: setup fuzz-deps proto-check lint typecheck
 	$(BIN)/python -m pytest -q tests
+
+# atheris (coverage-guided fuzzing) is optional: where it does not install, the fuzz test skips.
+fuzz-deps: setup
+	@$(BIN)/python -c "import atheris" 2>/dev/null || $(BIN)/pip install -q atheris \
+		|| echo "atheris does not install here: the fuzz test will be skipped"
+
+fuzz: fuzz-deps
+	$(BIN)/python tools/fuzz_chunks.py -max_total_time=60
+
+# 500 concurrent light clients, 20 rounds, one coordinator: RSS per round, errors.
+bench-load: setup
+	$(BIN)/python -m bench.load_500 --clients 500 --rounds 20
 
 test-unit: setup
 	$(BIN)/python -m pytest -q tests/unit

@@ -496,6 +496,8 @@ class CoordinatorProcess:
             "eval_deadline_s": 600.0,
             "strategy": strategy,
             "log_level": log_level,
+            # light clients open plaintext channels: the coordinator must accept them
+            "tls": {"insecure": True},
         }
         cfg.update(config or {})
         cfg_path = state_dir / "coordinator.yaml"

@@ -1,9 +1,13 @@
-"""Coordinator + clusterer + 3 client agents as real processes, 2 real rounds of prompt tuning."""
+"""Coordinator + clusterer + 3 client agents as real processes, 2 real rounds of prompt tuning.
+
+Every channel is mutual TLS with certificates from ``fedprompt certs``.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -22,13 +26,13 @@ ROUNDS = 2
 
 
 @pytest.fixture
-def federation(tmp_path: Path, silos_root: Path):  # type: ignore[no-untyped-def]
+def federation(tmp_path: Path, silos_root: Path, tls_flags: Callable[[str], list[str]]):  # type: ignore[no-untyped-def]
     """Start the three services; yield (coordinator port, state dir, clients); stop them."""
     children: list[Child] = []
     try:
         clusterer = Child(
             "clusterer",
-            [script("fedprompt-clusterer"), "--listen", "127.0.0.1:0"],
+            [script("fedprompt-clusterer"), "--listen", "127.0.0.1:0", *tls_flags("clusterer")],
             tmp_path / "logs" / "clusterer.log",
         )
         clusterer.start()
@@ -47,6 +51,7 @@ def federation(tmp_path: Path, silos_root: Path):  # type: ignore[no-untyped-def
                 "--clusterer", f"127.0.0.1:{cport}",
                 "--local-steps", "3",
                 "--batch-size", "8",
+                *tls_flags("coordinator"),
             ],
             tmp_path / "logs" / "coordinator.log",
         )  # fmt: skip
@@ -66,6 +71,7 @@ def federation(tmp_path: Path, silos_root: Path):  # type: ignore[no-untyped-def
                     "--max-length", "32",
                     "--torch-threads", "1",
                     "--device", "cpu",
+                    *tls_flags(silo.name),
                 ],
                 tmp_path / "logs" / f"{silo.name}.log",
             )  # fmt: skip
@@ -91,9 +97,14 @@ def _wait_done(
     raise AssertionError("federation did not finish in time")
 
 
-def test_two_rounds_with_real_processes(federation) -> None:  # type: ignore[no-untyped-def]
+def test_two_rounds_with_real_processes(federation, certs: Path) -> None:  # type: ignore[no-untyped-def]
     port, state_dir, clients, tmp_path = federation
-    with grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options()) as channel:
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=(certs / "ca.crt").read_bytes(),
+        private_key=(certs / "coordinator.key").read_bytes(),
+        certificate_chain=(certs / "coordinator.crt").read_bytes(),
+    )
+    with grpc.secure_channel(f"127.0.0.1:{port}", creds, options=channel_options()) as channel:
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)
         status = _wait_done(stub, clients, timeout_s=480)
 
@@ -109,6 +120,13 @@ def test_two_rounds_with_real_processes(federation) -> None:  # type: ignore[no-
             assert "pre_accuracy" in c.train_metrics and "post_accuracy" in c.train_metrics
             assert c.bytes_up > 10_000 and c.bytes_down > 10_000  # prompts travelled
         assert "accuracy_mean" in r.summary and "jain_index" in r.summary
+
+    # every server ran mutual TLS, and no private key reached a log
+    logs = tmp_path / "logs"
+    assert "(mutual TLS)" in (logs / "coordinator.log").read_text()
+    assert "(mutual TLS)" in (logs / "clusterer.log").read_text()
+    for log in logs.glob("*.log"):
+        assert "PRIVATE KEY" not in log.read_text()
 
     # the state database holds both rounds
     db = sqlite3.connect(state_dir / "state.sqlite3")

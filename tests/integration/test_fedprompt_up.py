@@ -51,6 +51,10 @@ def test_up_runs_rounds_and_prints_the_results(tmp_path: Path, silos_root: Path)
     pids = json.loads((run_dir / "pids.json").read_text())
     assert len(pids) == 5
     assert not any(_alive(pid) for pid in pids.values())
+    # mutual TLS by default, with certificates made for the run
+    assert "mutual TLS" in proc.stdout
+    assert {p.name for p in (run_dir / "certs").iterdir()} >= {"ca.crt", "coordinator.key"}
+    assert "(mutual TLS)" in (run_dir / "logs" / "coordinator.log").read_text()
 
 
 def test_up_fails_loudly_when_a_client_fails(tmp_path: Path, silos_root: Path) -> None:
@@ -61,10 +65,13 @@ def test_up_fails_loudly_when_a_client_fails(tmp_path: Path, silos_root: Path) -
     run_dir = tmp_path / "run"
     proc = subprocess.run(
         [console_script("fedprompt"), "up", "--clients", "3", "--rounds", "1", "--data-root",
-         str(data), "--run-dir", str(run_dir), *TINY],
+         str(data), "--run-dir", str(run_dir), "--insecure", *TINY],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 1
+    # --insecure: plaintext, said loudly, no certificates made
+    assert "--insecure" in proc.stdout and not (run_dir / "certs").exists()
+    assert "WITHOUT TLS" in (run_dir / "logs" / "coordinator.log").read_text()
     assert f"{broken.name}" in proc.stdout and "exited with code 1" in proc.stdout
     assert "empty text" in proc.stdout  # the child's own error is shown
     pids = (

@@ -43,13 +43,57 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--dp-noise-multiplier", type=float, help="client-level DP-FedAvg z")
     up.add_argument("--dp-sgd-epsilon", type=float, help="record-level DP-SGD target ε (text)")
     up.add_argument("--max-images", type=int, help="cap on digit images (vision)")
+    up.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext gRPC between the processes (default: mutual TLS with fresh certs)",
+    )
+    certs = sub.add_parser(
+        "certs", help="create a federation CA and certificates for the services and silos"
+    )
+    certs.add_argument("--out", type=Path, required=True, help="folder for the PEM files")
+    certs.add_argument(
+        "--silo", action="append", default=[], metavar="ID", help="a silo's client id (repeat)"
+    )
+    certs.add_argument(
+        "--san",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="extra DNS name or IP of the service certificates (repeat)",
+    )
+    certs.add_argument("--days", type=int, default=365, help="validity of leaf certificates")
+    certs.add_argument("--force", action="store_true", help="reissue existing leaf certificates")
     return parser
+
+
+def run_certs(args: argparse.Namespace, console: Console) -> int:
+    """``fedprompt certs``: write the CA and certificates; returns the exit code."""
+    from fedprompt_cli.certs import CertError, write_certs
+
+    if args.days < 1:
+        console.print("[red]--days must be at least 1[/]")
+        return 2
+    try:
+        written = write_certs(
+            args.out, silos=args.silo, extra_sans=args.san, force=args.force, days=args.days
+        )
+    except CertError as exc:
+        console.print(f"[red]fedprompt certs[/]: {exc}")
+        return 2
+    for path in written:
+        console.print(f"wrote {path}")
+    if not written:
+        console.print(f"nothing new in {args.out} (use --force to reissue)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedprompt`` command."""
     args = build_parser().parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 150)
+    if args.command == "certs":
+        return run_certs(args, console)
     if args.command == "up":
         if args.clients < 1 or args.rounds < 1:
             console.print("[red]--clients and --rounds must be at least 1[/]")
@@ -77,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             dp_noise_multiplier=args.dp_noise_multiplier,
             dp_sgd_epsilon=args.dp_sgd_epsilon,
             max_images=args.max_images,
+            insecure=args.insecure,
         )
         return run_up(options, console)
     return 2

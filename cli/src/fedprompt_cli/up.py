@@ -51,6 +51,7 @@ class UpOptions:
     dp_noise_multiplier: float | None = None
     dp_sgd_epsilon: float | None = None
     max_images: int | None = None
+    insecure: bool = False
 
     def coordinator_flags(self) -> list[str]:
         """Strategy, learning-rate and privacy flags of the coordinator."""
@@ -89,6 +90,46 @@ DEFAULT_LEARNING_RATES: dict[tuple[str, str], float] = {
     ("text", "full-fedavg"): 5e-5,
     ("vision", "full-fedavg"): 3e-4,
 }
+
+
+def _tls_flags(certs: Path | None, name: str) -> list[str]:
+    """``--tls-*`` flags of the process ``name`` (its cert is ``<name>.crt``), or --insecure."""
+    if certs is None:
+        return ["--insecure"]
+    return [
+        "--tls-cert", str(certs / f"{name}.crt"),
+        "--tls-key", str(certs / f"{name}.key"),
+        "--tls-ca", str(certs / "ca.crt"),
+    ]  # fmt: skip
+
+
+def _make_certs(options: UpOptions, silos: list[Path], console: Console) -> Path | None:
+    """A fresh CA and certificates for this run in ``<run-dir>/certs`` (None: --insecure)."""
+    if options.insecure:
+        console.print("[yellow]--insecure: the processes talk plaintext gRPC[/]")
+        return None
+    from fedprompt_cli.certs import CertError, write_certs
+
+    out = options.run_dir / "certs"
+    try:
+        write_certs(out, silos=[s.name for s in silos])
+    except CertError as exc:
+        raise ChildFailedError(f"cannot create certificates: {exc}") from None
+    console.print(f"mutual TLS: certificates of this run in {out}")
+    return out
+
+
+def _status_channel(port: int, certs: Path | None) -> grpc.Channel:
+    """The launcher's own channel to the coordinator (it presents the coordinator's cert)."""
+    target = f"127.0.0.1:{port}"
+    if certs is None:
+        return grpc.insecure_channel(target, options=channel_options())
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=(certs / "ca.crt").read_bytes(),
+        private_key=(certs / "coordinator.key").read_bytes(),
+        certificate_chain=(certs / "coordinator.crt").read_bytes(),
+    )
+    return grpc.secure_channel(target, credentials, options=channel_options())
 
 
 def _phase_name(phase: common_pb2.RoundPhase.ValueType) -> str:
@@ -162,9 +203,15 @@ def run_up(options: UpOptions, console: Console) -> int:
     started = time.monotonic()
     try:
         silos = _silo_dirs(options, console)
+        certs = _make_certs(options, silos, console)
         clusterer = Child(
             "clusterer",
-            [console_script("fedprompt-clusterer"), "--listen", "127.0.0.1:0"],
+            [
+                console_script("fedprompt-clusterer"),
+                "--listen",
+                "127.0.0.1:0",
+                *_tls_flags(certs, "clusterer"),
+            ],
             logs / "clusterer.log",
         )
         clusterer.start()
@@ -183,6 +230,7 @@ def run_up(options: UpOptions, console: Console) -> int:
                 "--local-steps", str(options.local_steps),
                 "--batch-size", str(options.batch_size),
                 *options.coordinator_flags(),
+                *_tls_flags(certs, "coordinator"),
             ],
             logs / "coordinator.log",
         )  # fmt: skip
@@ -202,6 +250,7 @@ def run_up(options: UpOptions, console: Console) -> int:
                 "--seed", str(options.seed),
                 "--torch-threads", str(options.torch_threads),
                 *options.client_flags(),
+                *_tls_flags(certs, silo.name),
             ]  # fmt: skip
             if options.model_dir is not None:
                 argv += ["--model-dir", str(options.model_dir)]
@@ -216,7 +265,7 @@ def run_up(options: UpOptions, console: Console) -> int:
             f"[bold]federation up[/]: coordinator 127.0.0.1:{port}, clusterer "
             f"127.0.0.1:{clusterer_port}, {len(clients)} clients; logs in {logs}"
         )
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=channel_options())
+        channel = _status_channel(port, certs)
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)
         deadline = time.monotonic() + options.timeout_s
         status = stub.GetStatus(coordinator_pb2.GetStatusRequest(), timeout=10)

@@ -48,8 +48,12 @@ def read_port(process: subprocess.Popen[str]) -> int:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_process_serves_and_stops_cleanly_on_signal(signum: signal.Signals) -> None:
+    # plaintext (the signal handling is under test here; tests/integration/test_tls.py
+    # covers the clusterer's mutual TLS); the tls section is set through the environment
     process = start_clusterer(
-        "--listen", "127.0.0.1:0", env={"FEDPROMPT_CLUSTERER_LOG_LEVEL": "debug"}
+        "--listen",
+        "127.0.0.1:0",
+        env={"FEDPROMPT_CLUSTERER_LOG_LEVEL": "debug", "FEDPROMPT_CLUSTERER_TLS__INSECURE": "true"},
     )
     try:
         port = read_port(process)

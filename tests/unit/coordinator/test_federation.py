@@ -867,3 +867,72 @@ async def test_compressed_uploads_are_decoded_before_aggregation(
             np.testing.assert_allclose(
                 [*got["prompt.global"], *got["prompt.cluster"]], expected, atol=tol
             )
+
+
+# ----------------------------------------------------------------- reliability and checks
+
+
+class DownClusterer(ClusteringBackend):
+    """A clusterer that cannot be reached (what GrpcClusteringBackend raises after retries)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def assign(self, members: dict[str, str], previous: dict[str, int]) -> dict[str, int]:
+        from fedprompt.errors import UpstreamUnavailableError
+
+        self.calls += 1
+        raise UpstreamUnavailableError("clusterer failed: UNAVAILABLE: connection refused")
+
+
+@pytest.mark.asyncio
+async def test_with_the_clusterer_down_the_last_assignment_is_kept_and_reported(
+    tmp_path: Path,
+) -> None:
+    async with federation(tmp_path) as h:
+        # a restarted coordinator: the last assignment is in the state store, and the
+        # clusterer cannot be reached
+        h.state.set_assignment(CLUSTERS)
+        h.fed._assignment = h.state.assignment()
+        down = DownClusterer()
+        h.fed._clustering = down
+        run = h.start()
+        clients = {c: FakeClient(h.fed, c) for c in "abc"}
+        for client in clients.values():
+            await h.connect(client)
+        await asyncio.wait_for(run, TIMEOUT_S)
+        (record,) = h.state.rounds()
+        assert record.status == "completed" and record.summary["clustering_degraded"] == 1.0
+        assert down.calls == 1
+        assert {c.client_id: c.cluster_id for c in record.clients} == CLUSTERS  # kept
+        assert h.state.assignment() == CLUSTERS
+
+
+@pytest.mark.asyncio
+async def test_oversized_announcements_and_huge_norms_are_refused_in_a_round(
+    tmp_path: Path,
+) -> None:
+    from fedprompt.chunking import PayloadInfo
+    from fedprompt.errors import ShapeMismatchError, TooLargeError
+
+    async with federation(tmp_path, max_update_l2_norm=100.0) as h:
+        h.start()
+        a, b = FakeClient(h.fed, "a"), FakeClient(h.fed, "b")
+        c = FakeClient(h.fed, "c", answers_train=lambda k: False)
+        for client in (a, b, c):
+            await h.connect(client)
+        await until(lambda: c.tasks != [], "c's TRAIN task")
+        with pytest.raises(TooLargeError, match="larger than the round's tensors"):
+            h.fed.begin_upload(
+                client_id="c",
+                round_id=1,
+                kind=UpdateKind.DELTA,
+                num_examples=4,
+                info=PayloadInfo(total_bytes=50_000, num_chunks=1, sha256=b"\0" * 32),
+            )
+        huge = {"prompt.global": [1e3, 0.0], "prompt.cluster": [1.0]}
+        with pytest.raises(ShapeMismatchError, match="L2 norm"):
+            await _upload(h.fed, "c", 1, UpdateKind.DELTA, _f32(huge), 4)
+        assert "c" not in h.fed._round.updates  # type: ignore[union-attr]
+        # a sane update from the same client is still accepted afterwards
+        assert not await _upload(h.fed, "c", 1, UpdateKind.DELTA, _f32(DELTAS["c"]), 4)

@@ -63,6 +63,8 @@ def _prepared(tensors: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray]]
     for name, array in tensors.items():
         if not isinstance(name, str):
             raise InvalidArgumentError(f"tensor names must be strings, got {name!r}")
+        if name == "__metadata__":  # the safetensors header reserves this key
+            raise InvalidArgumentError("a tensor may not be named '__metadata__'")
         arr = np.require(array, requirements="C")  # keeps 0-d arrays 0-d
         if arr.dtype.byteorder == ">":
             arr = arr.byteswap().view(arr.dtype.newbyteorder("<"))

@@ -30,6 +30,7 @@ class ErrorCode(enum.StrEnum):
     CONFLICT = "conflict"
     NOT_READY = "not_ready"
     UNAVAILABLE = "unavailable"
+    PERMISSION_DENIED = "permission_denied"
 
 
 STATUS_BY_CODE: dict[ErrorCode, grpc.StatusCode] = {
@@ -46,6 +47,7 @@ STATUS_BY_CODE: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.CONFLICT: grpc.StatusCode.ALREADY_EXISTS,
     ErrorCode.NOT_READY: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorCode.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 
@@ -146,3 +148,9 @@ class UpstreamUnavailableError(FedPromptError):
     """A service this one depends on cannot be reached."""
 
     code = ErrorCode.UNAVAILABLE
+
+
+class PermissionDeniedError(FedPromptError):
+    """The authenticated caller may not act for the client (or call the method) it names."""
+
+    code = ErrorCode.PERMISSION_DENIED

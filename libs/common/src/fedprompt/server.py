@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, TypeAlias, TypeVar, cast
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedprompt.errors import FedPromptError
@@ -69,12 +70,15 @@ def wrap_handler(
     unary: Callable[[UnaryBehavior], UnaryBehavior],
     streaming: Callable[[StreamingBehavior], StreamingBehavior],
     request_iter: RequestIterWrapper | None = None,
+    unary_request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> Handler:
     """Return a copy of ``handler`` whose behaviour is wrapped.
 
     ``unary`` wraps behaviours that return one response, ``streaming`` those that yield
-    responses; ``request_iter`` (optional) wraps client-streamed request iterators.
+    responses; ``request_iter`` (optional) wraps client-streamed request iterators;
+    ``unary_request_deserializer`` (optional) replaces the deserializer of single requests.
     """
+    single_deserializer = unary_request_deserializer or handler.request_deserializer
 
     def wrap_requests(
         behavior: Callable[[Any, AnyContext], _R],
@@ -92,13 +96,13 @@ def wrap_handler(
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             unary(cast(UnaryBehavior, handler.unary_unary)),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=single_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
             streaming(cast(StreamingBehavior, handler.unary_stream)),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=single_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.stream_unary is not None:
@@ -121,8 +125,24 @@ async def _abort_for(exc: BaseException, context: AnyContext, method: str) -> No
     if isinstance(exc, FedPromptError):
         logger.info("%s -> %s: %s", method, exc.status_code.name, exc.message)
         await context.abort(exc.status_code, exc.message)
+    if isinstance(exc, DecodeError):  # a streamed request message that is not valid protobuf
+        logger.info("%s -> INVALID_ARGUMENT: malformed request message", method)
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"malformed request message in {method}"
+        )
     logger.exception("%s failed with an unexpected error", method)
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method} (see server log)")
+
+
+class _Malformed:
+    """Stands for a single request whose bytes are not valid protobuf (refused unread)."""
+
+    def ByteSize(self) -> int:  # noqa: N802 - the protobuf message method outer interceptors call
+        """Nothing of it is counted."""
+        return 0
+
+
+_MALFORMED = _Malformed()
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
@@ -138,9 +158,22 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        deserialize = handler.request_deserializer
+
+        def tolerant_deserialize(data: bytes) -> Any:
+            # grpc would log a traceback and answer UNKNOWN; the call answers INVALID_ARGUMENT
+            try:
+                return deserialize(data) if deserialize is not None else data
+            except DecodeError:
+                return _MALFORMED
+
+        async def refuse_malformed(request: Any, context: AnyContext) -> None:
+            if request is _MALFORMED:
+                await _abort_for(DecodeError(), context, method)
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def call(request: Any, context: AnyContext) -> Any:
+                await refuse_malformed(request, context)
                 try:
                     return await behavior(request, context)
                 except grpc.aio.AbortError:
@@ -152,6 +185,7 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
         def streaming(behavior: StreamingBehavior) -> StreamingBehavior:
             async def call(request: Any, context: AnyContext) -> AsyncIterator[Any]:
+                await refuse_malformed(request, context)
                 try:
                     async for response in behavior(request, context):
                         yield response
@@ -162,7 +196,12 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
 
             return call
 
-        return wrap_handler(handler, unary=unary, streaming=streaming)
+        return wrap_handler(
+            handler,
+            unary=unary,
+            streaming=streaming,
+            unary_request_deserializer=tolerant_deserialize,
+        )
 
 
 @dataclass(frozen=True)
@@ -186,6 +225,7 @@ async def start_server(
     address: str,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> ServerHandle:
     """Build, bind and start an aio server with health checking and error mapping.
 
@@ -201,6 +241,9 @@ async def start_server(
         Extra interceptors, run outside the error mapping.
     max_message_bytes
         Receive/send limit of one message.
+    credentials
+        TLS credentials (see :func:`fedprompt.tls.server_credentials`); None binds a
+        plaintext port.
     """
     server = grpc.aio.server(
         interceptors=[*interceptors, ErrorMappingInterceptor()],
@@ -209,13 +252,21 @@ async def start_server(
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(address)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"could not bind {address}")
     await server.start()
     for name in (*service_names, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    logger.info("serving %s on port %d", ", ".join(service_names), port)
+    logger.info(
+        "serving %s on port %d (%s)",
+        ", ".join(service_names),
+        port,
+        "plaintext" if credentials is None else "mutual TLS",
+    )
     return ServerHandle(server=server, port=port, health=health_servicer)
 
 
@@ -244,9 +295,17 @@ def stop_event_on_signals(
 
 
 def create_channel(
-    target: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    target: str,
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> grpc.aio.Channel:
-    """Open an aio channel to ``target`` with fedprompt's shared options."""
-    return grpc.aio.insecure_channel(
-        target, options=channel_options(max_message_bytes=max_message_bytes)
-    )
+    """Open an aio channel to ``target`` with fedprompt's shared options.
+
+    ``credentials`` (see :func:`fedprompt.tls.channel_credentials`) make it a TLS channel;
+    None opens a plaintext one.
+    """
+    options = channel_options(max_message_bytes=max_message_bytes)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    return grpc.aio.secure_channel(target, credentials, options=options)

@@ -12,6 +12,7 @@ import grpc
 
 from fedprompt.config import ConfigError, load_config
 from fedprompt.logs import configure_logging
+from fedprompt.tls import TlsError, add_tls_arguments, channel_credentials, tls_overrides
 from fedprompt_client_agent.config import ClientAgentConfig
 
 logger = logging.getLogger("fedprompt_client_agent")
@@ -41,11 +42,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dp-sgd-total-steps", type=int, help="planned local steps of the run")
     p.add_argument("--dp-sgd-max-grad-norm", type=float)
     p.add_argument("--log-level")
+    add_tls_arguments(p)
     return p.parse_args(argv)
 
 
 async def run(config: ClientAgentConfig) -> int:
     """Build the runtime (in a thread: loading the model is slow) and run the agent."""
+    # certificates first: a TLS misconfiguration fails before torch is even imported
+    credentials = channel_credentials(config.tls, role=f"client {config.client_id}")
     from fedprompt_client_agent.agent import ClientAgent
     from fedprompt_client_agent.runtime import SiloRuntime
 
@@ -55,6 +59,7 @@ async def run(config: ClientAgentConfig) -> int:
         coordinator=config.coordinator,
         max_reconnect_s=config.max_reconnect_s,
         upload_compression=config.upload_compression,
+        credentials=credentials,
     )
     main_task = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()
@@ -97,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 "dp_sgd_total_steps": args.dp_sgd_total_steps,
                 "dp_sgd_max_grad_norm": args.dp_sgd_max_grad_norm,
                 "log_level": args.log_level,
+                **tls_overrides(args),
             },
         )
     except ConfigError as exc:
@@ -108,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.aio.AioRpcError as exc:
         logger.error("coordinator refused: %s: %s", exc.code().name, exc.details())
         return 1
+    except TlsError as exc:
+        logger.error("%s", exc)
+        return 2
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         logger.error("%s", exc)
         return 1

@@ -103,6 +103,8 @@ class ClientAgent:
     upload_compression
         Lossy compression of uploaded deltas (``none``, ``fp16``, ``int8``); the initial
         model always travels exact.
+    credentials
+        Mutual TLS credentials of this silo (None: plaintext).
     """
 
     def __init__(
@@ -112,10 +114,12 @@ class ClientAgent:
         coordinator: str,
         max_reconnect_s: float = 300.0,
         upload_compression: Compression | str = Compression.NONE,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._runtime = runtime
         self._compression = Compression(upload_compression)
         self._target = coordinator
+        self._credentials = credentials
         self._max_reconnect_s = max_reconnect_s
         self._metadata = ((CLIENT_ID_METADATA_KEY, runtime.client_id),)
         self.rounds_trained: list[int] = []
@@ -135,7 +139,7 @@ class ClientAgent:
         unreachable_since: float | None = None
         while True:
             try:
-                async with create_channel(self._target) as channel:
+                async with create_channel(self._target, credentials=self._credentials) as channel:
                     stub = coordinator_pb2_grpc.CoordinatorStub(channel)
                     await self._join(stub)
                     unreachable_since = None
@@ -186,11 +190,23 @@ class ClientAgent:
             metadata=self._metadata,
         )
         async for task in stream:
-            if task.kind == coordinator_pb2.TASK_KIND_TRAIN:
-                await self._train(stub, task)
-            elif task.kind == coordinator_pb2.TASK_KIND_EVALUATE:
-                await self._evaluate(stub, task)
-            elif task.kind == coordinator_pb2.TASK_KIND_FINISHED:
+            try:
+                if task.kind == coordinator_pb2.TASK_KIND_TRAIN:
+                    await self._train(stub, task)
+                elif task.kind == coordinator_pb2.TASK_KIND_EVALUATE:
+                    await self._evaluate(stub, task)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                    raise
+                # a straggler: the round closed (deadline) before this client was done;
+                # its late work is discarded and it waits for the next round's task
+                logger.warning(
+                    "round %d closed before this client finished (%s); waiting for the next task",
+                    task.round,
+                    exc.details(),
+                )
+                continue
+            if task.kind == coordinator_pb2.TASK_KIND_FINISHED:
                 logger.info("finished: %s", task.message)
                 return task.message
         raise grpc.aio.AioRpcError(  # the stream ended without FINISHED: reconnect

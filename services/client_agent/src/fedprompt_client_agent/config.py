@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedprompt.compression import Compression
 from fedprompt.config import LogLevel
 from fedprompt.strategies import StrategyName
+from fedprompt.tls import TlsConfig
 
 
 class DeviceChoice(enum.StrEnum):
@@ -79,5 +80,10 @@ class ClientAgentConfig(BaseModel):
     torch_threads: int | None = Field(None, ge=1, description="torch.set_num_threads, if set.")
     max_reconnect_s: float = Field(
         300.0, gt=0, description="Give up when the coordinator stays unreachable this long."
+    )
+    tls: TlsConfig = Field(
+        default_factory=TlsConfig,
+        description="This silo's certificate (its CN must be client_id), key and the "
+        "federation CA; or insecure: true for plaintext.",
     )
     log_level: LogLevel = Field(LogLevel.INFO, description="Python logging level.")

@@ -18,6 +18,13 @@ import grpc
 from fedprompt.config import ConfigError, load_config
 from fedprompt.logs import configure_logging
 from fedprompt.server import announce_port, start_server, stop_event_on_signals
+from fedprompt.tls import (
+    AllowedPeersInterceptor,
+    TlsError,
+    add_tls_arguments,
+    server_credentials,
+    tls_overrides,
+)
 from fedprompt.v1 import clusterer_pb2_grpc
 from fedprompt_clusterer.config import ENV_PREFIX, ClustererConfig, listen_port
 from fedprompt_clusterer.servicer import SERVICE_NAME, ClustererServicer
@@ -40,6 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", default=None, help="YAML file with ClustererConfig fields")
     parser.add_argument("--listen", default=None, help="host:port to bind (port 0: any free)")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
+    add_tls_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -57,7 +65,11 @@ async def serve(config: ClustererConfig) -> None:
         clusterer_pb2_grpc.add_ClustererServicer_to_server(servicer, server)
 
     handle = await start_server(
-        register=register, service_names=[SERVICE_NAME], address=config.listen
+        register=register,
+        service_names=[SERVICE_NAME],
+        address=config.listen,
+        interceptors=[AllowedPeersInterceptor(config.allowed_peers)],
+        credentials=server_credentials(config.tls, role="clusterer"),
     )
     stop = stop_event_on_signals()
     logger.info("clusterer listening on port %d", handle.port)
@@ -90,7 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             ClustererConfig,
             yaml_path=args.config,
             env_prefix=ENV_PREFIX,
-            overrides={"listen": args.listen, "log_level": args.log_level},
+            overrides={
+                "listen": args.listen,
+                "log_level": args.log_level,
+                **tls_overrides(args),
+            },
         )
     except ConfigError as exc:
         print(f"fedprompt-clusterer: {exc}", file=sys.stderr)
@@ -98,6 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(config.log_level, service="clusterer")
     try:
         asyncio.run(serve(config))
+    except TlsError as exc:
+        logger.error("%s", exc)
+        return 2
     except OSError as exc:
         logger.error("cannot serve on %s: %s", config.listen, exc)
         return 1

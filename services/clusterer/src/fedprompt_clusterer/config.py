@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fedprompt.config import LogLevel
+from fedprompt.tls import TlsConfig
 
 #: Prefix of the clusterer's environment variables.
 ENV_PREFIX = "FEDPROMPT_CLUSTERER_"
@@ -32,6 +33,15 @@ class ClustererConfig(BaseModel):
         default=5.0,
         gt=0,
         description="How long running calls may finish after SIGTERM/SIGINT.",
+    )
+
+    tls: TlsConfig = Field(
+        default_factory=TlsConfig,
+        description="Certificate, key and CA (mutual TLS), or insecure: true for plaintext.",
+    )
+    allowed_peers: tuple[str, ...] = Field(
+        default=("coordinator",),
+        description="Certificate CNs that may call the clusterer (the coordinator's only).",
     )
 
     @field_validator("listen")

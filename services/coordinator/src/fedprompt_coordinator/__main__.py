@@ -10,10 +10,18 @@ import sys
 from fedprompt.config import ConfigError, load_config
 from fedprompt.logs import configure_logging
 from fedprompt.server import announce_port, start_server, stop_event_on_signals
+from fedprompt.tls import (
+    TlsError,
+    add_tls_arguments,
+    channel_credentials,
+    server_credentials,
+    tls_overrides,
+)
 from fedprompt.v1 import coordinator_pb2_grpc
 from fedprompt_coordinator.clustering_backend import make_clustering_backend
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.federation import Federation
+from fedprompt_coordinator.identity import IdentityInterceptor
 from fedprompt_coordinator.model_store import ModelStore
 from fedprompt_coordinator.servicer import CoordinatorServicer
 from fedprompt_coordinator.state_store import make_state_store
@@ -45,11 +53,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dp-clip-norm", type=float, help="S of DP-FedAvg")
     p.add_argument("--exit-when-done", action="store_true", help="stop after the last round")
     p.add_argument("--log-level")
+    add_tls_arguments(p)
     return p.parse_args(argv)
 
 
 async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> None:
     """Serve until SIGTERM/SIGINT (or, with ``exit_when_done``, until the last round)."""
+    server_creds = server_credentials(config.tls, role="coordinator")
+    clusterer_creds = (
+        channel_credentials(config.tls, role="coordinator -> clusterer channel")
+        if config.clustering.address
+        else None
+    )
     config.state_dir.mkdir(parents=True, exist_ok=True)
     state = make_state_store(config.state_dir / "state.sqlite3")
     federation = Federation(
@@ -57,7 +72,7 @@ async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> None:
         state=state,
         models=ModelStore(config.state_dir / "models"),
         aggregator=build_aggregator(config),
-        clustering=make_clustering_backend(config.clustering),
+        clustering=make_clustering_backend(config.clustering, credentials=clusterer_creds),
     )
     handle = await start_server(
         register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
@@ -65,7 +80,8 @@ async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> None:
         ),
         service_names=["fedprompt.v1.Coordinator"],
         address=config.listen,
-        interceptors=[TrafficInterceptor(federation.traffic)],
+        interceptors=[IdentityInterceptor(), TrafficInterceptor(federation.traffic)],
+        credentials=server_creds,
     )
     announce_port(handle)
     stop = stop_event_on_signals()
@@ -115,13 +131,18 @@ def main(argv: list[str] | None = None) -> int:
                 "privacy.clip_norm": args.dp_clip_norm,
                 "round_deadline_s": args.round_deadline_s,
                 "log_level": args.log_level,
+                **tls_overrides(args),
             },
         )
     except ConfigError as exc:
         print(f"fedprompt-coordinator: {exc}", file=sys.stderr)
         return 2
     configure_logging(config.log_level, service="coordinator")
-    asyncio.run(serve(config, exit_when_done=args.exit_when_done))
+    try:
+        asyncio.run(serve(config, exit_when_done=args.exit_when_done))
+    except TlsError as exc:
+        logger.error("%s", exc)
+        return 2
     return 0
 
 

@@ -44,11 +44,13 @@ class SingleClusterBackend(ClusteringBackend):
 class GrpcClusteringBackend(ClusteringBackend):
     """Calls the clusterer service, retrying UNAVAILABLE with exponential backoff and jitter."""
 
-    def __init__(self, config: ClusteringConfig) -> None:
+    def __init__(
+        self, config: ClusteringConfig, *, credentials: grpc.ChannelCredentials | None = None
+    ) -> None:
         if not config.address:
             raise ValueError("GrpcClusteringBackend needs clustering.address")
         self._config = config
-        self._channel = create_channel(config.address)
+        self._channel = create_channel(config.address, credentials=credentials)
         self._stub = clusterer_pb2_grpc.ClustererStub(self._channel)
 
     async def assign(self, members: dict[str, str], previous: dict[str, int]) -> dict[str, int]:
@@ -96,6 +98,13 @@ class GrpcClusteringBackend(ClusteringBackend):
         await self._channel.close()
 
 
-def make_clustering_backend(config: ClusteringConfig) -> ClusteringBackend:
-    """The gRPC backend when an address is configured, else one cluster for everyone."""
-    return GrpcClusteringBackend(config) if config.address else SingleClusterBackend()
+def make_clustering_backend(
+    config: ClusteringConfig, *, credentials: grpc.ChannelCredentials | None = None
+) -> ClusteringBackend:
+    """The gRPC backend when an address is configured, else one cluster for everyone.
+
+    ``credentials`` make the channel to the clusterer mutual TLS (None: plaintext).
+    """
+    if not config.address:
+        return SingleClusterBackend()
+    return GrpcClusteringBackend(config, credentials=credentials)

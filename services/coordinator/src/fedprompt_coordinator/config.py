@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedprompt.config import LogLevel
 from fedprompt.strategies import StrategyName
+from fedprompt.tls import TlsConfig
 
 
 class NoisePolicy(enum.StrEnum):
@@ -140,8 +141,19 @@ class CoordinatorConfig(BaseModel):
     max_update_bytes: int = Field(
         2 * 1024**3, ge=1, description="Largest update payload a client may upload."
     )
+    max_update_l2_norm: float | None = Field(
+        1e4,
+        gt=0,
+        description="Refuse an update (INVALID_ARGUMENT) if any of its tensors has a larger "
+        "L2 norm; None: no bound. DP-FedAvg clips the global segment separately.",
+    )
     strategy: StrategyName = Field(
         default=StrategyName.FPL, description="Federated strategy; clients must use the same."
+    )
+    tls: TlsConfig = Field(
+        default_factory=TlsConfig,
+        description="Certificate, key and CA (mutual TLS), or insecure: true for plaintext. "
+        "The same certificate is presented to the clusterer.",
     )
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)

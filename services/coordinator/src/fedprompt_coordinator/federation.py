@@ -80,7 +80,7 @@ from fedprompt_coordinator.privacy import (
 from fedprompt_coordinator.state_store import StateStore
 from fedprompt_coordinator.strategies import get_strategy
 from fedprompt_coordinator.traffic import TrafficMeter
-from fedprompt_coordinator.validation import spec_of, validate_update
+from fedprompt_coordinator.validation import check_update_size, spec_of, validate_update
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +238,9 @@ class Federation:
             self._model = models.load(self._completed)
         self._assignment = state.assignment()
         self._clustered_members: frozenset[str] = frozenset()
+        #: True while the clusterer could not be reached: the last assignment is kept and
+        #: every round summary says so (``clustering_degraded``) until it answers again.
+        self._clustering_degraded = False
         self._payload_cache: dict[tuple[int, ModelStage, int], bytes] = {}
         self._initial_lock = asyncio.Lock()
         self._waited_for_latecomers = False
@@ -431,6 +434,9 @@ class Federation:
                 )
             if num_examples <= 0:
                 raise InvalidArgumentError("num_examples must be positive for a delta update")
+            check_update_size(
+                info.total_bytes, self._spec, max_update_bytes=self._config.max_update_bytes
+            )
         else:
             raise InvalidArgumentError("update kind must be INITIAL or DELTA")
         max_bytes = self._config.max_update_bytes
@@ -493,9 +499,11 @@ class Federation:
                 f"{upload.round}"
             )
         if upload.spool_path is None:
-            validate_update(tensors, self._spec)
+            validate_update(tensors, self._spec, max_l2_norm=self._config.max_update_l2_norm)
         else:  # reading a large file: off the event loop, then re-check what may have moved
-            await asyncio.to_thread(validate_update, tensors, self._spec)
+            await asyncio.to_thread(
+                validate_update, tensors, self._spec, max_l2_norm=self._config.max_update_l2_norm
+            )
             if self._round is not current or self._phase is not Phase.TRAINING:
                 raise WrongRoundError(f"round {upload.round} closed while the update was checked")
             if upload.client_id in current.digests:
@@ -759,12 +767,19 @@ class Federation:
         try:
             assignment = await self._clustering.assign(metadata, self._assignment)
         except FedPromptError as exc:
-            logger.warning("clustering failed, keeping the last assignment: %s", exc.message)
+            logger.warning(
+                "clustering failed, keeping the last assignment (retried next round): %s",
+                exc.message,
+            )
+            self._clustering_degraded = True
             assignment = dict(self._assignment)
             fallback = min(assignment.values(), default=0)
             for cid in participants:
                 assignment.setdefault(cid, fallback)
         else:
+            if self._clustering_degraded:
+                logger.info("clusterer answered again; assignment updated")
+            self._clustering_degraded = False
             self._clustered_members = members
         self._assignment = assignment
         self._state.set_assignment(assignment)
@@ -849,6 +864,8 @@ class Federation:
         summary["round_seconds"] = self._clock() - current.started_unix
         if self._budget is not None:
             summary["epsilon"] = self._budget.epsilon
+        if self._clustering_degraded:
+            summary["clustering_degraded"] = 1.0
         summary.update(self._aggregator.last_info if current.aggregated is not None else {})
         for cluster in sorted(set(current.participants.values())):
             members = [

@@ -12,6 +12,7 @@ from fedprompt.transfer import chunk_from_proto, payload_info_from_proto, payloa
 from fedprompt.v1 import coordinator_pb2, coordinator_pb2_grpc
 from fedprompt_coordinator import serde
 from fedprompt_coordinator.federation import Federation
+from fedprompt_coordinator.identity import check_caller
 
 #: Payloads up to this size keep their FetchModel messages cached (prompts, heads).
 FETCH_CACHE_MAX_BYTES = 64 * 1024 * 1024
@@ -36,6 +37,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         ],
     ) -> coordinator_pb2.JoinResponse:
         """Register a client."""
+        check_caller(context, request.client_id)
         result = await self._federation.join(serde.join_request_from_proto(request))
         return serde.join_result_to_proto(result)
 
@@ -45,6 +47,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         context: grpc.aio.ServicerContext[coordinator_pb2.StreamTasksRequest, coordinator_pb2.Task],
     ) -> AsyncIterator[coordinator_pb2.Task]:
         """Stream tasks to a client until the federation is done."""
+        check_caller(context, request.client_id)
         async for task in self._federation.task_stream(request.client_id):
             yield serde.task_to_proto(task)
 
@@ -56,6 +59,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         ],
     ) -> AsyncIterator[coordinator_pb2.FetchModelResponse]:
         """Stream the requested model as a header plus chunks."""
+        check_caller(context, request.client_id)
         payload = self._federation.fetch_model(
             request.client_id, request.round, serde.model_stage_from_proto(request.stage)
         )
@@ -99,6 +103,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                     if which != "header":
                         raise InvalidArgumentError("an upload must start with its header")
                     h = message.header
+                    check_caller(context, h.client_id)
                     upload = self._federation.begin_upload(
                         client_id=h.client_id,
                         round_id=h.round,
@@ -129,6 +134,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         ],
     ) -> coordinator_pb2.ReportMetricsResponse:
         """Store a client's metrics."""
+        check_caller(context, request.client_id)
         await self._federation.report_metrics(
             request.client_id,
             request.round,

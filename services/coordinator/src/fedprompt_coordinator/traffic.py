@@ -2,7 +2,8 @@
 
 Every request and response message of the coordinator is counted as its serialized size
 plus gRPC's 5-byte length prefix (HTTP/2 frame headers, HPACK headers and TLS records are
-not counted). The caller is identified by the ``x-fedprompt-client-id`` metadata key.
+not counted). The caller is identified by its certificate's CN under mutual TLS, else by the
+``x-fedprompt-client-id`` metadata key.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from typing import Any
 import grpc
 
 from fedprompt.server import (
-    CLIENT_ID_METADATA_KEY,
     AnyContext,
     Handler,
     StreamingBehavior,
@@ -22,6 +22,7 @@ from fedprompt.server import (
     wrap_handler,
 )
 from fedprompt.v1 import common_pb2, coordinator_pb2
+from fedprompt_coordinator.identity import caller_id
 
 GRPC_MESSAGE_PREFIX_BYTES = 5
 
@@ -85,10 +86,7 @@ class TrafficMeter:
 
 
 def _client_id(context: AnyContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == CLIENT_ID_METADATA_KEY:
-            return str(value)
-    return ""
+    return caller_id(context)
 
 
 class TrafficInterceptor(grpc.aio.ServerInterceptor):

@@ -1,0 +1,237 @@
+"""``fedprompt certs``: a federation CA and the certificates of services and silos.
+
+Writes PEM files into one folder:
+
+    ca.crt, ca.key                      the federation CA (keep ca.key offline)
+    coordinator.crt, coordinator.key    server + client certificate of the coordinator
+    clusterer.crt, clusterer.key        server certificate of the clusterer
+    <silo-id>.crt, <silo-id>.key        one client certificate per silo
+
+A certificate's subject CN is the identity its holder has in the federation: the
+coordinator treats a silo's CN as its client id. Service certificates name ``localhost``,
+``127.0.0.1`` and the service name (``coordinator``/``clusterer``) plus any ``--san``.
+An existing CA in the folder is reused, so silos can be added later; existing leaf
+certificates are kept unless ``--force``. Private keys are written with mode 0600.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+#: Names of the service certificates (also their CNs and DNS SANs).
+SERVICES = ("coordinator", "clusterer")
+#: Client ids a silo may not take: they name the CA and the services.
+RESERVED_IDS = frozenset({"ca", *SERVICES})
+SILO_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+DEFAULT_VALID_DAYS = 365
+
+
+class CertError(ValueError):
+    """A certificate cannot be issued (bad silo id, unreadable CA, ...)."""
+
+
+@dataclass(frozen=True)
+class Authority:
+    """The federation CA: its key and self-signed certificate."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(path, 0o600)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fedprompt federation"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def create_authority(*, days: int = DEFAULT_VALID_DAYS * 5) -> Authority:
+    """A new self-signed CA (P-256) that may sign leaf certificates only."""
+    key = _new_key()
+    name = _name("fedprompt federation CA")
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return Authority(key=key, cert=cert)
+
+
+def _san_entries(names: Iterable[str]) -> list[x509.GeneralName]:
+    out: list[x509.GeneralName] = []
+    seen: set[str] = set()
+    for raw in names:
+        name = raw.strip()
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        try:
+            out.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            out.append(x509.DNSName(name))
+    return out
+
+
+def issue(
+    authority: Authority,
+    common_name: str,
+    *,
+    sans: Sequence[str],
+    days: int = DEFAULT_VALID_DAYS,
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A new key and a CA-signed certificate for ``common_name`` (server and client use)."""
+    key = _new_key()
+    now = _now()
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(authority.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(authority.key.public_key()),
+            critical=False,
+        )
+    )
+    entries = _san_entries(sans)
+    if entries:
+        builder = builder.add_extension(x509.SubjectAlternativeName(entries), critical=False)
+    return key, builder.sign(authority.key, hashes.SHA256())
+
+
+def load_or_create_authority(out: Path) -> tuple[Authority, bool]:
+    """The CA in ``out`` (ca.crt + ca.key), or a new one written there; (CA, created)."""
+    crt, key_path = out / "ca.crt", out / "ca.key"
+    if crt.exists() and key_path.exists():
+        try:
+            cert = x509.load_pem_x509_certificate(crt.read_bytes())
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        except (OSError, ValueError) as exc:
+            raise CertError(f"cannot load the CA in {out}: {exc}") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise CertError(f"{key_path} is not an EC private key made by `fedprompt certs`")
+        return Authority(key=key, cert=cert), False
+    if crt.exists() or key_path.exists():
+        raise CertError(f"{out} holds only one of ca.crt and ca.key")
+    authority = create_authority()
+    crt.write_bytes(authority.cert.public_bytes(serialization.Encoding.PEM))
+    _write_private(key_path, _key_pem(authority.key))
+    return authority, True
+
+
+def write_certs(
+    out: Path,
+    *,
+    silos: Sequence[str] = (),
+    extra_sans: Sequence[str] = (),
+    force: bool = False,
+    days: int = DEFAULT_VALID_DAYS,
+) -> list[Path]:
+    """Write the CA (if new), the service certificates and one per silo; returns new files.
+
+    Raises
+    ------
+    CertError
+        For a silo id that is not a valid client id or is reserved.
+    """
+    for silo in silos:
+        if not SILO_ID_PATTERN.match(silo):
+            raise CertError(
+                f"silo id {silo!r} must be 1-128 letters, digits, '.', '_' or '-' "
+                "(it becomes the client id)"
+            )
+        if silo in RESERVED_IDS:
+            raise CertError(f"silo id {silo!r} is reserved")
+    out.mkdir(parents=True, exist_ok=True)
+    authority, created = load_or_create_authority(out)
+    written = [out / "ca.crt", out / "ca.key"] if created else []
+    wanted: list[tuple[str, list[str]]] = [
+        (name, ["localhost", "127.0.0.1", "::1", name, *extra_sans]) for name in SERVICES
+    ]
+    wanted += [(silo, [silo]) for silo in silos]
+    for name, sans in wanted:
+        crt, key_path = out / f"{name}.crt", out / f"{name}.key"
+        if crt.exists() and key_path.exists() and not force and not created:
+            continue
+        key, cert = issue(authority, name, sans=sans, days=days)
+        crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        _write_private(key_path, _key_pem(key))
+        written += [crt, key_path]
+    return written
+
+
+def subject_common_name(cert_path: Path) -> str:
+    """The subject CN of a PEM certificate file (the identity it carries)."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    values = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not values:
+        raise CertError(f"{cert_path} has no subject common name")
+    value = values[0].value
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,97 @@
+"""Who is calling: a client's identity is the subject CN of its TLS certificate.
+
+With mutual TLS, :class:`IdentityInterceptor` refuses a call whose ``x-fedprompt-client-id``
+header names another client than the certificate (``PERMISSION_DENIED``), and
+:func:`check_caller` refuses a message whose ``client_id`` differs from it. On a plaintext
+server (``--insecure``) there is no identity and both pass: the client id is then whatever
+the client says, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from fedprompt.errors import PermissionDeniedError
+from fedprompt.server import (
+    CLIENT_ID_METADATA_KEY,
+    AnyContext,
+    Handler,
+    StreamingBehavior,
+    UnaryBehavior,
+    wrap_handler,
+)
+from fedprompt.tls import HEALTH_METHOD_PREFIX, peer_identity
+
+
+def header_client_id(context: AnyContext) -> str:
+    """The ``x-fedprompt-client-id`` metadata value of a call, or ``""``."""
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_ID_METADATA_KEY:
+            return str(value)
+    return ""
+
+
+def caller_id(context: AnyContext) -> str:
+    """The caller's client id: its certificate CN under TLS, else the metadata header."""
+    return peer_identity(context) or header_client_id(context)
+
+
+def check_caller(context: AnyContext, client_id: str) -> None:
+    """Raise PermissionDeniedError if a TLS caller names another client than its certificate.
+
+    Parameters
+    ----------
+    context
+        The call's context (its auth context holds the verified certificate).
+    client_id
+        The client id a request message names.
+    """
+    identity = peer_identity(context)
+    if identity is not None and client_id != identity:
+        raise PermissionDeniedError(
+            f"the certificate of {identity!r} may not act for client {client_id!r}"
+        )
+
+
+class IdentityInterceptor(grpc.aio.ServerInterceptor):
+    """Refuse calls whose client-id header differs from the certificate's identity."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        """Wrap the handler so that the header is checked before anything else runs."""
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(HEALTH_METHOD_PREFIX):
+            return handler
+
+        async def check(context: AnyContext) -> None:
+            identity = peer_identity(context)
+            claimed = header_client_id(context)
+            if identity is not None and claimed and claimed != identity:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"the certificate of {identity!r} may not act for client {claimed!r}",
+                )
+
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def call(request: Any, context: AnyContext) -> Any:
+                await check(context)
+                return await behavior(request, context)
+
+            return call
+
+        def streaming(behavior: StreamingBehavior) -> StreamingBehavior:
+            async def call(request: Any, context: AnyContext) -> AsyncIterator[Any]:
+                await check(context)
+                async for response in behavior(request, context):
+                    yield response
+
+            return call
+
+        return wrap_handler(handler, unary=unary, streaming=streaming)
