@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PROTO_SRC := proto
 STUB_DIR := libs/common/src
 
-.PHONY: setup proto proto-check lint typecheck test test-unit test-integration demo clean
+.PHONY: setup proto proto-check lint typecheck test test-unit test-integration demo bench bench-quick clean
 
 setup: $(BIN)/.installed
 
@@ -43,6 +43,14 @@ test-integration: setup
 
 demo: setup
 	$(BIN)/fedprompt up --clients 4 --rounds 5
+
+# The evaluation report (reports/full/report.md; about an hour on 2 cores) and its quick
+# variant (reports/quick/, under 15 minutes): same structure, fewer rounds and steps.
+bench: setup
+	$(BIN)/fedprompt bench
+
+bench-quick: setup
+	$(BIN)/fedprompt bench --quick
 
 clean:
 	rm -rf runs .pytest_cache

@@ -43,7 +43,61 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--dp-noise-multiplier", type=float, help="client-level DP-FedAvg z")
     up.add_argument("--dp-sgd-epsilon", type=float, help="record-level DP-SGD target ε (text)")
     up.add_argument("--max-images", type=int, help="cap on digit images (vision)")
+    up.add_argument(
+        "--clients-per-process",
+        type=int,
+        default=1,
+        help="client agents hosted per process (default 1; more share one torch import)",
+    )
+    bench = sub.add_parser("bench", help="run the evaluation plan and write reports/<tag>/")
+    mode = bench.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="few rounds and steps (< 15 min)")
+    mode.add_argument("--tiny", action="store_true", help="smallest plan (tests)")
+    bench.add_argument("--tag", help="report folder name under --reports (default: the mode)")
+    bench.add_argument("--reports", type=Path, default=Path("reports"))
+    bench.add_argument("--work-dir", type=Path, help="run folders (default: <report>/work)")
+    bench.add_argument("--seeds", type=int, nargs="+", help="override the plan's seeds")
+    bench.add_argument("--silos", type=int, help="override the plan's silos per task (>= 2)")
+    bench.add_argument("--tasks", nargs="+", help="only these tasks of the plan (text, vision)")
+    bench.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="report folders of other bench processes whose finished runs count as done",
+    )
+    bench.add_argument(
+        "--report-only", action="store_true", help="run nothing; report the finished runs"
+    )
     return parser
+
+
+def _bench(args: argparse.Namespace, console: Console) -> int:
+    from fedprompt_cli.bench import plan_with_overrides, run_bench
+    from fedprompt_cli.bench_plan import full_plan, quick_plan, tiny_plan
+
+    plan = tiny_plan() if args.tiny else quick_plan() if args.quick else full_plan()
+    try:
+        plan = plan_with_overrides(
+            plan,
+            seeds=tuple(args.seeds) if args.seeds else None,
+            clients=args.silos,
+            tasks=tuple(args.tasks) if args.tasks else None,
+        )
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        return 2
+    out = args.reports / (args.tag or plan.mode)
+    command = "fedprompt " + " ".join(sys.argv[1:]) if sys.argv[1:] else "fedprompt bench"
+    return run_bench(
+        plan,
+        out,
+        console,
+        work=args.work_dir,
+        command=command,
+        merge=tuple(args.merge),
+        report_only=args.report_only,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,8 +131,11 @@ def main(argv: list[str] | None = None) -> int:
             dp_noise_multiplier=args.dp_noise_multiplier,
             dp_sgd_epsilon=args.dp_sgd_epsilon,
             max_images=args.max_images,
+            clients_per_process=max(1, args.clients_per_process),
         )
         return run_up(options, console)
+    if args.command == "bench":
+        return _bench(args, console)
     return 2
 
 
