@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--report-only", action="store_true", help="run nothing; report the finished runs"
     )
+    bench.add_argument("--note", default="", help="a sentence for the report's first paragraph")
     return parser
 
 
@@ -97,6 +98,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         command=command,
         merge=tuple(args.merge),
         report_only=args.report_only,
+        note=args.note,
     )
 
 

@@ -197,6 +197,7 @@ def run_bench(
     command: str = "fedprompt bench",
     merge: tuple[Path, ...] = (),
     report_only: bool = False,
+    note: str = "",
 ) -> int:
     """Run the whole plan (tune, eval, privacy) and write the report into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -231,6 +232,7 @@ def run_bench(
     elapsed = time.monotonic() - started
     meta = {
         "elapsed_seconds": elapsed,
+        "note": note,
         "run_seconds_total": sum(r["wall_seconds"] for r in records),
         "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "command": command,

@@ -29,6 +29,10 @@ __all__ = [
 ]
 
 
+#: The make target that reproduces a report of each plan.
+REPRODUCE = {"full": "make bench", "quick": "make bench-quick", "tiny": "fedprompt bench --tiny"}
+
+
 def _is_private(spec: Mapping[str, Any]) -> bool:
     return spec.get("dp_epsilon") is not None or spec.get("dp_sgd_epsilon") is not None
 
@@ -371,6 +375,20 @@ def _write_raw(
     )
 
 
+def _timing_line(meta: Mapping[str, Any], runs: int) -> str:
+    federations = float(meta.get("run_seconds_total", 0)) / 60
+    if meta.get("note"):
+        return (
+            f"Reported {meta.get('finished_utc', '?')} UTC from {runs} federations "
+            f"({federations:.1f} min of federation wall time in total). {meta['note']}"
+        )
+    return (
+        f"Finished {meta.get('finished_utc', '?')} UTC; the bench took "
+        f"{float(meta.get('elapsed_seconds', 0)) / 60:.1f} min of wall time on this machine "
+        f"({runs} federations, {federations:.1f} min of federation time in total)."
+    )
+
+
 def write_report(
     out: Path, plan: BenchPlan, records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
 ) -> Path:
@@ -393,12 +411,10 @@ def write_report(
     lines = [
         f"# fedprompt evaluation report ({plan.mode})",
         "",
-        f"Finished {meta.get('finished_utc', '?')} UTC; the bench took "
-        f"{float(meta.get('elapsed_seconds', 0)) / 60:.1f} min of wall time on this machine "
-        f"({len(records)} federations, {float(meta.get('run_seconds_total', 0)) / 60:.1f} min "
-        "of federation time in total).",
+        _timing_line(meta, len(records)),
         "",
-        f"Reproduce: `{meta.get('command', 'make bench')}`",
+        f"Reproduce: `{REPRODUCE.get(plan.mode, 'make bench')}` (this report was made by "
+        f"`{meta.get('command', 'fedprompt bench')}`).",
         "",
         "## Setup",
         "",

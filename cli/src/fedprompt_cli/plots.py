@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullFormatter
 
 from fedprompt_cli.bench_report import VariantResult
 
@@ -111,6 +112,7 @@ def _privacy_utility(
                     label=f"{task}: fpl + DP-SGD (record-level) ε={eps:g}",
                 )  # fmt: skip
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ticks = sorted({*finite, inf_x})
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:g}" if not math.isclose(t, inf_x) else "∞" for t in ticks])

@@ -22,7 +22,8 @@ def test_stages_cover_every_strategy_seed_and_privacy_level() -> None:
     plan = full_plan()
     tune = plan.tune_runs()
     assert {r.seed for r in tune} == {plan.seeds[0]}
-    assert len(tune) == 2 * len(STRATEGIES) * len(plan.lr_factors)
+    assert len(tune) == 2 * sum(len(plan.factors_of(s)) for s in STRATEGIES)
+    assert len({r.learning_rate for r in tune if r.strategy == "fpl"}) == len(plan.lr_factors)
     chosen = {(t, s): 0.5 for t in plan.tasks for s in plan.strategies}
     evals = plan.eval_runs(chosen)
     assert {r.seed for r in evals} == set(plan.seeds[1:])
@@ -56,3 +57,14 @@ def test_bad_plans_are_refused() -> None:
         replace(tiny_plan(), strategies=("nope",))
     with pytest.raises(ValueError, match="seed"):
         replace(tiny_plan(), seeds=())
+
+
+def test_plan_overrides_pick_tasks_seeds_and_silos() -> None:
+    from fedprompt_cli.bench import plan_with_overrides
+
+    plan = plan_with_overrides(full_plan(), seeds=(5, 6, 7), clients=8, tasks=("vision",))
+    assert plan.seeds == (5, 6, 7) and plan.clients == 8 and set(plan.tasks) == {"vision"}
+    assert plan.clients_per_process >= 8
+    assert plan.privacy_runs({("vision", s): 0.1 for s in STRATEGIES}) == []  # text only
+    with pytest.raises(ValueError, match="unknown tasks"):
+        plan_with_overrides(full_plan(), seeds=None, clients=None, tasks=("audio",))
