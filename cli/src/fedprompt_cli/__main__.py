@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--report-only", action="store_true", help="run nothing; report the finished runs"
     )
+    bench.add_argument(
+        "--skip-privacy", action="store_true", help="leave out the privacy stage (split runs)"
+    )
     bench.add_argument("--note", default="", help="a sentence for the report's first paragraph")
     return parser
 
@@ -84,6 +87,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             seeds=tuple(args.seeds) if args.seeds else None,
             clients=args.silos,
             tasks=tuple(args.tasks) if args.tasks else None,
+            skip_privacy=args.skip_privacy,
         )
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")

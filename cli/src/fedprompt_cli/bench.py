@@ -248,6 +248,7 @@ def plan_with_overrides(
     seeds: tuple[int, ...] | None,
     clients: int | None,
     tasks: tuple[str, ...] | None = None,
+    skip_privacy: bool = False,
 ) -> BenchPlan:
     """The plan with the command line's ``--seeds`` / ``--silos`` / ``--tasks`` applied."""
     if tasks:
@@ -257,6 +258,8 @@ def plan_with_overrides(
         plan = replace(plan, tasks={t: s for t, s in plan.tasks.items() if t in tasks})
     if seeds:
         plan = replace(plan, seeds=seeds)
+    if skip_privacy:
+        plan = replace(plan, privacy_seeds=0)
     if clients:
         plan = replace(
             plan, clients=clients, clients_per_process=max(plan.clients_per_process, clients)

@@ -375,6 +375,20 @@ def _write_raw(
     )
 
 
+def _tuning_sentence(plan: BenchPlan) -> str:
+    if len(plan.lr_factors) > 1:
+        return (
+            "The learning rate was chosen per (task, strategy) on the *validation* splits of "
+            f"seed {plan.seeds[0]} (factors {list(plan.lr_factors)} of the default); test "
+            "splits were not used for any choice."
+        )
+    return (
+        "**Learning rates were not tuned in this plan**: every strategy ran at the default of "
+        "`fedprompt up` (set before these runs); validation accuracy is reported below, and no "
+        "choice looked at the test splits."
+    )
+
+
 def _timing_line(meta: Mapping[str, Any], runs: int) -> str:
     federations = float(meta.get("run_seconds_total", 0)) / 60
     if meta.get("note"):
@@ -427,10 +441,7 @@ def write_report(
         "client); bytes are counted on the wire by the coordinator's interceptor.",
         "- Accuracy = each client's own *test* split after the last round (personalised "
         "model), then mean / worst / std / Jain's index over clients, then mean ± sample std "
-        "over seeds. The learning rate was chosen per (task, strategy) on the *validation* "
-        "splits of seed "
-        f"{plan.seeds[0]} (factors {list(plan.lr_factors)} of the default); test splits were "
-        "not used for any choice.",
+        "over seeds. " + _tuning_sentence(plan),
         f"- Bytes to target: all clients' bytes (up + down, setup included) until the mean "
         f"accuracy first reached {plan.target_fraction:.0%} of the task's best strategy "
         f"({', '.join(f'{t}: {100 * v:.1f} %' for t, v in sorted(target.items()))}); "
