@@ -375,6 +375,28 @@ def _write_raw(
     )
 
 
+def held_out_sizes(records: Sequence[Mapping[str, Any]]) -> dict[str, tuple[int, int]]:
+    """Per task: the smallest and largest client test split (examples) over all runs."""
+    sizes: dict[str, list[int]] = {}
+    for record in records:
+        for client in record["summary"]["clients"].values():
+            for entry in client.get("rounds", {}).values():
+                n = entry.get("eval", {}).get("num_examples")
+                if n:
+                    sizes.setdefault(record["spec"]["task"], []).append(int(n))
+    return {task: (min(v), max(v)) for task, v in sizes.items()}
+
+
+def _size_sentence(records: Sequence[Mapping[str, Any]]) -> str:
+    parts = [
+        f"{task}: {lo}-{hi} test examples per client (one example = up to {100 / lo:.0f} points "
+        "of that client's accuracy)"
+        for task, (lo, hi) in sorted(held_out_sizes(records).items())
+        if lo > 0
+    ]
+    return "- Small held-out splits: " + "; ".join(parts) + "." if parts else ""
+
+
 def _tuning_sentence(plan: BenchPlan) -> str:
     if len(plan.lr_factors) > 1:
         return (
@@ -446,6 +468,7 @@ def write_report(
         f"accuracy first reached {plan.target_fraction:.0%} of the task's best strategy "
         f"({', '.join(f'{t}: {100 * v:.1f} %' for t, v in sorted(target.items()))}); "
         "(k/n) = seeds that reached it.",
+        _size_sentence(records),
         "",
         "## Headline",
         "",

@@ -119,3 +119,10 @@ def test_write_report_writes_tables_plots_and_raw_files(
     assert (tmp_path / "summary.csv").exists()
     head = json.loads((tmp_path / "headline.json").read_text())
     assert {r["variant"] for r in head["results"]} == set(plan.strategies)
+
+
+def test_small_test_splits_are_stated(make_record: MakeRecord) -> None:
+    from fedprompt_cli.bench_report import held_out_sizes
+
+    records = [make_record(accs=[[0.5, 0.5, 0.5]]), make_record(task="vision", accs=[[0.5, 0.5]])]
+    assert held_out_sizes(records) == {"text": (10, 12), "vision": (10, 11)}
