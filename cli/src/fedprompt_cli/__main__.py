@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--work-dir", type=Path, help="run folders (default: <report>/work)")
     bench.add_argument("--seeds", type=int, nargs="+", help="override the plan's seeds")
     bench.add_argument("--silos", type=int, help="override the plan's silos per task (>= 2)")
+    bench.add_argument("--strategies", nargs="+", help="only these strategies of the plan")
     bench.add_argument("--tasks", nargs="+", help="only these tasks of the plan (text, vision)")
     bench.add_argument(
         "--merge",
@@ -71,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--skip-privacy", action="store_true", help="leave out the privacy stage (split runs)"
+    )
+    bench.add_argument(
+        "--privacy-only", action="store_true", help="only the privacy stage (plans without a grid)"
     )
     bench.add_argument("--note", default="", help="a sentence for the report's first paragraph")
     return parser
@@ -88,6 +92,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             clients=args.silos,
             tasks=tuple(args.tasks) if args.tasks else None,
             skip_privacy=args.skip_privacy,
+            strategies=tuple(args.strategies) if args.strategies else None,
         )
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
@@ -103,6 +108,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         merge=tuple(args.merge),
         report_only=args.report_only,
         note=args.note,
+        privacy_only=args.privacy_only,
     )
 
 

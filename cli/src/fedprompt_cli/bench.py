@@ -28,7 +28,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from fedprompt_cli.bench_plan import BenchPlan, RunSpec
+from fedprompt_cli.bench_plan import BenchPlan, RunSpec, lr_grid
 from fedprompt_cli.bench_report import choose_learning_rates, write_report
 from fedprompt_cli.processes import ChildFailedError, console_script
 from fedprompt_cli.up import UpOptions, run_up
@@ -198,8 +198,12 @@ def run_bench(
     merge: tuple[Path, ...] = (),
     report_only: bool = False,
     note: str = "",
+    privacy_only: bool = False,
 ) -> int:
     """Run the whole plan (tune, eval, privacy) and write the report into ``out``."""
+    if privacy_only and len(plan.lr_factors) > 1:
+        console.print("[red]--privacy-only needs a plan without a learning-rate grid[/]")
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     work = work or out / "work"
     (out / "plan.json").write_text(json.dumps(plan.describe(), indent=2, sort_keys=True))
@@ -220,9 +224,13 @@ def run_bench(
             console=console,
         ) as progress:
             bar = progress.add_task("bench", total=plan.total_runs())
-            tune = runner.run_all(plan.tune_runs(), progress, bar)
-            chosen = choose_learning_rates(tune)
-            rest = plan.eval_runs(chosen) + plan.privacy_runs(chosen)
+            if privacy_only:  # no choice to make: the grid has one rate per strategy
+                tune, chosen = [], untuned_learning_rates(plan)
+                rest = plan.privacy_runs(chosen)
+            else:
+                tune = runner.run_all(plan.tune_runs(), progress, bar)
+                chosen = choose_learning_rates(tune)
+                rest = plan.eval_runs(chosen) + plan.privacy_runs(chosen)
             records = tune + runner.run_all(rest, progress, bar)
     except (BenchFailedError, ChildFailedError) as exc:
         console.print(f"[bold red]bench failed[/]: {exc}")
@@ -242,6 +250,13 @@ def run_bench(
     return 0
 
 
+def untuned_learning_rates(plan: BenchPlan) -> dict[tuple[str, str], float]:
+    """The only candidate rate of every (task, strategy) of a plan without a grid."""
+    return {
+        (t, s): lr_grid(t, s, plan.factors_of(s))[0] for t in plan.tasks for s in plan.strategies
+    }
+
+
 def plan_with_overrides(
     plan: BenchPlan,
     *,
@@ -249,6 +264,7 @@ def plan_with_overrides(
     clients: int | None,
     tasks: tuple[str, ...] | None = None,
     skip_privacy: bool = False,
+    strategies: tuple[str, ...] | None = None,
 ) -> BenchPlan:
     """The plan with the command line's ``--seeds`` / ``--silos`` / ``--tasks`` applied."""
     if tasks:
@@ -258,6 +274,8 @@ def plan_with_overrides(
         plan = replace(plan, tasks={t: s for t, s in plan.tasks.items() if t in tasks})
     if seeds:
         plan = replace(plan, seeds=seeds)
+    if strategies:
+        plan = replace(plan, strategies=strategies)
     if skip_privacy:
         plan = replace(plan, privacy_seeds=0)
     if clients:
