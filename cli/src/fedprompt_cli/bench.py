@@ -230,6 +230,8 @@ def run_bench(
             else:
                 tune = runner.run_all(plan.tune_runs(), progress, bar)
                 chosen = choose_learning_rates(tune)
+                if len(plan.lr_factors) == 1:  # a report of unfinished runs: no choice missing
+                    chosen = {**untuned_learning_rates(plan), **chosen}
                 rest = plan.eval_runs(chosen) + plan.privacy_runs(chosen)
             records = tune + runner.run_all(rest, progress, bar)
     except (BenchFailedError, ChildFailedError) as exc:

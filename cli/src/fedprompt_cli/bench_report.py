@@ -199,7 +199,11 @@ def verdicts(results: Sequence[VariantResult], method: str = "fpl") -> list[str]
                 diff = (a.mean - b.mean) * 100
                 noise = max(a.std, b.std) * 100
                 figures = f"{a.fmt(100)} % vs {b.fmt(100)} %"
-                if diff <= 0:
+                if abs(diff) < 0.05:
+                    lines.append(
+                        f"**{task}: {method} does not beat {name}** on {what}: a tie ({figures})."
+                    )
+                elif diff < 0:
                     lines.append(
                         f"**{task}: {method} does not beat {name}** on {what} ({figures}, "
                         f"{diff:+.1f} points)."
@@ -282,7 +286,8 @@ def _privacy_table(base: Sequence[VariantResult], private: Sequence[VariantResul
         "worst acc % | macro-F1 % |",
         "|" + "---|" * 7,
     ]
-    rows = [r for r in base if r.strategy == "fpl"] + list(private)
+    tasks = {r.task for r in private}
+    rows = [r for r in base if r.strategy == "fpl" and r.task in tasks] + list(private)
     for r in sorted(rows, key=lambda r: (r.task, r.variant)):
         eps = r.stat("epsilon")
         sgd = r.stat("dp_sgd_epsilon")
