@@ -14,10 +14,11 @@ from fedprompt_cli.processes import console_script
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.timeout(1500)  # five federations; ~3 min on an idle 2-core machine
 def test_bench_tiny_writes_the_report(tmp_path: Path) -> None:
     proc = subprocess.run(
         [console_script("fedprompt"), "bench", "--tiny", "--reports", str(tmp_path), "--tag", "t"],
-        capture_output=True, text=True, timeout=900, check=False,
+        capture_output=True, text=True, timeout=1400, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = tmp_path / "t"
