@@ -220,6 +220,30 @@ def verdicts(results: Sequence[VariantResult], method: str = "fpl") -> list[str]
     return lines
 
 
+def identical_groups(results: Sequence[VariantResult]) -> list[str]:
+    """Sentences naming strategies whose per-client accuracies are identical on every seed.
+
+    Identical accuracies of different strategies mean the models made the same predictions
+    on every test example (typically each silo's or the federation's majority class): the
+    run was too short to tell those strategies apart.
+    """
+    lines = []
+    by_task: dict[str, dict[tuple[tuple[float, ...], ...], list[str]]] = {}
+    for r in results:
+        key = tuple(tuple(round(m.per_client[c], 9) for c in sorted(m.per_client)) for m in r.runs)
+        by_task.setdefault(r.task, {}).setdefault(key, []).append(r.variant)
+    for task, groups in sorted(by_task.items()):
+        for names in groups.values():
+            if len(names) > 1:
+                lines.append(
+                    f"**{task}: {', '.join(names)} give identical per-client accuracies on every "
+                    "seed**: their models made the same predictions, so this run's training "
+                    "budget cannot tell them apart (compare their validation accuracies and "
+                    "bytes, not their accuracy)."
+                )
+    return lines
+
+
 def _mib(value: float | None) -> str:
     if value is None:
         return "-"
@@ -436,7 +460,11 @@ def write_report(
     """Write ``report.md``, ``results.json``, ``runs.csv``, ``summary.csv`` and the plots."""
     from fedprompt_cli.plots import write_plots
 
-    tune = [r for r in records if r["spec"]["stage"] == "tune"]
+    tune = [
+        r
+        for r in records
+        if r["spec"]["stage"] == "tune" and int(r["spec"]["seed"]) == plan.seeds[0]
+    ]
     chosen = choose_learning_rates(tune)
     base = headline(records, chosen)
     private = privacy_results(records)
@@ -481,6 +509,7 @@ def write_report(
         "",
         "## What the numbers say",
         "",
+        *[f"- {line}" for line in identical_groups(base)],
         *[f"- {line}" for line in verdicts(base)],
         "",
         "## Per-cluster accuracy",

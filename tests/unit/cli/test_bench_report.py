@@ -126,3 +126,16 @@ def test_small_test_splits_are_stated(make_record: MakeRecord) -> None:
 
     records = [make_record(accs=[[0.5, 0.5, 0.5]]), make_record(task="vision", accs=[[0.5, 0.5]])]
     assert held_out_sizes(records) == {"text": (10, 12), "vision": (10, 11)}
+
+
+def test_strategies_that_cannot_be_told_apart_are_named(make_record: MakeRecord) -> None:
+    from fedprompt_cli.bench_report import identical_groups
+
+    records = (
+        _three_seeds(make_record, "fpl", [0.6, 0.7, 0.8])
+        + _three_seeds(make_record, "local", [0.6, 0.7, 0.8])
+        + _three_seeds(make_record, "fedavg", [0.6, 0.7, 0.5])
+    )
+    chosen = {("text", s): 0.03 for s in ("fpl", "local", "fedavg")}
+    lines = identical_groups(headline(records, chosen))
+    assert len(lines) == 1 and "fpl, local" in lines[0] and "fedavg" not in lines[0]
