@@ -6,7 +6,7 @@ PROTO_SRC := proto
 STUB_DIR := libs/common/src
 
 .PHONY: setup proto proto-check lint typecheck test test-unit test-integration demo clean \
-	bench-system bench-load fuzz fuzz-deps
+	bench bench-quick bench-system bench-load fuzz fuzz-deps
 
 setup: $(BIN)/.installed
 
@@ -65,6 +65,14 @@ bench-system: setup
 
 demo: setup
 	$(BIN)/fedprompt up --clients 4 --rounds 5
+
+# The evaluation report (reports/full/report.md; about an hour on 2 cores) and its quick
+# variant (reports/quick/, under 15 minutes): same structure, fewer rounds and steps.
+bench: setup
+	$(BIN)/fedprompt bench
+
+bench-quick: setup
+	$(BIN)/fedprompt bench --quick
 
 clean:
 	rm -rf runs .pytest_cache

@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="plaintext gRPC between the processes (default: mutual TLS with fresh certs)",
     )
+    up.add_argument(
+        "--clients-per-process",
+        type=int,
+        default=1,
+        help="client agents hosted per process (default 1; more share one torch import)",
+    )
     certs = sub.add_parser(
         "certs", help="create a federation CA and certificates for the services and silos"
     )
@@ -64,6 +70,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certs.add_argument("--days", type=int, default=365, help="validity of leaf certificates")
     certs.add_argument("--force", action="store_true", help="reissue existing leaf certificates")
+    bench = sub.add_parser("bench", help="run the evaluation plan and write reports/<tag>/")
+    mode = bench.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="few rounds and steps (< 15 min)")
+    mode.add_argument("--tiny", action="store_true", help="smallest plan (tests)")
+    bench.add_argument("--tag", help="report folder name under --reports (default: the mode)")
+    bench.add_argument("--reports", type=Path, default=Path("reports"))
+    bench.add_argument("--work-dir", type=Path, help="run folders (default: <report>/work)")
+    bench.add_argument("--seeds", type=int, nargs="+", help="override the plan's seeds")
+    bench.add_argument("--silos", type=int, help="override the plan's silos per task (>= 2)")
+    bench.add_argument("--strategies", nargs="+", help="only these strategies of the plan")
+    bench.add_argument("--tasks", nargs="+", help="only these tasks of the plan (text, vision)")
+    bench.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="report folders of other bench processes whose finished runs count as done",
+    )
+    bench.add_argument(
+        "--report-only", action="store_true", help="run nothing; report the finished runs"
+    )
+    bench.add_argument(
+        "--skip-privacy", action="store_true", help="leave out the privacy stage (split runs)"
+    )
+    bench.add_argument(
+        "--privacy-only", action="store_true", help="only the privacy stage (plans without a grid)"
+    )
+    bench.add_argument("--note", default="", help="a sentence for the report's first paragraph")
     return parser
 
 
@@ -86,6 +120,38 @@ def run_certs(args: argparse.Namespace, console: Console) -> int:
     if not written:
         console.print(f"nothing new in {args.out} (use --force to reissue)")
     return 0
+
+
+def _bench(args: argparse.Namespace, console: Console) -> int:
+    from fedprompt_cli.bench import plan_with_overrides, run_bench
+    from fedprompt_cli.bench_plan import full_plan, quick_plan, tiny_plan
+
+    plan = tiny_plan() if args.tiny else quick_plan() if args.quick else full_plan()
+    try:
+        plan = plan_with_overrides(
+            plan,
+            seeds=tuple(args.seeds) if args.seeds else None,
+            clients=args.silos,
+            tasks=tuple(args.tasks) if args.tasks else None,
+            skip_privacy=args.skip_privacy,
+            strategies=tuple(args.strategies) if args.strategies else None,
+        )
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/]")
+        return 2
+    out = args.reports / (args.tag or plan.mode)
+    command = "fedprompt " + " ".join(sys.argv[1:]) if sys.argv[1:] else "fedprompt bench"
+    return run_bench(
+        plan,
+        out,
+        console,
+        work=args.work_dir,
+        command=command,
+        merge=tuple(args.merge),
+        report_only=args.report_only,
+        note=args.note,
+        privacy_only=args.privacy_only,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,8 +188,11 @@ def main(argv: list[str] | None = None) -> int:
             dp_sgd_epsilon=args.dp_sgd_epsilon,
             max_images=args.max_images,
             insecure=args.insecure,
+            clients_per_process=max(1, args.clients_per_process),
         )
         return run_up(options, console)
+    if args.command == "bench":
+        return _bench(args, console)
     return 2
 
 

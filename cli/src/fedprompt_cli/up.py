@@ -10,7 +10,9 @@ the child's error.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,8 @@ class UpOptions:
     dp_sgd_epsilon: float | None = None
     max_images: int | None = None
     insecure: bool = False
+    #: Client agents per process (1: one process per silo; more: one torch import shared).
+    clients_per_process: int = 1
 
     def coordinator_flags(self) -> list[str]:
         """Strategy, learning-rate and privacy flags of the coordinator."""
@@ -130,6 +134,42 @@ def _status_channel(port: int, certs: Path | None) -> grpc.Channel:
         certificate_chain=(certs / "coordinator.crt").read_bytes(),
     )
     return grpc.secure_channel(target, credentials, options=channel_options())
+
+
+def _free_port() -> int:
+    """A port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_hosts(
+    options: UpOptions, silos: list[Path], port: int, logs: Path, certs: Path | None
+) -> list[Child]:
+    """Start the client agents ``clients_per_process`` at a time in shared host processes."""
+    hosts = []
+    per = options.clients_per_process
+    for index in range(0, len(silos), per):
+        group = silos[index : index + per]
+        argv = [
+            sys.executable, "-m", "fedprompt_client_agent.host",
+            "--coordinator", f"127.0.0.1:{port}",
+            "--state-root", str(options.run_dir / "clients"),
+            "--device", options.device,
+            "--max-length", str(options.max_length),
+            "--seed", str(options.seed),
+            "--torch-threads", str(options.torch_threads),
+            *options.client_flags(),
+            *(["--insecure"] if certs is None else ["--tls-dir", str(certs)]),
+        ]  # fmt: skip
+        for silo in group:
+            argv += ["--silo-dir", str(silo)]
+        if options.model_dir is not None:
+            argv += ["--model-dir", str(options.model_dir)]
+        child = Child(f"client-host-{index // per}", argv, logs / f"client-host-{index // per}.log")
+        child.start()
+        hosts.append(child)
+    return hosts
 
 
 def _phase_name(phase: common_pb2.RoundPhase.ValueType) -> str:
@@ -216,12 +256,18 @@ def run_up(options: UpOptions, console: Console) -> int:
         )
         clusterer.start()
         children.append(clusterer)
+        # Host processes import torch and build their models while the servers start; they
+        # dial a port chosen now (and retry until the coordinator listens on it).
+        hosted = options.clients_per_process > 1
+        wanted_port = _free_port() if hosted else 0
+        clients = _start_hosts(options, silos, wanted_port, logs, certs) if hosted else []
+        children.extend(clients)
         clusterer_port = clusterer.wait_for_port()
         coordinator = Child(
             "coordinator",
             [
                 console_script("fedprompt-coordinator"),
-                "--listen", "127.0.0.1:0",
+                "--listen", f"127.0.0.1:{wanted_port}",
                 "--state-dir", str(options.run_dir / "coordinator"),
                 "--rounds", str(options.rounds),
                 "--min-clients", str(min(2, options.clients)),
@@ -237,8 +283,7 @@ def run_up(options: UpOptions, console: Console) -> int:
         coordinator.start()
         children.append(coordinator)
         port = coordinator.wait_for_port()
-        clients = []
-        for silo in silos:
+        for silo in silos if not hosted else []:
             argv = [
                 console_script("fedprompt-client-agent"),
                 "--client-id", silo.name,
@@ -258,12 +303,14 @@ def run_up(options: UpOptions, console: Console) -> int:
             child.start()
             children.append(child)
             clients.append(child)
+        clients_up = len(silos)
         (options.run_dir / "pids.json").write_text(
             json.dumps({c.name: c.pid for c in children}, indent=2, sort_keys=True)
         )
         console.print(
             f"[bold]federation up[/]: coordinator 127.0.0.1:{port}, clusterer "
-            f"127.0.0.1:{clusterer_port}, {len(clients)} clients; logs in {logs}"
+            f"127.0.0.1:{clusterer_port}, {clients_up} clients in {len(clients)} "
+            f"processes; logs in {logs}"
         )
         channel = _status_channel(port, certs)
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)

@@ -1,0 +1,287 @@
+"""``fedprompt bench``: run the evaluation plan and write ``reports/<tag>/``.
+
+Every run is a real ``fedprompt up`` federation on loopback (clusterer, coordinator and the
+client agents as separate processes; several agents may share one host process, each
+still its own gRPC client), with bytes counted on the wire by the coordinator. Silos are
+made once per (task, seed) and reused by every strategy of that seed, so all strategies
+of a seed see exactly the same data. Finished runs are kept in ``runs.jsonl`` inside the
+report folder; a re-started bench skips them (``--resume`` is the default).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from fedprompt_cli.bench_plan import BenchPlan, RunSpec, lr_grid
+from fedprompt_cli.bench_report import choose_learning_rates, write_report
+from fedprompt_cli.processes import ChildFailedError, console_script
+from fedprompt_cli.up import UpOptions, run_up
+
+__all__ = ["BenchFailedError", "run_bench"]
+
+RUNS_FILE = "runs.jsonl"
+
+
+class BenchFailedError(RuntimeError):
+    """A federation of the plan failed; the message says which and why."""
+
+
+def _make_silos(task: str, seed: int, plan: BenchPlan, out: Path) -> Path:
+    """Write the silos of one (task, seed) once; every strategy of that seed reuses them."""
+    if out.is_dir() and any((p / "metadata.json").exists() for p in out.iterdir()):
+        return out
+    settings = plan.tasks[task]
+    argv = [
+        console_script("fedprompt-make-silos"),
+        "--task", task,
+        "--num-silos", str(plan.clients),
+        "--seed", str(seed),
+        "--out", str(out),
+    ]  # fmt: skip
+    if settings.max_images is not None:
+        argv += ["--max-images", str(settings.max_images)]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise BenchFailedError(f"making {task} silos (seed {seed}) failed:\n{proc.stderr}")
+    return out
+
+
+def _options(spec: RunSpec, plan: BenchPlan, work: Path, silos: Path) -> UpOptions:
+    settings = plan.tasks[spec.task]
+    return UpOptions(
+        clients=plan.clients,
+        rounds=settings.rounds,
+        local_steps=settings.local_steps,
+        batch_size=settings.batch_size,
+        max_length=settings.max_length,
+        seed=spec.seed,
+        device="cpu",
+        run_dir=work / spec.name,
+        model_dir=None,
+        data_root=silos,
+        timeout_s=1800.0,
+        torch_threads=plan.torch_threads,
+        strategy=spec.strategy,
+        task=spec.task,
+        learning_rate=spec.learning_rate,
+        dp_epsilon=spec.dp_epsilon,
+        dp_sgd_epsilon=spec.dp_sgd_epsilon,
+        max_images=settings.max_images,
+        clients_per_process=plan.clients_per_process,
+    )
+
+
+def _load_done(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.exists():
+        return {}
+    done = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            done[record["spec"]["name"]] = record
+    return done
+
+
+class _Runner:
+    """Runs specs one after the other, with a progress bar and a log of every federation."""
+
+    def __init__(
+        self,
+        plan: BenchPlan,
+        out: Path,
+        work: Path,
+        console: Console,
+        *,
+        merge: tuple[Path, ...] = (),
+        report_only: bool = False,
+    ) -> None:
+        self.plan = plan
+        self.out = out
+        self.work = work
+        self.console = console
+        self.report_only = report_only
+        self.runs_path = out / RUNS_FILE
+        self.done: dict[str, dict[str, Any]] = {}
+        for other in merge:  # runs of the same plan made by another bench process
+            self.done.update(_load_done(other / RUNS_FILE))
+        self.done.update(_load_done(self.runs_path))
+        self.log_console = Console(
+            file=open(out / "bench.log", "a"),  # noqa: SIM115 - closed in close()
+            width=150,
+            force_terminal=False,
+        )
+
+    def close(self) -> None:
+        self.log_console.file.close()
+
+    def run_all(
+        self, specs: list[RunSpec], progress: Progress, task_id: Any
+    ) -> list[dict[str, Any]]:
+        records = []
+        for spec in specs:
+            progress.update(task_id, description=f"{spec.stage}: {spec.name}")
+            if not self.report_only:
+                records.append(self.run_one(spec))
+            elif spec.name in self.done:
+                records.append(self.done[spec.name])
+            progress.advance(task_id)
+        return records
+
+    def run_one(self, spec: RunSpec) -> dict[str, Any]:
+        key = spec.name
+        if key in self.done:
+            return self.done[key]
+        silos = _make_silos(
+            spec.task, spec.seed, self.plan, self.work / "silos" / f"{spec.task}-s{spec.seed}"
+        )
+        options = _options(spec, self.plan, self.work, silos)
+        self.log_console.rule(f"{spec.stage}: {spec.name}")
+        started = time.monotonic()
+        code = run_up(options, self.log_console)
+        if code != 0:  # one retry from scratch: a long bench should survive one bad start
+            self.console.log(f"[yellow]{spec.name} failed (exit {code}); retrying once[/]")
+            shutil.rmtree(options.run_dir, ignore_errors=True)
+            started = time.monotonic()
+            code = run_up(options, self.log_console)
+        wall = time.monotonic() - started
+        self.log_console.file.flush()
+        if code != 0:
+            raise BenchFailedError(
+                f"run {spec.name} failed (exit {code}); see {self.out / 'bench.log'} and "
+                f"{options.run_dir / 'logs'}"
+            )
+        summary = json.loads((options.run_dir / "summary.json").read_text())
+        # Model snapshots and personal states are not needed once the summary is read
+        # (full-fedavg writes ~90 MB per round and cluster); the logs stay.
+        for bulky in ("coordinator", "clients"):
+            shutil.rmtree(options.run_dir / bulky, ignore_errors=True)
+        record = {
+            "spec": {**asdict(spec), "name": spec.name},
+            "wall_seconds": wall,
+            "summary": summary,
+        }
+        with self.runs_path.open("a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        self.done[key] = record
+        self.console.log(f"{spec.name}: {wall:.0f} s, mean test acc {_final_mean(summary):.3f}")
+        return record
+
+
+def _final_mean(summary: dict[str, Any]) -> float:
+    rounds = summary.get("rounds") or [{}]
+    return float(rounds[-1].get("summary", {}).get("accuracy_mean", float("nan")))
+
+
+def run_bench(
+    plan: BenchPlan,
+    out: Path,
+    console: Console,
+    *,
+    work: Path | None = None,
+    command: str = "fedprompt bench",
+    merge: tuple[Path, ...] = (),
+    report_only: bool = False,
+    note: str = "",
+    privacy_only: bool = False,
+) -> int:
+    """Run the whole plan (tune, eval, privacy) and write the report into ``out``."""
+    if privacy_only and len(plan.lr_factors) > 1:
+        console.print("[red]--privacy-only needs a plan without a learning-rate grid[/]")
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    work = work or out / "work"
+    (out / "plan.json").write_text(json.dumps(plan.describe(), indent=2, sort_keys=True))
+    runner = _Runner(plan, out, work, console, merge=merge, report_only=report_only)
+    started = time.monotonic()
+    console.print(
+        f"[bold]fedprompt bench[/] ({plan.mode}): {plan.total_runs()} federations of "
+        f"{plan.clients} silos, seeds {list(plan.seeds)}, tasks {list(plan.tasks)}; "
+        f"report in {out}"
+    )
+    try:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        ) as progress:
+            bar = progress.add_task("bench", total=plan.total_runs())
+            if privacy_only:  # no choice to make: the grid has one rate per strategy
+                tune, chosen = [], untuned_learning_rates(plan)
+                rest = plan.privacy_runs(chosen)
+            else:
+                tune = runner.run_all(plan.tune_runs(), progress, bar)
+                chosen = choose_learning_rates(tune)
+                if len(plan.lr_factors) == 1:  # a report of unfinished runs: no choice missing
+                    chosen = {**untuned_learning_rates(plan), **chosen}
+                rest = plan.eval_runs(chosen) + plan.privacy_runs(chosen)
+            records = tune + runner.run_all(rest, progress, bar)
+    except (BenchFailedError, ChildFailedError) as exc:
+        console.print(f"[bold red]bench failed[/]: {exc}")
+        return 1
+    finally:
+        runner.close()
+    elapsed = time.monotonic() - started
+    meta = {
+        "elapsed_seconds": elapsed,
+        "note": note,
+        "run_seconds_total": sum(r["wall_seconds"] for r in records),
+        "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "command": command,
+    }
+    report = write_report(out, plan, records, meta)
+    console.print(f"[bold green]report[/]: {report} ({elapsed / 60:.1f} min)")
+    return 0
+
+
+def untuned_learning_rates(plan: BenchPlan) -> dict[tuple[str, str], float]:
+    """The only candidate rate of every (task, strategy) of a plan without a grid."""
+    return {
+        (t, s): lr_grid(t, s, plan.factors_of(s))[0] for t in plan.tasks for s in plan.strategies
+    }
+
+
+def plan_with_overrides(
+    plan: BenchPlan,
+    *,
+    seeds: tuple[int, ...] | None,
+    clients: int | None,
+    tasks: tuple[str, ...] | None = None,
+    skip_privacy: bool = False,
+    strategies: tuple[str, ...] | None = None,
+) -> BenchPlan:
+    """The plan with the command line's ``--seeds`` / ``--silos`` / ``--tasks`` applied."""
+    if tasks:
+        unknown = set(tasks) - set(plan.tasks)
+        if unknown:
+            raise ValueError(f"unknown tasks {sorted(unknown)}; the plan has {sorted(plan.tasks)}")
+        plan = replace(plan, tasks={t: s for t, s in plan.tasks.items() if t in tasks})
+    if seeds:
+        plan = replace(plan, seeds=seeds)
+    if strategies:
+        plan = replace(plan, strategies=strategies)
+    if skip_privacy:
+        plan = replace(plan, privacy_seeds=0)
+    if clients:
+        plan = replace(
+            plan, clients=clients, clients_per_process=max(plan.clients_per_process, clients)
+        )
+    return plan

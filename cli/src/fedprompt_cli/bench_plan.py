@@ -1,0 +1,245 @@
+"""What ``fedprompt bench`` runs: tasks, strategies, seeds, learning-rate grid, privacy levels.
+
+The plan has three stages, in this order:
+
+1. ``tune``: on the first seed, every strategy of every task runs once per candidate
+   learning rate. The candidate with the best mean *validation* accuracy (each silo's
+   ``val`` split, never ``test``) is chosen per (task, strategy).
+2. ``eval``: the chosen learning rate runs on the remaining seeds. The first seed's
+   tuning run with the chosen rate is reused as that seed's result (its choice looked
+   at validation accuracy only), so every headline figure has all seeds.
+3. ``privacy``: ``fpl`` with the chosen rate under client-level DP-FedAvg at each ε of
+   ``dp_epsilons`` (ε = ∞ is the non-private ``fpl`` run) and with record-level DP-SGD
+   at each ε of ``dp_sgd_epsilons`` (text only: DP-SGD is implemented for text silos),
+   on every seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from fedprompt_cli.up import DEFAULT_LEARNING_RATES
+
+__all__ = [
+    "STRATEGIES",
+    "BenchPlan",
+    "RunSpec",
+    "TaskSettings",
+    "full_plan",
+    "lr_grid",
+    "quick_plan",
+    "tiny_plan",
+]
+
+#: Every strategy, the method last among the prompt strategies.
+STRATEGIES: tuple[str, ...] = ("local", "fedavg", "clustered", "fpl", "lora-fedavg", "full-fedavg")
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """Per-task run size."""
+
+    rounds: int
+    local_steps: int
+    batch_size: int
+    max_length: int = 64
+    max_images: int | None = None
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One federation of the benchmark."""
+
+    stage: str
+    task: str
+    strategy: str
+    seed: int
+    learning_rate: float
+    dp_epsilon: float | None = None
+    dp_sgd_epsilon: float | None = None
+
+    @property
+    def variant(self) -> str:
+        """``strategy`` plus its privacy setting, e.g. ``fpl dp-fedavg ε=4``."""
+        if self.dp_epsilon is not None:
+            return f"{self.strategy} dp-fedavg ε={self.dp_epsilon:g}"
+        if self.dp_sgd_epsilon is not None:
+            return f"{self.strategy} dp-sgd ε={self.dp_sgd_epsilon:g}"
+        return self.strategy
+
+    @property
+    def name(self) -> str:
+        """A unique folder-safe name of the run."""
+        parts = [self.task, self.strategy, f"lr{self.learning_rate:g}", f"s{self.seed}"]
+        if self.dp_epsilon is not None:
+            parts.append(f"dpfedavg{self.dp_epsilon:g}")
+        if self.dp_sgd_epsilon is not None:
+            parts.append(f"dpsgd{self.dp_sgd_epsilon:g}")
+        return "-".join(parts)
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """The whole benchmark's settings."""
+
+    mode: str
+    clients: int
+    seeds: tuple[int, ...]
+    tasks: dict[str, TaskSettings]
+    strategies: tuple[str, ...] = STRATEGIES
+    #: Multipliers of the default learning rate tried in the tuning stage.
+    lr_factors: tuple[float, ...] = (1.0, 3.0)
+    #: Strategies whose learning rate is tuned over ``lr_factors`` (None: all); the others
+    #: run at their default rate only.
+    tuned_strategies: tuple[str, ...] | None = None
+    dp_epsilons: tuple[float, ...] = (1.0, 4.0, 8.0)
+    dp_sgd_epsilons: tuple[float, ...] = (8.0,)
+    clients_per_process: int = 6
+    torch_threads: int = 2
+    #: Target accuracy for "bytes to reach" = this fraction of the task's best mean accuracy.
+    target_fraction: float = 0.9
+    #: Seeds of the privacy stage: the first ``privacy_seeds`` (None: all).
+    privacy_seeds: int | None = None
+    #: Tasks of the privacy stage (None: all).
+    privacy_tasks: tuple[str, ...] | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.clients < 2:
+            raise ValueError(f"a benchmark federation needs at least 2 clients, got {self.clients}")
+        if not self.seeds:
+            raise ValueError("at least one seed is needed")
+        unknown = set(self.strategies) - set(STRATEGIES)
+        if unknown:
+            raise ValueError(f"unknown strategies {sorted(unknown)}")
+        if not self.lr_factors:
+            raise ValueError("at least one learning-rate factor is needed")
+
+    def tune_runs(self) -> list[RunSpec]:
+        """Stage 1: every candidate learning rate on the first seed."""
+        return [
+            RunSpec("tune", task, strategy, self.seeds[0], lr)
+            for task in self.tasks
+            for strategy in self.strategies
+            for lr in lr_grid(task, strategy, self.factors_of(strategy))
+        ]
+
+    def factors_of(self, strategy: str) -> tuple[float, ...]:
+        """The learning-rate factors tried for one strategy."""
+        if self.tuned_strategies is None or strategy in self.tuned_strategies:
+            return self.lr_factors
+        return (1.0,)
+
+    def eval_runs(self, chosen: dict[tuple[str, str], float]) -> list[RunSpec]:
+        """Stage 2: the chosen rate on the other seeds."""
+        return [  # seed by seed: a bench cut short still has whole seeds
+            RunSpec("eval", task, strategy, seed, chosen[(task, strategy)])
+            for seed in self.seeds[1:]
+            for task in self.tasks
+            for strategy in self.strategies
+        ]
+
+    def privacy_runs(self, chosen: dict[tuple[str, str], float]) -> list[RunSpec]:
+        """Stage 3: fpl with client-level DP at each ε, and with DP-SGD (text), every seed."""
+        if "fpl" not in self.strategies:
+            return []
+        runs = []
+        seeds = self.seeds[: self.privacy_seeds]
+        for task in self.tasks:
+            if self.privacy_tasks is not None and task not in self.privacy_tasks:
+                continue
+            lr = chosen[(task, "fpl")]
+            for eps in self.dp_epsilons:
+                runs += [RunSpec("privacy", task, "fpl", s, lr, dp_epsilon=eps) for s in seeds]
+            if task == "text":
+                for eps in self.dp_sgd_epsilons:
+                    runs += [
+                        RunSpec("privacy", task, "fpl", s, lr, dp_sgd_epsilon=eps) for s in seeds
+                    ]
+        return runs
+
+    def total_runs(self) -> int:
+        """How many federations the whole plan runs."""
+        chosen = {(t, s): 0.0 for t in self.tasks for s in self.strategies}
+        return len(self.tune_runs()) + len(self.eval_runs(chosen)) + len(self.privacy_runs(chosen))
+
+    def describe(self) -> dict[str, object]:
+        """The plan as JSON-ready data (written into the report)."""
+        return {
+            "mode": self.mode,
+            "clients": self.clients,
+            "seeds": list(self.seeds),
+            "tasks": {t: vars(s) for t, s in self.tasks.items()},
+            "strategies": list(self.strategies),
+            "lr_factors": list(self.lr_factors),
+            "tuned_strategies": list(self.tuned_strategies or self.strategies),
+            "dp_epsilons": list(self.dp_epsilons),
+            "dp_sgd_epsilons": list(self.dp_sgd_epsilons),
+            "clients_per_process": self.clients_per_process,
+            "torch_threads": self.torch_threads,
+            "target_fraction": self.target_fraction,
+            "privacy_seeds": list(self.seeds[: self.privacy_seeds]),
+            "privacy_tasks": list(self.privacy_tasks or self.tasks),
+            "total_runs": self.total_runs(),
+        }
+
+
+def lr_grid(task: str, strategy: str, factors: tuple[float, ...]) -> list[float]:
+    """Candidate learning rates: the default of (task, strategy) times each factor."""
+    base = DEFAULT_LEARNING_RATES[(task, strategy)]
+    return sorted({float(f"{base * f:.3g}") for f in factors})
+
+
+def full_plan() -> BenchPlan:
+    """The committed report's plan: 6 silos per task, 3 seeds, every strategy, privacy curve.
+
+    Sized for a 2-core machine shared with other work (about an hour): two rounds of three
+    local steps, short texts, the default learning rates (no grid: ``lr_factors=(1, 3)``
+    turns the validation grid on, at twice the runs), and the privacy curve on the text
+    task with one seed.
+    """
+    return BenchPlan(
+        mode="full",
+        clients=6,
+        seeds=(0, 1, 2),
+        tasks={
+            "text": TaskSettings(rounds=2, local_steps=3, batch_size=8, max_length=48),
+            "vision": TaskSettings(rounds=2, local_steps=3, batch_size=16, max_images=1200),
+        },
+        lr_factors=(1.0,),
+        privacy_tasks=("text",),
+        privacy_seeds=1,
+    )
+
+
+def quick_plan() -> BenchPlan:
+    """``make bench-quick``: the same report from one seed, fewer rounds and steps, no grid."""
+    plan = full_plan()
+    return replace(
+        plan,
+        mode="quick",
+        seeds=(0,),
+        tasks={
+            "text": TaskSettings(rounds=2, local_steps=2, batch_size=8, max_length=32),
+            "vision": TaskSettings(rounds=2, local_steps=2, batch_size=16, max_images=900),
+        },
+        lr_factors=(1.0,),
+        dp_epsilons=(1.0,),
+    )
+
+
+def tiny_plan() -> BenchPlan:
+    """The integration test's plan: one task, two strategies, two seeds, one round."""
+    return BenchPlan(
+        mode="tiny",
+        clients=3,
+        seeds=(0, 1),
+        tasks={"text": TaskSettings(rounds=1, local_steps=2, batch_size=8, max_length=32)},
+        strategies=("local", "fpl"),
+        lr_factors=(1.0,),
+        dp_epsilons=(4.0,),
+        dp_sgd_epsilons=(),
+        privacy_seeds=1,
+        clients_per_process=3,
+        torch_threads=1,
+    )

@@ -1,0 +1,54 @@
+"""``fedprompt bench --tiny`` end to end: real federations, then the report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fedprompt_cli.processes import console_script
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.timeout(1500)  # five federations; ~3 min on an idle 2-core machine
+def test_bench_tiny_writes_the_report(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [console_script("fedprompt"), "bench", "--tiny", "--reports", str(tmp_path), "--tag", "t"],
+        capture_output=True, text=True, timeout=1400, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "t"
+    report = (out / "report.md").read_text()
+    assert "## Headline" in report and "## What the numbers say" in report
+    for png in (
+        "accuracy_per_round",
+        "accuracy_vs_bytes",
+        "privacy_utility",
+        "per_client_accuracy",
+    ):
+        assert (out / f"{png}.png").stat().st_size > 1000
+    plan = json.loads((out / "plan.json").read_text())
+    rows = list(csv.DictReader((out / "runs.csv").open()))
+    assert len(rows) == plan["total_runs"]
+    for row in rows:
+        assert 0.0 <= float(row["accuracy_mean"]) <= 1.0
+        assert float(row["accuracy_worst"]) <= float(row["accuracy_mean"])
+        if row["variant"] == "local":
+            assert float(row["bytes_up_per_client_round"]) < 4096  # nothing but messages travel
+        else:  # prompt deltas were counted on the wire
+            assert float(row["bytes_up_per_client_round"]) > 10_000
+        if "dp-fedavg" in row["variant"]:
+            assert 0.0 < float(row["epsilon"]) <= 4.0 + 1e-6
+    seeds = {row["seed"] for row in rows}
+    assert seeds == {str(s) for s in plan["seeds"]}
+    # a second call finds every run done and only rewrites the report
+    again = subprocess.run(
+        [console_script("fedprompt"), "bench", "--tiny", "--reports", str(tmp_path), "--tag", "t"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert len(list(csv.DictReader((out / "runs.csv").open()))) == len(rows)
