@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode = bench.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="few rounds and steps (< 15 min)")
     mode.add_argument("--tiny", action="store_true", help="smallest plan (tests)")
+    mode.add_argument(
+        "--gpu", action="store_true", help="10 rounds x 10 steps on a CUDA machine (gpu plan)"
+    )
     bench.add_argument("--tag", help="report folder name under --reports (default: the mode)")
     bench.add_argument("--reports", type=Path, default=Path("reports"))
     bench.add_argument("--work-dir", type=Path, help="run folders (default: <report>/work)")
@@ -98,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--privacy-only", action="store_true", help="only the privacy stage (plans without a grid)"
     )
     bench.add_argument("--note", default="", help="a sentence for the report's first paragraph")
+    bench.add_argument(
+        "--insecure", action="store_true", help="plaintext gRPC inside each run (no certs)"
+    )
     return parser
 
 
@@ -124,9 +130,17 @@ def run_certs(args: argparse.Namespace, console: Console) -> int:
 
 def _bench(args: argparse.Namespace, console: Console) -> int:
     from fedprompt_cli.bench import plan_with_overrides, run_bench
-    from fedprompt_cli.bench_plan import full_plan, quick_plan, tiny_plan
+    from fedprompt_cli.bench_plan import full_plan, gpu_plan, quick_plan, tiny_plan
 
-    plan = tiny_plan() if args.tiny else quick_plan() if args.quick else full_plan()
+    plan = (
+        tiny_plan()
+        if args.tiny
+        else quick_plan()
+        if args.quick
+        else gpu_plan()
+        if args.gpu
+        else full_plan()
+    )
     try:
         plan = plan_with_overrides(
             plan,
@@ -135,6 +149,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             tasks=tuple(args.tasks) if args.tasks else None,
             skip_privacy=args.skip_privacy,
             strategies=tuple(args.strategies) if args.strategies else None,
+            insecure=args.insecure,
         )
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")

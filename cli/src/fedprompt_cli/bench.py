@@ -71,7 +71,8 @@ def _options(spec: RunSpec, plan: BenchPlan, work: Path, silos: Path) -> UpOptio
         batch_size=settings.batch_size,
         max_length=settings.max_length,
         seed=spec.seed,
-        device="cpu",
+        device=plan.device,
+        insecure=plan.insecure,
         run_dir=work / spec.name,
         model_dir=None,
         data_root=silos,
@@ -267,6 +268,7 @@ def plan_with_overrides(
     tasks: tuple[str, ...] | None = None,
     skip_privacy: bool = False,
     strategies: tuple[str, ...] | None = None,
+    insecure: bool = False,
 ) -> BenchPlan:
     """The plan with the command line's ``--seeds`` / ``--silos`` / ``--tasks`` applied."""
     if tasks:
@@ -280,6 +282,8 @@ def plan_with_overrides(
         plan = replace(plan, strategies=strategies)
     if skip_privacy:
         plan = replace(plan, privacy_seeds=0)
+    if insecure:
+        plan = replace(plan, insecure=True)
     if clients:
         plan = replace(
             plan, clients=clients, clients_per_process=max(plan.clients_per_process, clients)

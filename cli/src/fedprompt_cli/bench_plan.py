@@ -26,6 +26,7 @@ __all__ = [
     "RunSpec",
     "TaskSettings",
     "full_plan",
+    "gpu_plan",
     "lr_grid",
     "quick_plan",
     "tiny_plan",
@@ -96,6 +97,10 @@ class BenchPlan:
     dp_sgd_epsilons: tuple[float, ...] = (8.0,)
     clients_per_process: int = 6
     torch_threads: int = 2
+    #: Device of the client agents (``cpu``; ``auto`` or ``cuda`` for a GPU machine).
+    device: str = "cpu"
+    #: Plaintext gRPC between the run's processes (default: mutual TLS with fresh certs).
+    insecure: bool = False
     #: Target accuracy for "bytes to reach" = this fraction of the task's best mean accuracy.
     target_fraction: float = 0.9
     #: Seeds of the privacy stage: the first ``privacy_seeds`` (None: all).
@@ -177,6 +182,8 @@ class BenchPlan:
             "dp_sgd_epsilons": list(self.dp_sgd_epsilons),
             "clients_per_process": self.clients_per_process,
             "torch_threads": self.torch_threads,
+            "device": self.device,
+            "insecure": self.insecure,
             "target_fraction": self.target_fraction,
             "privacy_seeds": list(self.seeds[: self.privacy_seeds]),
             "privacy_tasks": list(self.privacy_tasks or self.tasks),
@@ -209,6 +216,28 @@ def full_plan() -> BenchPlan:
         lr_factors=(1.0,),
         privacy_tasks=("text",),
         privacy_seeds=1,
+    )
+
+
+def gpu_plan() -> BenchPlan:
+    """The full plan with a realistic training budget, for a machine with a CUDA GPU.
+
+    Ten rounds of ten local steps on longer texts and more images, the privacy curve on
+    both tasks with every seed. Client agents run with ``--device auto`` (CUDA with bf16
+    autocast where present). Its runs can be split over several bench processes
+    (``--tasks``/``--strategies``/``--privacy-only --seeds``) and merged with
+    ``--merge ... --report-only``.
+    """
+    return replace(
+        full_plan(),
+        mode="gpu",
+        tasks={
+            "text": TaskSettings(rounds=10, local_steps=10, batch_size=16, max_length=128),
+            "vision": TaskSettings(rounds=10, local_steps=10, batch_size=32, max_images=3000),
+        },
+        privacy_tasks=None,
+        privacy_seeds=None,
+        device="auto",
     )
 
 
