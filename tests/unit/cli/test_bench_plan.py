@@ -68,3 +68,15 @@ def test_plan_overrides_pick_tasks_seeds_and_silos() -> None:
     assert plan.privacy_runs({("vision", s): 0.1 for s in STRATEGIES}) == []  # text only
     with pytest.raises(ValueError, match="unknown tasks"):
         plan_with_overrides(full_plan(), seeds=None, clients=None, tasks=("audio",))
+
+
+def test_a_bench_can_be_split_by_strategy_and_without_privacy() -> None:
+    from fedprompt_cli.bench import plan_with_overrides, untuned_learning_rates
+
+    plan = plan_with_overrides(
+        full_plan(), seeds=(2,), clients=None, strategies=("fpl",), skip_privacy=True
+    )
+    chosen = untuned_learning_rates(plan)
+    assert chosen == {("text", "fpl"): 0.03, ("vision", "fpl"): 0.03}
+    assert [r.name for r in plan.tune_runs()] == ["text-fpl-lr0.03-s2", "vision-fpl-lr0.03-s2"]
+    assert plan.privacy_runs(chosen) == [] and plan.eval_runs(chosen) == []
