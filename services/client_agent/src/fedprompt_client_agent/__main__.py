@@ -12,6 +12,7 @@ import grpc
 
 from fedprompt.config import ConfigError, load_config
 from fedprompt.logs import configure_logging
+from fedprompt.telemetry import serve_metrics
 from fedprompt_client_agent.config import ClientAgentConfig
 
 logger = logging.getLogger("fedprompt_client_agent")
@@ -41,17 +42,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dp-sgd-total-steps", type=int, help="planned local steps of the run")
     p.add_argument("--dp-sgd-max-grad-norm", type=float)
     p.add_argument("--log-level")
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: none)")
+    p.add_argument("--metrics-host", help="address of the /metrics endpoint")
     return p.parse_args(argv)
 
 
 async def run(config: ClientAgentConfig) -> int:
     """Build the runtime (in a thread: loading the model is slow) and run the agent."""
     from fedprompt_client_agent.agent import ClientAgent
+    from fedprompt_client_agent.metrics import ClientMetrics
     from fedprompt_client_agent.runtime import SiloRuntime
 
+    metrics = ClientMetrics()
+    metrics_server = serve_metrics(
+        metrics.registry, host=config.metrics_host, port=config.metrics_port
+    )
     runtime = await asyncio.to_thread(SiloRuntime, config)
     agent = ClientAgent(
-        runtime, coordinator=config.coordinator, max_reconnect_s=config.max_reconnect_s
+        runtime,
+        coordinator=config.coordinator,
+        max_reconnect_s=config.max_reconnect_s,
+        metrics=metrics,
     )
     main_task = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()
@@ -62,6 +73,9 @@ async def run(config: ClientAgentConfig) -> int:
     except asyncio.CancelledError:
         logger.info("stopped by signal")
         return 0
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
     return 0
 
 
@@ -94,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                 "dp_sgd_total_steps": args.dp_sgd_total_steps,
                 "dp_sgd_max_grad_norm": args.dp_sgd_max_grad_norm,
                 "log_level": args.log_level,
+                "metrics_port": args.metrics_port,
+                "metrics_host": args.metrics_host,
             },
         )
     except ConfigError as exc:

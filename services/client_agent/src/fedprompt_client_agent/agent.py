@@ -25,6 +25,7 @@ from fedprompt.codec import decode_tensors, encode_tensors
 from fedprompt.server import CLIENT_ID_METADATA_KEY, create_channel
 from fedprompt.transfer import chunk_from_proto, payload_info_from_proto, payload_messages
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from fedprompt_client_agent.metrics import ClientMetrics
 
 if TYPE_CHECKING:  # the async stub class exists only in the generated .pyi
     from fedprompt.v1.coordinator_pb2_grpc import CoordinatorAsyncStub
@@ -99,12 +100,20 @@ class ClientAgent:
         Coordinator ``host:port``.
     max_reconnect_s
         Give up after the coordinator has been unreachable this long.
+    metrics
+        Prometheus metrics of this silo; a private registry by default.
     """
 
     def __init__(
-        self, runtime: LearningRuntime, *, coordinator: str, max_reconnect_s: float = 300.0
+        self,
+        runtime: LearningRuntime,
+        *,
+        coordinator: str,
+        max_reconnect_s: float = 300.0,
+        metrics: ClientMetrics | None = None,
     ) -> None:
         self._runtime = runtime
+        self.metrics = metrics if metrics is not None else ClientMetrics()
         self._target = coordinator
         self._max_reconnect_s = max_reconnect_s
         self._metadata = ((CLIENT_ID_METADATA_KEY, runtime.client_id),)
@@ -216,6 +225,7 @@ class ClientAgent:
             centroids=centroids,
         )
         train_metrics = await asyncio.to_thread(rt.train, settings)
+        self.metrics.observe_training(task.round, train_metrics)
         after = await asyncio.to_thread(rt.evaluate)
         trained = await asyncio.to_thread(rt.shared_state)
         names = [s.name for s in task.expected_update] or sorted(received)
@@ -257,6 +267,7 @@ class ClientAgent:
         await asyncio.to_thread(rt.load_shared_state, aggregated)
         metrics = await asyncio.to_thread(rt.evaluate)
         self._last_eval = (digest, metrics)
+        self.metrics.observe_evaluation(task.round, metrics)
         await asyncio.to_thread(rt.save_personal)
         await stub.ReportMetrics(
             coordinator_pb2.ReportMetricsRequest(

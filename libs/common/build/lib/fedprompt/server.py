@@ -1,0 +1,252 @@
+"""One factory for fedprompt's aio gRPC servers and channels, and the shared interceptors.
+
+Every server gets the same message limits, keepalive settings, the standard
+``grpc.health.v1`` service and the :class:`ErrorMappingInterceptor`, which is the only
+place where domain errors become gRPC status codes. Server processes announce the port they
+bound with :func:`announce_port` and stop on SIGTERM/SIGINT through
+:func:`stop_event_on_signals`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeAlias, TypeVar, cast
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from fedprompt.errors import FedPromptError
+
+logger = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+#: Largest chunk of payload bytes in one message.
+MAX_CHUNK_BYTES = 1 * MIB
+#: Default receive limit: one chunk plus protobuf framing, with headroom. Large payloads stream.
+DEFAULT_MAX_MESSAGE_BYTES = 2 * MIB
+CLIENT_ID_METADATA_KEY = "x-fedprompt-client-id"
+
+#: A method handler of any request and response type (what interceptors see).
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+#: The aio context of a call whose message types the caller does not know.
+AnyContext: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+#: An aio behaviour answering with one response (unary-unary, stream-unary).
+UnaryBehavior: TypeAlias = Callable[[Any, AnyContext], Awaitable[Any]]
+#: An aio behaviour answering with a response stream (unary-stream, stream-stream).
+StreamingBehavior: TypeAlias = Callable[[Any, AnyContext], AsyncIterator[Any]]
+#: Wraps the request iterator of a client-streaming call.
+RequestIterWrapper: TypeAlias = Callable[[AsyncIterator[Any], AnyContext], AsyncIterator[Any]]
+
+_R = TypeVar("_R")
+
+
+def channel_options(*, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """gRPC channel arguments shared by servers and clients.
+
+    Parameters
+    ----------
+    max_message_bytes
+        Limit for one received and one sent message.
+    """
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+def wrap_handler(
+    handler: Handler,
+    *,
+    unary: Callable[[UnaryBehavior], UnaryBehavior],
+    streaming: Callable[[StreamingBehavior], StreamingBehavior],
+    request_iter: RequestIterWrapper | None = None,
+) -> Handler:
+    """Return a copy of ``handler`` whose behaviour is wrapped.
+
+    ``unary`` wraps behaviours that return one response, ``streaming`` those that yield
+    responses; ``request_iter`` (optional) wraps client-streamed request iterators.
+    """
+
+    def wrap_requests(
+        behavior: Callable[[Any, AnyContext], _R],
+    ) -> Callable[[Any, AnyContext], _R]:
+        if request_iter is None:
+            return behavior
+
+        def call(requests: AsyncIterator[Any], context: AnyContext) -> _R:
+            return behavior(request_iter(requests, context), context)
+
+        return call
+
+    # grpc-stubs type a handler's behaviours as those of a sync server; on an aio server
+    # they are coroutine functions (one response) or async generator functions (a stream).
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(cast(UnaryBehavior, handler.unary_unary)),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            streaming(cast(StreamingBehavior, handler.unary_stream)),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(
+            unary(wrap_requests(cast(UnaryBehavior, handler.stream_unary))),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.stream_stream is not None:
+        return grpc.stream_stream_rpc_method_handler(
+            streaming(wrap_requests(cast(StreamingBehavior, handler.stream_stream))),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
+async def _abort_for(exc: BaseException, context: AnyContext, method: str) -> NoReturn:
+    """Abort the call with the status that ``exc`` maps to, logging it once."""
+    if isinstance(exc, FedPromptError):
+        logger.info("%s -> %s: %s", method, exc.status_code.name, exc.message)
+        await context.abort(exc.status_code, exc.message)
+    logger.exception("%s failed with an unexpected error", method)
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method} (see server log)")
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """Translate :class:`FedPromptError` into status codes; unknown errors into ``INTERNAL``."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        """Wrap the method handler so that escaping exceptions become status codes."""
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+            async def call(request: Any, context: AnyContext) -> Any:
+                try:
+                    return await behavior(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the translator of last resort
+                    await _abort_for(exc, context, method)
+
+            return call
+
+        def streaming(behavior: StreamingBehavior) -> StreamingBehavior:
+            async def call(request: Any, context: AnyContext) -> AsyncIterator[Any]:
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the translator of last resort
+                    await _abort_for(exc, context, method)
+
+            return call
+
+        return wrap_handler(handler, unary=unary, streaming=streaming)
+
+
+@dataclass(frozen=True)
+class ServerHandle:
+    """A started server with the port it bound and its health servicer."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Mark every service NOT_SERVING, then stop with a grace period."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def start_server(
+    *,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Sequence[str],
+    address: str,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> ServerHandle:
+    """Build, bind and start an aio server with health checking and error mapping.
+
+    Parameters
+    ----------
+    register
+        Adds the service's servicers to the server.
+    service_names
+        Fully qualified service names reported SERVING by ``grpc.health.v1``.
+    address
+        ``host:port``; port 0 picks a free port.
+    interceptors
+        Extra interceptors, run outside the error mapping.
+    max_message_bytes
+        Receive/send limit of one message.
+    """
+    server = grpc.aio.server(
+        interceptors=[*interceptors, ErrorMappingInterceptor()],
+        options=channel_options(max_message_bytes=max_message_bytes),
+    )
+    register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind {address}")
+    await server.start()
+    for name in (*service_names, ""):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    logger.info("serving %s on port %d", ", ".join(service_names), port)
+    return ServerHandle(server=server, port=port, health=health_servicer)
+
+
+def announce_port(handle: ServerHandle) -> None:
+    """Print ``LISTENING <port>`` on stdout (flushed) so that a parent process can read it.
+
+    The ``fedprompt up`` launcher and the process tests parse this line to learn the port a
+    server bound when it was asked for port 0.
+    """
+    print(f"LISTENING {handle.port}", flush=True)
+
+
+def stop_event_on_signals(
+    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+) -> asyncio.Event:
+    """Return an event that is set when the process receives one of ``signals``.
+
+    The handlers are installed on the running event loop (so call this from a coroutine)
+    and stay until the loop closes; a server awaits the event, then stops gracefully.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in signals:
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+def create_channel(
+    target: str, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> grpc.aio.Channel:
+    """Open an aio channel to ``target`` with fedprompt's shared options."""
+    return grpc.aio.insecure_channel(
+        target, options=channel_options(max_message_bytes=max_message_bytes)
+    )

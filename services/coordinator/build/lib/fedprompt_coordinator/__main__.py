@@ -1,0 +1,141 @@
+"""``fedprompt-coordinator``: wiring only (config, stores, federation, server, signals)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from fedprompt.config import ConfigError, load_config
+from fedprompt.logs import configure_logging
+from fedprompt.server import announce_port, start_server, stop_event_on_signals
+from fedprompt.telemetry import serve_metrics
+from fedprompt.v1 import coordinator_pb2_grpc
+from fedprompt_coordinator.clustering_backend import make_clustering_backend
+from fedprompt_coordinator.config import CoordinatorConfig
+from fedprompt_coordinator.federation import Federation
+from fedprompt_coordinator.metrics import CoordinatorMetrics
+from fedprompt_coordinator.model_store import ModelStore
+from fedprompt_coordinator.servicer import CoordinatorServicer
+from fedprompt_coordinator.state_store import make_state_store
+from fedprompt_coordinator.strategies import build_aggregator
+from fedprompt_coordinator.traffic import TrafficInterceptor
+
+logger = logging.getLogger("fedprompt_coordinator")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line flags; each overrides the YAML config and environment."""
+    p = argparse.ArgumentParser(prog="fedprompt-coordinator", description=__doc__)
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--listen", help="host:port (port 0 picks a free one)")
+    p.add_argument("--state-dir", help="folder for the SQLite DB and tensor files")
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--min-clients", type=int)
+    p.add_argument("--expected-clients", type=int)
+    p.add_argument("--clusterer", help="clusterer host:port")
+    p.add_argument("--local-steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--round-deadline-s", type=float)
+    p.add_argument("--strategy", help="local, fedavg, clustered, fpl, lora-fedavg, full-fedavg")
+    p.add_argument("--learning-rate", type=float, help="client prompt (or adapter) learning rate")
+    p.add_argument("--head-learning-rate", type=float)
+    p.add_argument("--contrastive-weight", type=float, help="λ of the client InfoNCE term")
+    p.add_argument("--dp-epsilon", type=float, help="enable DP-FedAvg with this target ε")
+    p.add_argument("--dp-noise-multiplier", type=float, help="enable DP-FedAvg with this z")
+    p.add_argument("--dp-clip-norm", type=float, help="S of DP-FedAvg")
+    p.add_argument("--exit-when-done", action="store_true", help="stop after the last round")
+    p.add_argument("--log-level")
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: none)")
+    p.add_argument("--metrics-host", help="address of the /metrics endpoint")
+    return p.parse_args(argv)
+
+
+async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> None:
+    """Serve until SIGTERM/SIGINT (or, with ``exit_when_done``, until the last round)."""
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    state = make_state_store(config.state_dir / "state.sqlite3")
+    federation = Federation(
+        config=config,
+        state=state,
+        models=ModelStore(config.state_dir / "models"),
+        aggregator=build_aggregator(config),
+        clustering=make_clustering_backend(config.clustering),
+        metrics=CoordinatorMetrics(),
+    )
+    metrics_server = serve_metrics(
+        federation.metrics.registry, host=config.metrics_host, port=config.metrics_port
+    )
+    handle = await start_server(
+        register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+            CoordinatorServicer(federation), s
+        ),
+        service_names=["fedprompt.v1.Coordinator"],
+        address=config.listen,
+        interceptors=[TrafficInterceptor(federation.traffic)],
+    )
+    announce_port(handle)
+    stop = stop_event_on_signals()
+    rounds = asyncio.create_task(federation.run(), name="rounds")
+    stopper = asyncio.create_task(stop.wait(), name="stop")
+    waiting = {stopper} if not exit_when_done else {stopper, rounds}
+    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if rounds in done:
+        failure = rounds.exception()
+        if failure is not None:
+            raise failure
+    if rounds.done() and exit_when_done:
+        await asyncio.sleep(1.0)  # let clients read their FINISHED task
+    rounds.cancel()
+    stopper.cancel()
+    await handle.stop(grace=2.0)
+    if metrics_server is not None:
+        metrics_server.close()
+    state.close()
+    logger.info("coordinator stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``fedprompt-coordinator``."""
+    args = parse_args(argv)
+    try:
+        config = load_config(
+            CoordinatorConfig,
+            yaml_path=args.config,
+            env_prefix="FEDPROMPT_COORDINATOR_",
+            overrides={
+                "listen": args.listen,
+                "state_dir": args.state_dir,
+                "rounds": args.rounds,
+                "min_clients": args.min_clients,
+                "expected_clients": args.expected_clients,
+                "clustering.address": args.clusterer,
+                "training.local_steps": args.local_steps,
+                "training.batch_size": args.batch_size,
+                "training.learning_rate": args.learning_rate,
+                "training.head_learning_rate": args.head_learning_rate,
+                "strategy": args.strategy,
+                "contrastive.weight": args.contrastive_weight,
+                "privacy.enabled": (
+                    True if args.dp_epsilon is not None or args.dp_noise_multiplier else None
+                ),
+                "privacy.target_epsilon": args.dp_epsilon,
+                "privacy.noise_multiplier": args.dp_noise_multiplier,
+                "privacy.clip_norm": args.dp_clip_norm,
+                "round_deadline_s": args.round_deadline_s,
+                "log_level": args.log_level,
+                "metrics_port": args.metrics_port,
+                "metrics_host": args.metrics_host,
+            },
+        )
+    except ConfigError as exc:
+        print(f"fedprompt-coordinator: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level, service="coordinator")
+    asyncio.run(serve(config, exit_when_done=args.exit_when_done))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""Typed configuration of the coordinator."""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fedprompt.config import LogLevel
+from fedprompt.strategies import StrategyName
+
+
+class NoisePolicy(enum.StrEnum):
+    """What the clusterer does with HDBSCAN's noise points."""
+
+    NEAREST = "nearest"
+    SINGLETON = "singleton"
+
+
+class TrainingConfig(BaseModel):
+    """Local training settings sent to clients with every TRAIN task."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    local_steps: int = Field(default=20, ge=1, description="Optimizer steps per client per round.")
+    batch_size: int = Field(default=16, ge=1, description="Local mini-batch size.")
+    learning_rate: float = Field(
+        default=3e-2, gt=0, description="Learning rate of the soft prompt."
+    )
+    head_learning_rate: float = Field(
+        default=3e-3, gt=0, description="Learning rate of the task head."
+    )
+
+
+class ClusteringConfig(BaseModel):
+    """How the coordinator asks the clusterer to group clients."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    address: str | None = Field(
+        default=None, description="host:port of the clusterer; None puts every client in cluster 0."
+    )
+    min_cluster_size: int = Field(default=2, ge=2, description="HDBSCAN min_cluster_size.")
+    min_samples: int = Field(default=1, ge=1, description="HDBSCAN min_samples.")
+    noise_policy: NoisePolicy = Field(
+        default=NoisePolicy.NEAREST, description="Where noise points go."
+    )
+    timeout_s: float = Field(default=30.0, gt=0, description="Deadline of one Cluster call.")
+    retries: int = Field(
+        default=3, ge=0, description="Retries (exponential backoff) on UNAVAILABLE."
+    )
+
+
+class ContrastiveConfig(BaseModel):
+    """Contrastive alignment of cluster prompts (strategy ``fpl``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    weight: float = Field(
+        default=0.1, ge=0, description="λ of the client-side InfoNCE term (0: off)."
+    )
+    temperature: float = Field(
+        default=0.5, gt=0, description="τ of the client InfoNCE and the server alignment scores."
+    )
+    server_weighting: str = Field(
+        default="contrastive",
+        pattern="^(contrastive|mean)$",
+        description="Cluster aggregation weights: contrastive alignment, or `mean` (ablation).",
+    )
+
+
+class AccountantName(enum.StrEnum):
+    """Privacy accountants the coordinator can use."""
+
+    RDP = "rdp"
+    PLD = "pld"
+
+
+class PrivacyConfig(BaseModel):
+    """Client-level DP-FedAvg of the global level, with an accountant and a budget."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(default=False, description="Apply DP-FedAvg to the global level.")
+    clip_norm: float = Field(default=1.0, gt=0, description="S: per-client L2 clip bound.")
+    noise_multiplier: float | None = Field(
+        default=None, gt=0, description="z: noise std is z·S; give this or target_epsilon."
+    )
+    target_epsilon: float | None = Field(
+        default=None, gt=0, description="Calibrate z so that all rounds spend at most this ε."
+    )
+    delta: float = Field(default=1e-5, gt=0, lt=1, description="δ of the reported (ε, δ).")
+    accountant: AccountantName = Field(default=AccountantName.RDP, description="rdp or pld.")
+    epsilon_budget: float | None = Field(
+        default=None,
+        gt=0,
+        description="Refuse to open a round that would exceed this ε (default: target_epsilon).",
+    )
+    server_learning_rate: float = Field(default=1.0, gt=0, description="η of DP-FedAvg.")
+    client_sampling_rate: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="q: each connected client is drawn into a round with this probability "
+        "(Poisson sampling; privacy amplification is only claimed for q < 1 drawn this way).",
+    )
+    seed: int | None = Field(
+        default=None, description="Seed of noise and sampling (tests only; None = OS entropy)."
+    )
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> PrivacyConfig:
+        if self.enabled and (self.noise_multiplier is None) == (self.target_epsilon is None):
+            raise ValueError(
+                "privacy.enabled needs exactly one of noise_multiplier, target_epsilon"
+            )
+        return self
+
+
+class CoordinatorConfig(BaseModel):
+    """Everything the coordinator process needs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    listen: str = Field("127.0.0.1:50051", description="host:port to serve on (port 0: any).")
+    state_dir: Path = Field(Path("coordinator-state"), description="SQLite DB and tensor files.")
+    rounds: int = Field(5, ge=1, description="Number of federated rounds to run.")
+    min_clients: int = Field(
+        2, ge=1, description="Quorum: connected clients needed to open a round."
+    )
+    quorum_wait_s: float = Field(
+        2.0, ge=0, description="After quorum, wait this long for more clients before round 1."
+    )
+    expected_clients: int | None = Field(
+        None, ge=1, description="Open round 1 at once when this many clients are connected."
+    )
+    round_deadline_s: float = Field(600.0, gt=0, description="Training deadline of a round.")
+    eval_deadline_s: float = Field(120.0, gt=0, description="Evaluation deadline of a round.")
+    max_update_bytes: int = Field(
+        2 * 1024**3, ge=1, description="Largest update payload a client may upload."
+    )
+    strategy: StrategyName = Field(
+        default=StrategyName.FPL, description="Federated strategy; clients must use the same."
+    )
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)
+    contrastive: ContrastiveConfig = Field(default_factory=ContrastiveConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    log_level: LogLevel = Field(LogLevel.INFO, description="Python logging level.")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: none)."
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the /metrics endpoint binds (0.0.0.0 in containers)."
+    )
+
+    @model_validator(mode="after")
+    def _expected_at_least_quorum(self) -> CoordinatorConfig:
+        if self.expected_clients is not None and self.expected_clients < self.min_clients:
+            raise ValueError("expected_clients must be >= min_clients")
+        if self.privacy.enabled and self.strategy is StrategyName.LOCAL:
+            raise ValueError("privacy.enabled needs a strategy that shares tensors, not `local`")
+        return self

@@ -1,0 +1,207 @@
+"""Domain types of the coordinator: plain frozen dataclasses, no protobuf."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class Phase(enum.Enum):
+    """Phases of a round, in order."""
+
+    WAITING_FOR_QUORUM = 1
+    CLUSTERING = 2
+    BROADCAST = 3
+    TRAINING = 4
+    AGGREGATION = 5
+    EVALUATION = 6
+    CHECKPOINT = 7
+    DONE = 8
+
+
+class TaskKind(enum.Enum):
+    """What a task asks a client to do."""
+
+    TRAIN = 1
+    EVALUATE = 2
+    FINISHED = 3
+
+
+class ModelStage(enum.Enum):
+    """Which model of a round a client downloads."""
+
+    ROUND_START = 1
+    AGGREGATED = 2
+
+
+class UpdateKind(enum.Enum):
+    """Initial shared tensors, or trained deltas."""
+
+    INITIAL = 1
+    DELTA = 2
+
+
+class MetricsPhase(enum.Enum):
+    """When client metrics were measured."""
+
+    TRAIN = 1
+    EVALUATE = 2
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, safetensors dtype and shape of one tensor."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a client declared at join time."""
+
+    device: str
+    model_name: str
+    model_fingerprint: str
+    trainable_tensors: tuple[str, ...]
+    strategy: str = ""
+
+
+@dataclass(frozen=True)
+class JoinRequest:
+    """A client's request to join the federation."""
+
+    client_id: str
+    metadata_json: str
+    capabilities: Capabilities
+    num_train_examples: int
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    """The coordinator's answer to a join."""
+
+    initial_model_requested: bool
+    current_round: int
+    total_rounds: int
+    phase: Phase
+    strategy: str = ""
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """Local training settings of a TRAIN task."""
+
+    local_steps: int
+    batch_size: int
+    learning_rate: float
+    head_learning_rate: float
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.0
+
+
+@dataclass(frozen=True)
+class Task:
+    """A unit of work for one client."""
+
+    kind: TaskKind
+    round: int
+    cluster_id: int = 0
+    deadline_unix_ms: int = 0
+    training: TrainingSettings | None = None
+    expected_update: tuple[TensorSpec, ...] = ()
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """A validated update of one client in one round."""
+
+    client_id: str
+    cluster_id: int
+    num_examples: int
+    tensors: dict[str, np.ndarray]
+
+
+@dataclass
+class FederationModel:
+    """Shared tensors: the global level plus one set per cluster."""
+
+    global_tensors: dict[str, np.ndarray]
+    cluster_tensors: dict[int, dict[str, np.ndarray]]
+    #: Cluster-level tensors a new cluster starts from (the round-0 values).
+    cluster_template: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def centroids(self, segment: str = "prompt.cluster") -> dict[int, np.ndarray]:
+        """Token-mean of every cluster's ``segment`` (the InfoNCE positives and negatives)."""
+        return {
+            c: np.asarray(t[segment], dtype=np.float64).mean(axis=0)
+            for c, t in self.cluster_tensors.items()
+            if segment in t
+        }
+
+    def for_cluster(self, cluster_id: int) -> dict[str, np.ndarray]:
+        """Return the tensors a member of ``cluster_id`` trains from."""
+        cluster = self.cluster_tensors.get(cluster_id, self.cluster_template)
+        return {**self.global_tensors, **cluster}
+
+
+@dataclass(frozen=True)
+class ClientStatus:
+    """What the status RPC reports about a client."""
+
+    client_id: str
+    metadata_json: str
+    cluster_id: int
+    connected: bool
+    num_train_examples: int
+    device: str
+
+
+@dataclass(frozen=True)
+class ClientRoundRecord:
+    """One client's part in one round."""
+
+    client_id: str
+    cluster_id: int
+    num_examples: int
+    update_accepted: bool
+    bytes_up: int
+    bytes_down: int
+    train_metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """A finished (or failed) round as stored durably."""
+
+    round: int
+    status: str
+    started_unix: float
+    finished_unix: float
+    num_clusters: int
+    clients: tuple[ClientRoundRecord, ...]
+    summary: dict[str, float]
+
+
+@dataclass(frozen=True)
+class FederationStatus:
+    """Snapshot for the status RPC."""
+
+    current_round: int
+    total_rounds: int
+    completed_rounds: int
+    phase: Phase
+    clients: tuple[ClientStatus, ...]
+    rounds: tuple[RoundRecord, ...]
+    setup_bytes_up: dict[str, int]
+    setup_bytes_down: dict[str, int]
+    model_fingerprint: str
+    strategy: str = ""
+    epsilon: float = 0.0
+    delta: float = 0.0
+    stop_reason: str = ""

@@ -1,0 +1,849 @@
+"""The federation: client sessions and the round state machine, without any gRPC.
+
+:class:`Federation` is what the servicer calls (join, task streams, model download,
+uploads, metrics, status) and :meth:`Federation.run` drives the rounds:
+
+    waiting for quorum -> clustering -> broadcast -> training (deadline) -> aggregation
+    -> evaluation (deadline) -> checkpoint -> next round ... -> done
+
+State is durable at the end of every round (tensor files first, then one SQLite
+transaction), so a restarted coordinator resumes after the last completed round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedprompt.chunking import ChunkAssembler, ChunkData, PayloadInfo
+from fedprompt.codec import decode_tensors, encode_tensors
+from fedprompt.errors import (
+    ConflictError,
+    FedPromptError,
+    InvalidArgumentError,
+    ModelMismatchError,
+    NotParticipantError,
+    UnknownClientError,
+    WrongRoundError,
+)
+from fedprompt_coordinator.aggregation import (
+    ClusterAggregator,
+    GlobalDP,
+    fairness_summary,
+    split_levels,
+)
+from fedprompt_coordinator.clustering_backend import ClusteringBackend
+from fedprompt_coordinator.config import CoordinatorConfig
+from fedprompt_coordinator.domain import (
+    ClientRoundRecord,
+    ClientStatus,
+    ClientUpdate,
+    FederationModel,
+    FederationStatus,
+    JoinRequest,
+    JoinResult,
+    MetricsPhase,
+    ModelStage,
+    Phase,
+    RoundRecord,
+    Task,
+    TaskKind,
+    TensorSpec,
+    TrainingSettings,
+    UpdateKind,
+)
+from fedprompt_coordinator.metrics import CoordinatorMetrics, FederationGauges
+from fedprompt_coordinator.model_store import ModelStore
+from fedprompt_coordinator.privacy import (
+    BudgetExhaustedError,
+    PrivacyBudget,
+    calibrate_noise_multiplier,
+    make_accountant,
+)
+from fedprompt_coordinator.state_store import StateStore
+from fedprompt_coordinator.strategies import get_strategy
+from fedprompt_coordinator.traffic import TrafficMeter
+from fedprompt_coordinator.validation import spec_of, validate_update
+
+logger = logging.getLogger(__name__)
+
+CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_METADATA_BYTES = 16 * 1024
+MAX_METRICS = 64
+_SETTING_FINGERPRINT = "model_fingerprint"
+_SETTING_SPEC = "tensor_spec"
+_SETTING_ACCOUNTANT = "privacy_accountant"
+_SETTING_STOP_REASON = "stop_reason"
+#: Read-only tensors added to round-start models of contrastive strategies.
+CENTROID_PREFIX = "centroid."
+#: Pause before drawing a round again when client sampling fell below the quorum.
+SAMPLING_RETRY_PAUSE_S = 0.5
+
+
+@dataclass
+class ClientSession:
+    """A joined client and its task stream, if one is open."""
+
+    client_id: str
+    metadata_json: str
+    num_train_examples: int
+    device: str
+    queue: asyncio.Queue[Task | None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client has an open task stream."""
+        return self.queue is not None
+
+
+@dataclass
+class RoundInProgress:
+    """Everything a round accumulates before its checkpoint."""
+
+    round: int
+    started_unix: float
+    participants: dict[str, int]
+    deadline_unix: float = 0.0
+    updates: dict[str, ClientUpdate] = field(default_factory=dict)
+    digests: dict[str, bytes] = field(default_factory=dict)
+    train_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    eval_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    aggregated: FederationModel | None = None
+    aggregation_seconds: float = 0.0
+
+
+@dataclass
+class UploadSession:
+    """An upload between its header and its last chunk."""
+
+    client_id: str
+    round: int
+    kind: UpdateKind
+    num_examples: int
+    info: PayloadInfo
+    assembler: ChunkAssembler
+
+
+def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    if len(metrics) > MAX_METRICS:
+        raise InvalidArgumentError(f"at most {MAX_METRICS} metrics per report, got {len(metrics)}")
+    out = {}
+    for key, value in metrics.items():
+        if not key or len(key) > 64:
+            raise InvalidArgumentError("metric names must have 1 to 64 characters")
+        if not math.isfinite(value):
+            raise InvalidArgumentError(f"metric {key!r} is not finite")
+        out[key] = float(value)
+    return out
+
+
+class Federation:
+    """Client sessions plus the round state machine.
+
+    Parameters
+    ----------
+    config
+        The coordinator's configuration.
+    state
+        Durable federation state.
+    models
+        Durable tensor snapshots.
+    aggregator
+        How validated updates become the next model.
+    clustering
+        Where cluster assignments come from.
+    clock
+        Wall-clock source (seconds since the epoch), replaceable in tests.
+    metrics
+        Prometheus metrics to record rounds and traffic into (a private registry by default).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: CoordinatorConfig,
+        state: StateStore,
+        models: ModelStore,
+        aggregator: ClusterAggregator,
+        clustering: ClusteringBackend,
+        clock: Callable[[], float] = time.time,
+        metrics: CoordinatorMetrics | None = None,
+    ) -> None:
+        self._config = config
+        self.metrics = metrics if metrics is not None else CoordinatorMetrics()
+        self.metrics.watch(self.gauges)
+        self._state = state
+        self._models = models
+        self._aggregator = aggregator
+        self._clustering = clustering
+        self._clock = clock
+        self._sessions: dict[str, ClientSession] = {}
+        self._changed = asyncio.Condition()
+        self._phase = Phase.WAITING_FOR_QUORUM
+        self._round: RoundInProgress | None = None
+        self._accounting_round = 0
+        self.traffic = TrafficMeter(lambda: self._accounting_round, on_add=self.metrics.count_bytes)
+        self._fingerprint = state.get_setting(_SETTING_FINGERPRINT)
+        spec_json = state.get_setting(_SETTING_SPEC)
+        self._spec: tuple[TensorSpec, ...] = (
+            tuple(
+                TensorSpec(s["name"], s["dtype"], tuple(s["shape"])) for s in json.loads(spec_json)
+            )
+            if spec_json
+            else ()
+        )
+        self._completed = state.last_completed_round()
+        self._model: FederationModel | None = None
+        if self._completed or 0 in models.rounds():
+            self._model = models.load(self._completed)
+        self._assignment = state.assignment()
+        self._clustered_members: frozenset[str] = frozenset()
+        self._payload_cache: dict[tuple[int, ModelStage, int], bytes] = {}
+        self._initial_lock = asyncio.Lock()
+        for cid, (meta, n, device) in state.clients().items():
+            self._sessions[cid] = ClientSession(cid, meta, n, device)
+        self._strategy = get_strategy(config.strategy)
+        self._budget = self._make_budget()
+        self._rng = np.random.default_rng(config.privacy.seed)
+        self._stop_reason = state.get_setting(_SETTING_STOP_REASON) or ""
+        if self._completed:
+            logger.info("resuming after completed round %d", self._completed)
+        if self._completed >= config.rounds or self._stop_reason:
+            self._phase = Phase.DONE
+
+    def _make_budget(self) -> PrivacyBudget | None:
+        """The DP-FedAvg budget (restored from the state store), or None when DP is off."""
+        cfg = self._config.privacy
+        if not cfg.enabled:
+            return None
+        if cfg.noise_multiplier is not None:
+            z = cfg.noise_multiplier
+        else:
+            assert cfg.target_epsilon is not None
+            z = calibrate_noise_multiplier(
+                target_epsilon=cfg.target_epsilon,
+                delta=cfg.delta,
+                sample_rate=cfg.client_sampling_rate,
+                steps=self._config.rounds,
+                accountant=cfg.accountant.value,
+            )
+            logger.info(
+                "privacy: z=%.4f calibrated for ε=%g over %d rounds",
+                z,
+                cfg.target_epsilon,
+                self._config.rounds,
+            )
+        accountant = make_accountant(cfg.accountant.value)
+        saved = self._state.get_setting(_SETTING_ACCOUNTANT)
+        if saved:
+            accountant.load_state_dict(json.loads(saved))
+        budget = cfg.epsilon_budget if cfg.epsilon_budget is not None else cfg.target_epsilon
+        return PrivacyBudget(
+            accountant=accountant,
+            noise_multiplier=z,
+            sample_rate=cfg.client_sampling_rate,
+            delta=cfg.delta,
+            epsilon_budget=budget if budget is not None else math.inf,
+        )
+
+    # ------------------------------------------------------------------ client calls
+
+    async def join(self, request: JoinRequest) -> JoinResult:
+        """Register (or re-register) a client; ask for the initial model if there is none."""
+        if not CLIENT_ID_PATTERN.match(request.client_id):
+            raise InvalidArgumentError(
+                "client_id must be 1-128 characters of letters, digits, '.', '_' or '-'"
+            )
+        if len(request.metadata_json.encode()) > MAX_METADATA_BYTES:
+            raise InvalidArgumentError(f"metadata_json is over {MAX_METADATA_BYTES} bytes")
+        try:
+            metadata = json.loads(request.metadata_json or "{}")
+        except json.JSONDecodeError as exc:
+            raise InvalidArgumentError(f"metadata_json is not valid JSON: {exc.msg}") from None
+        if not isinstance(metadata, dict):
+            raise InvalidArgumentError("metadata_json must be a JSON object")
+        fingerprint = request.capabilities.model_fingerprint
+        if not fingerprint:
+            raise InvalidArgumentError("capabilities.model_fingerprint is required")
+        if self._fingerprint is not None and fingerprint != self._fingerprint:
+            raise ModelMismatchError(
+                f"client model fingerprint {fingerprint!r} differs from the federation's "
+                f"{self._fingerprint!r} (same model folder, prompt lengths and labels are required)"
+            )
+        if request.capabilities.strategy != self._config.strategy.value:
+            raise ModelMismatchError(
+                f"client strategy {request.capabilities.strategy!r} differs from the "
+                f"federation's {self._config.strategy.value!r}"
+            )
+        if request.num_train_examples <= 0:
+            raise InvalidArgumentError("num_train_examples must be positive")
+        meta_json = json.dumps(metadata, sort_keys=True)
+        session = self._sessions.get(request.client_id)
+        if session is None:
+            session = ClientSession(
+                request.client_id,
+                meta_json,
+                request.num_train_examples,
+                request.capabilities.device,
+            )
+            self._sessions[request.client_id] = session
+        else:
+            session.metadata_json = meta_json
+            session.num_train_examples = request.num_train_examples
+            session.device = request.capabilities.device
+        self._state.upsert_client(
+            client_id=request.client_id,
+            metadata_json=meta_json,
+            num_train_examples=request.num_train_examples,
+            device=request.capabilities.device,
+        )
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint
+            self._state.set_setting(_SETTING_FINGERPRINT, fingerprint)
+        logger.info("client %s joined (%d examples)", request.client_id, request.num_train_examples)
+        await self._notify()
+        return JoinResult(
+            initial_model_requested=self._model is None,
+            current_round=self.current_round,
+            total_rounds=self._config.rounds,
+            phase=self._phase,
+            strategy=self._config.strategy.value,
+        )
+
+    async def task_stream(self, client_id: str) -> AsyncIterator[Task]:
+        """Yield the client's tasks as they are published, until the federation is done."""
+        session = self._session(client_id)
+        if session.queue is not None:
+            session.queue.put_nowait(None)  # a newer stream replaces the old one
+        queue: asyncio.Queue[Task | None] = asyncio.Queue()
+        session.queue = queue
+        for pending in self._pending_tasks_for(client_id):
+            queue.put_nowait(pending)
+        await self._notify()
+        try:
+            while True:
+                task = await queue.get()
+                if task is None:
+                    return
+                yield task
+                if task.kind is TaskKind.FINISHED:
+                    return
+        finally:
+            if session.queue is queue:
+                session.queue = None
+                await self._notify()
+
+    def fetch_model(self, client_id: str, round_id: int, stage: ModelStage) -> bytes:
+        """Return the safetensors payload a client of ``round_id`` downloads."""
+        self._session(client_id)
+        current = self._round
+        if current is None or current.round != round_id:
+            raise WrongRoundError(
+                f"round {round_id} is not open; the current round is {self.current_round}"
+            )
+        if client_id not in current.participants:
+            raise NotParticipantError(
+                f"client {client_id!r} is not a participant of round {round_id}"
+            )
+        cluster = current.participants[client_id]
+        if stage is ModelStage.ROUND_START:
+            model = self._model
+        elif stage is ModelStage.AGGREGATED:
+            model = current.aggregated
+            if model is None:
+                raise WrongRoundError(f"round {round_id} has not been aggregated yet")
+        else:
+            raise InvalidArgumentError("model stage must be ROUND_START or AGGREGATED")
+        assert model is not None
+        key = (round_id, stage, cluster)
+        if key not in self._payload_cache:
+            tensors = model.for_cluster(cluster)
+            if stage is ModelStage.ROUND_START and self._strategy.contrastive:
+                tensors.update(self._centroid_tensors(model, current))
+            self._payload_cache[key] = encode_tensors(tensors)
+        return self._payload_cache[key]
+
+    def begin_upload(
+        self,
+        *,
+        client_id: str,
+        round_id: int,
+        kind: UpdateKind,
+        num_examples: int,
+        info: PayloadInfo,
+    ) -> UploadSession:
+        """Check an upload header before any chunk is read."""
+        self._session(client_id)
+        if kind is UpdateKind.INITIAL:
+            if round_id != 0:
+                raise WrongRoundError("initial models are uploaded for round 0")
+        elif kind is UpdateKind.DELTA:
+            current = self._round
+            if current is None or current.round != round_id or self._phase is not Phase.TRAINING:
+                raise WrongRoundError(
+                    f"round {round_id} is not accepting updates (current round "
+                    f"{self.current_round}, phase {self._phase.name})"
+                )
+            if client_id not in current.participants:
+                raise NotParticipantError(
+                    f"client {client_id!r} is not a participant of round {round_id}"
+                )
+            if num_examples <= 0:
+                raise InvalidArgumentError("num_examples must be positive for a delta update")
+        else:
+            raise InvalidArgumentError("update kind must be INITIAL or DELTA")
+        assembler = ChunkAssembler(info, max_total_bytes=self._config.max_update_bytes)
+        return UploadSession(client_id, round_id, kind, num_examples, info, assembler)
+
+    def add_chunk(self, upload: UploadSession, chunk: ChunkData) -> None:
+        """Feed one chunk of an upload (raises coded errors on corruption)."""
+        upload.assembler.add(chunk)
+
+    async def finish_upload(self, upload: UploadSession) -> bool:
+        """Validate and store a complete upload; returns True for an idempotent duplicate."""
+        payload = upload.assembler.finish()
+        tensors = await asyncio.to_thread(decode_tensors, payload)
+        if upload.kind is UpdateKind.INITIAL:
+            return await self._accept_initial(upload.client_id, tensors)
+        current = self._round
+        if current is None or current.round != upload.round or self._phase is not Phase.TRAINING:
+            raise WrongRoundError(f"round {upload.round} closed while the update was uploading")
+        digest = upload.info.sha256
+        previous = current.digests.get(upload.client_id)
+        if previous is not None:
+            if previous == digest:
+                return True
+            raise ConflictError(
+                f"client {upload.client_id!r} already submitted a different update for round "
+                f"{upload.round}"
+            )
+        validate_update(tensors, self._spec)
+        current.updates[upload.client_id] = ClientUpdate(
+            client_id=upload.client_id,
+            cluster_id=current.participants[upload.client_id],
+            num_examples=upload.num_examples,
+            tensors={k: np.array(v, copy=True) for k, v in tensors.items()},
+        )
+        current.digests[upload.client_id] = digest
+        logger.info(
+            "round %d: update from %s accepted (%d/%d)",
+            upload.round,
+            upload.client_id,
+            len(current.updates),
+            len(current.participants),
+        )
+        await self._notify()
+        return False
+
+    async def report_metrics(
+        self, client_id: str, round_id: int, phase: MetricsPhase, metrics: Mapping[str, float]
+    ) -> None:
+        """Store a client's metrics for the round in progress."""
+        self._session(client_id)
+        checked = _check_metrics(metrics)
+        current = self._round
+        if current is None or current.round != round_id:
+            raise WrongRoundError(
+                f"round {round_id} is not open for metrics; the current round is {self.current_round}"
+            )
+        if client_id not in current.participants:
+            raise NotParticipantError(
+                f"client {client_id!r} is not a participant of round {round_id}"
+            )
+        target = current.train_metrics if phase is MetricsPhase.TRAIN else current.eval_metrics
+        target[client_id] = checked
+        await self._notify()
+
+    def status(self) -> FederationStatus:
+        """A snapshot of rounds, phase, clients and traffic."""
+        setup = self.traffic.round_totals(0)
+        return FederationStatus(
+            current_round=self.current_round,
+            total_rounds=self._config.rounds,
+            completed_rounds=self._completed,
+            phase=self._phase,
+            clients=tuple(
+                ClientStatus(
+                    client_id=s.client_id,
+                    metadata_json=s.metadata_json,
+                    cluster_id=self._assignment.get(s.client_id, -1),
+                    connected=s.connected,
+                    num_train_examples=s.num_train_examples,
+                    device=s.device,
+                )
+                for s in sorted(self._sessions.values(), key=lambda s: s.client_id)
+            ),
+            rounds=tuple(self._state.rounds()),
+            setup_bytes_up={c: v[0] for c, v in setup.items()},
+            setup_bytes_down={c: v[1] for c, v in setup.items()},
+            model_fingerprint=self._fingerprint or "",
+            strategy=self._config.strategy.value,
+            epsilon=self._budget.epsilon if self._budget else 0.0,
+            delta=self._budget.delta if self._budget else 0.0,
+            stop_reason=self._stop_reason,
+        )
+
+    @property
+    def current_round(self) -> int:
+        """The round in progress, else the last completed one."""
+        return self._round.round if self._round is not None else self._completed
+
+    @property
+    def phase(self) -> Phase:
+        """The state machine's phase."""
+        return self._phase
+
+    def gauges(self) -> FederationGauges:
+        """The live state the metrics endpoint reads at every scrape (cheap: no I/O)."""
+        budget = self._budget
+        return FederationGauges(
+            current_round=self.current_round,
+            completed_rounds=self._completed,
+            total_rounds=self._config.rounds,
+            phase=self._phase,
+            clients_joined=len(self._sessions),
+            clients_connected=sum(s.connected for s in self._sessions.values()),
+            epsilon=budget.epsilon if budget is not None else 0.0,
+            epsilon_budget=budget.epsilon_budget if budget is not None else 0.0,
+            delta=budget.delta if budget is not None else 0.0,
+        )
+
+    # ------------------------------------------------------------------ state machine
+
+    async def run(self) -> None:
+        """Run rounds until the configured number is completed, then tell clients to finish."""
+        while self._completed < self._config.rounds and not self._stop_reason:
+            try:
+                await self._run_round(self._completed + 1)
+            except BudgetExhaustedError as exc:
+                self._stop_reason = exc.message
+                self._state.set_setting(_SETTING_STOP_REASON, exc.message)
+                logger.warning("%s", exc.message)
+        self._phase = Phase.DONE
+        self._round = None
+        message = f"federation completed {self._completed} rounds"
+        if self._stop_reason:
+            message += f"; stopped early: {self._stop_reason}"
+        logger.info("%s", message)
+        for session in self._sessions.values():
+            if session.queue is not None:
+                session.queue.put_nowait(
+                    Task(kind=TaskKind.FINISHED, round=self._completed, message=message)
+                )
+        await self._notify()
+
+    async def _run_round(self, round_id: int) -> None:
+        self._phase = Phase.WAITING_FOR_QUORUM
+        if self._budget is not None:
+            self._budget.check_next_round(round_id)  # refuse before any work is done
+        await self._wait_for_quorum()
+        started = self._clock()
+
+        self._phase = Phase.CLUSTERING
+        participants = self._draw_participants()
+        if len(participants) < self._config.min_clients:
+            # Poisson sampling drew fewer clients than the quorum: nothing is trained or
+            # released (the draw does not depend on any data, so no privacy is spent); the
+            # attempt is recorded and the round is drawn again after a short pause.
+            reason = (
+                f"failed: client sampling drew {len(participants)} clients, "
+                f"quorum is {self._config.min_clients}"
+            )
+            logger.warning("round %d %s; it will be retried", round_id, reason)
+            self._store_round(RoundRecord(round_id, reason, started, self._clock(), 0, (), {}))
+            await asyncio.sleep(SAMPLING_RETRY_PAUSE_S)
+            return
+        await self._update_assignment(participants)
+
+        self._phase = Phase.BROADCAST
+        self._accounting_round = round_id
+        current = RoundInProgress(
+            round=round_id,
+            started_unix=started,
+            participants={c: self._assignment[c] for c in participants},
+            deadline_unix=started + self._config.round_deadline_s,
+        )
+        self._round = current
+        self._payload_cache.clear()
+        logger.info("round %d: %d participants", round_id, len(participants))
+        self._phase = Phase.TRAINING
+        for cid in participants:
+            self._publish(cid, self._train_task(current, cid))
+        await self._wait_until(
+            lambda: len(current.updates) == len(current.participants), current.deadline_unix
+        )
+        if len(current.updates) < self._config.min_clients:
+            reason = (
+                f"failed: {len(current.updates)} of {len(current.participants)} updates by the "
+                f"deadline, quorum is {self._config.min_clients}"
+            )
+            logger.warning("round %d %s; it will be retried", round_id, reason)
+            self._store_round(self._round_record(current, status=reason))
+            self._round = None
+            return
+
+        self._phase = Phase.AGGREGATION
+        assert self._model is not None
+        t0 = time.perf_counter()
+        current.aggregated = await asyncio.to_thread(
+            self._aggregate, self._model, list(current.updates.values())
+        )
+        current.aggregation_seconds = time.perf_counter() - t0
+        if self._budget is not None:
+            # account before the noised model is released to anyone; a crash after this
+            # point may count the round twice (safe), never zero times
+            self._budget.record_round()
+            self._state.set_setting(
+                _SETTING_ACCOUNTANT, json.dumps(self._budget.accountant.state_dict())
+            )
+
+        self._phase = Phase.EVALUATION
+        eval_deadline = self._clock() + self._config.eval_deadline_s
+        evaluators = sorted(current.updates)
+        for cid in evaluators:
+            self._publish(
+                cid,
+                Task(
+                    kind=TaskKind.EVALUATE,
+                    round=round_id,
+                    cluster_id=current.participants[cid],
+                    deadline_unix_ms=int(eval_deadline * 1000),
+                ),
+            )
+        await self._wait_until(
+            lambda: all(c in current.eval_metrics for c in evaluators), eval_deadline
+        )
+
+        self._phase = Phase.CHECKPOINT
+        await asyncio.to_thread(self._models.save, round_id, current.aggregated)
+        self._store_round(self._round_record(current, status="completed"))
+        self._model = current.aggregated
+        self._completed = round_id
+        self._round = None
+        self._models.prune(keep_from=round_id - 1)
+        self.traffic.forget_before(round_id)
+        logger.info("round %d completed", round_id)
+
+    async def _wait_for_quorum(self) -> None:
+        def quorum() -> bool:
+            connected = sum(s.connected for s in self._sessions.values())
+            return self._model is not None and connected >= self._config.min_clients
+
+        await self._wait_until(quorum, None)
+        expected = self._config.expected_clients
+        if expected is not None:
+            await self._wait_until(
+                lambda: sum(s.connected for s in self._sessions.values()) >= expected,
+                self._clock() + self._config.quorum_wait_s,
+            )
+        elif self._config.quorum_wait_s > 0:
+            await asyncio.sleep(self._config.quorum_wait_s)
+
+    async def _update_assignment(self, participants: list[str]) -> None:
+        members = frozenset(self._sessions)
+        if members == self._clustered_members and all(c in self._assignment for c in participants):
+            return
+        metadata = {c: s.metadata_json for c, s in self._sessions.items()}
+        try:
+            assignment = await self._clustering.assign(metadata, self._assignment)
+        except FedPromptError as exc:
+            logger.warning("clustering failed, keeping the last assignment: %s", exc.message)
+            assignment = dict(self._assignment)
+            fallback = min(assignment.values(), default=0)
+            for cid in participants:
+                assignment.setdefault(cid, fallback)
+        else:
+            self._clustered_members = members
+        self._assignment = assignment
+        self._state.set_assignment(assignment)
+
+    def _train_task(self, current: RoundInProgress, client_id: str) -> Task:
+        cfg = self._config.training
+        return Task(
+            kind=TaskKind.TRAIN,
+            round=current.round,
+            cluster_id=current.participants[client_id],
+            deadline_unix_ms=int(current.deadline_unix * 1000),
+            training=TrainingSettings(
+                local_steps=cfg.local_steps,
+                batch_size=cfg.batch_size,
+                learning_rate=cfg.learning_rate,
+                head_learning_rate=cfg.head_learning_rate,
+                contrastive_weight=(
+                    self._config.contrastive.weight if self._strategy.contrastive else 0.0
+                ),
+                contrastive_temperature=self._config.contrastive.temperature,
+            ),
+            expected_update=self._spec,
+        )
+
+    def _pending_tasks_for(self, client_id: str) -> list[Task]:
+        """Tasks a (re)connecting client missed in the round in progress."""
+        if self._phase is Phase.DONE:
+            return [
+                Task(kind=TaskKind.FINISHED, round=self._completed, message="federation is done")
+            ]
+        current = self._round
+        if current is None or client_id not in current.participants:
+            return []
+        if self._phase is Phase.TRAINING and client_id not in current.updates:
+            return [self._train_task(current, client_id)]
+        return []
+
+    def _publish(self, client_id: str, task: Task) -> None:
+        session = self._sessions[client_id]
+        if session.queue is not None:
+            session.queue.put_nowait(task)
+
+    async def _accept_initial(self, client_id: str, tensors: dict[str, np.ndarray]) -> bool:
+        async with self._initial_lock:  # concurrent joiners race to provide the initial model
+            return await self._accept_initial_locked(client_id, tensors)
+
+    async def _accept_initial_locked(self, client_id: str, tensors: dict[str, np.ndarray]) -> bool:
+        if self._model is not None:
+            if spec_of(tensors) != self._spec:
+                raise ModelMismatchError(
+                    "initial tensors differ in names, dtypes or shapes from the federation's"
+                )
+            return True
+        if not tensors and self._strategy.name.value != "local":
+            raise InvalidArgumentError("the initial model holds no tensors")
+        validate_update(tensors, spec_of(tensors))
+        glob, clus = split_levels(
+            {k: np.array(v, copy=True) for k, v in tensors.items()},
+            clustered=self._strategy.clustered_levels,
+        )
+        model = FederationModel(global_tensors=glob, cluster_tensors={}, cluster_template=clus)
+        await asyncio.to_thread(self._models.save, 0, model)
+        self._spec = spec_of(tensors)
+        self._state.set_setting(
+            _SETTING_SPEC,
+            json.dumps(
+                [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in self._spec]
+            ),
+        )
+        self._model = model
+        logger.info("initial model from %s: %d tensors", client_id, len(tensors))
+        await self._notify()
+        return False
+
+    def _round_record(self, current: RoundInProgress, *, status: str) -> RoundRecord:
+        accs = [m["accuracy"] for m in current.eval_metrics.values() if "accuracy" in m]
+        summary = fairness_summary(accs)
+        summary["aggregation_seconds"] = current.aggregation_seconds
+        summary["participants"] = float(len(current.participants))
+        summary["updates_accepted"] = float(len(current.updates))
+        summary["round_seconds"] = self._clock() - current.started_unix
+        if self._budget is not None:
+            summary["epsilon"] = self._budget.epsilon
+        summary.update(self._aggregator.last_info if current.aggregated is not None else {})
+        for cluster in sorted(set(current.participants.values())):
+            members = [
+                current.eval_metrics[c]["accuracy"]
+                for c, k in current.participants.items()
+                if k == cluster and "accuracy" in current.eval_metrics.get(c, {})
+            ]
+            if members:
+                summary[f"cluster_{cluster}_accuracy_mean"] = float(np.mean(members))
+        clients = []
+        for cid, cluster in sorted(current.participants.items()):
+            up, down = self.traffic.get(current.round, cid)
+            update = current.updates.get(cid)
+            clients.append(
+                ClientRoundRecord(
+                    client_id=cid,
+                    cluster_id=cluster,
+                    num_examples=update.num_examples if update else 0,
+                    update_accepted=update is not None,
+                    bytes_up=up,
+                    bytes_down=down,
+                    train_metrics=current.train_metrics.get(cid, {}),
+                    eval_metrics=current.eval_metrics.get(cid, {}),
+                )
+            )
+        return RoundRecord(
+            round=current.round,
+            status=status,
+            started_unix=current.started_unix,
+            finished_unix=self._clock(),
+            num_clusters=len(set(current.participants.values())),
+            clients=tuple(clients),
+            summary=summary,
+        )
+
+    def _store_round(self, record: RoundRecord) -> None:
+        """Store a finished round attempt durably, then count it in the metrics."""
+        self._state.record_round(record)
+        self.metrics.observe_round(record)
+
+    def _draw_participants(self) -> list[str]:
+        """Connected clients, Poisson-sampled with rate q when DP-FedAvg samples clients."""
+        connected = sorted(s.client_id for s in self._sessions.values() if s.connected)
+        q = self._config.privacy.client_sampling_rate if self._budget is not None else 1.0
+        if q >= 1.0:
+            return connected
+        return [c for c in connected if self._rng.random() < q]
+
+    def _aggregate(self, model: FederationModel, updates: list[ClientUpdate]) -> FederationModel:
+        global_dp = None
+        if self._budget is not None:
+            cfg = self._config.privacy
+            global_dp = GlobalDP(
+                clip_norm=cfg.clip_norm,
+                noise_multiplier=self._budget.noise_multiplier,
+                # fixed denominator: the expected number of participants, q · N
+                expected_participants=max(1.0, cfg.client_sampling_rate * len(self._sessions)),
+                server_learning_rate=cfg.server_learning_rate,
+                rng=self._rng,
+            )
+        return self._aggregator.aggregate(model, updates, global_dp=global_dp)
+
+    def _centroid_tensors(
+        self, model: FederationModel, current: RoundInProgress
+    ) -> dict[str, np.ndarray]:
+        """``centroid.<k>`` for every cluster of the round (InfoNCE positive and negatives)."""
+        out = {}
+        for cluster in sorted(set(current.participants.values())):
+            segment = model.for_cluster(cluster).get("prompt.cluster")
+            if segment is not None:
+                out[f"{CENTROID_PREFIX}{cluster}"] = np.asarray(segment, np.float32).mean(axis=0)
+        return out
+
+    # ------------------------------------------------------------------ helpers
+
+    def _session(self, client_id: str) -> ClientSession:
+        session = self._sessions.get(client_id)
+        if session is None:
+            raise UnknownClientError(f"unknown client {client_id!r}: call Join first")
+        return session
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _wait_until(self, predicate: Callable[[], bool], deadline_unix: float | None) -> bool:
+        """Wait until ``predicate()`` holds or the deadline passes; returns the predicate."""
+        async with self._changed:
+            while not predicate():
+                if deadline_unix is None:
+                    await self._changed.wait()
+                    continue
+                remaining = deadline_unix - self._clock()
+                if remaining <= 0:
+                    return False
+                try:
+                    # Not asyncio.wait_for: on Python 3.11 it can swallow a cancellation that
+                    # arrives just after a notification, so the round task would not stop.
+                    async with asyncio.timeout(remaining):
+                        await self._changed.wait()
+                except TimeoutError:
+                    return predicate()
+            return True

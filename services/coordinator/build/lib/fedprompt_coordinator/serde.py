@@ -1,0 +1,150 @@
+"""Pure conversions between coordinator domain types and protobuf messages."""
+
+from __future__ import annotations
+
+from fedprompt.errors import InvalidArgumentError
+from fedprompt.v1 import common_pb2, coordinator_pb2
+from fedprompt_coordinator import domain
+
+
+def phase_to_proto(phase: domain.Phase) -> common_pb2.RoundPhase.ValueType:
+    """Domain phase -> proto enum value."""
+    return common_pb2.RoundPhase.Value(f"ROUND_PHASE_{phase.name}")
+
+
+def join_request_from_proto(msg: coordinator_pb2.JoinRequest) -> domain.JoinRequest:
+    """Proto JoinRequest -> domain."""
+    caps = msg.capabilities
+    return domain.JoinRequest(
+        client_id=msg.client_id,
+        metadata_json=msg.metadata_json,
+        capabilities=domain.Capabilities(
+            device=caps.device,
+            model_name=caps.model_name,
+            model_fingerprint=caps.model_fingerprint,
+            trainable_tensors=tuple(caps.trainable_tensors),
+            strategy=caps.strategy,
+        ),
+        num_train_examples=msg.num_train_examples,
+    )
+
+
+def join_result_to_proto(result: domain.JoinResult) -> coordinator_pb2.JoinResponse:
+    """Domain JoinResult -> proto JoinResponse."""
+    return coordinator_pb2.JoinResponse(
+        accepted=True,
+        initial_model_requested=result.initial_model_requested,
+        current_round=result.current_round,
+        total_rounds=result.total_rounds,
+        phase=phase_to_proto(result.phase),
+        strategy=result.strategy,
+    )
+
+
+def tensor_spec_to_proto(spec: domain.TensorSpec) -> common_pb2.TensorSpec:
+    """Domain TensorSpec -> proto."""
+    return common_pb2.TensorSpec(name=spec.name, dtype=spec.dtype, shape=list(spec.shape))
+
+
+def task_to_proto(task: domain.Task) -> coordinator_pb2.Task:
+    """Domain Task -> proto Task."""
+    msg = coordinator_pb2.Task(
+        kind=coordinator_pb2.TaskKind.Value(f"TASK_KIND_{task.kind.name}"),
+        round=task.round,
+        cluster_id=task.cluster_id,
+        deadline_unix_ms=task.deadline_unix_ms,
+        expected_update=[tensor_spec_to_proto(s) for s in task.expected_update],
+        message=task.message,
+    )
+    if task.training is not None:
+        msg.training.CopyFrom(
+            coordinator_pb2.TrainingSettings(
+                local_steps=task.training.local_steps,
+                batch_size=task.training.batch_size,
+                learning_rate=task.training.learning_rate,
+                head_learning_rate=task.training.head_learning_rate,
+                contrastive_weight=task.training.contrastive_weight,
+                contrastive_temperature=task.training.contrastive_temperature,
+            )
+        )
+    return msg
+
+
+def model_stage_from_proto(stage: int) -> domain.ModelStage:
+    """Proto ModelStage -> domain; UNSPECIFIED is refused."""
+    if stage == coordinator_pb2.MODEL_STAGE_ROUND_START:
+        return domain.ModelStage.ROUND_START
+    if stage == coordinator_pb2.MODEL_STAGE_AGGREGATED:
+        return domain.ModelStage.AGGREGATED
+    raise InvalidArgumentError("stage must be MODEL_STAGE_ROUND_START or MODEL_STAGE_AGGREGATED")
+
+
+def update_kind_from_proto(kind: int) -> domain.UpdateKind:
+    """Proto UpdateKind -> domain; UNSPECIFIED is refused."""
+    if kind == coordinator_pb2.UPDATE_KIND_INITIAL:
+        return domain.UpdateKind.INITIAL
+    if kind == coordinator_pb2.UPDATE_KIND_DELTA:
+        return domain.UpdateKind.DELTA
+    raise InvalidArgumentError("kind must be UPDATE_KIND_INITIAL or UPDATE_KIND_DELTA")
+
+
+def metrics_phase_from_proto(phase: int) -> domain.MetricsPhase:
+    """Proto MetricsPhase -> domain; UNSPECIFIED is refused."""
+    if phase == coordinator_pb2.METRICS_PHASE_TRAIN:
+        return domain.MetricsPhase.TRAIN
+    if phase == coordinator_pb2.METRICS_PHASE_EVALUATE:
+        return domain.MetricsPhase.EVALUATE
+    raise InvalidArgumentError("phase must be METRICS_PHASE_TRAIN or METRICS_PHASE_EVALUATE")
+
+
+def _round_to_proto(record: domain.RoundRecord) -> coordinator_pb2.RoundSummary:
+    return coordinator_pb2.RoundSummary(
+        round=record.round,
+        status=record.status,
+        started_unix=record.started_unix,
+        finished_unix=record.finished_unix,
+        num_clusters=record.num_clusters,
+        clients=[
+            coordinator_pb2.ClientRoundRecord(
+                client_id=c.client_id,
+                cluster_id=c.cluster_id,
+                num_examples=c.num_examples,
+                update_accepted=c.update_accepted,
+                bytes_up=c.bytes_up,
+                bytes_down=c.bytes_down,
+                train_metrics=c.train_metrics,
+                eval_metrics=c.eval_metrics,
+            )
+            for c in record.clients
+        ],
+        summary=record.summary,
+    )
+
+
+def status_to_proto(status: domain.FederationStatus) -> coordinator_pb2.GetStatusResponse:
+    """Domain FederationStatus -> proto GetStatusResponse."""
+    return coordinator_pb2.GetStatusResponse(
+        current_round=status.current_round,
+        total_rounds=status.total_rounds,
+        completed_rounds=status.completed_rounds,
+        phase=phase_to_proto(status.phase),
+        clients=[
+            coordinator_pb2.ClientInfo(
+                client_id=c.client_id,
+                metadata_json=c.metadata_json,
+                cluster_id=c.cluster_id,
+                connected=c.connected,
+                num_train_examples=c.num_train_examples,
+                device=c.device,
+            )
+            for c in status.clients
+        ],
+        rounds=[_round_to_proto(r) for r in status.rounds],
+        setup_bytes_up=status.setup_bytes_up,
+        setup_bytes_down=status.setup_bytes_down,
+        model_fingerprint=status.model_fingerprint,
+        strategy=status.strategy,
+        epsilon=status.epsilon,
+        delta=status.delta,
+        stop_reason=status.stop_reason,
+    )
