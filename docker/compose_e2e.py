@@ -292,8 +292,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kill", default="client-2", choices=CLIENTS, help="client container to kill")
     p.add_argument("--kill-round", type=int, default=2, help="kill it when this round trains")
     p.add_argument("--local-steps", type=int, default=5)
-    p.add_argument("--round-deadline-s", type=float, default=60.0)
-    p.add_argument("--timeout-s", type=float, default=1200.0, help="limit for the rounds")
+    p.add_argument(
+        "--round-deadline-s",
+        type=float,
+        default=float(os.environ.get("FEDPROMPT_E2E_ROUND_DEADLINE_S", 120)),
+        help="training deadline of a round (the killed client's round waits this long)",
+    )
+    p.add_argument(
+        "--timeout-s",
+        type=float,
+        default=float(os.environ.get("FEDPROMPT_E2E_TIMEOUT_S", 1500)),
+        help="limit for all rounds",
+    )
     p.add_argument("--keep", action="store_true", help="leave the federation running")
     p.add_argument("--skip-build", action="store_true", help="use the images already built")
     p.add_argument("--build-only", action="store_true", help="build the images, run nothing")
