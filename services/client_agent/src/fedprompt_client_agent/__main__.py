@@ -12,6 +12,7 @@ import grpc
 
 from fedprompt.config import ConfigError, load_config
 from fedprompt.logs import configure_logging
+from fedprompt.telemetry import serve_metrics
 from fedprompt.tls import TlsError, add_tls_arguments, channel_credentials, tls_overrides
 from fedprompt_client_agent.config import ClientAgentConfig
 
@@ -43,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dp-sgd-max-grad-norm", type=float)
     p.add_argument("--log-level")
     add_tls_arguments(p)
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: none)")
+    p.add_argument("--metrics-host", help="address of the /metrics endpoint")
     return p.parse_args(argv)
 
 
@@ -51,8 +54,13 @@ async def run(config: ClientAgentConfig) -> int:
     # certificates first: a TLS misconfiguration fails before torch is even imported
     credentials = channel_credentials(config.tls, role=f"client {config.client_id}")
     from fedprompt_client_agent.agent import ClientAgent
+    from fedprompt_client_agent.metrics import ClientMetrics
     from fedprompt_client_agent.runtime import SiloRuntime
 
+    metrics = ClientMetrics()
+    metrics_server = serve_metrics(
+        metrics.registry, host=config.metrics_host, port=config.metrics_port
+    )
     runtime = await asyncio.to_thread(SiloRuntime, config)
     agent = ClientAgent(
         runtime,
@@ -60,6 +68,7 @@ async def run(config: ClientAgentConfig) -> int:
         max_reconnect_s=config.max_reconnect_s,
         upload_compression=config.upload_compression,
         credentials=credentials,
+        metrics=metrics,
     )
     main_task = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()
@@ -70,6 +79,9 @@ async def run(config: ClientAgentConfig) -> int:
     except asyncio.CancelledError:
         logger.info("stopped by signal")
         return 0
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
     return 0
 
 
@@ -103,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                 "dp_sgd_max_grad_norm": args.dp_sgd_max_grad_norm,
                 "log_level": args.log_level,
                 **tls_overrides(args),
+                "metrics_port": args.metrics_port,
+                "metrics_host": args.metrics_host,
             },
         )
     except ConfigError as exc:

@@ -26,6 +26,7 @@ from fedprompt.compression import Compression, compress_tensors
 from fedprompt.server import CLIENT_ID_METADATA_KEY, create_channel
 from fedprompt.transfer import chunk_from_proto, payload_info_from_proto, payload_messages
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from fedprompt_client_agent.metrics import ClientMetrics
 
 if TYPE_CHECKING:  # the async stub class exists only in the generated .pyi
     from fedprompt.v1.coordinator_pb2_grpc import CoordinatorAsyncStub
@@ -105,6 +106,8 @@ class ClientAgent:
         model always travels exact.
     credentials
         Mutual TLS credentials of this silo (None: plaintext).
+    metrics
+        Prometheus metrics of this silo; a private registry by default.
     """
 
     def __init__(
@@ -115,9 +118,11 @@ class ClientAgent:
         max_reconnect_s: float = 300.0,
         upload_compression: Compression | str = Compression.NONE,
         credentials: grpc.ChannelCredentials | None = None,
+        metrics: ClientMetrics | None = None,
     ) -> None:
         self._runtime = runtime
         self._compression = Compression(upload_compression)
+        self.metrics = metrics if metrics is not None else ClientMetrics()
         self._target = coordinator
         self._credentials = credentials
         self._max_reconnect_s = max_reconnect_s
@@ -242,6 +247,7 @@ class ClientAgent:
             centroids=centroids,
         )
         train_metrics = await asyncio.to_thread(rt.train, settings)
+        self.metrics.observe_training(task.round, train_metrics)
         after = await asyncio.to_thread(rt.evaluate)
         trained = await asyncio.to_thread(rt.shared_state)
         names = [s.name for s in task.expected_update] or sorted(received)
@@ -283,6 +289,7 @@ class ClientAgent:
         await asyncio.to_thread(rt.load_shared_state, aggregated)
         metrics = await asyncio.to_thread(rt.evaluate)
         self._last_eval = (digest, metrics)
+        self.metrics.observe_evaluation(task.round, metrics)
         await asyncio.to_thread(rt.save_personal)
         await stub.ReportMetrics(
             coordinator_pb2.ReportMetricsRequest(

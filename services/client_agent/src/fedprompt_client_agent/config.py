@@ -87,3 +87,9 @@ class ClientAgentConfig(BaseModel):
         "federation CA; or insecure: true for plaintext.",
     )
     log_level: LogLevel = Field(LogLevel.INFO, description="Python logging level.")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: none)."
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the /metrics endpoint binds (0.0.0.0 in containers)."
+    )

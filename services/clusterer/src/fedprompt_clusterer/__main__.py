@@ -18,6 +18,7 @@ import grpc
 from fedprompt.config import ConfigError, load_config
 from fedprompt.logs import configure_logging
 from fedprompt.server import announce_port, start_server, stop_event_on_signals
+from fedprompt.telemetry import serve_metrics
 from fedprompt.tls import (
     AllowedPeersInterceptor,
     TlsError,
@@ -48,6 +49,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--listen", default=None, help="host:port to bind (port 0: any free)")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
     add_tls_arguments(parser)
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, help="Prometheus /metrics port (0: none)"
+    )
+    parser.add_argument("--metrics-host", default=None, help="address of the /metrics endpoint")
     return parser.parse_args(argv)
 
 
@@ -71,6 +76,9 @@ async def serve(config: ClustererConfig) -> None:
         interceptors=[AllowedPeersInterceptor(config.allowed_peers)],
         credentials=server_credentials(config.tls, role="clusterer"),
     )
+    metrics_server = serve_metrics(
+        servicer.metrics.registry, host=config.metrics_host, port=config.metrics_port
+    )
     stop = stop_event_on_signals()
     logger.info("clusterer listening on port %d", handle.port)
     if listen_port(config.listen) == 0:
@@ -80,6 +88,8 @@ async def serve(config: ClustererConfig) -> None:
     finally:
         logger.info("stopping (grace %.1f s)", config.shutdown_grace_seconds)
         await handle.stop(config.shutdown_grace_seconds)
+        if metrics_server is not None:
+            metrics_server.close()
     logger.info("stopped")
 
 
@@ -106,6 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "listen": args.listen,
                 "log_level": args.log_level,
                 **tls_overrides(args),
+                "metrics_port": args.metrics_port,
+                "metrics_host": args.metrics_host,
             },
         )
     except ConfigError as exc:

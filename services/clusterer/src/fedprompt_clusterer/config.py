@@ -29,6 +29,13 @@ class ClustererConfig(BaseModel):
     log_level: LogLevel = Field(
         default=LogLevel.INFO, description="Least severe log level that is written."
     )
+    metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: none)."
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address the /metrics endpoint binds (0.0.0.0 in containers).",
+    )
     shutdown_grace_seconds: float = Field(
         default=5.0,
         gt=0,

@@ -10,6 +10,7 @@ import sys
 from fedprompt.config import ConfigError, load_config
 from fedprompt.logs import configure_logging
 from fedprompt.server import announce_port, start_server, stop_event_on_signals
+from fedprompt.telemetry import serve_metrics
 from fedprompt.tls import (
     TlsError,
     add_tls_arguments,
@@ -22,6 +23,7 @@ from fedprompt_coordinator.clustering_backend import make_clustering_backend
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.federation import Federation
 from fedprompt_coordinator.identity import IdentityInterceptor
+from fedprompt_coordinator.metrics import CoordinatorMetrics
 from fedprompt_coordinator.model_store import ModelStore
 from fedprompt_coordinator.servicer import CoordinatorServicer
 from fedprompt_coordinator.state_store import make_state_store
@@ -54,6 +56,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--exit-when-done", action="store_true", help="stop after the last round")
     p.add_argument("--log-level")
     add_tls_arguments(p)
+    p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: none)")
+    p.add_argument("--metrics-host", help="address of the /metrics endpoint")
     return p.parse_args(argv)
 
 
@@ -73,6 +77,10 @@ async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> None:
         models=ModelStore(config.state_dir / "models"),
         aggregator=build_aggregator(config),
         clustering=make_clustering_backend(config.clustering, credentials=clusterer_creds),
+        metrics=CoordinatorMetrics(),
+    )
+    metrics_server = serve_metrics(
+        federation.metrics.registry, host=config.metrics_host, port=config.metrics_port
     )
     handle = await start_server(
         register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
@@ -98,6 +106,8 @@ async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> None:
     rounds.cancel()
     stopper.cancel()
     await handle.stop(grace=2.0)
+    if metrics_server is not None:
+        metrics_server.close()
     state.close()
     logger.info("coordinator stopped")
 
@@ -132,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                 "round_deadline_s": args.round_deadline_s,
                 "log_level": args.log_level,
                 **tls_overrides(args),
+                "metrics_port": args.metrics_port,
+                "metrics_host": args.metrics_host,
             },
         )
     except ConfigError as exc:

@@ -160,6 +160,12 @@ class CoordinatorConfig(BaseModel):
     contrastive: ContrastiveConfig = Field(default_factory=ContrastiveConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     log_level: LogLevel = Field(LogLevel.INFO, description="Python logging level.")
+    metrics_port: int = Field(
+        0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: none)."
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the /metrics endpoint binds (0.0.0.0 in containers)."
+    )
 
     @model_validator(mode="after")
     def _expected_at_least_quorum(self) -> CoordinatorConfig:

@@ -70,6 +70,7 @@ from fedprompt_coordinator.domain import (
     TrainingSettings,
     UpdateKind,
 )
+from fedprompt_coordinator.metrics import CoordinatorMetrics, FederationGauges
 from fedprompt_coordinator.model_store import ModelStore
 from fedprompt_coordinator.privacy import (
     BudgetExhaustedError,
@@ -199,6 +200,8 @@ class Federation:
         Where cluster assignments come from.
     clock
         Wall-clock source (seconds since the epoch), replaceable in tests.
+    metrics
+        Prometheus metrics to record rounds and traffic into (a private registry by default).
     """
 
     def __init__(
@@ -210,8 +213,11 @@ class Federation:
         aggregator: ClusterAggregator,
         clustering: ClusteringBackend,
         clock: Callable[[], float] = time.time,
+        metrics: CoordinatorMetrics | None = None,
     ) -> None:
         self._config = config
+        self.metrics = metrics if metrics is not None else CoordinatorMetrics()
+        self.metrics.watch(self.gauges)
         self._state = state
         self._models = models
         self._aggregator = aggregator
@@ -222,7 +228,7 @@ class Federation:
         self._phase = Phase.WAITING_FOR_QUORUM
         self._round: RoundInProgress | None = None
         self._accounting_round = 0
-        self.traffic = TrafficMeter(lambda: self._accounting_round)
+        self.traffic = TrafficMeter(lambda: self._accounting_round, on_add=self.metrics.count_bytes)
         self._fingerprint = state.get_setting(_SETTING_FINGERPRINT)
         spec_json = state.get_setting(_SETTING_SPEC)
         self._spec: tuple[TensorSpec, ...] = (
@@ -594,6 +600,21 @@ class Federation:
         """The state machine's phase."""
         return self._phase
 
+    def gauges(self) -> FederationGauges:
+        """The live state the metrics endpoint reads at every scrape (cheap: no I/O)."""
+        budget = self._budget
+        return FederationGauges(
+            current_round=self.current_round,
+            completed_rounds=self._completed,
+            total_rounds=self._config.rounds,
+            phase=self._phase,
+            clients_joined=len(self._sessions),
+            clients_connected=sum(s.connected for s in self._sessions.values()),
+            epsilon=budget.epsilon if budget is not None else 0.0,
+            epsilon_budget=budget.epsilon_budget if budget is not None else 0.0,
+            delta=budget.delta if budget is not None else 0.0,
+        )
+
     # ------------------------------------------------------------------ state machine
 
     async def run(self) -> None:
@@ -636,9 +657,7 @@ class Federation:
                 f"quorum is {self._config.min_clients}"
             )
             logger.warning("round %d %s; it will be retried", round_id, reason)
-            self._state.record_round(
-                RoundRecord(round_id, reason, started, self._clock(), 0, (), {})
-            )
+            self._store_round(RoundRecord(round_id, reason, started, self._clock(), 0, (), {}))
             await asyncio.sleep(SAMPLING_RETRY_PAUSE_S)
             return
         await self._update_assignment(participants)
@@ -668,7 +687,7 @@ class Federation:
                 f"deadline, quorum is {self._config.min_clients}"
             )
             logger.warning("round %d %s; it will be retried", round_id, reason)
-            self._state.record_round(self._round_record(current, status=reason))
+            self._store_round(self._round_record(current, status=reason))
             self._round = None
             self._models.drop_spool(round_id)
             return
@@ -724,7 +743,7 @@ class Federation:
         finally:
             if not save.done():
                 save.cancel()
-        self._state.record_round(self._round_record(current, status="completed"))
+        self._store_round(self._round_record(current, status="completed"))
         self._model = current.aggregated
         self._completed = round_id
         self._round = None
@@ -900,6 +919,11 @@ class Federation:
             clients=tuple(clients),
             summary=summary,
         )
+
+    def _store_round(self, record: RoundRecord) -> None:
+        """Store a finished round attempt durably, then count it in the metrics."""
+        self._state.record_round(record)
+        self.metrics.observe_round(record)
 
     def _draw_participants(self) -> list[str]:
         """Connected clients, Poisson-sampled with rate q when DP-FedAvg samples clients."""

@@ -57,11 +57,18 @@ class TrafficMeter:
     """Accumulates (bytes up, bytes down) per (round, client).
 
     ``current_round`` is read at every message, so bytes land in the round in progress;
-    round 0 holds set-up traffic (joins, the initial model).
+    round 0 holds set-up traffic (joins, the initial model). ``on_add(up, down)``, if given,
+    is called with every count as well.
     """
 
-    def __init__(self, current_round: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        current_round: Callable[[], int],
+        *,
+        on_add: Callable[[int, int], None] | None = None,
+    ) -> None:
         self._current_round = current_round
+        self._on_add = on_add
         self._bytes: dict[tuple[int, str], list[int]] = defaultdict(lambda: [0, 0])
 
     def add(self, client_id: str, *, up: int = 0, down: int = 0) -> None:
@@ -69,6 +76,8 @@ class TrafficMeter:
         cell = self._bytes[(self._current_round(), client_id)]
         cell[0] += up
         cell[1] += down
+        if self._on_add is not None:
+            self._on_add(up, down)  # e.g. Prometheus counters (no client label)
 
     def get(self, round_id: int, client_id: str) -> tuple[int, int]:
         """(bytes up, bytes down) of a client in a round."""

@@ -1,0 +1,262 @@
+"""Prometheus metrics of the coordinator.
+
+Two kinds of series:
+
+* live state, read from the federation at every scrape by :class:`FederationCollector`
+  (current round, phase, connected clients, ε spent);
+* events, recorded by one-line hook calls where they happen: a round ended
+  (:meth:`CoordinatorMetrics.observe_round`: duration, aggregation time, participants and
+  dropped clients, accuracy and fairness overall and per cluster) and bytes on the wire
+  (:meth:`CoordinatorMetrics.count_bytes`, called by the ``TrafficMeter``).
+
+No series carries a client id: with many silos that would multiply the number of series;
+cluster ids are few and stable, so they are labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from fedprompt.telemetry import new_registry
+from fedprompt_coordinator.aggregation import fairness_summary
+from fedprompt_coordinator.domain import Phase, RoundRecord
+
+#: Round durations span seconds (tiny demo) to hours (large models on slow silos).
+ROUND_SECONDS_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+#: Aggregation of prompts takes milliseconds; of full models, seconds.
+AGGREGATION_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60)
+
+
+@dataclass(frozen=True)
+class FederationGauges:
+    """The federation's live state, as read at scrape time."""
+
+    current_round: int
+    completed_rounds: int
+    total_rounds: int
+    phase: Phase
+    clients_joined: int
+    clients_connected: int
+    epsilon: float
+    epsilon_budget: float
+    delta: float
+
+
+class FederationCollector(Collector):
+    """Reads :class:`FederationGauges` from a callable at every scrape."""
+
+    def __init__(self, read: Callable[[], FederationGauges]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield one gauge family per field, the phase as one series per phase name."""
+        g = self._read()
+        simple = (
+            (
+                "fedprompt_round_current",
+                "Round in progress, else the last completed one.",
+                g.current_round,
+            ),
+            (
+                "fedprompt_rounds_completed",
+                "Rounds completed and checkpointed.",
+                g.completed_rounds,
+            ),
+            (
+                "fedprompt_rounds_configured",
+                "Rounds the federation is configured to run.",
+                g.total_rounds,
+            ),
+            (
+                "fedprompt_clients_joined",
+                "Clients that have joined the federation.",
+                g.clients_joined,
+            ),
+            (
+                "fedprompt_clients_connected",
+                "Clients with an open task stream.",
+                g.clients_connected,
+            ),
+            (
+                "fedprompt_privacy_epsilon",
+                "ε spent by DP-FedAvg so far (0 when DP is off).",
+                g.epsilon,
+            ),
+            ("fedprompt_privacy_delta", "δ of the reported (ε, δ) (0 when DP is off).", g.delta),
+        )
+        for name, doc, value in simple:
+            yield GaugeMetricFamily(name, doc, value=float(value))
+        budget = GaugeMetricFamily(
+            "fedprompt_privacy_epsilon_budget",
+            "ε budget the coordinator will not exceed (+Inf when unlimited, 0 when DP is off).",
+            value=g.epsilon_budget,
+        )
+        yield budget
+        phase = GaugeMetricFamily(
+            "fedprompt_phase", "1 for the round state machine's current phase.", labels=["phase"]
+        )
+        for member in Phase:
+            phase.add_metric([member.name.lower()], 1.0 if member is g.phase else 0.0)
+        yield phase
+
+
+class CoordinatorMetrics:
+    """The coordinator's registry and event metrics.
+
+    Parameters
+    ----------
+    registry
+        Where the metrics live; a fresh one with the process collectors by default.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else new_registry()
+        r = self.registry
+        self.rounds = Counter(
+            "fedprompt_rounds",
+            "Round attempts that ended, by outcome (completed or failed).",
+            ["status"],
+            registry=r,
+        )
+        self.round_duration = Histogram(
+            "fedprompt_round_duration_seconds",
+            "Wall-clock time of a round attempt, quorum to checkpoint.",
+            buckets=ROUND_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.aggregation_duration = Histogram(
+            "fedprompt_aggregation_duration_seconds",
+            "Time to aggregate one round's updates.",
+            buckets=AGGREGATION_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.participants = Gauge(
+            "fedprompt_round_participants", "Clients drawn into the last round.", registry=r
+        )
+        self.updates_accepted = Gauge(
+            "fedprompt_round_updates_accepted",
+            "Updates accepted in the last round before its deadline.",
+            registry=r,
+        )
+        self.dropped = Gauge(
+            "fedprompt_round_dropped_clients",
+            "Participants of the last round whose update did not arrive by the deadline.",
+            registry=r,
+        )
+        self.dropped_total = Counter(
+            "fedprompt_dropped_clients",
+            "Participants whose update did not arrive by the round deadline, summed over rounds.",
+            registry=r,
+        )
+        self.traffic = Counter(
+            "fedprompt_traffic_bytes",
+            "gRPC message bytes exchanged with clients (up: received, down: sent).",
+            ["direction"],
+            registry=r,
+        )
+        self.round_bytes_per_client = Gauge(
+            "fedprompt_round_bytes_per_client",
+            "Mean bytes per participant in the last completed round.",
+            ["direction"],
+            registry=r,
+        )
+        self.clusters = Gauge(
+            "fedprompt_clusters", "Clusters among the last round's participants.", registry=r
+        )
+        self.accuracy = Gauge(
+            "fedprompt_accuracy",
+            "Accuracy of the aggregated model over clients in the last completed round "
+            "(stat: mean, worst, std).",
+            ["stat"],
+            registry=r,
+        )
+        self.fairness = Gauge(
+            "fedprompt_fairness_jain",
+            "Jain's fairness index of client accuracies in the last completed round.",
+            registry=r,
+        )
+        self.cluster_accuracy = Gauge(
+            "fedprompt_cluster_accuracy",
+            "Mean client accuracy per cluster in the last completed round.",
+            ["cluster"],
+            registry=r,
+        )
+        self.cluster_fairness = Gauge(
+            "fedprompt_cluster_fairness_jain",
+            "Jain's fairness index of client accuracies per cluster in the last completed round.",
+            ["cluster"],
+            registry=r,
+        )
+        self.cluster_members = Gauge(
+            "fedprompt_cluster_members",
+            "Participants per cluster in the last round.",
+            ["cluster"],
+            registry=r,
+        )
+        for direction in ("up", "down"):
+            self.traffic.labels(direction=direction)
+        for status in ("completed", "failed"):
+            self.rounds.labels(status=status)
+
+    def watch(self, read: Callable[[], FederationGauges]) -> None:
+        """Register the live-state collector that calls ``read`` at every scrape."""
+        self.registry.register(FederationCollector(read))
+
+    def count_bytes(self, up: int, down: int) -> None:
+        """Add bytes received from (``up``) and sent to (``down``) clients."""
+        if up:
+            self.traffic.labels(direction="up").inc(up)
+        if down:
+            self.traffic.labels(direction="down").inc(down)
+
+    def observe_round(self, record: RoundRecord) -> None:
+        """Record a round attempt that ended (completed or failed)."""
+        completed = record.status == "completed"
+        self.rounds.labels(status="completed" if completed else "failed").inc()
+        self.round_duration.observe(max(0.0, record.finished_unix - record.started_unix))
+        participants = len(record.clients)
+        accepted = sum(c.update_accepted for c in record.clients)
+        self.participants.set(participants)
+        self.updates_accepted.set(accepted)
+        self.dropped.set(participants - accepted)
+        self.dropped_total.inc(participants - accepted)
+        self.clusters.set(record.num_clusters)
+        sizes: dict[int, int] = {}
+        for client in record.clients:
+            sizes[client.cluster_id] = sizes.get(client.cluster_id, 0) + 1
+        for cluster, size in sizes.items():
+            self.cluster_members.labels(cluster=str(cluster)).set(size)
+        if not completed:
+            return
+        self.aggregation_duration.observe(record.summary.get("aggregation_seconds", 0.0))
+        if participants:
+            for direction, total in (
+                ("up", sum(c.bytes_up for c in record.clients)),
+                ("down", sum(c.bytes_down for c in record.clients)),
+            ):
+                self.round_bytes_per_client.labels(direction=direction).set(total / participants)
+        overall = fairness_summary(
+            [c.eval_metrics["accuracy"] for c in record.clients if "accuracy" in c.eval_metrics]
+        )
+        if overall:
+            self.accuracy.labels(stat="mean").set(overall["accuracy_mean"])
+            self.accuracy.labels(stat="worst").set(overall["accuracy_worst"])
+            self.accuracy.labels(stat="std").set(overall["accuracy_std"])
+            self.fairness.set(overall["jain_index"])
+        for cluster in sizes:
+            per_cluster = fairness_summary(
+                [
+                    c.eval_metrics["accuracy"]
+                    for c in record.clients
+                    if c.cluster_id == cluster and "accuracy" in c.eval_metrics
+                ]
+            )
+            if per_cluster:
+                label = str(cluster)
+                self.cluster_accuracy.labels(cluster=label).set(per_cluster["accuracy_mean"])
+                self.cluster_fairness.labels(cluster=label).set(per_cluster["jain_index"])
