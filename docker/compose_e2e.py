@@ -40,6 +40,7 @@ from fedprompt.server import channel_options
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
+PROMETHEUS_WAIT_S = 60.0  # a few scrape intervals for the last round to show up
 PROJECT = "fedprompt-e2e"
 TAG = os.environ.get("FEDPROMPT_TAG", "dev")
 BASE = os.environ.get("FEDPROMPT_BASE_IMAGE", "fedprompt-base:bookworm")
@@ -265,8 +266,14 @@ def report(
             failures.append(f"{service} exited with {code}")
     # Prometheus scraped the federation (what the dashboards show)
     try:
-        (rounds,) = prometheus_query(ports["prometheus"], "fedprompt_rounds_completed")
-        seen = float(rounds["value"][1])
+        # the last round may finish between two scrapes (every 5 s): poll, don't read once
+        seen, deadline = 0.0, time.monotonic() + PROMETHEUS_WAIT_S
+        while True:
+            (rounds,) = prometheus_query(ports["prometheus"], "fedprompt_rounds_completed")
+            seen = float(rounds["value"][1])
+            if seen >= args.rounds or time.monotonic() > deadline:
+                break
+            time.sleep(2.0)
         dropped = prometheus_query(
             ports["prometheus"], "max_over_time(fedprompt_dropped_clients_total[1h])"
         )
