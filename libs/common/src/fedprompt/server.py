@@ -64,6 +64,31 @@ def channel_options(*, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> li
     ]
 
 
+def guard_handler(handler: Handler, check: Callable[[AnyContext], Awaitable[None]]) -> Handler:
+    """Return a copy of ``handler`` that awaits ``check(context)`` before every call.
+
+    ``check`` aborts the call (``context.abort``) to refuse it; it runs before the servicer
+    sees a request, for single and streamed responses alike.
+    """
+
+    def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+        async def call(request: Any, context: AnyContext) -> Any:
+            await check(context)
+            return await behavior(request, context)
+
+        return call
+
+    def streaming(behavior: StreamingBehavior) -> StreamingBehavior:
+        async def call(request: Any, context: AnyContext) -> AsyncIterator[Any]:
+            await check(context)
+            async for response in behavior(request, context):
+                yield response
+
+        return call
+
+    return wrap_handler(handler, unary=unary, streaming=streaming)
+
+
 def wrap_handler(
     handler: Handler,
     *,

@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any
 
 import grpc
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedprompt.server import AnyContext, Handler, StreamingBehavior, UnaryBehavior, wrap_handler
+from fedprompt.server import AnyContext, Handler, guard_handler
 
 logger = logging.getLogger(__name__)
 
@@ -182,19 +182,4 @@ class AllowedPeersInterceptor(grpc.aio.ServerInterceptor):
                     f"peer {who!r} may not call {method}",
                 )
 
-        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
-            async def call(request: Any, context: AnyContext) -> Any:
-                await check(context)
-                return await behavior(request, context)
-
-            return call
-
-        def streaming(behavior: StreamingBehavior) -> StreamingBehavior:
-            async def call(request: Any, context: AnyContext) -> AsyncIterator[Any]:
-                await check(context)
-                async for response in behavior(request, context):
-                    yield response
-
-            return call
-
-        return wrap_handler(handler, unary=unary, streaming=streaming)
+        return guard_handler(handler, check)

@@ -9,20 +9,12 @@ the client says, as before.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import grpc
 
 from fedprompt.errors import PermissionDeniedError
-from fedprompt.server import (
-    CLIENT_ID_METADATA_KEY,
-    AnyContext,
-    Handler,
-    StreamingBehavior,
-    UnaryBehavior,
-    wrap_handler,
-)
+from fedprompt.server import CLIENT_ID_METADATA_KEY, AnyContext, Handler, guard_handler
 from fedprompt.tls import HEALTH_METHOD_PREFIX, peer_identity
 
 
@@ -79,19 +71,4 @@ class IdentityInterceptor(grpc.aio.ServerInterceptor):
                     f"the certificate of {identity!r} may not act for client {claimed!r}",
                 )
 
-        def unary(behavior: UnaryBehavior) -> UnaryBehavior:
-            async def call(request: Any, context: AnyContext) -> Any:
-                await check(context)
-                return await behavior(request, context)
-
-            return call
-
-        def streaming(behavior: StreamingBehavior) -> StreamingBehavior:
-            async def call(request: Any, context: AnyContext) -> AsyncIterator[Any]:
-                await check(context)
-                async for response in behavior(request, context):
-                    yield response
-
-            return call
-
-        return wrap_handler(handler, unary=unary, streaming=streaming)
+        return guard_handler(handler, check)
