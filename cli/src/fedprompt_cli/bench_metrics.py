@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from fedprompt.fairness import jain_index
 
 __all__ = [
     "RunMetrics",
@@ -23,19 +25,6 @@ __all__ = [
     "run_metrics",
     "spread",
 ]
-
-
-def jain_index(values: Sequence[float]) -> float:
-    """Jain's fairness index (Σx)² / (n·Σx²): 1 when all equal, 1/n when one has everything.
-
-    An empty sequence or all zeros gives 1.0 (nobody is treated worse than anybody else).
-    """
-    if not values:
-        return 1.0
-    squares = sum(v * v for v in values)
-    if squares == 0:
-        return 1.0
-    return sum(values) ** 2 / (len(values) * squares)
 
 
 def group_of_client(metadata: Mapping[str, Any]) -> str:

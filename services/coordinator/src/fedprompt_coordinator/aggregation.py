@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedprompt.fairness import jain_index
 from fedprompt_coordinator.contrastive import centroid, contrastive_cluster_weights
 from fedprompt_coordinator.domain import ClientUpdate, FederationModel
 from fedprompt_coordinator.dp_fedavg import dp_fedavg
@@ -254,10 +255,9 @@ def fairness_summary(accuracies: Sequence[float]) -> dict[str, float]:
     if not accuracies:
         return {}
     x = np.asarray(accuracies, dtype=np.float64)
-    sq = float((x**2).sum())
     return {
         "accuracy_mean": float(x.mean()),
         "accuracy_worst": float(x.min()),
         "accuracy_std": float(x.std()),
-        "jain_index": float(x.sum() ** 2 / (len(x) * sq)) if sq > 0 else 1.0,
+        "jain_index": jain_index(x.tolist()),
     }
