@@ -1,8 +1,9 @@
 """Light federation clients for system benchmarks: real gRPC, no model, no torch.
 
 A light client speaks the full client protocol against a real coordinator (Join, the
-initial model when asked, StreamTasks, FetchModel, UploadUpdate of a random delta shaped
-by the task's ``expected_update``, ReportMetrics for TRAIN and EVALUATE) but trains nothing,
+initial model when asked, StreamTasks, the task's model (inline in the task, else
+FetchModel), UploadUpdate of a random delta shaped by the task's ``expected_update`` with
+its training metrics in the header, ReportMetrics for EVALUATE) but trains nothing,
 so what a bench measures is the coordinator's and the wire's cost of a round.
 
 Reusable API (kept stable; other benches build on it)::
@@ -39,7 +40,7 @@ import grpc
 import numpy as np
 import yaml
 
-from fedprompt.chunking import ChunkAssembler
+from fedprompt.chunking import ChunkAssembler, check_inline_payload
 from fedprompt.codec import NUMPY_DTYPES, decode_tensors, encode_tensors
 from fedprompt.server import CLIENT_ID_METADATA_KEY, create_channel
 from fedprompt.transfer import chunk_from_proto, payload_info_from_proto, payload_messages
@@ -208,14 +209,19 @@ class _LightClient:
 
     async def _train(self, task: coordinator_pb2.Task) -> None:
         self._stats.train_tasks += 1
-        await self._fetch(task.round, coordinator_pb2.MODEL_STAGE_ROUND_START)
+        await self._model(task, coordinator_pb2.MODEL_STAGE_ROUND_START)
         delta = random_tensors(task.expected_update, self._rng, scale=self._scale)
-        await self._upload(task.round, coordinator_pb2.UPDATE_KIND_DELTA, delta, self._num_examples)
-        await self._report(task.round, coordinator_pb2.METRICS_PHASE_TRAIN, {"train_loss": 1.0})
+        await self._upload(
+            task.round,
+            coordinator_pb2.UPDATE_KIND_DELTA,
+            delta,
+            self._num_examples,
+            train_metrics={"train_loss": 1.0},
+        )
 
     async def _evaluate(self, task: coordinator_pb2.Task) -> None:
         self._stats.eval_tasks += 1
-        await self._fetch(task.round, coordinator_pb2.MODEL_STAGE_AGGREGATED)
+        await self._model(task, coordinator_pb2.MODEL_STAGE_AGGREGATED)
         accuracy = float(self._rng.random())
         await self._report(
             task.round, coordinator_pb2.METRICS_PHASE_EVALUATE, {"accuracy": accuracy}
@@ -237,6 +243,17 @@ class _LightClient:
             timeout=120,
         )
         self._stats._time("ReportMetrics", time.perf_counter() - t0)
+
+    async def _model(
+        self, task: coordinator_pb2.Task, stage: coordinator_pb2.ModelStage.ValueType
+    ) -> dict[str, np.ndarray]:
+        if task.HasField("model"):  # small models travel inside the task
+            payload = check_inline_payload(
+                task.model.data, task.model.sha256, max_total_bytes=MAX_MODEL_BYTES
+            )
+            self._stats.bytes_down += len(payload)
+            return decode_tensors(payload)
+        return await self._fetch(task.round, stage)
 
     async def _fetch(
         self, round_id: int, stage: coordinator_pb2.ModelStage.ValueType
@@ -270,6 +287,8 @@ class _LightClient:
         kind: coordinator_pb2.UpdateKind.ValueType,
         tensors: Mapping[str, np.ndarray],
         num_examples: int,
+        *,
+        train_metrics: Mapping[str, float] | None = None,
     ) -> None:
         t0 = time.perf_counter()
         payload = encode_tensors(tensors)
@@ -283,6 +302,7 @@ class _LightClient:
                     kind=kind,
                     num_examples=num_examples,
                     payload=header,
+                    train_metrics=train_metrics or {},
                 )
             )
             for chunk in chunks:

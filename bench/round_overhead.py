@@ -36,7 +36,8 @@ def main() -> int:
         f"update {spec[0].nbytes / 1024:.1f} KiB fp32, {args.rounds} rounds, strategy {args.strategy}"
     )
     print(
-        f"{'clients':>8} {'coord median s':>15} {'client median s':>16} {'max s':>7} {'peak RSS MiB':>13} ok"
+        f"{'clients':>8} {'coord median s':>15} {'client median s':>16} {'max s':>7} "
+        f"{'peak RSS MiB':>13} {'coord CPU ms/round':>18} ok"
     )
     failed = False
     for n in args.clients:

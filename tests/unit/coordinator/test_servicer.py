@@ -9,6 +9,7 @@ the coordinator keeps serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -96,6 +97,7 @@ class Client:
     bucket: int = 0
     bytes: dict[int, list[int]] = field(default_factory=dict)
     stream: Any = None
+    train_tasks: list[coordinator_pb2.Task] = field(default_factory=list)
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -230,18 +232,25 @@ class Coordinator:
 
 @pytest_asyncio.fixture
 async def coordinator(tmp_path: Path) -> AsyncIterator[Coordinator]:
-    config = CoordinatorConfig(
-        listen="127.0.0.1:0",
-        state_dir=tmp_path / "state",
-        rounds=1,
-        strategy="clustered",
-        min_clients=2,
-        expected_clients=2,
-        quorum_wait_s=30.0,
-        round_deadline_s=60.0,
-        eval_deadline_s=60.0,
-        max_update_bytes=MAX_UPDATE_BYTES,
-    )
+    async with _running_coordinator(tmp_path) as harness:
+        yield harness
+
+
+@contextlib.asynccontextmanager
+async def _running_coordinator(tmp_path: Path, **overrides: Any) -> AsyncIterator[Coordinator]:
+    settings: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "state_dir": tmp_path / "state",
+        "rounds": 1,
+        "strategy": "clustered",
+        "min_clients": 2,
+        "expected_clients": 2,
+        "quorum_wait_s": 30.0,
+        "round_deadline_s": 60.0,
+        "eval_deadline_s": 60.0,
+        "max_update_bytes": MAX_UPDATE_BYTES,
+    }
+    config = CoordinatorConfig(**{**settings, **overrides})
     # Wired like fedprompt_coordinator.__main__.serve.
     config.state_dir.mkdir(parents=True, exist_ok=True)
     state = make_state_store(config.state_dir / "state.sqlite3")
@@ -299,6 +308,7 @@ async def _open_round(coord: Coordinator) -> tuple[Client, Client]:
     for client in (a, b):
         client.bucket = 1
         task = await client.next_task()
+        client.train_tasks.append(task)
         assert (task.kind, task.round) == (coordinator_pb2.TASK_KIND_TRAIN, 1)
         assert [(s.name, s.dtype, list(s.shape)) for s in task.expected_update] == [
             ("head.weight", "F32", [2, 3]),
@@ -354,6 +364,13 @@ def _upload_messages(
         return a.send(build(messages))
 
     return make
+
+
+def _with_train_metrics(
+    header: coordinator_pb2.UploadUpdateRequest, metrics: dict[str, float]
+) -> coordinator_pb2.UploadUpdateRequest:
+    header.header.train_metrics.update(metrics)
+    return header
 
 
 def _flip_byte(
@@ -643,6 +660,12 @@ BAD_CALLS: list[tuple[str, BadCall, grpc.StatusCode, str]] = [
         Code.INVALID_ARGUMENT,
         "metric names",
     ),
+    (
+        "upload-header-metric-not-finite",
+        _upload_messages(lambda m: [_with_train_metrics(m[0], {"loss": NAN}), *m[1:]]),
+        Code.INVALID_ARGUMENT,
+        "'loss' is not finite",
+    ),
 ]
 
 
@@ -800,3 +823,67 @@ async def test_status_calls_are_not_counted_and_refused_calls_count_only_their_r
     status = await coordinator.status()
     assert dict(status.setup_bytes_up) == {"bad id!": refused.bytes[0][0]}
     assert dict(status.setup_bytes_down) == {"bad id!": 0}  # an error carries no message
+
+
+def _inline(task: coordinator_pb2.Task) -> dict[str, np.ndarray]:
+    """The task's inline model, after checking its digest."""
+    assert task.HasField("model"), "a small model travels inside its task"
+    assert hashlib.sha256(task.model.data).digest() == task.model.sha256
+    return decode_tensors(task.model.data)
+
+
+@pytest.mark.asyncio
+async def test_small_models_travel_in_tasks_and_training_metrics_in_the_upload_header(
+    coordinator: Coordinator,
+) -> None:
+    """A round needs only the task stream, one upload and one evaluation report per client."""
+    a, b = coordinator.client("a", num_examples=1), coordinator.client("b", num_examples=3)
+    await a.join()
+    await a.upload(0, coordinator_pb2.UPDATE_KIND_INITIAL, INITIAL)
+    await b.join()
+    train_metrics = {"a": {"post_accuracy": 0.75, "train_loss": 0.5}, "b": {"train_loss": 0.25}}
+    for client in (a, b):
+        client.open_stream()
+        client.bucket = 1
+    for client in (a, b):
+        task = await client.next_task()
+        assert task.kind == coordinator_pb2.TASK_KIND_TRAIN
+        start = _inline(task)
+        assert sorted(start) == sorted(INITIAL)
+        for name, value in INITIAL.items():
+            np.testing.assert_array_equal(start[name], value)
+        payload = encode_tensors(_delta(0.5 if client is a else 1.5))
+        header = _with_train_metrics(
+            _header(client.client_id, 1, DELTA, payload, num_examples=client.num_examples),
+            train_metrics[client.client_id],
+        )
+        assert (await client.send([header, *_chunks(payload)])).accepted
+    for client in (a, b):
+        task = await client.next_task()
+        assert task.kind == coordinator_pb2.TASK_KIND_EVALUATE
+        np.testing.assert_allclose(_inline(task)["prompt.global"], np.full((2, 3), 1.25))
+        await client.report(1, coordinator_pb2.METRICS_PHASE_EVALUATE, {"accuracy": 0.5})
+    await asyncio.wait_for(coordinator.rounds, RPC_TIMEOUT_S)
+    (summary,) = (await coordinator.status()).rounds
+    assert summary.status == "completed"
+    records = {r.client_id: r for r in summary.clients}
+    for client in (a, b):
+        assert dict(records[client.client_id].train_metrics) == train_metrics[client.client_id]
+        # the inline model is counted as this round's download, like a FetchModel would be
+        assert records[client.client_id].bytes_down == client.bytes[1][1] > 2 * len(PAYLOAD)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("limit", [0, len(PAYLOAD) - 1])
+async def test_models_over_the_inline_limit_are_fetched(tmp_path: Path, limit: int) -> None:
+    async with _running_coordinator(tmp_path, inline_model_max_bytes=limit) as coord:
+        a, b = await _open_round(coord)
+        for client in (a, b):
+            assert not client.train_tasks[-1].HasField("model")
+            start = await client.fetch(1, START)
+            np.testing.assert_array_equal(start["head.weight"], INITIAL["head.weight"])
+            await client.upload_delta(1, 1.0)
+        for client in (a, b):
+            task = await client.next_task()
+            assert task.kind == coordinator_pb2.TASK_KIND_EVALUATE
+            assert not task.HasField("model")

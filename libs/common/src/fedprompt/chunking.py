@@ -152,3 +152,12 @@ class ChunkAssembler:
         if self._hash.digest() != self._info.sha256:
             raise CorruptPayloadError("payload SHA-256 does not match its header")
         return bytes(self._buffer) if self._buffer is not None else b""
+
+
+def check_inline_payload(data: bytes, sha256: bytes, *, max_total_bytes: int) -> bytes:
+    """Return ``data``, a payload sent whole inside a message, after checking its digest."""
+    if len(data) > max_total_bytes:
+        raise TooLargeError(f"inline payload of {len(data)} bytes exceeds {max_total_bytes}")
+    if hashlib.sha256(data).digest() != sha256:
+        raise CorruptPayloadError("inline payload SHA-256 does not match its message")
+    return data

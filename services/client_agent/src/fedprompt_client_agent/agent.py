@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 import grpc
 import numpy as np
 
-from fedprompt.chunking import ChunkAssembler
+from fedprompt.chunking import ChunkAssembler, check_inline_payload
 from fedprompt.codec import decode_tensors, encode_tensors
 from fedprompt.compression import Compression, compress_tensors
 from fedprompt.server import CLIENT_ID_METADATA_KEY, create_channel
@@ -223,7 +223,7 @@ class ClientAgent:
 
     async def _train(self, stub: CoordinatorAsyncStub, task: coordinator_pb2.Task) -> None:
         rt = self._runtime
-        payload, _ = await self._fetch(stub, task.round, coordinator_pb2.MODEL_STAGE_ROUND_START)
+        payload = await self._task_model(stub, task, coordinator_pb2.MODEL_STAGE_ROUND_START)
         centroids = {
             int(k.removeprefix(CENTROID_PREFIX)): v
             for k, v in payload.items()
@@ -253,25 +253,16 @@ class ClientAgent:
         names = [s.name for s in task.expected_update] or sorted(received)
         delta = {n: (trained[n].astype(np.float32) - received[n].astype(np.float32)) for n in names}
         await asyncio.to_thread(rt.save_personal)
-        await self._upload(
+        metrics = {f"pre_{k}": v for k, v in before.items()}
+        metrics.update({f"post_{k}": v for k, v in after.items()})
+        metrics.update({f"train_{k}": v for k, v in train_metrics.items()})
+        await self._upload(  # the training metrics travel in the upload's header
             stub,
             round_id=task.round,
             kind=coordinator_pb2.UPDATE_KIND_DELTA,
             tensors=delta,
             num_examples=rt.num_train_examples,
-        )
-        metrics = {f"pre_{k}": v for k, v in before.items()}
-        metrics.update({f"post_{k}": v for k, v in after.items()})
-        metrics.update({f"train_{k}": v for k, v in train_metrics.items()})
-        await stub.ReportMetrics(
-            coordinator_pb2.ReportMetricsRequest(
-                client_id=rt.client_id,
-                round=task.round,
-                phase=coordinator_pb2.METRICS_PHASE_TRAIN,
-                metrics=metrics,
-            ),
-            metadata=self._metadata,
-            timeout=30,
+            train_metrics=metrics,
         )
         self.rounds_trained.append(task.round)
         logger.info(
@@ -284,7 +275,7 @@ class ClientAgent:
 
     async def _evaluate(self, stub: CoordinatorAsyncStub, task: coordinator_pb2.Task) -> None:
         rt = self._runtime
-        aggregated, _ = await self._fetch(stub, task.round, coordinator_pb2.MODEL_STAGE_AGGREGATED)
+        aggregated = await self._task_model(stub, task, coordinator_pb2.MODEL_STAGE_AGGREGATED)
         digest = tensor_digest(aggregated)
         await asyncio.to_thread(rt.load_shared_state, aggregated)
         metrics = await asyncio.to_thread(rt.evaluate)
@@ -306,6 +297,21 @@ class ClientAgent:
             task.round,
             metrics.get("accuracy", float("nan")),
         )
+
+    async def _task_model(
+        self,
+        stub: CoordinatorAsyncStub,
+        task: coordinator_pb2.Task,
+        stage: coordinator_pb2.ModelStage.ValueType,
+    ) -> dict[str, np.ndarray]:
+        """The task's model: carried inline (small prompts), else downloaded."""
+        if task.HasField("model"):
+            payload = check_inline_payload(
+                task.model.data, task.model.sha256, max_total_bytes=MAX_MODEL_BYTES
+            )
+            return {k: np.array(v, copy=True) for k, v in decode_tensors(payload).items()}
+        tensors, _ = await self._fetch(stub, task.round, stage)
+        return tensors
 
     async def _fetch(
         self,
@@ -344,6 +350,7 @@ class ClientAgent:
         kind: coordinator_pb2.UpdateKind.ValueType,
         tensors: Mapping[str, np.ndarray],
         num_examples: int,
+        train_metrics: Mapping[str, float] | None = None,
     ) -> coordinator_pb2.UploadUpdateResponse:
         method = self._compression if kind == coordinator_pb2.UPDATE_KIND_DELTA else None
         if method is not None and method is not Compression.NONE:
@@ -361,6 +368,7 @@ class ClientAgent:
                     kind=kind,
                     num_examples=num_examples,
                     payload=header,
+                    train_metrics=train_metrics or {},
                 )
             )
             for chunk in chunks:

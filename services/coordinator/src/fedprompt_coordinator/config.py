@@ -141,6 +141,14 @@ class CoordinatorConfig(BaseModel):
     max_update_bytes: int = Field(
         2 * 1024**3, ge=1, description="Largest update payload a client may upload."
     )
+    inline_model_max_bytes: int = Field(
+        1024 * 1024,
+        ge=0,
+        le=3 * 1024 * 1024,
+        description="Models (prompts, heads) whose payload is at most this size travel inside "
+        "their TRAIN/EVALUATE task, sparing each client two FetchModel calls per round; larger "
+        "ones are fetched. 0: always fetch. At most 3 MiB (gRPC's default 4 MiB message limit).",
+    )
     max_update_l2_norm: float | None = Field(
         1e4,
         gt=0,

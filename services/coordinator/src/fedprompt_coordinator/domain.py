@@ -104,6 +104,14 @@ class TrainingSettings:
 
 
 @dataclass(frozen=True)
+class InlineModel:
+    """A small model payload (safetensors bytes) and its SHA-256, sent inside a task."""
+
+    data: bytes
+    sha256: bytes
+
+
+@dataclass(frozen=True)
 class Task:
     """A unit of work for one client."""
 
@@ -114,6 +122,8 @@ class Task:
     training: TrainingSettings | None = None
     expected_update: tuple[TensorSpec, ...] = ()
     message: str = ""
+    #: The task's model when it is small enough to travel inline; None: FetchModel it.
+    model: InlineModel | None = None
 
 
 @dataclass(frozen=True)

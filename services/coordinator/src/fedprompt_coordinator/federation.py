@@ -13,6 +13,7 @@ transaction), so a restarted coordinator resumes after the last completed round.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -58,6 +59,7 @@ from fedprompt_coordinator.domain import (
     ClientUpdate,
     FederationModel,
     FederationStatus,
+    InlineModel,
     JoinRequest,
     JoinResult,
     MetricsPhase,
@@ -150,6 +152,8 @@ class UploadSession:
     assembler: ChunkAssembler
     spool_path: Path | None = None
     spool_file: BinaryIO | None = None
+    #: Training metrics sent in the upload's header, stored when the update is accepted.
+    train_metrics: dict[str, float] = field(default_factory=dict)
 
     def close_spool(self, *, delete: bool) -> None:
         """Close the spool file (if any) and optionally delete it."""
@@ -248,6 +252,7 @@ class Federation:
         #: every round summary says so (``clustering_degraded``) until it answers again.
         self._clustering_degraded = False
         self._payload_cache: dict[tuple[int, ModelStage, int], bytes] = {}
+        self._inline_cache: dict[tuple[int, ModelStage, int], InlineModel | None] = {}
         self._initial_lock = asyncio.Lock()
         self._waited_for_latecomers = False
         for cid, (meta, n, device) in state.clients().items():
@@ -395,23 +400,46 @@ class Federation:
             raise NotParticipantError(
                 f"client {client_id!r} is not a participant of round {round_id}"
             )
-        cluster = current.participants[client_id]
+        if stage not in (ModelStage.ROUND_START, ModelStage.AGGREGATED):
+            raise InvalidArgumentError("model stage must be ROUND_START or AGGREGATED")
+        return self._model_payload(current, stage, current.participants[client_id])
+
+    def _model_payload(self, current: RoundInProgress, stage: ModelStage, cluster: int) -> bytes:
+        """The encoded model of a stage of the round for one cluster, encoded once."""
+        key = (current.round, stage, cluster)
+        cached = self._payload_cache.get(key)
+        if cached is not None:
+            return cached
         if stage is ModelStage.ROUND_START:
             model = self._model
-        elif stage is ModelStage.AGGREGATED:
+        else:
             model = current.aggregated
             if model is None:
-                raise WrongRoundError(f"round {round_id} has not been aggregated yet")
-        else:
-            raise InvalidArgumentError("model stage must be ROUND_START or AGGREGATED")
+                raise WrongRoundError(f"round {current.round} has not been aggregated yet")
         assert model is not None
-        key = (round_id, stage, cluster)
-        if key not in self._payload_cache:
-            tensors = model.for_cluster(cluster)
-            if stage is ModelStage.ROUND_START and self._strategy.contrastive:
-                tensors.update(self._centroid_tensors(model, current))
-            self._payload_cache[key] = encode_tensors(tensors)
-        return self._payload_cache[key]
+        tensors = model.for_cluster(cluster)
+        if stage is ModelStage.ROUND_START and self._strategy.contrastive:
+            tensors.update(self._centroid_tensors(model, current))
+        payload = encode_tensors(tensors)
+        self._payload_cache[key] = payload
+        return payload
+
+    def _inline_model(
+        self, current: RoundInProgress, stage: ModelStage, cluster: int
+    ) -> InlineModel | None:
+        """The model a task carries inline, or None when it is over the inline limit."""
+        limit = self._config.inline_model_max_bytes
+        if limit <= 0:
+            return None
+        key = (current.round, stage, cluster)
+        if key not in self._inline_cache:
+            payload = self._model_payload(current, stage, cluster)
+            self._inline_cache[key] = (
+                InlineModel(data=payload, sha256=hashlib.sha256(payload).digest())
+                if len(payload) <= limit
+                else None
+            )
+        return self._inline_cache[key]
 
     def begin_upload(
         self,
@@ -421,9 +449,11 @@ class Federation:
         kind: UpdateKind,
         num_examples: int,
         info: PayloadInfo,
+        train_metrics: Mapping[str, float] | None = None,
     ) -> UploadSession:
         """Check an upload header before any chunk is read."""
         self._session(client_id)
+        metrics = _check_metrics(train_metrics or {})
         if kind is UpdateKind.INITIAL:
             if round_id != 0:
                 raise WrongRoundError("initial models are uploaded for round 0")
@@ -448,7 +478,9 @@ class Federation:
         max_bytes = self._config.max_update_bytes
         if info.total_bytes <= SPOOL_THRESHOLD_BYTES or info.total_bytes > max_bytes:
             assembler = ChunkAssembler(info, max_total_bytes=max_bytes)
-            return UploadSession(client_id, round_id, kind, num_examples, info, assembler)
+            return UploadSession(
+                client_id, round_id, kind, num_examples, info, assembler, train_metrics=metrics
+            )
         path = self._models.spool_file(round_id, client_id)
         sink = open(path, "wb")  # noqa: SIM115 - closed by finish_upload / discard_upload
         try:
@@ -457,7 +489,9 @@ class Federation:
             sink.close()
             path.unlink(missing_ok=True)
             raise
-        return UploadSession(client_id, round_id, kind, num_examples, info, assembler, path, sink)
+        return UploadSession(
+            client_id, round_id, kind, num_examples, info, assembler, path, sink, metrics
+        )
 
     def add_chunk(self, upload: UploadSession, chunk: ChunkData) -> None:
         """Feed one chunk of an upload (raises coded errors on corruption)."""
@@ -532,6 +566,8 @@ class Federation:
             ),
         )
         current.digests[upload.client_id] = digest
+        if upload.train_metrics:
+            current.train_metrics[upload.client_id] = upload.train_metrics
         logger.info(
             "round %d: update from %s accepted (%d/%d)",
             upload.round,
@@ -672,6 +708,7 @@ class Federation:
         )
         self._round = current
         self._payload_cache.clear()
+        self._inline_cache.clear()
         logger.info("round %d: %d participants", round_id, len(participants))
         self._phase = Phase.TRAINING
         t_train = time.perf_counter()
@@ -725,6 +762,9 @@ class Federation:
                     round=round_id,
                     cluster_id=current.participants[cid],
                     deadline_unix_ms=int(eval_deadline * 1000),
+                    model=self._inline_model(
+                        current, ModelStage.AGGREGATED, current.participants[cid]
+                    ),
                 ),
             )
         try:
@@ -821,6 +861,9 @@ class Federation:
                 contrastive_temperature=self._config.contrastive.temperature,
             ),
             expected_update=self._spec,
+            model=self._inline_model(
+                current, ModelStage.ROUND_START, current.participants[client_id]
+            ),
         )
 
     def _pending_tasks_for(self, client_id: str) -> list[Task]:

@@ -56,6 +56,9 @@ def task_to_proto(task: domain.Task) -> coordinator_pb2.Task:
         expected_update=[tensor_spec_to_proto(s) for s in task.expected_update],
         message=task.message,
     )
+    if task.model is not None:
+        msg.model.data = task.model.data
+        msg.model.sha256 = task.model.sha256
     if task.training is not None:
         msg.training.CopyFrom(
             coordinator_pb2.TrainingSettings(

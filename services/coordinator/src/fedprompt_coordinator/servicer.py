@@ -110,6 +110,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                         kind=serde.update_kind_from_proto(h.kind),
                         num_examples=h.num_examples,
                         info=payload_info_from_proto(h.payload),
+                        train_metrics=h.train_metrics,
                     )
                 elif which == "chunk":
                     self._federation.add_chunk(upload, chunk_from_proto(message.chunk))

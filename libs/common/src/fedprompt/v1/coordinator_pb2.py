@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from fedprompt.v1 import common_pb2 as fedprompt_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64prompt/v1/coordinator.proto\x12\x0c\x66\x65\x64prompt.v1\x1a\x19\x66\x65\x64prompt/v1/common.proto\"\x8b\x01\n\x0bJoinRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rmetadata_json\x18\x02 \x01(\t\x12\x36\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32 .fedprompt.v1.ClientCapabilities\x12\x1a\n\x12num_train_examples\x18\x04 \x01(\x04\"\xa9\x01\n\x0cJoinResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x1f\n\x17initial_model_requested\x18\x02 \x01(\x08\x12\x15\n\rcurrent_round\x18\x03 \x01(\r\x12\x14\n\x0ctotal_rounds\x18\x04 \x01(\r\x12\'\n\x05phase\x18\x05 \x01(\x0e\x32\x18.fedprompt.v1.RoundPhase\x12\x10\n\x08strategy\x18\x06 \x01(\t\"\'\n\x12StreamTasksRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"\xab\x01\n\x10TrainingSettings\x12\x13\n\x0blocal_steps\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x1a\n\x12head_learning_rate\x18\x04 \x01(\x01\x12\x1a\n\x12\x63ontrastive_weight\x18\x05 \x01(\x01\x12\x1f\n\x17\x63ontrastive_temperature\x18\x06 \x01(\x01\"\xdf\x01\n\x04Task\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.fedprompt.v1.TaskKind\x12\r\n\x05round\x18\x02 \x01(\r\x12\x12\n\ncluster_id\x18\x03 \x01(\x05\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x04 \x01(\x03\x12\x30\n\x08training\x18\x05 \x01(\x0b\x32\x1e.fedprompt.v1.TrainingSettings\x12\x31\n\x0f\x65xpected_update\x18\x06 \x03(\x0b\x32\x18.fedprompt.v1.TensorSpec\x12\x0f\n\x07message\x18\x07 \x01(\t\"^\n\x11\x46\x65tchModelRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\'\n\x05stage\x18\x03 \x01(\x0e\x32\x18.fedprompt.v1.ModelStage\"t\n\x12\x46\x65tchModelResponse\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.fedprompt.v1.PayloadHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedprompt.v1.ChunkH\x00\x42\t\n\x07message\"\x9c\x01\n\x0cUpdateHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.fedprompt.v1.UpdateKind\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x04\x12,\n\x07payload\x18\x05 \x01(\x0b\x32\x1b.fedprompt.v1.PayloadHeader\"t\n\x13UploadUpdateRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fedprompt.v1.UpdateHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedprompt.v1.ChunkH\x00\x42\t\n\x07message\"S\n\x14UploadUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x16\n\x0ereceived_bytes\x18\x03 \x01(\x04\"\xd5\x01\n\x14ReportMetricsRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12)\n\x05phase\x18\x03 \x01(\x0e\x32\x1a.fedprompt.v1.MetricsPhase\x12@\n\x07metrics\x18\x04 \x03(\x0b\x32/.fedprompt.v1.ReportMetricsRequest.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x17\n\x15ReportMetricsResponse\"\x12\n\x10GetStatusRequest\"\x8a\x03\n\x11\x43lientRoundRecord\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x12\n\ncluster_id\x18\x02 \x01(\x05\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x04\x12\x17\n\x0fupdate_accepted\x18\x04 \x01(\x08\x12\x10\n\x08\x62ytes_up\x18\x05 \x01(\x04\x12\x12\n\nbytes_down\x18\x06 \x01(\x04\x12H\n\rtrain_metrics\x18\x07 \x03(\x0b\x32\x31.fedprompt.v1.ClientRoundRecord.TrainMetricsEntry\x12\x46\n\x0c\x65val_metrics\x18\x08 \x03(\x0b\x32\x30.fedprompt.v1.ClientRoundRecord.EvalMetricsEntry\x1a\x33\n\x11TrainMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x32\n\x10\x45valMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x8c\x02\n\x0cRoundSummary\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x14\n\x0cstarted_unix\x18\x03 \x01(\x01\x12\x15\n\rfinished_unix\x18\x04 \x01(\x01\x12\x14\n\x0cnum_clusters\x18\x05 \x01(\r\x12\x30\n\x07\x63lients\x18\x06 \x03(\x0b\x32\x1f.fedprompt.v1.ClientRoundRecord\x12\x38\n\x07summary\x18\x07 \x03(\x0b\x32\'.fedprompt.v1.RoundSummary.SummaryEntry\x1a.\n\x0cSummaryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x89\x01\n\nClientInfo\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rmetadata_json\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\x05\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x1a\n\x12num_train_examples\x18\x05 \x01(\x04\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\"\xc2\x04\n\x11GetStatusResponse\x12\x15\n\rcurrent_round\x18\x01 \x01(\r\x12\x14\n\x0ctotal_rounds\x18\x02 \x01(\r\x12\x18\n\x10\x63ompleted_rounds\x18\x03 \x01(\r\x12\'\n\x05phase\x18\x04 \x01(\x0e\x32\x18.fedprompt.v1.RoundPhase\x12)\n\x07\x63lients\x18\x05 \x03(\x0b\x32\x18.fedprompt.v1.ClientInfo\x12*\n\x06rounds\x18\x06 \x03(\x0b\x32\x1a.fedprompt.v1.RoundSummary\x12I\n\x0esetup_bytes_up\x18\x07 \x03(\x0b\x32\x31.fedprompt.v1.GetStatusResponse.SetupBytesUpEntry\x12M\n\x10setup_bytes_down\x18\x08 \x03(\x0b\x32\x33.fedprompt.v1.GetStatusResponse.SetupBytesDownEntry\x12\x19\n\x11model_fingerprint\x18\t \x01(\t\x12\x10\n\x08strategy\x18\n \x01(\t\x12\x0f\n\x07\x65psilon\x18\x0b \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x0c \x01(\x01\x12\x13\n\x0bstop_reason\x18\r \x01(\t\x1a\x33\n\x11SetupBytesUpEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x35\n\x13SetupBytesDownEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*j\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x01\x12\x16\n\x12TASK_KIND_EVALUATE\x10\x02\x12\x16\n\x12TASK_KIND_FINISHED\x10\x03*b\n\nModelStage\x12\x1b\n\x17MODEL_STAGE_UNSPECIFIED\x10\x00\x12\x1b\n\x17MODEL_STAGE_ROUND_START\x10\x01\x12\x1a\n\x16MODEL_STAGE_AGGREGATED\x10\x02*Y\n\nUpdateKind\x12\x1b\n\x17UPDATE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13UPDATE_KIND_INITIAL\x10\x01\x12\x15\n\x11UPDATE_KIND_DELTA\x10\x02*b\n\x0cMetricsPhase\x12\x1d\n\x19METRICS_PHASE_UNSPECIFIED\x10\x00\x12\x17\n\x13METRICS_PHASE_TRAIN\x10\x01\x12\x1a\n\x16METRICS_PHASE_EVALUATE\x10\x02\x32\xe7\x03\n\x0b\x43oordinator\x12=\n\x04Join\x12\x19.fedprompt.v1.JoinRequest\x1a\x1a.fedprompt.v1.JoinResponse\x12\x45\n\x0bStreamTasks\x12 .fedprompt.v1.StreamTasksRequest\x1a\x12.fedprompt.v1.Task0\x01\x12Q\n\nFetchModel\x12\x1f.fedprompt.v1.FetchModelRequest\x1a .fedprompt.v1.FetchModelResponse0\x01\x12W\n\x0cUploadUpdate\x12!.fedprompt.v1.UploadUpdateRequest\x1a\".fedprompt.v1.UploadUpdateResponse(\x01\x12X\n\rReportMetrics\x12\".fedprompt.v1.ReportMetricsRequest\x1a#.fedprompt.v1.ReportMetricsResponse\x12L\n\tGetStatus\x12\x1e.fedprompt.v1.GetStatusRequest\x1a\x1f.fedprompt.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64prompt/v1/coordinator.proto\x12\x0c\x66\x65\x64prompt.v1\x1a\x19\x66\x65\x64prompt/v1/common.proto\"\x8b\x01\n\x0bJoinRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rmetadata_json\x18\x02 \x01(\t\x12\x36\n\x0c\x63\x61pabilities\x18\x03 \x01(\x0b\x32 .fedprompt.v1.ClientCapabilities\x12\x1a\n\x12num_train_examples\x18\x04 \x01(\x04\"\xa9\x01\n\x0cJoinResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x1f\n\x17initial_model_requested\x18\x02 \x01(\x08\x12\x15\n\rcurrent_round\x18\x03 \x01(\r\x12\x14\n\x0ctotal_rounds\x18\x04 \x01(\r\x12\'\n\x05phase\x18\x05 \x01(\x0e\x32\x18.fedprompt.v1.RoundPhase\x12\x10\n\x08strategy\x18\x06 \x01(\t\"\'\n\x12StreamTasksRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"\xab\x01\n\x10TrainingSettings\x12\x13\n\x0blocal_steps\x18\x01 \x01(\r\x12\x12\n\nbatch_size\x18\x02 \x01(\r\x12\x15\n\rlearning_rate\x18\x03 \x01(\x01\x12\x1a\n\x12head_learning_rate\x18\x04 \x01(\x01\x12\x1a\n\x12\x63ontrastive_weight\x18\x05 \x01(\x01\x12\x1f\n\x17\x63ontrastive_temperature\x18\x06 \x01(\x01\"\x89\x02\n\x04Task\x12$\n\x04kind\x18\x01 \x01(\x0e\x32\x16.fedprompt.v1.TaskKind\x12\r\n\x05round\x18\x02 \x01(\r\x12\x12\n\ncluster_id\x18\x03 \x01(\x05\x12\x18\n\x10\x64\x65\x61\x64line_unix_ms\x18\x04 \x01(\x03\x12\x30\n\x08training\x18\x05 \x01(\x0b\x32\x1e.fedprompt.v1.TrainingSettings\x12\x31\n\x0f\x65xpected_update\x18\x06 \x03(\x0b\x32\x18.fedprompt.v1.TensorSpec\x12\x0f\n\x07message\x18\x07 \x01(\t\x12(\n\x05model\x18\x08 \x01(\x0b\x32\x19.fedprompt.v1.InlineModel\"+\n\x0bInlineModel\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\"^\n\x11\x46\x65tchModelRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\'\n\x05stage\x18\x03 \x01(\x0e\x32\x18.fedprompt.v1.ModelStage\"t\n\x12\x46\x65tchModelResponse\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.fedprompt.v1.PayloadHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedprompt.v1.ChunkH\x00\x42\t\n\x07message\"\x96\x02\n\x0cUpdateHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.fedprompt.v1.UpdateKind\x12\x14\n\x0cnum_examples\x18\x04 \x01(\x04\x12,\n\x07payload\x18\x05 \x01(\x0b\x32\x1b.fedprompt.v1.PayloadHeader\x12\x43\n\rtrain_metrics\x18\x06 \x03(\x0b\x32,.fedprompt.v1.UpdateHeader.TrainMetricsEntry\x1a\x33\n\x11TrainMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"t\n\x13UploadUpdateRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fedprompt.v1.UpdateHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedprompt.v1.ChunkH\x00\x42\t\n\x07message\"S\n\x14UploadUpdateResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x16\n\x0ereceived_bytes\x18\x03 \x01(\x04\"\xd5\x01\n\x14ReportMetricsRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12)\n\x05phase\x18\x03 \x01(\x0e\x32\x1a.fedprompt.v1.MetricsPhase\x12@\n\x07metrics\x18\x04 \x03(\x0b\x32/.fedprompt.v1.ReportMetricsRequest.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x17\n\x15ReportMetricsResponse\"\x12\n\x10GetStatusRequest\"\x8a\x03\n\x11\x43lientRoundRecord\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x12\n\ncluster_id\x18\x02 \x01(\x05\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x04\x12\x17\n\x0fupdate_accepted\x18\x04 \x01(\x08\x12\x10\n\x08\x62ytes_up\x18\x05 \x01(\x04\x12\x12\n\nbytes_down\x18\x06 \x01(\x04\x12H\n\rtrain_metrics\x18\x07 \x03(\x0b\x32\x31.fedprompt.v1.ClientRoundRecord.TrainMetricsEntry\x12\x46\n\x0c\x65val_metrics\x18\x08 \x03(\x0b\x32\x30.fedprompt.v1.ClientRoundRecord.EvalMetricsEntry\x1a\x33\n\x11TrainMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x32\n\x10\x45valMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x8c\x02\n\x0cRoundSummary\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x14\n\x0cstarted_unix\x18\x03 \x01(\x01\x12\x15\n\rfinished_unix\x18\x04 \x01(\x01\x12\x14\n\x0cnum_clusters\x18\x05 \x01(\r\x12\x30\n\x07\x63lients\x18\x06 \x03(\x0b\x32\x1f.fedprompt.v1.ClientRoundRecord\x12\x38\n\x07summary\x18\x07 \x03(\x0b\x32\'.fedprompt.v1.RoundSummary.SummaryEntry\x1a.\n\x0cSummaryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x89\x01\n\nClientInfo\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rmetadata_json\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\x05\x12\x11\n\tconnected\x18\x04 \x01(\x08\x12\x1a\n\x12num_train_examples\x18\x05 \x01(\x04\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\"\xc2\x04\n\x11GetStatusResponse\x12\x15\n\rcurrent_round\x18\x01 \x01(\r\x12\x14\n\x0ctotal_rounds\x18\x02 \x01(\r\x12\x18\n\x10\x63ompleted_rounds\x18\x03 \x01(\r\x12\'\n\x05phase\x18\x04 \x01(\x0e\x32\x18.fedprompt.v1.RoundPhase\x12)\n\x07\x63lients\x18\x05 \x03(\x0b\x32\x18.fedprompt.v1.ClientInfo\x12*\n\x06rounds\x18\x06 \x03(\x0b\x32\x1a.fedprompt.v1.RoundSummary\x12I\n\x0esetup_bytes_up\x18\x07 \x03(\x0b\x32\x31.fedprompt.v1.GetStatusResponse.SetupBytesUpEntry\x12M\n\x10setup_bytes_down\x18\x08 \x03(\x0b\x32\x33.fedprompt.v1.GetStatusResponse.SetupBytesDownEntry\x12\x19\n\x11model_fingerprint\x18\t \x01(\t\x12\x10\n\x08strategy\x18\n \x01(\t\x12\x0f\n\x07\x65psilon\x18\x0b \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x0c \x01(\x01\x12\x13\n\x0bstop_reason\x18\r \x01(\t\x1a\x33\n\x11SetupBytesUpEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x35\n\x13SetupBytesDownEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*j\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fTASK_KIND_TRAIN\x10\x01\x12\x16\n\x12TASK_KIND_EVALUATE\x10\x02\x12\x16\n\x12TASK_KIND_FINISHED\x10\x03*b\n\nModelStage\x12\x1b\n\x17MODEL_STAGE_UNSPECIFIED\x10\x00\x12\x1b\n\x17MODEL_STAGE_ROUND_START\x10\x01\x12\x1a\n\x16MODEL_STAGE_AGGREGATED\x10\x02*Y\n\nUpdateKind\x12\x1b\n\x17UPDATE_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13UPDATE_KIND_INITIAL\x10\x01\x12\x15\n\x11UPDATE_KIND_DELTA\x10\x02*b\n\x0cMetricsPhase\x12\x1d\n\x19METRICS_PHASE_UNSPECIFIED\x10\x00\x12\x17\n\x13METRICS_PHASE_TRAIN\x10\x01\x12\x1a\n\x16METRICS_PHASE_EVALUATE\x10\x02\x32\xe7\x03\n\x0b\x43oordinator\x12=\n\x04Join\x12\x19.fedprompt.v1.JoinRequest\x1a\x1a.fedprompt.v1.JoinResponse\x12\x45\n\x0bStreamTasks\x12 .fedprompt.v1.StreamTasksRequest\x1a\x12.fedprompt.v1.Task0\x01\x12Q\n\nFetchModel\x12\x1f.fedprompt.v1.FetchModelRequest\x1a .fedprompt.v1.FetchModelResponse0\x01\x12W\n\x0cUploadUpdate\x12!.fedprompt.v1.UploadUpdateRequest\x1a\".fedprompt.v1.UploadUpdateResponse(\x01\x12X\n\rReportMetrics\x12\".fedprompt.v1.ReportMetricsRequest\x1a#.fedprompt.v1.ReportMetricsResponse\x12L\n\tGetStatus\x12\x1e.fedprompt.v1.GetStatusRequest\x1a\x1f.fedprompt.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedprompt.v1.coordinator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_UPDATEHEADER_TRAINMETRICSENTRY']._loaded_options = None
+  _globals['_UPDATEHEADER_TRAINMETRICSENTRY']._serialized_options = b'8\001'
   _globals['_REPORTMETRICSREQUEST_METRICSENTRY']._loaded_options = None
   _globals['_REPORTMETRICSREQUEST_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_CLIENTROUNDRECORD_TRAINMETRICSENTRY']._loaded_options = None
@@ -44,14 +46,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSTATUSRESPONSE_SETUPBYTESUPENTRY']._serialized_options = b'8\001'
   _globals['_GETSTATUSRESPONSE_SETUPBYTESDOWNENTRY']._loaded_options = None
   _globals['_GETSTATUSRESPONSE_SETUPBYTESDOWNENTRY']._serialized_options = b'8\001'
-  _globals['_TASKKIND']._serialized_start=3056
-  _globals['_TASKKIND']._serialized_end=3162
-  _globals['_MODELSTAGE']._serialized_start=3164
-  _globals['_MODELSTAGE']._serialized_end=3262
-  _globals['_UPDATEKIND']._serialized_start=3264
-  _globals['_UPDATEKIND']._serialized_end=3353
-  _globals['_METRICSPHASE']._serialized_start=3355
-  _globals['_METRICSPHASE']._serialized_end=3453
+  _globals['_TASKKIND']._serialized_start=3265
+  _globals['_TASKKIND']._serialized_end=3371
+  _globals['_MODELSTAGE']._serialized_start=3373
+  _globals['_MODELSTAGE']._serialized_end=3471
+  _globals['_UPDATEKIND']._serialized_start=3473
+  _globals['_UPDATEKIND']._serialized_end=3562
+  _globals['_METRICSPHASE']._serialized_start=3564
+  _globals['_METRICSPHASE']._serialized_end=3662
   _globals['_JOINREQUEST']._serialized_start=76
   _globals['_JOINREQUEST']._serialized_end=215
   _globals['_JOINRESPONSE']._serialized_start=218
@@ -61,43 +63,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGSETTINGS']._serialized_start=431
   _globals['_TRAININGSETTINGS']._serialized_end=602
   _globals['_TASK']._serialized_start=605
-  _globals['_TASK']._serialized_end=828
-  _globals['_FETCHMODELREQUEST']._serialized_start=830
-  _globals['_FETCHMODELREQUEST']._serialized_end=924
-  _globals['_FETCHMODELRESPONSE']._serialized_start=926
-  _globals['_FETCHMODELRESPONSE']._serialized_end=1042
-  _globals['_UPDATEHEADER']._serialized_start=1045
-  _globals['_UPDATEHEADER']._serialized_end=1201
-  _globals['_UPLOADUPDATEREQUEST']._serialized_start=1203
-  _globals['_UPLOADUPDATEREQUEST']._serialized_end=1319
-  _globals['_UPLOADUPDATERESPONSE']._serialized_start=1321
-  _globals['_UPLOADUPDATERESPONSE']._serialized_end=1404
-  _globals['_REPORTMETRICSREQUEST']._serialized_start=1407
-  _globals['_REPORTMETRICSREQUEST']._serialized_end=1620
-  _globals['_REPORTMETRICSREQUEST_METRICSENTRY']._serialized_start=1574
-  _globals['_REPORTMETRICSREQUEST_METRICSENTRY']._serialized_end=1620
-  _globals['_REPORTMETRICSRESPONSE']._serialized_start=1622
-  _globals['_REPORTMETRICSRESPONSE']._serialized_end=1645
-  _globals['_GETSTATUSREQUEST']._serialized_start=1647
-  _globals['_GETSTATUSREQUEST']._serialized_end=1665
-  _globals['_CLIENTROUNDRECORD']._serialized_start=1668
-  _globals['_CLIENTROUNDRECORD']._serialized_end=2062
-  _globals['_CLIENTROUNDRECORD_TRAINMETRICSENTRY']._serialized_start=1959
-  _globals['_CLIENTROUNDRECORD_TRAINMETRICSENTRY']._serialized_end=2010
-  _globals['_CLIENTROUNDRECORD_EVALMETRICSENTRY']._serialized_start=2012
-  _globals['_CLIENTROUNDRECORD_EVALMETRICSENTRY']._serialized_end=2062
-  _globals['_ROUNDSUMMARY']._serialized_start=2065
-  _globals['_ROUNDSUMMARY']._serialized_end=2333
-  _globals['_ROUNDSUMMARY_SUMMARYENTRY']._serialized_start=2287
-  _globals['_ROUNDSUMMARY_SUMMARYENTRY']._serialized_end=2333
-  _globals['_CLIENTINFO']._serialized_start=2336
-  _globals['_CLIENTINFO']._serialized_end=2473
-  _globals['_GETSTATUSRESPONSE']._serialized_start=2476
-  _globals['_GETSTATUSRESPONSE']._serialized_end=3054
-  _globals['_GETSTATUSRESPONSE_SETUPBYTESUPENTRY']._serialized_start=2948
-  _globals['_GETSTATUSRESPONSE_SETUPBYTESUPENTRY']._serialized_end=2999
-  _globals['_GETSTATUSRESPONSE_SETUPBYTESDOWNENTRY']._serialized_start=3001
-  _globals['_GETSTATUSRESPONSE_SETUPBYTESDOWNENTRY']._serialized_end=3054
-  _globals['_COORDINATOR']._serialized_start=3456
-  _globals['_COORDINATOR']._serialized_end=3943
+  _globals['_TASK']._serialized_end=870
+  _globals['_INLINEMODEL']._serialized_start=872
+  _globals['_INLINEMODEL']._serialized_end=915
+  _globals['_FETCHMODELREQUEST']._serialized_start=917
+  _globals['_FETCHMODELREQUEST']._serialized_end=1011
+  _globals['_FETCHMODELRESPONSE']._serialized_start=1013
+  _globals['_FETCHMODELRESPONSE']._serialized_end=1129
+  _globals['_UPDATEHEADER']._serialized_start=1132
+  _globals['_UPDATEHEADER']._serialized_end=1410
+  _globals['_UPDATEHEADER_TRAINMETRICSENTRY']._serialized_start=1359
+  _globals['_UPDATEHEADER_TRAINMETRICSENTRY']._serialized_end=1410
+  _globals['_UPLOADUPDATEREQUEST']._serialized_start=1412
+  _globals['_UPLOADUPDATEREQUEST']._serialized_end=1528
+  _globals['_UPLOADUPDATERESPONSE']._serialized_start=1530
+  _globals['_UPLOADUPDATERESPONSE']._serialized_end=1613
+  _globals['_REPORTMETRICSREQUEST']._serialized_start=1616
+  _globals['_REPORTMETRICSREQUEST']._serialized_end=1829
+  _globals['_REPORTMETRICSREQUEST_METRICSENTRY']._serialized_start=1783
+  _globals['_REPORTMETRICSREQUEST_METRICSENTRY']._serialized_end=1829
+  _globals['_REPORTMETRICSRESPONSE']._serialized_start=1831
+  _globals['_REPORTMETRICSRESPONSE']._serialized_end=1854
+  _globals['_GETSTATUSREQUEST']._serialized_start=1856
+  _globals['_GETSTATUSREQUEST']._serialized_end=1874
+  _globals['_CLIENTROUNDRECORD']._serialized_start=1877
+  _globals['_CLIENTROUNDRECORD']._serialized_end=2271
+  _globals['_CLIENTROUNDRECORD_TRAINMETRICSENTRY']._serialized_start=1359
+  _globals['_CLIENTROUNDRECORD_TRAINMETRICSENTRY']._serialized_end=1410
+  _globals['_CLIENTROUNDRECORD_EVALMETRICSENTRY']._serialized_start=2221
+  _globals['_CLIENTROUNDRECORD_EVALMETRICSENTRY']._serialized_end=2271
+  _globals['_ROUNDSUMMARY']._serialized_start=2274
+  _globals['_ROUNDSUMMARY']._serialized_end=2542
+  _globals['_ROUNDSUMMARY_SUMMARYENTRY']._serialized_start=2496
+  _globals['_ROUNDSUMMARY_SUMMARYENTRY']._serialized_end=2542
+  _globals['_CLIENTINFO']._serialized_start=2545
+  _globals['_CLIENTINFO']._serialized_end=2682
+  _globals['_GETSTATUSRESPONSE']._serialized_start=2685
+  _globals['_GETSTATUSRESPONSE']._serialized_end=3263
+  _globals['_GETSTATUSRESPONSE_SETUPBYTESUPENTRY']._serialized_start=3157
+  _globals['_GETSTATUSRESPONSE_SETUPBYTESUPENTRY']._serialized_end=3208
+  _globals['_GETSTATUSRESPONSE_SETUPBYTESDOWNENTRY']._serialized_start=3210
+  _globals['_GETSTATUSRESPONSE_SETUPBYTESDOWNENTRY']._serialized_end=3263
+  _globals['_COORDINATOR']._serialized_start=3665
+  _globals['_COORDINATOR']._serialized_end=4152
 # @@protoc_insertion_point(module_scope)

@@ -28,9 +28,13 @@ class _TaskKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskKind.Val
     DESCRIPTOR: _descriptor.EnumDescriptor
     TASK_KIND_UNSPECIFIED: _TaskKind.ValueType  # 0
     TASK_KIND_TRAIN: _TaskKind.ValueType  # 1
-    """Fetch the model, train locally, upload the delta, report metrics."""
+    """Train locally from the task's model (inline or fetched), upload the delta with its
+    training metrics.
+    """
     TASK_KIND_EVALUATE: _TaskKind.ValueType  # 2
-    """Fetch the aggregated model, evaluate on the held-out split, report metrics."""
+    """Evaluate the round's aggregated model (inline or fetched) on the held-out split,
+    report metrics.
+    """
     TASK_KIND_FINISHED: _TaskKind.ValueType  # 3
     """The federation is over; close the stream and exit."""
 
@@ -38,9 +42,13 @@ class TaskKind(_TaskKind, metaclass=_TaskKindEnumTypeWrapper): ...
 
 TASK_KIND_UNSPECIFIED: TaskKind.ValueType  # 0
 TASK_KIND_TRAIN: TaskKind.ValueType  # 1
-"""Fetch the model, train locally, upload the delta, report metrics."""
+"""Train locally from the task's model (inline or fetched), upload the delta with its
+training metrics.
+"""
 TASK_KIND_EVALUATE: TaskKind.ValueType  # 2
-"""Fetch the aggregated model, evaluate on the held-out split, report metrics."""
+"""Evaluate the round's aggregated model (inline or fetched) on the held-out split,
+report metrics.
+"""
 TASK_KIND_FINISHED: TaskKind.ValueType  # 3
 """The federation is over; close the stream and exit."""
 Global___TaskKind: _TypeAlias = TaskKind  # noqa: Y015
@@ -243,6 +251,7 @@ class Task(_message.Message):
     TRAINING_FIELD_NUMBER: _builtins.int
     EXPECTED_UPDATE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
     kind: Global___TaskKind.ValueType
     round: _builtins.int
     cluster_id: _builtins.int
@@ -260,6 +269,15 @@ class Task(_message.Message):
         cluster's prompt) that serve as the InfoNCE positive and negatives.
         """
 
+    @_builtins.property
+    def model(self) -> Global___InlineModel:
+        """The model the task works on (TRAIN: the round-start model; EVALUATE: the round's
+        aggregated model), carried inline when its payload is small (the coordinator's
+        `inline_model_max_bytes`, 1 MiB by default): the client then skips FetchModel. Unset:
+        download it with FetchModel. Prompts of tens of KB travel inline, which spares every
+        client two calls per round.
+        """
+
     def __init__(
         self,
         *,
@@ -270,14 +288,41 @@ class Task(_message.Message):
         training: Global___TrainingSettings | None = ...,
         expected_update: _abc.Iterable[_common_pb2.TensorSpec] | None = ...,
         message: _builtins.str = ...,
+        model: Global___InlineModel | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "deadline_unix_ms", b"deadline_unix_ms", "expected_update", b"expected_update", "kind", b"kind", "message", b"message", "round", b"round", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "deadline_unix_ms", b"deadline_unix_ms", "expected_update", b"expected_update", "kind", b"kind", "message", b"message", "model", b"model", "round", b"round", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Task: _TypeAlias = Task  # noqa: Y015
+
+@_typing.final
+class InlineModel(_message.Message):
+    """A small model payload carried inside a task."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATA_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The serialized payload (safetensors bytes), as FetchModel would stream it."""
+    sha256: _builtins.bytes
+    """SHA-256 of `data`."""
+    def __init__(
+        self,
+        *,
+        data: _builtins.bytes = ...,
+        sha256: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InlineModel: _TypeAlias = InlineModel  # noqa: Y015
 
 @_typing.final
 class FetchModelRequest(_message.Message):
@@ -334,11 +379,32 @@ Global___FetchModelResponse: _TypeAlias = FetchModelResponse  # noqa: Y015
 class UpdateHeader(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class TrainMetricsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     CLIENT_ID_FIELD_NUMBER: _builtins.int
     ROUND_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     NUM_EXAMPLES_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
+    TRAIN_METRICS_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
     round: _builtins.int
     kind: Global___UpdateKind.ValueType
@@ -346,6 +412,13 @@ class UpdateHeader(_message.Message):
     """Aggregation weight: number of examples the update was trained on."""
     @_builtins.property
     def payload(self) -> _common_pb2.PayloadHeader: ...
+    @_builtins.property
+    def train_metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Metrics measured around the training of this update (pre_*, post_*, train_*): stored
+        as the client's METRICS_PHASE_TRAIN report of the round, which spares a ReportMetrics
+        call. Empty: none sent (a separate ReportMetrics TRAIN call is still accepted).
+        """
+
     def __init__(
         self,
         *,
@@ -354,10 +427,11 @@ class UpdateHeader(_message.Message):
         kind: Global___UpdateKind.ValueType = ...,
         num_examples: _builtins.int = ...,
         payload: _common_pb2.PayloadHeader | None = ...,
+        train_metrics: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "kind", b"kind", "num_examples", b"num_examples", "payload", b"payload", "round", b"round"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "kind", b"kind", "num_examples", b"num_examples", "payload", b"payload", "round", b"round", "train_metrics", b"train_metrics"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -99,7 +99,8 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportMetrics(self, request, context):
-        """Reports a client's metrics for a round (training or evaluation).
+        """Reports a client's metrics for a round (evaluation; training metrics normally travel
+        in the upload's header).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

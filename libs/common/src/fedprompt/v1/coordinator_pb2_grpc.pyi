@@ -42,7 +42,9 @@ class CoordinatorStub:
     UploadUpdate: _grpc.StreamUnaryMultiCallable[_coordinator_pb2.UploadUpdateRequest, _coordinator_pb2.UploadUpdateResponse]
     """Uploads a client's update: one header, then chunks."""
     ReportMetrics: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.ReportMetricsRequest, _coordinator_pb2.ReportMetricsResponse]
-    """Reports a client's metrics for a round (training or evaluation)."""
+    """Reports a client's metrics for a round (evaluation; training metrics normally travel
+    in the upload's header).
+    """
     GetStatus: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetStatusRequest, _coordinator_pb2.GetStatusResponse]
     """The federation's state: rounds, phase, clients, metrics, traffic."""
 
@@ -60,7 +62,9 @@ class CoordinatorAsyncStub(CoordinatorStub):
     UploadUpdate: _aio.StreamUnaryMultiCallable[_coordinator_pb2.UploadUpdateRequest, _coordinator_pb2.UploadUpdateResponse]  # type: ignore[assignment]
     """Uploads a client's update: one header, then chunks."""
     ReportMetrics: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.ReportMetricsRequest, _coordinator_pb2.ReportMetricsResponse]  # type: ignore[assignment]
-    """Reports a client's metrics for a round (training or evaluation)."""
+    """Reports a client's metrics for a round (evaluation; training metrics normally travel
+    in the upload's header).
+    """
     GetStatus: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetStatusRequest, _coordinator_pb2.GetStatusResponse]  # type: ignore[assignment]
     """The federation's state: rounds, phase, clients, metrics, traffic."""
 
@@ -105,7 +109,9 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.ReportMetricsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.ReportMetricsResponse, _abc.Awaitable[_coordinator_pb2.ReportMetricsResponse]]:
-        """Reports a client's metrics for a round (training or evaluation)."""
+        """Reports a client's metrics for a round (evaluation; training metrics normally travel
+        in the upload's header).
+        """
 
     @_abc_1.abstractmethod
     def GetStatus(
