@@ -1,7 +1,8 @@
 """Load bench: 500 concurrent light clients, one coordinator process, 20 rounds.
 
 Every client is a real gRPC client (its own channel and TCP connection) that speaks the whole
-protocol (Join, StreamTasks, FetchModel, UploadUpdate of a random delta, ReportMetrics) but
+protocol (Join, StreamTasks with the model inline, UploadUpdate of a random delta with its
+training metrics, ReportMetrics of the evaluation) but
 trains nothing (``bench/light_clients.py``). The bench prints, per round, the coordinator's
 resident memory (RSS) when the round's last evaluation came in, and the round's wall time;
 then whether every round completed, the errors, and how much RSS grew after warm-up.
