@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from fedprompt.compression import Compression
 from fedprompt_cli.up import UpOptions, run_up
 
 
@@ -43,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--dp-noise-multiplier", type=float, help="client-level DP-FedAvg z")
     up.add_argument("--dp-sgd-epsilon", type=float, help="record-level DP-SGD target ε (text)")
     up.add_argument("--max-images", type=int, help="cap on digit images (vision)")
+    up.add_argument(
+        "--upload-compression",
+        choices=[c.value for c in Compression],
+        help="lossy compression of the clients' uploaded deltas (default: none)",
+    )
     up.add_argument(
         "--insecure",
         action="store_true",
@@ -204,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             max_images=args.max_images,
             insecure=args.insecure,
             clients_per_process=max(1, args.clients_per_process),
+            upload_compression=args.upload_compression,
         )
         return run_up(options, console)
     if args.command == "bench":
