@@ -106,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--privacy-only", action="store_true", help="only the privacy stage (plans without a grid)"
     )
+    bench.add_argument(
+        "--skip-compression",
+        action="store_true",
+        help="leave out the upload-compression stage (split runs)",
+    )
+    bench.add_argument(
+        "--compression-only",
+        action="store_true",
+        help="only the upload-compression stage (plans without a grid; with --privacy-only: both)",
+    )
     bench.add_argument("--note", default="", help="a sentence for the report's first paragraph")
     bench.add_argument(
         "--insecure", action="store_true", help="plaintext gRPC inside each run (no certs)"
@@ -154,6 +164,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             clients=args.silos,
             tasks=tuple(args.tasks) if args.tasks else None,
             skip_privacy=args.skip_privacy,
+            skip_compression=args.skip_compression,
             strategies=tuple(args.strategies) if args.strategies else None,
             insecure=args.insecure,
         )
@@ -172,6 +183,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         report_only=args.report_only,
         note=args.note,
         privacy_only=args.privacy_only,
+        compression_only=args.compression_only,
     )
 
 
