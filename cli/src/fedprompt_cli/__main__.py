@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from fedprompt.compression import Compression
 from fedprompt_cli.up import UpOptions, run_up
 
 
@@ -43,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--dp-noise-multiplier", type=float, help="client-level DP-FedAvg z")
     up.add_argument("--dp-sgd-epsilon", type=float, help="record-level DP-SGD target ε (text)")
     up.add_argument("--max-images", type=int, help="cap on digit images (vision)")
+    up.add_argument(
+        "--upload-compression",
+        choices=[c.value for c in Compression],
+        help="lossy compression of the clients' uploaded deltas (default: none)",
+    )
     up.add_argument(
         "--insecure",
         action="store_true",
@@ -100,6 +106,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--privacy-only", action="store_true", help="only the privacy stage (plans without a grid)"
     )
+    bench.add_argument(
+        "--skip-compression",
+        action="store_true",
+        help="leave out the upload-compression stage (split runs)",
+    )
+    bench.add_argument(
+        "--compression-only",
+        action="store_true",
+        help="only the upload-compression stage (plans without a grid; with --privacy-only: both)",
+    )
     bench.add_argument("--note", default="", help="a sentence for the report's first paragraph")
     bench.add_argument(
         "--insecure", action="store_true", help="plaintext gRPC inside each run (no certs)"
@@ -148,6 +164,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             clients=args.silos,
             tasks=tuple(args.tasks) if args.tasks else None,
             skip_privacy=args.skip_privacy,
+            skip_compression=args.skip_compression,
             strategies=tuple(args.strategies) if args.strategies else None,
             insecure=args.insecure,
         )
@@ -166,6 +183,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         report_only=args.report_only,
         note=args.note,
         privacy_only=args.privacy_only,
+        compression_only=args.compression_only,
     )
 
 
@@ -204,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             max_images=args.max_images,
             insecure=args.insecure,
             clients_per_process=max(1, args.clients_per_process),
+            upload_compression=args.upload_compression,
         )
         return run_up(options, console)
     if args.command == "bench":

@@ -85,6 +85,7 @@ def _options(spec: RunSpec, plan: BenchPlan, work: Path, silos: Path) -> UpOptio
         dp_sgd_epsilon=spec.dp_sgd_epsilon,
         max_images=settings.max_images,
         clients_per_process=plan.clients_per_process,
+        upload_compression=spec.upload_compression,
     )
 
 
@@ -200,10 +201,18 @@ def run_bench(
     report_only: bool = False,
     note: str = "",
     privacy_only: bool = False,
+    compression_only: bool = False,
 ) -> int:
-    """Run the whole plan (tune, eval, privacy) and write the report into ``out``."""
-    if privacy_only and len(plan.lr_factors) > 1:
-        console.print("[red]--privacy-only needs a plan without a learning-rate grid[/]")
+    """Run the whole plan (tune, eval, privacy, compression) and write the report into ``out``.
+
+    ``privacy_only`` and ``compression_only`` run just those stages (both: both), which
+    needs a plan without a learning-rate grid: there is no choice to make.
+    """
+    stages_only = privacy_only or compression_only
+    if stages_only and len(plan.lr_factors) > 1:
+        console.print(
+            "[red]--privacy-only and --compression-only need a plan without a learning-rate grid[/]"
+        )
         return 2
     out.mkdir(parents=True, exist_ok=True)
     work = work or out / "work"
@@ -225,15 +234,21 @@ def run_bench(
             console=console,
         ) as progress:
             bar = progress.add_task("bench", total=plan.total_runs())
-            if privacy_only:  # no choice to make: the grid has one rate per strategy
+            if stages_only:  # no choice to make: the grid has one rate per strategy
                 tune, chosen = [], untuned_learning_rates(plan)
-                rest = plan.privacy_runs(chosen)
+                rest = plan.privacy_runs(chosen) if privacy_only else []
+                rest += plan.compression_runs(chosen) if compression_only else []
+                progress.update(bar, total=len(rest))
             else:
                 tune = runner.run_all(plan.tune_runs(), progress, bar)
                 chosen = choose_learning_rates(tune)
                 if len(plan.lr_factors) == 1:  # a report of unfinished runs: no choice missing
                     chosen = {**untuned_learning_rates(plan), **chosen}
-                rest = plan.eval_runs(chosen) + plan.privacy_runs(chosen)
+                rest = (
+                    plan.eval_runs(chosen)
+                    + plan.privacy_runs(chosen)
+                    + plan.compression_runs(chosen)
+                )
             records = tune + runner.run_all(rest, progress, bar)
     except (BenchFailedError, ChildFailedError) as exc:
         console.print(f"[bold red]bench failed[/]: {exc}")
@@ -267,10 +282,14 @@ def plan_with_overrides(
     clients: int | None,
     tasks: tuple[str, ...] | None = None,
     skip_privacy: bool = False,
+    skip_compression: bool = False,
     strategies: tuple[str, ...] | None = None,
     insecure: bool = False,
 ) -> BenchPlan:
-    """The plan with the command line's ``--seeds`` / ``--silos`` / ``--tasks`` applied."""
+    """The plan with the command line's ``--seeds`` / ``--silos`` / ``--tasks`` applied.
+
+    ``skip_privacy`` and ``skip_compression`` each leave out only their own stage.
+    """
     if tasks:
         unknown = set(tasks) - set(plan.tasks)
         if unknown:
@@ -282,6 +301,8 @@ def plan_with_overrides(
         plan = replace(plan, strategies=strategies)
     if skip_privacy:
         plan = replace(plan, privacy_seeds=0)
+    if skip_compression:
+        plan = replace(plan, compression_seeds=0)
     if insecure:
         plan = replace(plan, insecure=True)
     if clients:

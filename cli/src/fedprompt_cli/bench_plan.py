@@ -1,6 +1,6 @@
 """What ``fedprompt bench`` runs: tasks, strategies, seeds, learning-rate grid, privacy levels.
 
-The plan has three stages, in this order:
+The plan has four stages, in this order:
 
 1. ``tune``: on the first seed, every strategy of every task runs once per candidate
    learning rate. The candidate with the best mean *validation* accuracy (each silo's
@@ -12,12 +12,17 @@ The plan has three stages, in this order:
    ``dp_epsilons`` (ε = ∞ is the non-private ``fpl`` run) and with record-level DP-SGD
    at each ε of ``dp_sgd_epsilons`` (text only: DP-SGD is implemented for text silos),
    on every seed.
+4. ``compression``: ``fpl`` with the chosen rate and each lossy upload compression of
+   ``upload_compressions`` (``fp16``, ``int8``) on the first ``compression_seeds`` seeds of
+   the ``compression_tasks``. The uncompressed baseline is the plain ``fpl`` run of the
+   same seeds, so this stage adds one run per (task, method, seed) and nothing else.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from fedprompt.compression import Compression
 from fedprompt_cli.up import DEFAULT_LEARNING_RATES
 
 __all__ = [
@@ -58,15 +63,20 @@ class RunSpec:
     learning_rate: float
     dp_epsilon: float | None = None
     dp_sgd_epsilon: float | None = None
+    #: Lossy compression of the clients' uploads (``fp16``, ``int8``; None: uncompressed).
+    upload_compression: str | None = None
 
     @property
     def variant(self) -> str:
-        """``strategy`` plus its privacy setting, e.g. ``fpl dp-fedavg ε=4``."""
+        """``strategy`` plus its privacy and compression settings, e.g. ``fpl upload int8``."""
+        parts = [self.strategy]
         if self.dp_epsilon is not None:
-            return f"{self.strategy} dp-fedavg ε={self.dp_epsilon:g}"
+            parts.append(f"dp-fedavg ε={self.dp_epsilon:g}")
         if self.dp_sgd_epsilon is not None:
-            return f"{self.strategy} dp-sgd ε={self.dp_sgd_epsilon:g}"
-        return self.strategy
+            parts.append(f"dp-sgd ε={self.dp_sgd_epsilon:g}")
+        if self.upload_compression is not None:
+            parts.append(f"upload {self.upload_compression}")
+        return " ".join(parts)
 
     @property
     def name(self) -> str:
@@ -76,6 +86,8 @@ class RunSpec:
             parts.append(f"dpfedavg{self.dp_epsilon:g}")
         if self.dp_sgd_epsilon is not None:
             parts.append(f"dpsgd{self.dp_sgd_epsilon:g}")
+        if self.upload_compression is not None:
+            parts.append(f"up-{self.upload_compression}")
         return "-".join(parts)
 
 
@@ -107,6 +119,12 @@ class BenchPlan:
     privacy_seeds: int | None = None
     #: Tasks of the privacy stage (None: all).
     privacy_tasks: tuple[str, ...] | None = None
+    #: Lossy upload compressions compared with uncompressed ``fpl`` (``()``: no such stage).
+    upload_compressions: tuple[str, ...] = ("fp16", "int8")
+    #: Seeds of the compression stage: the first ``compression_seeds`` (None: all).
+    compression_seeds: int | None = None
+    #: Tasks of the compression stage (None: all).
+    compression_tasks: tuple[str, ...] | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -119,6 +137,12 @@ class BenchPlan:
             raise ValueError(f"unknown strategies {sorted(unknown)}")
         if not self.lr_factors:
             raise ValueError("at least one learning-rate factor is needed")
+        lossy = {c.value for c in Compression} - {Compression.NONE.value}
+        if not set(self.upload_compressions) <= lossy:
+            raise ValueError(
+                f"upload compressions must be among {sorted(lossy)} (none is the plain fpl "
+                f"run), got {list(self.upload_compressions)}"
+            )
 
     def tune_runs(self) -> list[RunSpec]:
         """Stage 1: every candidate learning rate on the first seed."""
@@ -163,10 +187,28 @@ class BenchPlan:
                     ]
         return runs
 
+    def compression_runs(self, chosen: dict[tuple[str, str], float]) -> list[RunSpec]:
+        """Stage 4: fpl with each lossy upload compression, on the compression seeds."""
+        if "fpl" not in self.strategies:
+            return []
+        seeds = self.seeds[: self.compression_seeds]
+        return [  # seed by seed, like the eval stage
+            RunSpec("compression", task, "fpl", s, chosen[(task, "fpl")], upload_compression=m)
+            for s in seeds
+            for task in self.tasks
+            if self.compression_tasks is None or task in self.compression_tasks
+            for m in self.upload_compressions
+        ]
+
     def total_runs(self) -> int:
         """How many federations the whole plan runs."""
         chosen = {(t, s): 0.0 for t in self.tasks for s in self.strategies}
-        return len(self.tune_runs()) + len(self.eval_runs(chosen)) + len(self.privacy_runs(chosen))
+        return (
+            len(self.tune_runs())
+            + len(self.eval_runs(chosen))
+            + len(self.privacy_runs(chosen))
+            + len(self.compression_runs(chosen))
+        )
 
     def describe(self) -> dict[str, object]:
         """The plan as JSON-ready data (written into the report)."""
@@ -187,6 +229,13 @@ class BenchPlan:
             "target_fraction": self.target_fraction,
             "privacy_seeds": list(self.seeds[: self.privacy_seeds]),
             "privacy_tasks": list(self.privacy_tasks or self.tasks),
+            "upload_compressions": list(self.upload_compressions),
+            "compression_seeds": list(self.seeds[: self.compression_seeds]),
+            "compression_tasks": [
+                t
+                for t in self.tasks
+                if self.compression_tasks is None or t in self.compression_tasks
+            ],
             "total_runs": self.total_runs(),
         }
 
@@ -202,8 +251,10 @@ def full_plan() -> BenchPlan:
 
     Sized for a 2-core machine shared with other work (about an hour): two rounds of three
     local steps, short texts, the default learning rates (no grid: ``lr_factors=(1, 3)``
-    turns the validation grid on, at twice the runs), and the privacy curve on the text
-    task with one seed.
+    turns the validation grid on, at twice the runs), the privacy curve on the text task
+    with one seed, and fp16 and int8 uploads on the text task with every seed (6 short
+    runs: a change of accuracy is only judged against the seed spread with more than one
+    seed).
     """
     return BenchPlan(
         mode="full",
@@ -216,14 +267,15 @@ def full_plan() -> BenchPlan:
         lr_factors=(1.0,),
         privacy_tasks=("text",),
         privacy_seeds=1,
+        compression_tasks=("text",),
     )
 
 
 def gpu_plan() -> BenchPlan:
     """The full plan with a realistic training budget, for a machine with a CUDA GPU.
 
-    Ten rounds of ten local steps on longer texts and more images, the privacy curve on
-    both tasks with every seed. Client agents run with ``--device auto`` (CUDA with bf16
+    Ten rounds of ten local steps on longer texts and more images, the privacy curve and
+    the upload compressions on both tasks with every seed. Client agents run with ``--device auto`` (CUDA with bf16
     autocast where present). Its runs can be split over several bench processes
     (``--tasks``/``--strategies``/``--privacy-only --seeds``) and merged with
     ``--merge ... --report-only``.
@@ -237,12 +289,17 @@ def gpu_plan() -> BenchPlan:
         },
         privacy_tasks=None,
         privacy_seeds=None,
+        compression_tasks=None,
+        compression_seeds=None,
         device="auto",
     )
 
 
 def quick_plan() -> BenchPlan:
-    """``make bench-quick``: the same report from one seed, fewer rounds and steps, no grid."""
+    """``make bench-quick``: the same report from one seed, fewer rounds and steps, no grid.
+
+    One compression run (int8 on text) keeps the report's compression section.
+    """
     plan = full_plan()
     return replace(
         plan,
@@ -254,11 +311,17 @@ def quick_plan() -> BenchPlan:
         },
         lr_factors=(1.0,),
         dp_epsilons=(1.0,),
+        upload_compressions=("int8",),
+        compression_seeds=1,
     )
 
 
 def tiny_plan() -> BenchPlan:
-    """The integration test's plan: one task, two strategies, two seeds, one round."""
+    """The integration test's plan: one task, two strategies, two seeds, one round.
+
+    No compression stage: it would add federations to the test, and the report's
+    compression section is unit-tested on hand-made records.
+    """
     return BenchPlan(
         mode="tiny",
         clients=3,
@@ -269,6 +332,7 @@ def tiny_plan() -> BenchPlan:
         dp_epsilons=(4.0,),
         dp_sgd_epsilons=(),
         privacy_seeds=1,
+        upload_compressions=(),
         clients_per_process=3,
         torch_threads=1,
     )

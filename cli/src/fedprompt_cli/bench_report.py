@@ -11,7 +11,7 @@ import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +19,11 @@ from fedprompt_cli.bench_metrics import RunMetrics, Spread, run_metrics, spread
 from fedprompt_cli.bench_plan import BenchPlan
 
 __all__ = [
+    "CompressionComparison",
     "VariantResult",
     "choose_learning_rates",
     "communication_ratios",
+    "compression_comparisons",
     "headline",
     "privacy_results",
     "verdicts",
@@ -37,6 +39,17 @@ def _is_private(spec: Mapping[str, Any]) -> bool:
     return spec.get("dp_epsilon") is not None or spec.get("dp_sgd_epsilon") is not None
 
 
+def _compression(spec: Mapping[str, Any]) -> str | None:
+    """The run's lossy upload compression (None: uploads were exact)."""
+    method = spec.get("upload_compression")
+    return None if method in (None, "none") else str(method)
+
+
+def _is_plain(spec: Mapping[str, Any]) -> bool:
+    """Neither private nor compressed: a run that may enter the headline."""
+    return not _is_private(spec) and _compression(spec) is None
+
+
 def choose_learning_rates(tune: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], float]:
     """Per (task, strategy): the tuning run's learning rate with the best mean *validation* accuracy.
 
@@ -45,7 +58,7 @@ def choose_learning_rates(tune: Sequence[Mapping[str, Any]]) -> dict[tuple[str, 
     best: dict[tuple[str, str], tuple[float, float]] = {}
     for record in tune:
         spec = record["spec"]
-        if _is_private(spec):
+        if not _is_plain(spec):
             continue
         key = (spec["task"], spec["strategy"])
         val = run_metrics(record).val_accuracy
@@ -129,21 +142,26 @@ def _group(records: Sequence[Mapping[str, Any]]) -> list[VariantResult]:
 
 
 def _variant(spec: Mapping[str, Any]) -> str:
+    """As :attr:`~fedprompt_cli.bench_plan.RunSpec.variant`, from a record's spec."""
+    parts = [str(spec["strategy"])]
     if spec.get("dp_epsilon") is not None:
-        return f"{spec['strategy']} dp-fedavg ε={float(spec['dp_epsilon']):g}"
+        parts.append(f"dp-fedavg ε={float(spec['dp_epsilon']):g}")
     if spec.get("dp_sgd_epsilon") is not None:
-        return f"{spec['strategy']} dp-sgd ε={float(spec['dp_sgd_epsilon']):g}"
-    return str(spec["strategy"])
+        parts.append(f"dp-sgd ε={float(spec['dp_sgd_epsilon']):g}")
+    method = _compression(spec)
+    if method is not None:
+        parts.append(f"upload {method}")
+    return " ".join(parts)
 
 
 def headline(
     records: Sequence[Mapping[str, Any]], chosen: Mapping[tuple[str, str], float]
 ) -> list[VariantResult]:
-    """Non-private runs at the chosen learning rate, one result per (task, strategy)."""
+    """Non-private, uncompressed runs at the chosen learning rate, one per (task, strategy)."""
     kept = [
         r
         for r in records
-        if not _is_private(r["spec"])
+        if _is_plain(r["spec"])
         and chosen.get((r["spec"]["task"], r["spec"]["strategy"]))
         == float(r["spec"]["learning_rate"])
     ]
@@ -153,6 +171,108 @@ def headline(
 def privacy_results(records: Sequence[Mapping[str, Any]]) -> list[VariantResult]:
     """The private fpl runs, one result per (task, variant)."""
     return _group([r for r in records if _is_private(r["spec"])])
+
+
+def _points(value: float) -> str:
+    """A signed difference in accuracy points, one decimal, never ``-0.0``."""
+    return f"{round(value * 100, 1) + 0.0:+.1f}"
+
+
+@dataclass(frozen=True)
+class CompressionComparison:
+    """One lossy upload compression of a strategy against its exact uploads, same seeds."""
+
+    task: str
+    method: str
+    compressed: VariantResult
+    #: The uncompressed runs of the same task, strategy, learning rate and seeds (None: none).
+    baseline: VariantResult | None
+
+    def bytes_ratio(self) -> float | None:
+        """Upload bytes per client and round, compressed over uncompressed."""
+        if self.baseline is None:
+            return None
+        base = self.baseline.stat("bytes_up_per_client_round").mean
+        return None if base <= 0 else self.compressed.stat("bytes_up_per_client_round").mean / base
+
+    def sentence(self) -> str:
+        """What the compression did to the upload bytes and the accuracy, from the numbers.
+
+        A change of mean accuracy is "within the seed spread" when it is no larger than the
+        larger of the two sample stds over seeds (as in :func:`verdicts`).
+        """
+        who = f"{self.task}: {self.method} uploads"
+        strategy = self.compressed.strategy
+        seeds = ", ".join(str(s) for s in self.compressed.seeds)
+        if self.baseline is None:
+            return f"{who} have no uncompressed {strategy} run of seeds {seeds} to compare with."
+        ratio = self.bytes_ratio()
+        if ratio is None:
+            size = f"the uncompressed {strategy} runs sent no upload bytes"
+        elif ratio < 1:
+            size = f"cut {strategy}'s upload bytes by {1 / ratio:.1f}x"
+        else:
+            size = f"do not cut {strategy}'s upload bytes ({ratio:.2f}x of uncompressed)"
+        a, b = self.compressed.stat("accuracy_mean"), self.baseline.stat("accuracy_mean")
+        worst = (
+            self.compressed.stat("accuracy_worst").mean - self.baseline.stat("accuracy_worst").mean
+        )
+        change = (
+            f"mean accuracy changes by {_points(a.mean - b.mean)} points (worst client: "
+            f"{_points(worst)})"
+        )
+        if len(self.compressed.seeds) < 2:
+            judged = f"one seed ({seeds}), so there is no seed spread to judge it by"
+        else:
+            noise = max(a.std, b.std)
+            where = "within" if abs(a.mean - b.mean) <= noise else "more than"
+            judged = f"{where} the seed spread ({100 * noise:.1f} points, seeds {seeds})"
+        return f"{who} {size}; {change}, {judged}."
+
+
+def _restricted(result: VariantResult, seeds: set[int]) -> VariantResult | None:
+    """``result`` on those of its seeds that are in ``seeds`` (None: no seed left)."""
+    kept = [(s, m) for s, m in zip(result.seeds, result.runs, strict=True) if s in seeds]
+    if not kept:
+        return None
+    return replace(result, seeds=tuple(s for s, _ in kept), runs=tuple(m for _, m in kept))
+
+
+def compression_comparisons(records: Sequence[Mapping[str, Any]]) -> list[CompressionComparison]:
+    """Every (task, lossy upload compression) against the exact uploads of the same seeds.
+
+    The baseline of a compressed variant is the non-private, uncompressed run of the same
+    task, strategy and learning rate; both sides keep only the seeds that both have.
+    """
+    plain = _group([r for r in records if _is_plain(r["spec"])])
+    by_method: dict[str, list[Mapping[str, Any]]] = {}
+    for record in records:
+        method = _compression(record["spec"])
+        if method is not None and not _is_private(record["spec"]):
+            by_method.setdefault(method, []).append(record)
+    out = []
+    for method, group in by_method.items():
+        for c in _group(group):
+            base = next(
+                (
+                    p
+                    for p in plain
+                    if (p.task, p.strategy, p.learning_rate)
+                    == (c.task, c.strategy, c.learning_rate)
+                ),
+                None,
+            )
+            common = set(c.seeds) & set(base.seeds) if base is not None else set()
+            paired = _restricted(c, common)
+            out.append(
+                CompressionComparison(
+                    task=c.task,
+                    method=method,
+                    compressed=paired or c,
+                    baseline=None if base is None else _restricted(base, common),
+                )
+            )
+    return sorted(out, key=lambda x: (x.task, x.method))
 
 
 def communication_ratios(results: Sequence[VariantResult]) -> dict[tuple[str, str], float | None]:
@@ -323,6 +443,43 @@ def _privacy_table(base: Sequence[VariantResult], private: Sequence[VariantResul
     return lines
 
 
+def _compression_section(comparisons: Sequence[CompressionComparison]) -> list[str]:
+    """Per task: exact uploads (the plain runs of the same seeds), then each compression."""
+    if not comparisons:
+        return ["No upload-compression runs in these records."]
+    lines = [
+        "fpl with lossy uploads (client agents' `--upload-compression`; the initial model "
+        "and every download stay exact) against the plain fpl runs of the same seeds; "
+        "bytes are counted on the wire (headers, metadata and int8 scales included).",
+        "",
+    ]
+    for task in sorted({c.task for c in comparisons}):
+        rows = [c for c in comparisons if c.task == task]
+        lines += [
+            f"### {task}",
+            "",
+            "| upload | seeds | mean acc % | worst acc % | up / client / round | "
+            "up bytes ratio to none |",
+            "|" + "---|" * 6,
+        ]
+        # one row of exact uploads per set of compared seeds (one row when all runs finished)
+        exact = {c.baseline.seeds: c.baseline for c in rows if c.baseline is not None}
+        for base in sorted(exact.values(), key=lambda b: (-len(b.seeds), b.seeds)):
+            lines.append(_compression_row(f"none ({base.strategy})", base, 1.0))
+        for c in rows:
+            lines.append(_compression_row(c.method, c.compressed, c.bytes_ratio()))
+        lines += ["", *[f"- {c.sentence()}" for c in rows], ""]
+    return lines[:-1]
+
+
+def _compression_row(method: str, r: VariantResult, ratio: float | None) -> str:
+    return (
+        f"| {method} | {', '.join(str(s) for s in r.seeds)} | {r.stat('accuracy_mean').fmt(100)} "
+        f"| {r.stat('accuracy_worst').fmt(100)} | "
+        f"{_mib(r.stat('bytes_up_per_client_round').mean)} | {_ratio(ratio)} |"
+    )
+
+
 def _tuning_table(
     tune: Sequence[Mapping[str, Any]], chosen: Mapping[tuple[str, str], float]
 ) -> list[str]:
@@ -457,7 +614,11 @@ def _timing_line(meta: Mapping[str, Any], runs: int) -> str:
 def write_report(
     out: Path, plan: BenchPlan, records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
 ) -> Path:
-    """Write ``report.md``, ``results.json``, ``runs.csv``, ``summary.csv`` and the plots."""
+    """Write ``report.md``, ``results.json``, ``runs.csv``, ``summary.csv`` and the plots.
+
+    Private and upload-compressed runs stay out of the headline, its verdicts and the
+    learning-rate choice; each has its own section.
+    """
     from fedprompt_cli.plots import write_plots
 
     tune = [
@@ -468,9 +629,10 @@ def write_report(
     chosen = choose_learning_rates(tune)
     base = headline(records, chosen)
     private = privacy_results(records)
+    compressed = compression_comparisons(records)
     ratios = communication_ratios(base)
     target = targets(base, plan.target_fraction)
-    _write_raw(out, records, [*base, *private])
+    _write_raw(out, records, [*base, *private, *(c.compressed for c in compressed)])
     plots = write_plots(out, base, private)
     settings = "; ".join(
         f"{task}: {s.rounds} rounds × {s.local_steps} local steps, batch {s.batch_size}"
@@ -523,6 +685,10 @@ def write_report(
         "",
         *_privacy_table(base, private),
         "",
+        "## Upload compression",
+        "",
+        *_compression_section(compressed),
+        "",
         "## Learning-rate selection (validation)",
         "",
         *_tuning_table(tune, chosen),
@@ -543,6 +709,16 @@ def write_report(
                 "chosen_learning_rates": {f"{t}/{s}": lr for (t, s), lr in chosen.items()},
                 "targets": target,
                 "verdicts": verdicts(base),
+                "upload_compression": [
+                    {
+                        "task": c.task,
+                        "method": c.method,
+                        "seeds": list(c.compressed.seeds),
+                        "bytes_up_ratio_to_uncompressed": c.bytes_ratio(),
+                        "sentence": c.sentence(),
+                    }
+                    for c in compressed
+                ],
                 "results": [
                     {
                         "task": r.task,

@@ -56,6 +56,9 @@ class UpOptions:
     insecure: bool = False
     #: Client agents per process (1: one process per silo; more: one torch import shared).
     clients_per_process: int = 1
+    #: Lossy compression of the clients' uploaded deltas (none, fp16, int8; None: their
+    #: config's, ``none`` unless the environment says otherwise).
+    upload_compression: str | None = None
 
     def coordinator_flags(self) -> list[str]:
         """Strategy, learning-rate and privacy flags of the coordinator."""
@@ -75,13 +78,15 @@ class UpOptions:
         return flags
 
     def client_flags(self) -> list[str]:
-        """Strategy and record-level DP flags of every client agent."""
+        """Strategy, record-level DP and upload-compression flags of every client agent."""
         flags = ["--strategy", self.strategy]
         if self.dp_sgd_epsilon is not None:
             flags += [
                 "--dp-sgd-epsilon", str(self.dp_sgd_epsilon),
                 "--dp-sgd-total-steps", str(self.rounds * self.local_steps),
             ]  # fmt: skip
+        if self.upload_compression is not None:
+            flags += ["--upload-compression", self.upload_compression]
         return flags
 
 

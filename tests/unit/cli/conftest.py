@@ -22,6 +22,7 @@ def _make_record(
     epsilon: float = 0.0,
     dp_epsilon: float | None = None,
     dp_sgd_epsilon: float | None = None,
+    upload_compression: str | None = None,
     groups: list[str] | None = None,
 ) -> dict[str, Any]:
     """A record whose ``accs[r][c]`` is client c's test accuracy after round r+1."""
@@ -59,8 +60,11 @@ def _make_record(
         "learning_rate": lr,
         "dp_epsilon": dp_epsilon,
         "dp_sgd_epsilon": dp_sgd_epsilon,
+        "upload_compression": upload_compression,
     }
-    spec["name"] = f"{task}-{strategy}-lr{lr:g}-s{seed}-{dp_epsilon}-{dp_sgd_epsilon}"
+    spec["name"] = (
+        f"{task}-{strategy}-lr{lr:g}-s{seed}-{dp_epsilon}-{dp_sgd_epsilon}-{upload_compression}"
+    )
     return {
         "spec": spec,
         "wall_seconds": 30.0,

@@ -6,7 +6,15 @@ from dataclasses import replace
 
 import pytest
 
-from fedprompt_cli.bench_plan import STRATEGIES, full_plan, lr_grid, quick_plan, tiny_plan
+from fedprompt_cli.bench_plan import (
+    STRATEGIES,
+    RunSpec,
+    full_plan,
+    gpu_plan,
+    lr_grid,
+    quick_plan,
+    tiny_plan,
+)
 
 
 def test_full_plan_meets_the_issue() -> None:
@@ -31,7 +39,9 @@ def test_stages_cover_every_strategy_seed_and_privacy_level() -> None:
     privacy = plan.privacy_runs(chosen)
     assert {r.dp_epsilon for r in privacy if r.dp_epsilon} == set(plan.dp_epsilons)
     assert {r.task for r in privacy if r.dp_sgd_epsilon} == {"text"}  # DP-SGD: text silos only
-    names = [r.name for r in tune + evals + privacy]
+    compression = plan.compression_runs(chosen)
+    assert {r.upload_compression for r in compression} == set(plan.upload_compressions)
+    names = [r.name for r in tune + evals + privacy + compression]
     assert len(names) == len(set(names)) == plan.total_runs()
 
 
@@ -80,3 +90,59 @@ def test_a_bench_can_be_split_by_strategy_and_without_privacy() -> None:
     assert chosen == {("text", "fpl"): 0.03, ("vision", "fpl"): 0.03}
     assert [r.name for r in plan.tune_runs()] == ["text-fpl-lr0.03-s2", "vision-fpl-lr0.03-s2"]
     assert plan.privacy_runs(chosen) == [] and plan.eval_runs(chosen) == []
+
+
+def test_compression_stage_runs_fpl_at_the_chosen_rate_per_method_and_seed() -> None:
+    plan = full_plan()
+    chosen = {(t, s): 0.5 for t in plan.tasks for s in plan.strategies}
+    chosen[("text", "fpl")] = 0.07
+    runs = plan.compression_runs(chosen)
+    assert [r.name for r in runs] == [
+        f"text-fpl-lr0.07-s{s}-up-{m}" for s in plan.seeds for m in ("fp16", "int8")
+    ]
+    assert {(r.stage, r.strategy, r.learning_rate) for r in runs} == {("compression", "fpl", 0.07)}
+    assert runs[1].variant == "fpl upload int8"
+    assert all(r.dp_epsilon is None and r.dp_sgd_epsilon is None for r in runs)
+    described = plan.describe()
+    assert described["upload_compressions"] == ["fp16", "int8"]
+    assert described["compression_seeds"] == [0, 1, 2]
+    assert described["compression_tasks"] == ["text"]
+    no_stage = replace(plan, upload_compressions=())
+    assert no_stage.compression_runs(chosen) == []
+    assert plan.total_runs() == no_stage.total_runs() + len(runs)
+
+
+def test_compression_stage_size_of_each_plan() -> None:
+    def runs(plan_runs: list[RunSpec]) -> set[tuple[str, int, str | None]]:
+        return {(r.task, r.seed, r.upload_compression) for r in plan_runs}
+
+    quick, gpu = quick_plan(), gpu_plan()
+    assert runs(quick.compression_runs({("text", "fpl"): 0.03})) == {("text", 0, "int8")}
+    gpu_runs = gpu.compression_runs({("text", "fpl"): 0.03, ("vision", "fpl"): 0.03})
+    assert len(gpu_runs) == 2 * 3 * 2  # tasks x seeds x methods
+    assert tiny_plan().compression_runs({("text", "fpl"): 0.03}) == []  # integration test
+    assert replace(full_plan(), strategies=("local",)).compression_runs({}) == []
+
+
+def test_run_variants_name_the_privacy_and_compression_settings() -> None:
+    spec = RunSpec("privacy", "text", "fpl", 1, 0.03, dp_epsilon=4.0)
+    assert (spec.variant, spec.name) == ("fpl dp-fedavg ε=4", "text-fpl-lr0.03-s1-dpfedavg4")
+    spec = RunSpec("compression", "vision", "fpl", 2, 0.03, upload_compression="fp16")
+    assert (spec.variant, spec.name) == ("fpl upload fp16", "vision-fpl-lr0.03-s2-up-fp16")
+    assert RunSpec("eval", "text", "local", 0, 0.03).variant == "local"
+
+
+def test_unknown_or_exact_upload_compressions_are_refused() -> None:
+    for bad in (("none",), ("zip",)):
+        with pytest.raises(ValueError, match="upload compressions"):
+            replace(tiny_plan(), upload_compressions=bad)
+
+
+def test_skip_privacy_keeps_the_compression_stage_and_skip_compression_drops_it() -> None:
+    from fedprompt_cli.bench import plan_with_overrides, untuned_learning_rates
+
+    plan = plan_with_overrides(full_plan(), seeds=None, clients=None, skip_privacy=True)
+    chosen = untuned_learning_rates(plan)
+    assert plan.privacy_runs(chosen) == [] and len(plan.compression_runs(chosen)) == 6
+    plan = plan_with_overrides(full_plan(), seeds=None, clients=None, skip_compression=True)
+    assert plan.compression_runs(chosen) == [] and plan.privacy_runs(chosen)

@@ -139,3 +139,114 @@ def test_strategies_that_cannot_be_told_apart_are_named(make_record: MakeRecord)
     chosen = {("text", s): 0.03 for s in ("fpl", "local", "fedavg")}
     lines = identical_groups(headline(records, chosen))
     assert len(lines) == 1 and "fpl, local" in lines[0] and "fedavg" not in lines[0]
+
+
+def _compression_records(make_record: MakeRecord) -> list[dict[str, Any]]:
+    """fpl on 3 seeds (1000 B up), int8 on the same seeds (300 B), fp16 on seeds 0 and 1."""
+    return (
+        _three_seeds(make_record, "fpl", [0.60, 0.62, 0.64], up=1000)
+        + [make_record(strategy="fpl", lr=0.09, accs=[[0.9, 0.9]], vals=[0.1, 0.1], up=5000)]
+        + [
+            make_record(strategy="fpl", seed=s, accs=[[a, a]], up=300, stage="compression",
+                        upload_compression="int8")
+            for s, a in enumerate([0.59, 0.61, 0.63])
+        ]
+        + [
+            make_record(strategy="fpl", seed=s, accs=[[a, a]], up=500, stage="compression",
+                        upload_compression="fp16")
+            for s, a in enumerate([0.70, 0.72])
+        ]
+    )  # fmt: skip
+
+
+def test_compression_is_compared_with_plain_fpl_of_the_same_seeds(make_record: MakeRecord) -> None:
+    from fedprompt_cli.bench_report import compression_comparisons
+
+    comparisons = {c.method: c for c in compression_comparisons(_compression_records(make_record))}
+    assert sorted(comparisons) == ["fp16", "int8"]
+    int8, fp16 = comparisons["int8"], comparisons["fp16"]
+    assert int8.baseline is not None and int8.baseline.seeds == (0, 1, 2)
+    assert int8.bytes_ratio() == pytest.approx(0.3)
+    assert int8.sentence() == (
+        "text: int8 uploads cut fpl's upload bytes by 3.3x; mean accuracy changes by -1.0 "
+        "points (worst client: -1.0), within the seed spread (2.0 points, seeds 0, 1, 2)."
+    )
+    assert fp16.baseline is not None and fp16.baseline.seeds == (0, 1)  # seed 2 left out
+    assert fp16.bytes_ratio() == pytest.approx(0.5)
+    assert fp16.sentence() == (
+        "text: fp16 uploads cut fpl's upload bytes by 2.0x; mean accuracy changes by +10.0 "
+        "points (worst client: +10.0), more than the seed spread (1.4 points, seeds 0, 1)."
+    )
+
+
+def test_compression_without_a_plain_run_or_with_one_seed_says_so(
+    make_record: MakeRecord,
+) -> None:
+    from fedprompt_cli.bench_report import compression_comparisons
+
+    alone = make_record(seed=4, accs=[[0.5, 0.5]], stage="compression", upload_compression="int8")
+    [c] = compression_comparisons([alone])
+    assert c.baseline is None and c.bytes_ratio() is None
+    assert (
+        c.sentence()
+        == "text: int8 uploads have no uncompressed fpl run of seeds 4 to compare with."
+    )
+    plain = make_record(seed=4, accs=[[0.5, 0.5]], up=1000)
+    [c] = compression_comparisons([alone, plain])
+    assert c.sentence().endswith(
+        "changes by +0.0 points (worst client: +0.0), one seed (4), so there is no seed spread "
+        "to judge it by."
+    )
+    bigger = make_record(seed=4, accs=[[0.5, 0.5]], up=2000, upload_compression="fp16")
+    assert "do not cut fpl's upload bytes (2.00x of uncompressed)" in (
+        compression_comparisons([bigger, plain])[0].sentence()
+    )
+
+
+def test_compressed_runs_stay_out_of_the_headline_and_the_rate_choice(
+    make_record: MakeRecord,
+) -> None:
+    records = [
+        make_record(strategy="fpl", lr=0.03, accs=[[0.6, 0.6]], vals=[0.1, 0.1]),
+        make_record(strategy="fpl", lr=0.09, accs=[[0.5, 0.5]], vals=[0.2, 0.2]),
+        make_record(strategy="fpl", lr=0.03, accs=[[0.9, 0.9]], vals=[0.9, 0.9],
+                    upload_compression="int8"),
+    ]  # fmt: skip
+    assert choose_learning_rates(records) == {("text", "fpl"): 0.09}
+    results = headline(records, {("text", "fpl"): 0.03})
+    assert [(r.variant, len(r.runs), r.stat("accuracy_mean").mean) for r in results] == [
+        ("fpl", 1, pytest.approx(0.6))
+    ]
+
+
+def test_write_report_has_an_upload_compression_section(
+    tmp_path: Path, make_record: MakeRecord
+) -> None:
+    plan = tiny_plan()
+    records = _compression_records(make_record) + _three_seeds(
+        make_record, "local", [0.5, 0.5, 0.5]
+    )
+    write_report(tmp_path, plan, records, {"elapsed_seconds": 1})
+    text = (tmp_path / "report.md").read_text()
+    section = text[text.index("## Upload compression") : text.index("## Learning-rate selection")]
+    assert "| none (fpl) | 0, 1, 2 | 62.0 ± 2.0 | 62.0 ± 2.0 | 1.0 KiB | 1.000 |" in section
+    assert "| none (fpl) | 0, 1 | 61.0 ± 1.4 |" in section
+    assert "| int8 | 0, 1, 2 | 61.0 ± 2.0 | 61.0 ± 2.0 | 0.3 KiB | 0.300 |" in section
+    assert "| fp16 | 0, 1 | 71.0 ± 1.4 | 71.0 ± 1.4 | 0.5 KiB | 0.500 |" in section
+    assert "- text: int8 uploads cut fpl's upload bytes by 3.3x" in section
+    headline_part = text[text.index("## Headline") : text.index("## Per-cluster")]
+    assert "upload" not in headline_part and "| text | fpl | 0.03 | 62.0 ± 2.0 |" in headline_part
+    head = json.loads((tmp_path / "headline.json").read_text())
+    assert {r["variant"] for r in head["results"]} == {"fpl", "local"}
+    assert [c["method"] for c in head["upload_compression"]] == ["fp16", "int8"]
+    assert head["upload_compression"][1]["bytes_up_ratio_to_uncompressed"] == pytest.approx(0.3)
+    summary = (tmp_path / "summary.csv").read_text()
+    assert "text,fpl upload int8,0.03,3," in summary and "text,fpl upload fp16,0.03,2," in summary
+    assert "fpl upload int8" in (tmp_path / "runs.csv").read_text()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert sum(r["spec"]["upload_compression"] == "int8" for r in saved) == 3
+
+
+def test_a_report_without_compression_runs_says_so(tmp_path: Path, make_record: MakeRecord) -> None:
+    write_report(tmp_path, tiny_plan(), _three_seeds(make_record, "fpl", [0.5, 0.6, 0.7]), {})
+    assert "No upload-compression runs in these records." in (tmp_path / "report.md").read_text()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from fedprompt.compression import Compression
 from fedprompt.config import ConfigError
 from fedprompt_client_agent.host import configs_of, parse_args
 
@@ -30,3 +31,18 @@ def test_two_silos_with_one_name_are_refused(tmp_path: Path) -> None:
     )  # fmt: skip
     with pytest.raises(ConfigError, match="distinct client ids"):
         configs_of(args)
+
+
+def test_upload_compression_flag_reaches_every_hosted_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FEDPROMPT_CLIENT_UPLOAD_COMPRESSION", "fp16")  # the flag wins
+    base = ["--coordinator", "127.0.0.1:5", "--state-root", str(tmp_path / "st")]
+    silos = ["--silo-dir", str(tmp_path / "a"), "--silo-dir", str(tmp_path / "b")]
+    configs = configs_of(parse_args([*base, *silos, "--upload-compression", "int8"]))
+    assert [c.upload_compression for c in configs] == [Compression.INT8] * 2
+    assert {c.upload_compression for c in configs_of(parse_args([*base, *silos]))} == {
+        Compression.FP16
+    }
+    with pytest.raises(SystemExit):
+        parse_args([*base, *silos, "--upload-compression", "int4"])

@@ -10,6 +10,7 @@ import sys
 
 import grpc
 
+from fedprompt.compression import Compression
 from fedprompt.config import ConfigError, load_config
 from fedprompt.logs import configure_logging
 from fedprompt.telemetry import serve_metrics
@@ -42,6 +43,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dp-sgd-epsilon", type=float, help="record-level DP-SGD target ε")
     p.add_argument("--dp-sgd-total-steps", type=int, help="planned local steps of the run")
     p.add_argument("--dp-sgd-max-grad-norm", type=float)
+    p.add_argument(
+        "--upload-compression",
+        choices=[c.value for c in Compression],
+        help="lossy compression of uploaded deltas (none, fp16, int8)",
+    )
     p.add_argument("--log-level")
     add_tls_arguments(p)
     p.add_argument("--metrics-port", type=int, help="Prometheus /metrics port (0: none)")
@@ -85,40 +91,46 @@ async def run(config: ClientAgentConfig) -> int:
     return 0
 
 
+def config_of(args: argparse.Namespace) -> ClientAgentConfig:
+    """The agent's validated config: YAML file, then environment, then these flags."""
+    return load_config(
+        ClientAgentConfig,
+        yaml_path=args.config,
+        env_prefix="FEDPROMPT_CLIENT_",
+        overrides={
+            "client_id": args.client_id,
+            "coordinator": args.coordinator,
+            "data_dir": args.data_dir,
+            "state_dir": args.state_dir,
+            "model_dir": args.model_dir,
+            "device": args.device,
+            "n_global": args.n_global,
+            "n_cluster": args.n_cluster,
+            "n_local": args.n_local,
+            "max_length": args.max_length,
+            "seed": args.seed,
+            "torch_threads": args.torch_threads,
+            "strategy": args.strategy,
+            "modality": args.modality,
+            "image_size": args.image_size,
+            "dp_sgd_noise_multiplier": args.dp_sgd_noise_multiplier,
+            "dp_sgd_target_epsilon": args.dp_sgd_epsilon,
+            "dp_sgd_total_steps": args.dp_sgd_total_steps,
+            "dp_sgd_max_grad_norm": args.dp_sgd_max_grad_norm,
+            "upload_compression": args.upload_compression,
+            "log_level": args.log_level,
+            **tls_overrides(args),
+            "metrics_port": args.metrics_port,
+            "metrics_host": args.metrics_host,
+        },
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``fedprompt-client-agent``."""
     args = parse_args(argv)
     try:
-        config = load_config(
-            ClientAgentConfig,
-            yaml_path=args.config,
-            env_prefix="FEDPROMPT_CLIENT_",
-            overrides={
-                "client_id": args.client_id,
-                "coordinator": args.coordinator,
-                "data_dir": args.data_dir,
-                "state_dir": args.state_dir,
-                "model_dir": args.model_dir,
-                "device": args.device,
-                "n_global": args.n_global,
-                "n_cluster": args.n_cluster,
-                "n_local": args.n_local,
-                "max_length": args.max_length,
-                "seed": args.seed,
-                "torch_threads": args.torch_threads,
-                "strategy": args.strategy,
-                "modality": args.modality,
-                "image_size": args.image_size,
-                "dp_sgd_noise_multiplier": args.dp_sgd_noise_multiplier,
-                "dp_sgd_target_epsilon": args.dp_sgd_epsilon,
-                "dp_sgd_total_steps": args.dp_sgd_total_steps,
-                "dp_sgd_max_grad_norm": args.dp_sgd_max_grad_norm,
-                "log_level": args.log_level,
-                **tls_overrides(args),
-                "metrics_port": args.metrics_port,
-                "metrics_host": args.metrics_host,
-            },
-        )
+        config = config_of(args)
     except ConfigError as exc:
         print(f"fedprompt-client-agent: {exc}", file=sys.stderr)
         return 2

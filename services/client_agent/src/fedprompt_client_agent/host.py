@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
+from fedprompt.compression import Compression
 from fedprompt.config import ConfigError, load_config
 from fedprompt.logs import configure_logging
 from fedprompt.tls import TlsError, channel_credentials
@@ -88,6 +89,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--strategy")
     p.add_argument("--dp-sgd-epsilon", type=float)
     p.add_argument("--dp-sgd-total-steps", type=int)
+    p.add_argument(
+        "--upload-compression",
+        choices=[c.value for c in Compression],
+        help="lossy compression of every hosted agent's uploaded deltas",
+    )
     p.add_argument("--log-level")
     tls = p.add_mutually_exclusive_group()
     tls.add_argument(
@@ -133,6 +139,7 @@ def configs_of(args: argparse.Namespace) -> list[ClientAgentConfig]:
                 "strategy": args.strategy,
                 "dp_sgd_target_epsilon": args.dp_sgd_epsilon,
                 "dp_sgd_total_steps": args.dp_sgd_total_steps,
+                "upload_compression": args.upload_compression,
                 "log_level": args.log_level,
                 **_tls_overrides(args, silo.name),
             },
