@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--gpu", action="store_true", help="10 rounds x 10 steps on a CUDA machine (gpu plan)"
     )
+    mode.add_argument(
+        "--compression",
+        action="store_true",
+        help="fpl with exact, fp16 and int8 uploads, 5 rounds x 10 steps (about 1 h on 2 cores)",
+    )
     bench.add_argument("--tag", help="report folder name under --reports (default: the mode)")
     bench.add_argument("--reports", type=Path, default=Path("reports"))
     bench.add_argument("--work-dir", type=Path, help="run folders (default: <report>/work)")
@@ -146,7 +151,13 @@ def run_certs(args: argparse.Namespace, console: Console) -> int:
 
 def _bench(args: argparse.Namespace, console: Console) -> int:
     from fedprompt_cli.bench import plan_with_overrides, run_bench
-    from fedprompt_cli.bench_plan import full_plan, gpu_plan, quick_plan, tiny_plan
+    from fedprompt_cli.bench_plan import (
+        compression_plan,
+        full_plan,
+        gpu_plan,
+        quick_plan,
+        tiny_plan,
+    )
 
     plan = (
         tiny_plan()
@@ -155,6 +166,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         if args.quick
         else gpu_plan()
         if args.gpu
+        else compression_plan()
+        if args.compression
         else full_plan()
     )
     try:

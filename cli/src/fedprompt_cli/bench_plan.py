@@ -30,6 +30,7 @@ __all__ = [
     "BenchPlan",
     "RunSpec",
     "TaskSettings",
+    "compression_plan",
     "full_plan",
     "gpu_plan",
     "lr_grid",
@@ -292,6 +293,28 @@ def gpu_plan() -> BenchPlan:
         compression_tasks=None,
         compression_seeds=None,
         device="auto",
+    )
+
+
+def compression_plan() -> BenchPlan:
+    """``fedprompt bench --compression``: fpl with exact, fp16 and int8 uploads on a CPU.
+
+    The full plan's budget is too small for text prompts to move off the prior, so a
+    comparison of upload compressions needs more training: five rounds of ten local steps
+    on both tasks, every seed, ``fpl`` only (exact uploads in the tune and eval stages,
+    fp16 and int8 in the compression stage), no privacy stage. About an hour on 2 cores.
+    """
+    return replace(
+        full_plan(),
+        mode="compression",
+        tasks={
+            "text": TaskSettings(rounds=5, local_steps=10, batch_size=16, max_length=64),
+            "vision": TaskSettings(rounds=5, local_steps=10, batch_size=16, max_images=1200),
+        },
+        strategies=("fpl",),
+        privacy_seeds=0,
+        compression_tasks=None,
+        compression_seeds=None,
     )
 
 

@@ -9,6 +9,7 @@ import pytest
 from fedprompt_cli.bench_plan import (
     STRATEGIES,
     RunSpec,
+    compression_plan,
     full_plan,
     gpu_plan,
     lr_grid,
@@ -122,6 +123,22 @@ def test_compression_stage_size_of_each_plan() -> None:
     assert len(gpu_runs) == 2 * 3 * 2  # tasks x seeds x methods
     assert tiny_plan().compression_runs({("text", "fpl"): 0.03}) == []  # integration test
     assert replace(full_plan(), strategies=("local",)).compression_runs({}) == []
+
+
+def test_compression_plan_compares_exact_fp16_and_int8_fpl_uploads_on_every_seed() -> None:
+    plan = compression_plan()
+    chosen = {("text", "fpl"): 0.03, ("vision", "fpl"): 0.03}
+    exact = plan.tune_runs() + plan.eval_runs(chosen)
+    assert {(r.task, r.strategy, r.seed, r.upload_compression) for r in exact} == {
+        (t, "fpl", s, None) for t in ("text", "vision") for s in (0, 1, 2)
+    }
+    lossy = {(r.task, r.seed, r.upload_compression) for r in plan.compression_runs(chosen)}
+    assert lossy == {
+        (t, s, m) for t in ("text", "vision") for s in (0, 1, 2) for m in ("fp16", "int8")
+    }
+    assert plan.privacy_runs(chosen) == []
+    assert plan.total_runs() == 18
+    assert all(t.rounds * t.local_steps > 6 * 3 for t in plan.tasks.values())  # > full plan
 
 
 def test_run_variants_name_the_privacy_and_compression_settings() -> None:
