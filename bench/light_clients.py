@@ -31,7 +31,7 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,7 +43,13 @@ import yaml
 from fedprompt.chunking import ChunkAssembler, check_inline_payload
 from fedprompt.codec import NUMPY_DTYPES, decode_tensors, encode_tensors
 from fedprompt.server import CLIENT_ID_METADATA_KEY, create_channel
-from fedprompt.transfer import chunk_from_proto, payload_info_from_proto, payload_messages
+from fedprompt.transfer import (
+    chunk_from_proto,
+    payload_header,
+    payload_info_from_proto,
+    upload_call,
+    upload_request_bytes,
+)
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from fedprompt_cli.processes import Child, console_script
 
@@ -149,6 +155,7 @@ class _LightClient:
         *,
         client_id: str,
         stub: CoordinatorAsyncStub,
+        upload: grpc.aio.StreamUnaryMultiCallable[bytes, coordinator_pb2.UploadUpdateResponse],
         stats: LightClientStats,
         initial: Mapping[str, np.ndarray],
         rng: np.random.Generator,
@@ -159,6 +166,7 @@ class _LightClient:
     ) -> None:
         self.client_id = client_id
         self._stub = stub
+        self._upload_call = upload
         self._stats = stats
         self._initial = initial
         self._rng = rng
@@ -292,23 +300,18 @@ class _LightClient:
     ) -> None:
         t0 = time.perf_counter()
         payload = encode_tensors(tensors)
-        header, chunks = payload_messages(payload)
-
-        async def requests() -> AsyncIterator[coordinator_pb2.UploadUpdateRequest]:
-            yield coordinator_pb2.UploadUpdateRequest(
-                header=coordinator_pb2.UpdateHeader(
-                    client_id=self.client_id,
-                    round=round_id,
-                    kind=kind,
-                    num_examples=num_examples,
-                    payload=header,
-                    train_metrics=train_metrics or {},
-                )
-            )
-            for chunk in chunks:
-                yield coordinator_pb2.UploadUpdateRequest(chunk=chunk)
-
-        await self._stub.UploadUpdate(requests(), metadata=self._md, timeout=600)
+        header = coordinator_pb2.UpdateHeader(
+            client_id=self.client_id,
+            round=round_id,
+            kind=kind,
+            num_examples=num_examples,
+            payload=payload_header(payload),
+            train_metrics=train_metrics or {},
+        )
+        # the client agent's upload path: chunk messages written straight from the payload
+        await self._upload_call(
+            upload_request_bytes(header, payload), metadata=self._md, timeout=600
+        )
         self._stats.uploads += 1
         self._stats.bytes_up += len(payload)
         self._stats._time("UploadUpdate", time.perf_counter() - t0)
@@ -369,6 +372,7 @@ async def run_light_clients(
         _LightClient(
             client_id=f"{client_prefix}-{i:05d}",
             stub=coordinator_pb2_grpc.CoordinatorStub(channels[i // clients_per_channel]),
+            upload=upload_call(channels[i // clients_per_channel]),
             stats=stats,
             initial=initial,
             rng=np.random.default_rng([seed, i]),

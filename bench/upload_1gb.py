@@ -34,7 +34,7 @@ from bench.light_clients import (
 )
 from fedprompt.codec import encode_tensors
 from fedprompt.server import create_channel
-from fedprompt.transfer import payload_messages
+from fedprompt.transfer import payload_header, upload_call, upload_request_bytes
 from fedprompt.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 MIB = 1024 * 1024
@@ -54,6 +54,7 @@ async def _run(coord: CoordinatorProcess, spec: tuple[LightTensor, ...]) -> dict
         client = _LightClient(
             client_id="big-0",
             stub=coordinator_pb2_grpc.CoordinatorStub(channel),
+            upload=upload_call(channel),
             stats=stats,
             initial=initial,
             rng=rng,
@@ -85,26 +86,21 @@ async def _run(coord: CoordinatorProcess, spec: tuple[LightTensor, ...]) -> dict
                 payload = encode_tensors(delta)
                 del delta
                 t0 = time.perf_counter()
-                header, chunks = payload_messages(payload)
+                header = coordinator_pb2.UpdateHeader(
+                    client_id=client.client_id,
+                    round=task.round,
+                    kind=coordinator_pb2.UPDATE_KIND_DELTA,
+                    num_examples=100,
+                    payload=payload_header(payload),
+                )
                 out["client_hash_s"] = time.perf_counter() - t0
                 rss0 = coord.rss_bytes()
                 _reset_peak(coord.pid)
                 t0 = time.perf_counter()
-
-                async def requests(header=header, chunks=chunks, r=task.round):  # type: ignore[no-untyped-def]
-                    yield coordinator_pb2.UploadUpdateRequest(
-                        header=coordinator_pb2.UpdateHeader(
-                            client_id=client.client_id,
-                            round=r,
-                            kind=coordinator_pb2.UPDATE_KIND_DELTA,
-                            num_examples=100,
-                            payload=header,
-                        )
-                    )
-                    for chunk in chunks:
-                        yield coordinator_pb2.UploadUpdateRequest(chunk=chunk)
-
-                await stub.UploadUpdate(requests(), metadata=md, timeout=600)
+                # the client agent's upload path (fedprompt.transfer.upload_request_bytes)
+                await upload_call(channel)(
+                    upload_request_bytes(header, payload), metadata=md, timeout=600
+                )
                 seconds = time.perf_counter() - t0
                 out["upload_bytes"] = float(len(payload))
                 out["upload_s"] = seconds

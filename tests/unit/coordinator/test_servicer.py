@@ -28,6 +28,7 @@ from fedprompt.codec import decode_tensors, encode_tensors
 from fedprompt.server import CLIENT_ID_METADATA_KEY, MIB, create_channel, start_server
 from fedprompt.transfer import payload_messages
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from fedprompt_coordinator import federation as federation_module
 from fedprompt_coordinator.aggregation import make_aggregator
 from fedprompt_coordinator.clustering_backend import make_clustering_backend
 from fedprompt_coordinator.config import CoordinatorConfig
@@ -679,6 +680,39 @@ async def test_bad_input_gets_a_clear_status_and_the_coordinator_keeps_serving(
 ) -> None:
     a, b = await _open_round(coordinator)
     await _expect(make_call(coordinator, a), code, fragment)
+    await _round_goes_on(coordinator, a, b)
+
+
+SPOOLED_CASES = [
+    case
+    for case in BAD_CALLS
+    if case[0].startswith(("chunk-", "tensor-"))
+    or case[0] in ("upload-truncated", "upload-sha-mismatch", "upload-garbage-payload")
+]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("make_call", "code", "fragment"),
+    [pytest.param(call, code, fragment, id=name) for name, call, code, fragment in SPOOLED_CASES],
+)
+async def test_bad_spooled_uploads_get_the_same_status_and_leave_no_file(
+    coordinator: Coordinator,
+    make_call: BadCall,
+    code: grpc.StatusCode,
+    fragment: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every upload spools (chunks are checked and written in a worker thread)."""
+    monkeypatch.setattr(federation_module, "SPOOL_THRESHOLD_BYTES", 0)
+    a, b = await _open_round(coordinator)
+    await _expect(make_call(coordinator, a), code, fragment)
+    spool_dir = coordinator.federation._models.spool_dir
+    assert not any(p.is_file() for p in spool_dir.rglob("*"))
+    await _round_goes_on(coordinator, a, b)
+
+
+async def _round_goes_on(coordinator: Coordinator, a: Client, b: Client) -> None:
     await coordinator.assert_serving()
     # A valid call right after works, and the round goes on with both participants.
     response = await a.upload_delta(1, 0.5)

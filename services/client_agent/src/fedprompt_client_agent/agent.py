@@ -13,7 +13,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -24,7 +24,13 @@ from fedprompt.chunking import ChunkAssembler, check_inline_payload
 from fedprompt.codec import decode_tensors, encode_tensors
 from fedprompt.compression import Compression, compress_tensors
 from fedprompt.server import CLIENT_ID_METADATA_KEY, create_channel
-from fedprompt.transfer import chunk_from_proto, payload_info_from_proto, payload_messages
+from fedprompt.transfer import (
+    chunk_from_proto,
+    payload_header,
+    payload_info_from_proto,
+    upload_call,
+    upload_request_bytes,
+)
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from fedprompt_client_agent.metrics import ClientMetrics
 
@@ -122,6 +128,9 @@ class ClientAgent:
     ) -> None:
         self._runtime = runtime
         self._compression = Compression(upload_compression)
+        self._upload_call: (
+            grpc.aio.StreamUnaryMultiCallable[bytes, coordinator_pb2.UploadUpdateResponse] | None
+        ) = None
         self.metrics = metrics if metrics is not None else ClientMetrics()
         self._target = coordinator
         self._credentials = credentials
@@ -146,6 +155,7 @@ class ClientAgent:
             try:
                 async with create_channel(self._target, credentials=self._credentials) as channel:
                     stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+                    self._upload_call = upload_call(channel)
                     await self._join(stub)
                     unreachable_since = None
                     delay = 0.25
@@ -358,20 +368,18 @@ class ClientAgent:
             payload = await asyncio.to_thread(encode_tensors, packed, metadata=meta)
         else:
             payload = await asyncio.to_thread(encode_tensors, tensors)
-        header, chunks = payload_messages(payload)
-
-        async def requests() -> AsyncIterator[coordinator_pb2.UploadUpdateRequest]:
-            yield coordinator_pb2.UploadUpdateRequest(
-                header=coordinator_pb2.UpdateHeader(
-                    client_id=self._runtime.client_id,
-                    round=round_id,
-                    kind=kind,
-                    num_examples=num_examples,
-                    payload=header,
-                    train_metrics=train_metrics or {},
-                )
-            )
-            for chunk in chunks:
-                yield coordinator_pb2.UploadUpdateRequest(chunk=chunk)
-
-        return await stub.UploadUpdate(requests(), metadata=self._metadata, timeout=600)
+        header = coordinator_pb2.UpdateHeader(
+            client_id=self._runtime.client_id,
+            round=round_id,
+            kind=kind,
+            num_examples=num_examples,
+            payload=await asyncio.to_thread(payload_header, payload),  # SHA-256: off the loop
+            train_metrics=train_metrics or {},
+        )
+        assert self._upload_call is not None, "uploads happen inside run()"
+        # chunk messages are written straight from the payload (one copy each), lazily
+        call = self._upload_call(
+            upload_request_bytes(header, payload), metadata=self._metadata, timeout=600
+        )
+        response: coordinator_pb2.UploadUpdateResponse = await call
+        return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterable
 
@@ -94,8 +95,14 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             coordinator_pb2.UploadUpdateRequest, coordinator_pb2.UploadUpdateResponse
         ],
     ) -> coordinator_pb2.UploadUpdateResponse:
-        """Receive a header and chunks; validate and store the update."""
+        """Receive a header and chunks; validate and store the update.
+
+        Chunks of a spooled (large) upload are checked, hashed and written in a worker
+        thread while the next chunk is received (CRC-32, SHA-256 and file writes release the
+        GIL); at most one chunk is in flight, and chunks are added in order.
+        """
         upload = None
+        in_flight: asyncio.Future[None] | None = None
         try:
             async for message in request_iterator:
                 which = message.WhichOneof("message")
@@ -113,10 +120,25 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                         train_metrics=h.train_metrics,
                     )
                 elif which == "chunk":
-                    self._federation.add_chunk(upload, chunk_from_proto(message.chunk))
+                    chunk = chunk_from_proto(message.chunk)
+                    if upload.spool_path is None:  # small: in memory, on the loop
+                        self._federation.add_chunk(upload, chunk)
+                        continue
+                    if in_flight is not None:
+                        await in_flight  # raises the previous chunk's coded error, if any
+                    in_flight = asyncio.get_running_loop().run_in_executor(
+                        None, self._federation.add_chunk, upload, chunk
+                    )
                 else:
                     raise InvalidArgumentError("an upload carries exactly one header, then chunks")
+            if in_flight is not None:
+                await in_flight
         except BaseException:
+            if in_flight is not None:
+                # the worker may still write the spool file: let it finish before deleting it
+                await asyncio.shield(asyncio.wait([in_flight]))
+                if not in_flight.cancelled():
+                    in_flight.exception()  # retrieved: the error that matters is being raised
             if upload is not None:
                 self._federation.discard_upload(upload)
             raise
