@@ -8,7 +8,8 @@ compression method, the client agents configured through
 ``FEDPROMPT_CLIENT_UPLOAD_COMPRESSION``, and prints the aggregated model's mean and worst
 client accuracy after the last round and the bytes each client sent up per round.
 ``--reuse`` reads finished runs from ``--out`` instead of running them again.
-One seed, few rounds: a smoke-level comparison, not the evaluation report.
+One seed, few rounds: a smoke-level comparison. The evaluation report's comparison (both
+tasks, three seeds, against the seed spread) is ``fedprompt bench --compression``.
 """
 
 from __future__ import annotations
