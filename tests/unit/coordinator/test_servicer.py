@@ -921,3 +921,23 @@ async def test_models_over_the_inline_limit_are_fetched(tmp_path: Path, limit: i
             task = await client.next_task()
             assert task.kind == coordinator_pb2.TASK_KIND_EVALUATE
             assert not task.HasField("model")
+
+
+@pytest.mark.asyncio
+async def test_a_model_at_the_inline_limit_fits_the_task_message(tmp_path: Path) -> None:
+    """A 1 MiB inline model (the largest allowed) passes the channels' 2 MiB message limit."""
+    big = {**INITIAL, "prompt.global": np.ones((1, 262_000), dtype=np.float32)}
+    payload_size = len(encode_tensors(big))
+    assert MIB - 1024 < payload_size <= MIB
+    async with _running_coordinator(tmp_path, max_update_bytes=2 * MIB) as coord:
+        a, b = coord.client("a"), coord.client("b")
+        await a.join()
+        assert (await a.upload(0, coordinator_pb2.UPDATE_KIND_INITIAL, big)).accepted
+        await b.join()
+        for client in (a, b):
+            client.open_stream()
+        for client in (a, b):
+            task = await client.next_task()
+            assert task.kind == coordinator_pb2.TASK_KIND_TRAIN
+            assert len(task.model.data) == payload_size
+            np.testing.assert_array_equal(_inline(task)["prompt.global"], big["prompt.global"])

@@ -144,10 +144,11 @@ class CoordinatorConfig(BaseModel):
     inline_model_max_bytes: int = Field(
         1024 * 1024,
         ge=0,
-        le=3 * 1024 * 1024,
+        le=1024 * 1024,
         description="Models (prompts, heads) whose payload is at most this size travel inside "
         "their TRAIN/EVALUATE task, sparing each client two FetchModel calls per round; larger "
-        "ones are fetched. 0: always fetch. At most 3 MiB (gRPC's default 4 MiB message limit).",
+        "ones are fetched. 0: always fetch. At most 1 MiB, like a chunk, so that a task stays "
+        "under the 2 MiB message limit of every channel.",
     )
     max_update_l2_norm: float | None = Field(
         1e4,
