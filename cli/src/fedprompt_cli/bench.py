@@ -262,6 +262,7 @@ def run_bench(
         "run_seconds_total": sum(r["wall_seconds"] for r in records),
         "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
         "command": command,
+        "report_only": report_only,
     }
     report = write_report(out, plan, records, meta)
     console.print(f"[bold green]report[/]: {report} ({elapsed / 60:.1f} min)")

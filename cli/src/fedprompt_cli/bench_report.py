@@ -32,7 +32,13 @@ __all__ = [
 
 
 #: The make target that reproduces a report of each plan.
-REPRODUCE = {"full": "make bench", "quick": "make bench-quick", "tiny": "fedprompt bench --tiny"}
+REPRODUCE = {
+    "full": "make bench",
+    "quick": "make bench-quick",
+    "tiny": "fedprompt bench --tiny",
+    "gpu": "bench/run_gpu_bench.sh",
+    "compression": "fedprompt bench --compression",
+}
 
 
 def _is_private(spec: Mapping[str, Any]) -> bool:
@@ -425,6 +431,8 @@ def _cluster_table(results: Sequence[VariantResult]) -> list[str]:
 
 
 def _privacy_table(base: Sequence[VariantResult], private: Sequence[VariantResult]) -> list[str]:
+    if not private:
+        return ["No private runs in this plan."]
     lines = [
         "| task | variant | client-level ε (DP-FedAvg) | record-level ε (DP-SGD) | mean acc % | "
         "worst acc % | macro-F1 % |",
@@ -599,11 +607,11 @@ def _tuning_sentence(plan: BenchPlan) -> str:
 
 def _timing_line(meta: Mapping[str, Any], runs: int) -> str:
     federations = float(meta.get("run_seconds_total", 0)) / 60
-    if meta.get("note"):
+    if meta.get("note") or meta.get("report_only"):
         return (
-            f"Reported {meta.get('finished_utc', '?')} UTC from {runs} federations "
-            f"({federations:.1f} min of federation wall time in total). {meta['note']}"
-        )
+            f"Reported {meta.get('finished_utc', '?')} UTC from {runs} recorded federations "
+            f"({federations:.1f} min of federation wall time in total). {meta.get('note', '')}"
+        ).rstrip()
     return (
         f"Finished {meta.get('finished_utc', '?')} UTC; the bench took "
         f"{float(meta.get('elapsed_seconds', 0)) / 60:.1f} min of wall time on this machine "
@@ -671,8 +679,10 @@ def write_report(
         "",
         "## What the numbers say",
         "",
-        *[f"- {line}" for line in identical_groups(base)],
-        *[f"- {line}" for line in verdicts(base)],
+        *(
+            [f"- {line}" for line in [*identical_groups(base), *verdicts(base)]]
+            or ["- One strategy per task in this plan: there is nothing to compare it with."]
+        ),
         "",
         "## Per-cluster accuracy",
         "",

@@ -158,12 +158,11 @@ def _per_client_bars(out: Path, results: Sequence[VariantResult]) -> Path:
 def write_plots(
     out: Path, base: Sequence[VariantResult], private: Sequence[VariantResult]
 ) -> list[Path]:
-    """Write the four plots into ``out`` and return their paths."""
+    """Write the plots (four, three without private runs) into ``out``; return their paths."""
     if not base:
         return []
-    return [
-        _accuracy_per_round(out, base),
-        _accuracy_vs_bytes(out, base),
-        _privacy_utility(out, base, private),
-        _per_client_bars(out, base),
-    ]
+    plots = [_accuracy_per_round(out, base), _accuracy_vs_bytes(out, base)]
+    if private:  # a plan without a privacy stage has no privacy-utility curve
+        plots.append(_privacy_utility(out, base, private))
+    plots.append(_per_client_bars(out, base))
+    return plots

@@ -250,3 +250,19 @@ def test_write_report_has_an_upload_compression_section(
 def test_a_report_without_compression_runs_says_so(tmp_path: Path, make_record: MakeRecord) -> None:
     write_report(tmp_path, tiny_plan(), _three_seeds(make_record, "fpl", [0.5, 0.6, 0.7]), {})
     assert "No upload-compression runs in these records." in (tmp_path / "report.md").read_text()
+
+
+def test_a_one_strategy_report_without_private_runs_says_so_and_skips_their_plot(
+    tmp_path: Path, make_record: MakeRecord
+) -> None:
+    from fedprompt_cli.bench_plan import compression_plan
+
+    write_report(tmp_path, compression_plan(), _compression_records(make_record), {})
+    text = (tmp_path / "report.md").read_text()
+    assert "Reproduce: `fedprompt bench --compression`" in text
+    said = text[text.index("## What the numbers say") : text.index("## Per-cluster")]
+    assert "One strategy per task in this plan" in said
+    privacy = text[text.index("## Privacy") : text.index("## Upload compression")]
+    assert "No private runs in this plan." in privacy and "|" not in privacy
+    assert not (tmp_path / "privacy_utility.png").exists()
+    assert "privacy_utility" not in text and (tmp_path / "accuracy_per_round.png").exists()
