@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -52,3 +56,30 @@ def test_bench_tiny_writes_the_report(tmp_path: Path) -> None:
     )  # fmt: skip
     assert again.returncode == 0, again.stdout[-3000:]
     assert len(list(csv.DictReader((out / "runs.csv").open()))) == len(rows)
+
+
+@pytest.mark.timeout(600)
+def test_ctrl_c_stops_the_bench_without_retrying_the_run(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [console_script("fedprompt"), "bench", "--tiny", "--reports", str(tmp_path), "--tag", "i"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "i" / "work").glob("*/pids.json")):
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        pids = json.loads(next((tmp_path / "i" / "work").glob("*/pids.json")).read_text())
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-3000:]
+    assert "bench interrupted" in out and "retrying" not in out
+    for pid in pids.values():
+        with contextlib.suppress(ProcessLookupError, FileNotFoundError):  # gone: fine
+            os.kill(pid, 0)
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+            assert state == "Z", f"child {pid} still running"

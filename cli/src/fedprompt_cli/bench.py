@@ -31,7 +31,7 @@ from rich.progress import (
 from fedprompt_cli.bench_plan import BenchPlan, RunSpec, lr_grid
 from fedprompt_cli.bench_report import choose_learning_rates, write_report
 from fedprompt_cli.processes import ChildFailedError, console_script
-from fedprompt_cli.up import UpOptions, run_up
+from fedprompt_cli.up import INTERRUPTED, UpOptions, run_up
 
 __all__ = ["BenchFailedError", "run_bench"]
 
@@ -156,6 +156,8 @@ class _Runner:
         self.log_console.rule(f"{spec.stage}: {spec.name}")
         started = time.monotonic()
         code = run_up(options, self.log_console)
+        if code == INTERRUPTED:  # Ctrl-C: stop the bench (finished runs are kept)
+            raise KeyboardInterrupt
         if code != 0:  # one retry from scratch: a long bench should survive one bad start
             self.console.log(f"[yellow]{spec.name} failed (exit {code}); retrying once[/]")
             shutil.rmtree(options.run_dir, ignore_errors=True)
@@ -253,6 +255,12 @@ def run_bench(
     except (BenchFailedError, ChildFailedError) as exc:
         console.print(f"[bold red]bench failed[/]: {exc}")
         return 1
+    except KeyboardInterrupt:
+        console.print(
+            f"[yellow]bench interrupted[/]: finished runs are in {runner.runs_path}; "
+            "the same command resumes"
+        )
+        return INTERRUPTED
     finally:
         runner.close()
     elapsed = time.monotonic() - started

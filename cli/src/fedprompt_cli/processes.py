@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,3 +117,43 @@ def stop_all(children: list[Child], grace_s: float = 5.0) -> None:
         except subprocess.TimeoutExpired:
             child.process.kill()
             child.process.wait()
+
+
+#: Seconds an interrupted launcher has to stop its children and exit before it is forced to.
+INTERRUPT_HARD_EXIT_S = 30.0
+
+
+@contextlib.contextmanager
+def interrupt_guard(
+    children: list[Child], message: str, *, hard_exit_after_s: float = INTERRUPT_HARD_EXIT_S
+) -> Iterator[None]:
+    """Ctrl-C inside the block: say ``message``, raise KeyboardInterrupt, and never hang.
+
+    The message is written straight to stderr (no lock can block it). A watchdog thread then
+    SIGKILLs every child by its PID and exits with 130 if the process has not exited by
+    itself within ``hard_exit_after_s`` (a KeyboardInterrupt landing inside a library's lock
+    or C call must not leave a launcher and its federation running). Outside the main thread
+    the block runs unguarded.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def watchdog() -> None:
+        time.sleep(hard_exit_after_s)
+        for child in children:
+            if child.process is not None and child.process.poll() is None:
+                child.process.kill()
+        os.write(2, b"still running after the interrupt: children killed, exiting\n")
+        os._exit(130)
+
+    def on_sigint(signum: int, frame: object) -> None:
+        os.write(2, (message + "\n").encode())
+        threading.Thread(target=watchdog, name="interrupt-watchdog", daemon=True).start()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

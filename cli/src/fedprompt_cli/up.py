@@ -24,7 +24,13 @@ from rich.table import Table
 
 from fedprompt.server import channel_options
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
-from fedprompt_cli.processes import Child, ChildFailedError, console_script, stop_all
+from fedprompt_cli.processes import (
+    Child,
+    ChildFailedError,
+    console_script,
+    interrupt_guard,
+    stop_all,
+)
 from fedprompt_cli.report import bytes_table, client_table, rounds_table, summarize
 
 
@@ -240,12 +246,38 @@ def _progress(status: coordinator_pb2.GetStatusResponse, started: float) -> Tabl
     return table
 
 
+#: Exit code of an interrupted run (128 + SIGINT, as a shell reports it).
+INTERRUPTED = 130
+
+
 def run_up(options: UpOptions, console: Console) -> int:
     """Run the federation; returns the process exit code."""
     options.run_dir.mkdir(parents=True, exist_ok=True)
     logs = options.run_dir / "logs"
     children: list[Child] = []
     started = time.monotonic()
+    try:
+        with interrupt_guard(children, "interrupted: stopping every process started"):
+            return _run_federation(options, console, children, logs, started)
+    except ChildFailedError as exc:
+        console.print(f"[bold red]federation failed[/]: {exc}")
+        return 1
+    except grpc.RpcError as exc:
+        console.print(f"[bold red]coordinator unreachable[/]: {exc}")
+        for child in children:
+            console.print(f"--- {child.name} ---\n{child.log_tail(10)}")
+        return 1
+    except KeyboardInterrupt:  # the guard said so on stderr
+        return INTERRUPTED
+    finally:
+        stop_all(children)
+
+
+def _run_federation(
+    options: UpOptions, console: Console, children: list[Child], logs: Path, started: float
+) -> int:
+    """Start every process (appended to ``children`` as they start) and follow the rounds."""
+    channel: grpc.Channel | None = None
     try:
         silos = _silo_dirs(options, console)
         certs = _make_certs(options, silos, console)
@@ -346,7 +378,6 @@ def run_up(options: UpOptions, console: Console) -> int:
             except subprocess.TimeoutExpired:
                 raise ChildFailedError(f"{child.name} did not exit after the last round") from None
             child.check()
-        channel.close()
         summary = summarize(status)
         summary["wall_seconds"] = time.monotonic() - started
         (options.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
@@ -361,16 +392,6 @@ def run_up(options: UpOptions, console: Console) -> int:
             f"{summary['wall_seconds']:.1f} s; summary in {options.run_dir / 'summary.json'}"
         )
         return 0
-    except ChildFailedError as exc:
-        console.print(f"[bold red]federation failed[/]: {exc}")
-        return 1
-    except grpc.RpcError as exc:
-        console.print(f"[bold red]coordinator unreachable[/]: {exc}")
-        for child in children:
-            console.print(f"--- {child.name} ---\n{child.log_tail(10)}")
-        return 1
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted: stopping every process started[/]")
-        return 130
     finally:
-        stop_all(children)
+        if channel is not None:
+            channel.close()
