@@ -28,6 +28,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 mkdir -p "$ROOT/data" "$ROOT/exec"
+# a pid file left by an engine of an earlier boot would read below as "this engine exited"
+if [ -f "$ROOT/dockerd.pid" ] && ! kill -0 "$(cat "$ROOT/dockerd.pid")" 2>/dev/null; then
+    rm -f "$ROOT/dockerd.pid"
+fi
 echo "start-dockerd: starting dockerd (log: $ROOT/dockerd.log)"
 # setsid: the engine outlives this script and is not in its process group.
 setsid dockerd \
@@ -45,7 +49,8 @@ until docker info >/dev/null 2>&1; do
         tail -n 20 "$ROOT/dockerd.log" >&2 || true
         exit 1
     fi
-    if ! kill -0 "$(cat "$ROOT/dockerd.pid" 2>/dev/null || echo 0)" 2>/dev/null && [ -f "$ROOT/dockerd.pid" ]; then
+    # the pid file is this engine's: a stale one was removed above
+    if [ -f "$ROOT/dockerd.pid" ] && ! kill -0 "$(cat "$ROOT/dockerd.pid" 2>/dev/null || echo 0)" 2>/dev/null; then
         echo "start-dockerd: dockerd exited; last log lines:" >&2
         tail -n 20 "$ROOT/dockerd.log" >&2 || true
         exit 1
