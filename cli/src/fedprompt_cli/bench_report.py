@@ -11,12 +11,12 @@ import json
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from fedprompt_cli.bench_metrics import RunMetrics, Spread, run_metrics, spread
-from fedprompt_cli.bench_plan import BenchPlan
+from fedprompt_cli.bench_plan import BenchPlan, RunSpec
 
 __all__ = [
     "CompressionComparison",
@@ -148,16 +148,10 @@ def _group(records: Sequence[Mapping[str, Any]]) -> list[VariantResult]:
 
 
 def _variant(spec: Mapping[str, Any]) -> str:
-    """As :attr:`~fedprompt_cli.bench_plan.RunSpec.variant`, from a record's spec."""
-    parts = [str(spec["strategy"])]
-    if spec.get("dp_epsilon") is not None:
-        parts.append(f"dp-fedavg ε={float(spec['dp_epsilon']):g}")
-    if spec.get("dp_sgd_epsilon") is not None:
-        parts.append(f"dp-sgd ε={float(spec['dp_sgd_epsilon']):g}")
-    method = _compression(spec)
-    if method is not None:
-        parts.append(f"upload {method}")
-    return " ".join(parts)
+    """:attr:`~fedprompt_cli.bench_plan.RunSpec.variant` of a record's spec."""
+    known = {f.name for f in fields(RunSpec)}
+    kept = {k: v for k, v in spec.items() if k in known}
+    return RunSpec(**{**kept, "upload_compression": _compression(spec)}).variant
 
 
 def headline(

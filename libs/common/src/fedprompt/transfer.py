@@ -57,8 +57,7 @@ def payload_messages(
     payload: bytes,
 ) -> tuple[common_pb2.PayloadHeader, Iterator[common_pb2.Chunk]]:
     """Split ``payload`` into its protobuf header and a lazy iterator of protobuf chunks."""
-    header = payload_header_to_proto(describe_payload(payload))
-    return header, (chunk_to_proto(c) for c in split_payload(payload))
+    return payload_header(payload), (chunk_to_proto(c) for c in split_payload(payload))
 
 
 #: Full name of the coordinator's upload method (for a call on pre-serialized messages).

@@ -191,7 +191,6 @@ class ClientAgent:
         if response.initial_model_requested:
             state = await asyncio.to_thread(rt.shared_state)
             await self._upload(
-                stub,
                 round_id=0,
                 kind=coordinator_pb2.UPDATE_KIND_INITIAL,
                 tensors=state,
@@ -267,7 +266,6 @@ class ClientAgent:
         metrics.update({f"post_{k}": v for k, v in after.items()})
         metrics.update({f"train_{k}": v for k, v in train_metrics.items()})
         await self._upload(  # the training metrics travel in the upload's header
-            stub,
             round_id=task.round,
             kind=coordinator_pb2.UPDATE_KIND_DELTA,
             tensors=delta,
@@ -354,7 +352,6 @@ class ClientAgent:
 
     async def _upload(
         self,
-        stub: CoordinatorAsyncStub,
         *,
         round_id: int,
         kind: coordinator_pb2.UpdateKind.ValueType,
