@@ -319,3 +319,19 @@ def test_offsets_that_overlap_or_leave_holes_are_invalid_argument(
 def test_malformed_entries_are_invalid_argument(entry: object) -> None:
     with pytest.raises(InvalidArgumentError, match="not valid safetensors"):
         decode_tensors(_raw_payload({"x": entry}, b"\0" * 4))
+
+
+def test_decode_payload_returns_tensors_and_metadata_from_one_parse() -> None:
+    from fedprompt.codec import decode_payload
+
+    payload = encode_tensors({"x": np.arange(3, dtype=np.float32)}, metadata={"kind": "delta"})
+    tensors, metadata = decode_payload(payload)
+    assert metadata == {"kind": "delta"} == read_metadata(payload)
+    np.testing.assert_array_equal(tensors["x"], [0.0, 1.0, 2.0])
+
+
+def test_metadata_that_is_not_an_object_is_invalid_argument() -> None:
+    from fedprompt.codec import decode_payload
+
+    with pytest.raises(InvalidArgumentError, match="__metadata__"):
+        decode_payload(_raw_payload({"__metadata__": [1]}, b""))

@@ -18,7 +18,7 @@ import mmap
 import os
 import struct
 from collections.abc import Mapping, Sequence
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import ml_dtypes
 import numpy as np
@@ -149,8 +149,23 @@ def _parse_header(view: memoryview) -> tuple[dict[str, Any], int]:
     return header, 8 + header_len
 
 
-def decode_tensors(payload: bytes | bytearray | memoryview | mmap.mmap) -> dict[str, np.ndarray]:
-    """Parse safetensors bytes into named numpy arrays without copying the data.
+class DecodedPayload(NamedTuple):
+    """A decoded safetensors payload: its arrays and its string metadata."""
+
+    tensors: dict[str, np.ndarray]
+    metadata: dict[str, str]
+
+
+def _metadata_of(header: Mapping[str, Any]) -> dict[str, str]:
+    """The ``__metadata__`` of a parsed header (empty when absent)."""
+    meta = header.get("__metadata__", {})
+    if not isinstance(meta, dict):
+        raise _invalid("its __metadata__ is not a JSON object")
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def decode_payload(payload: bytes | bytearray | memoryview | mmap.mmap) -> DecodedPayload:
+    """Parse safetensors bytes into named numpy arrays and metadata, parsing the header once.
 
     The arrays are views of ``payload`` (read-only when ``payload`` is ``bytes``); copy them
     to keep them beyond a mutable buffer's life. bfloat16 and float8 use ``ml_dtypes``.
@@ -158,11 +173,12 @@ def decode_tensors(payload: bytes | bytearray | memoryview | mmap.mmap) -> dict[
     Raises
     ------
     InvalidArgumentError
-        When the bytes are not a valid safetensors payload (bad header, unknown dtype,
-        offsets that overlap, leave holes, disagree with the shape or pass the end).
+        When the bytes are not a valid safetensors payload (bad header or metadata, unknown
+        dtype, offsets that overlap, leave holes, disagree with the shape or pass the end).
     """
     view = memoryview(payload).cast("B")
     header, data_start = _parse_header(view)
+    metadata = _metadata_of(header)
     data_len = len(view) - data_start
     entries = []
     for name, entry in header.items():
@@ -197,16 +213,21 @@ def decode_tensors(payload: bytes | bytearray | memoryview | mmap.mmap) -> dict[
         position = end
     if position != data_len:
         raise _invalid(f"{data_len - position} bytes after the last tensor")
-    result: dict[str, np.ndarray] = {}
+    tensors: dict[str, np.ndarray] = {}
     for begin, _end, name, dtype, shape, count in entries:
-        result[name] = np.frombuffer(
+        tensors[name] = np.frombuffer(
             view, dtype=dtype, count=count, offset=data_start + begin
         ).reshape(shape)
-    return result
+    return DecodedPayload(tensors, metadata)
 
 
-def decode_tensors_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Memory-map a safetensors file and return read-only array views of it.
+def decode_tensors(payload: bytes | bytearray | memoryview | mmap.mmap) -> dict[str, np.ndarray]:
+    """The arrays of a safetensors payload (zero-copy views; see :func:`decode_payload`)."""
+    return decode_payload(payload).tensors
+
+
+def decode_payload_file(path: str | os.PathLike[str]) -> DecodedPayload:
+    """Memory-map a safetensors file and return read-only array views of it and its metadata.
 
     The pages are read on demand and belong to the page cache, so a large file costs
     address space, not heap; the mapping lives as long as any returned array does.
@@ -216,29 +237,26 @@ def decode_tensors_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         if size == 0:
             raise _invalid("the file is empty")
         mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-    return decode_tensors(mapped)
+    return decode_payload(mapped)
+
+
+def decode_tensors_file(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    """The arrays of a safetensors file, memory-mapped (see :func:`decode_payload_file`)."""
+    return decode_payload_file(path).tensors
 
 
 def read_metadata(payload: bytes) -> dict[str, str]:
-    """Return the string metadata of a safetensors payload's header."""
-    if len(payload) < 8:
-        raise InvalidArgumentError("payload is too short to be safetensors")
-    (header_len,) = struct.unpack("<Q", payload[:8])
-    if header_len > len(payload) - 8:
-        raise InvalidArgumentError("safetensors header length exceeds the payload")
-    try:
-        header = json.loads(payload[8 : 8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise InvalidArgumentError("safetensors header is not valid JSON") from None
-    meta = header.get("__metadata__", {}) if isinstance(header, dict) else None
-    if not isinstance(meta, dict):
-        raise InvalidArgumentError("safetensors header must be a JSON object with object metadata")
-    return {str(k): str(v) for k, v in meta.items()}
+    """Return the string metadata of a safetensors payload's header (its data may be absent)."""
+    header, _ = _parse_header(memoryview(payload).cast("B"))
+    return _metadata_of(header)
 
 
 __all__ = [
     "CONTENT_TYPE",
     "NUMPY_DTYPES",
+    "DecodedPayload",
+    "decode_payload",
+    "decode_payload_file",
     "decode_tensors",
     "decode_tensors_file",
     "dtype_name",
