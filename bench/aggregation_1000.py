@@ -15,7 +15,10 @@ import time
 
 import numpy as np
 
-from fedprompt_coordinator.aggregation import ContrastiveFedAvg, GlobalDP, WeightedFedAvg
+from fedprompt_coordinator.aggregation.base import ClusterAggregator
+from fedprompt_coordinator.aggregation.contrastive import ContrastiveFedAvg
+from fedprompt_coordinator.aggregation.dp_fedavg import DPFedAvgGlobal
+from fedprompt_coordinator.aggregation.fedavg import WeightedFedAvg
 from fedprompt_coordinator.domain import ClientUpdate, FederationModel
 
 
@@ -43,7 +46,7 @@ def main() -> int:
     width = 384
     rows = max(2, round(args.kib * 1024 / 4 / width))
     rng = np.random.default_rng(0)
-    cases = []
+    cases: list[tuple[str, ClusterAggregator, FederationModel, list[ClientUpdate]]] = []
     # fedavg: one global tensor of the whole size
     g_spec = {"prompt.global": (rows, width)}
     g_model = FederationModel(
@@ -57,7 +60,6 @@ def main() -> int:
             WeightedFedAvg(),
             g_model,
             _updates(args.clients, g_spec, 1, rng),
-            None,
         )
     )
     # clustered / contrastive: global + cluster halves, 4 clusters
@@ -72,24 +74,25 @@ def main() -> int:
         cluster_template={"prompt.cluster": np.zeros((rows - half, width), np.float32)},
     )
     c_updates = _updates(args.clients, c_spec, 4, rng)
-    cases.append(("clustered (4 clusters)", WeightedFedAvg(), c_model, c_updates, None))
-    cases.append(("contrastive (4 clusters)", ContrastiveFedAvg(), c_model, c_updates, None))
-    dp = GlobalDP(
+    cases.append(("clustered (4 clusters)", WeightedFedAvg(), c_model, c_updates))
+    cases.append(("contrastive (4 clusters)", ContrastiveFedAvg(), c_model, c_updates))
+    dp = DPFedAvgGlobal(
+        ContrastiveFedAvg(),
         clip_norm=1.0,
         noise_multiplier=1.0,
-        expected_participants=float(args.clients),
+        expected_participants=lambda: float(args.clients),
         server_learning_rate=1.0,
         rng=np.random.default_rng(1),
     )
-    cases.append(("contrastive + DP-FedAvg", ContrastiveFedAvg(), c_model, c_updates, dp))
+    cases.append(("contrastive + DP-FedAvg", dp, c_model, c_updates))
     print(
         f"{args.clients} updates of {rows * width * 4 / 1024:.1f} KiB fp32 each; median of {args.repeats}"
     )
-    for name, agg, model, updates, global_dp in cases:
+    for name, agg, model, updates in cases:
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            agg.aggregate(model, updates, global_dp=global_dp)
+            agg.aggregate(model, updates)
             times.append(time.perf_counter() - t0)
         print(f"  {name:28s} {1000 * statistics.median(times):8.1f} ms  (target <= 100 ms)")
     return 0

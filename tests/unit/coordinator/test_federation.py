@@ -23,7 +23,6 @@ from fedprompt.errors import (
     UnknownClientError,
     WrongRoundError,
 )
-from fedprompt_coordinator.aggregation import WeightedFedAvg
 from fedprompt_coordinator.clustering_backend import ClusteringBackend
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.domain import (
@@ -251,7 +250,6 @@ async def federation(tmp_path: Path, **overrides: Any) -> AsyncIterator[Harness]
         config=config,
         state=state,
         models=models,
-        aggregator=WeightedFedAvg(),
         clustering=clustering,
         clock=clock,
     )

@@ -24,7 +24,6 @@ from fedprompt.server import CLIENT_ID_METADATA_KEY, create_channel, start_serve
 from fedprompt.tls import TlsConfig, channel_credentials, server_credentials
 from fedprompt.transfer import payload_messages
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
-from fedprompt_coordinator.aggregation import make_aggregator
 from fedprompt_coordinator.clustering_backend import make_clustering_backend
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.federation import Federation
@@ -76,7 +75,6 @@ async def served(tmp_path: Path, certs: Path) -> AsyncIterator[Served]:
         config=config,
         state=state,
         models=ModelStore(config.state_dir / "models"),
-        aggregator=make_aggregator("fedavg"),
         clustering=make_clustering_backend(config.clustering),
     )
     handle = await start_server(

@@ -29,7 +29,6 @@ from fedprompt.server import CLIENT_ID_METADATA_KEY, MIB, create_channel, start_
 from fedprompt.transfer import payload_messages
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from fedprompt_coordinator import federation as federation_module
-from fedprompt_coordinator.aggregation import make_aggregator
 from fedprompt_coordinator.clustering_backend import make_clustering_backend
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.federation import Federation
@@ -259,7 +258,6 @@ async def _running_coordinator(tmp_path: Path, **overrides: Any) -> AsyncIterato
         config=config,
         state=state,
         models=ModelStore(config.state_dir / "models"),
-        aggregator=make_aggregator("fedavg"),
         clustering=make_clustering_backend(config.clustering),
     )
     handle = await start_server(

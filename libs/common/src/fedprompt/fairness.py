@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 
 def jain_index(values: Sequence[float]) -> float:
     """Jain's fairness index (Σx)² / (n·Σx²): 1 when all equal, 1/n when one has everything.
@@ -16,3 +18,16 @@ def jain_index(values: Sequence[float]) -> float:
     if squares == 0:
         return 1.0
     return float(sum(float(v) for v in values) ** 2 / (len(values) * squares))
+
+
+def fairness_summary(accuracies: Sequence[float]) -> dict[str, float]:
+    """Mean, worst, std and Jain's fairness index of per-client accuracies (empty: ``{}``)."""
+    if not accuracies:
+        return {}
+    x = np.asarray(accuracies, dtype=np.float64)
+    return {
+        "accuracy_mean": float(x.mean()),
+        "accuracy_worst": float(x.min()),
+        "accuracy_std": float(x.std()),
+        "jain_index": jain_index(x.tolist()),
+    }

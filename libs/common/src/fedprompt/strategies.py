@@ -1,12 +1,11 @@
 """The one registry of federated strategies: names and what every service must agree on.
 
 Each strategy is described once, here, by a :class:`StrategySpec`: what the client trains
-(its :class:`ModelFamily`), whether anything travels, whether shared tensors are split
-into a global and a per-cluster level, whether the contrastive parts of the method are on,
-and the default learning rate of the adapted parameters per task. The command line, the
-benchmark plan, the coordinator and the client agents all read this registry; behaviour
-lives with each service (the coordinator's ``Strategy`` objects, the client agent's
-model-family registry), keyed by these names.
+(its :class:`ModelFamily`), whether anything travels, and the default learning rate of the
+adapted parameters per task. The command line, the benchmark plan, the coordinator and the
+client agents all read this registry. Behaviour lives with each service, keyed by these
+names: the coordinator's ``Strategy`` objects (levels, train tasks, aggregation) and the
+client agent's model-family registry (what is built and trained).
 
 ============  =====================================  ==========================================
 strategy      what travels, at which level            aggregation (coordinator)
@@ -67,10 +66,6 @@ class StrategySpec:
         What the client trains.
     shares_tensors
         Whether any tensor travels (``local``: none).
-    clustered_levels
-        Shared tensors other than the global prompt segment live per cluster.
-    contrastive
-        Client-side InfoNCE on the cluster segment and server-side alignment weights.
     learning_rates
         Default learning rate of the adapted parameters per task (``text``, ``vision``):
         soft prompts take large steps, LoRA adapters smaller ones, full fine-tuning the
@@ -82,8 +77,6 @@ class StrategySpec:
     name: StrategyName
     family: ModelFamily
     shares_tensors: bool
-    clustered_levels: bool
-    contrastive: bool
     learning_rates: Mapping[str, float]
     summary: str
 
@@ -110,8 +103,6 @@ STRATEGIES: Mapping[StrategyName, StrategySpec] = MappingProxyType(
                 StrategyName.LOCAL,
                 ModelFamily.PROMPT,
                 shares_tensors=False,
-                clustered_levels=False,
-                contrastive=False,
                 learning_rates=_PROMPT_RATES,
                 summary="every silo trains alone (nothing travels)",
             ),
@@ -119,8 +110,6 @@ STRATEGIES: Mapping[StrategyName, StrategySpec] = MappingProxyType(
                 StrategyName.FEDAVG,
                 ModelFamily.PROMPT,
                 shares_tensors=True,
-                clustered_levels=False,
-                contrastive=False,
                 learning_rates=_PROMPT_RATES,
                 summary="one global prompt and head",
             ),
@@ -128,8 +117,6 @@ STRATEGIES: Mapping[StrategyName, StrategySpec] = MappingProxyType(
                 StrategyName.CLUSTERED,
                 ModelFamily.PROMPT,
                 shares_tensors=True,
-                clustered_levels=True,
-                contrastive=False,
                 learning_rates=_PROMPT_RATES,
                 summary="a global prompt segment plus one cluster segment and head per cluster",
             ),
@@ -137,8 +124,6 @@ STRATEGIES: Mapping[StrategyName, StrategySpec] = MappingProxyType(
                 StrategyName.FPL,
                 ModelFamily.PROMPT,
                 shares_tensors=True,
-                clustered_levels=True,
-                contrastive=True,
                 learning_rates=_PROMPT_RATES,
                 summary="clustered plus contrastive alignment and optional DP-FedAvg (the method)",
             ),
@@ -146,8 +131,6 @@ STRATEGIES: Mapping[StrategyName, StrategySpec] = MappingProxyType(
                 StrategyName.LORA_FEDAVG,
                 ModelFamily.LORA,
                 shares_tensors=True,
-                clustered_levels=False,
-                contrastive=False,
                 learning_rates=_rates(3e-3, 3e-3),
                 summary="LoRA adapters travel instead of prompts",
             ),
@@ -155,8 +138,6 @@ STRATEGIES: Mapping[StrategyName, StrategySpec] = MappingProxyType(
                 StrategyName.FULL_FEDAVG,
                 ModelFamily.FULL,
                 shares_tensors=True,
-                clustered_levels=False,
-                contrastive=False,
                 learning_rates=_rates(5e-5, 3e-4),
                 summary="every weight of the model travels (the communication reference)",
             ),

@@ -10,6 +10,7 @@ import sys
 from fedprompt.config import ConfigError, load_config
 from fedprompt.logs import configure_logging
 from fedprompt.server import announce_port, start_server, stop_event_on_signals
+from fedprompt.strategies import strategies_help
 from fedprompt.telemetry import serve_metrics
 from fedprompt.tls import (
     TlsError,
@@ -27,7 +28,6 @@ from fedprompt_coordinator.metrics import CoordinatorMetrics
 from fedprompt_coordinator.model_store import ModelStore
 from fedprompt_coordinator.servicer import CoordinatorServicer
 from fedprompt_coordinator.state_store import make_state_store
-from fedprompt_coordinator.strategies import build_aggregator
 from fedprompt_coordinator.traffic import TrafficInterceptor
 
 logger = logging.getLogger("fedprompt_coordinator")
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--local-steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--round-deadline-s", type=float)
-    p.add_argument("--strategy", help="local, fedavg, clustered, fpl, lora-fedavg, full-fedavg")
+    p.add_argument("--strategy", help=strategies_help())
     p.add_argument("--learning-rate", type=float, help="client prompt (or adapter) learning rate")
     p.add_argument("--head-learning-rate", type=float)
     p.add_argument("--contrastive-weight", type=float, help="λ of the client InfoNCE term")
@@ -75,7 +75,6 @@ async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> None:
         config=config,
         state=state,
         models=ModelStore(config.state_dir / "models"),
-        aggregator=build_aggregator(config),
         clustering=make_clustering_backend(config.clustering, credentials=clusterer_creds),
         metrics=CoordinatorMetrics(),
     )

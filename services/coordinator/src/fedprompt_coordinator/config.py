@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedprompt.config import LogLevel
-from fedprompt.strategies import StrategyName
+from fedprompt.strategies import StrategyName, strategy_spec
 from fedprompt.tls import TlsConfig
 
 
@@ -180,6 +180,6 @@ class CoordinatorConfig(BaseModel):
     def _expected_at_least_quorum(self) -> CoordinatorConfig:
         if self.expected_clients is not None and self.expected_clients < self.min_clients:
             raise ValueError("expected_clients must be >= min_clients")
-        if self.privacy.enabled and self.strategy is StrategyName.LOCAL:
+        if self.privacy.enabled and not strategy_spec(self.strategy).shares_tensors:
             raise ValueError("privacy.enabled needs a strategy that shares tensors, not `local`")
         return self

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedprompt.tensor_names import CLUSTER_PROMPT, centroid
+
 
 class Phase(enum.Enum):
     """Phases of a round, in order."""
@@ -145,13 +147,9 @@ class FederationModel:
     #: Cluster-level tensors a new cluster starts from (the round-0 values).
     cluster_template: dict[str, np.ndarray] = field(default_factory=dict)
 
-    def centroids(self, segment: str = "prompt.cluster") -> dict[int, np.ndarray]:
+    def centroids(self, segment: str = CLUSTER_PROMPT) -> dict[int, np.ndarray]:
         """Token-mean of every cluster's ``segment`` (the InfoNCE positives and negatives)."""
-        return {
-            c: np.asarray(t[segment], dtype=np.float64).mean(axis=0)
-            for c, t in self.cluster_tensors.items()
-            if segment in t
-        }
+        return {c: centroid(t[segment]) for c, t in self.cluster_tensors.items() if segment in t}
 
     def for_cluster(self, cluster_id: int) -> dict[str, np.ndarray]:
         """Return the tensors a member of ``cluster_id`` trains from."""

@@ -45,12 +45,9 @@ from fedprompt.errors import (
     UnknownClientError,
     WrongRoundError,
 )
-from fedprompt_coordinator.aggregation import (
-    ClusterAggregator,
-    GlobalDP,
-    fairness_summary,
-    split_levels,
-)
+from fedprompt.fairness import fairness_summary
+from fedprompt_coordinator.aggregation.base import ClusterAggregator
+from fedprompt_coordinator.aggregation.dp_fedavg import DPFedAvgGlobal
 from fedprompt_coordinator.clustering_backend import ClusteringBackend
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.domain import (
@@ -69,7 +66,6 @@ from fedprompt_coordinator.domain import (
     Task,
     TaskKind,
     TensorSpec,
-    TrainingSettings,
     UpdateKind,
 )
 from fedprompt_coordinator.metrics import CoordinatorMetrics, FederationGauges
@@ -81,7 +77,7 @@ from fedprompt_coordinator.privacy import (
     make_accountant,
 )
 from fedprompt_coordinator.state_store import StateStore
-from fedprompt_coordinator.strategies import get_strategy
+from fedprompt_coordinator.strategies import build_strategy
 from fedprompt_coordinator.traffic import TrafficMeter
 from fedprompt_coordinator.validation import check_update_size, spec_of, validate_update
 
@@ -94,8 +90,6 @@ _SETTING_FINGERPRINT = "model_fingerprint"
 _SETTING_SPEC = "tensor_spec"
 _SETTING_ACCOUNTANT = "privacy_accountant"
 _SETTING_STOP_REASON = "stop_reason"
-#: Read-only tensors added to round-start models of contrastive strategies.
-CENTROID_PREFIX = "centroid."
 #: Pause before drawing a round again when client sampling fell below the quorum.
 SAMPLING_RETRY_PAUSE_S = 0.5
 #: Uploads larger than this stream to a file instead of memory (then are memory-mapped).
@@ -214,7 +208,6 @@ class Federation:
         config: CoordinatorConfig,
         state: StateStore,
         models: ModelStore,
-        aggregator: ClusterAggregator,
         clustering: ClusteringBackend,
         clock: Callable[[], float] = time.time,
         metrics: CoordinatorMetrics | None = None,
@@ -224,7 +217,6 @@ class Federation:
         self.metrics.watch(self.gauges)
         self._state = state
         self._models = models
-        self._aggregator = aggregator
         self._clustering = clustering
         self._clock = clock
         self._sessions: dict[str, ClientSession] = {}
@@ -257,14 +249,31 @@ class Federation:
         self._waited_for_latecomers = False
         for cid, (meta, n, device) in state.clients().items():
             self._sessions[cid] = ClientSession(cid, meta, n, device)
-        self._strategy = get_strategy(config.strategy)
+        self._strategy = build_strategy(config)
         self._budget = self._make_budget()
         self._rng = np.random.default_rng(config.privacy.seed)
+        self._aggregator = self._make_aggregator()
         self._stop_reason = state.get_setting(_SETTING_STOP_REASON) or ""
         if self._completed:
             logger.info("resuming after completed round %d", self._completed)
         if self._completed >= config.rounds or self._stop_reason:
             self._phase = Phase.DONE
+
+    def _make_aggregator(self) -> ClusterAggregator:
+        """The strategy's aggregator, wrapped in DP-FedAvg of the global level when DP is on."""
+        inner = self._strategy.make_aggregator()
+        if self._budget is None:
+            return inner
+        cfg = self._config.privacy
+        return DPFedAvgGlobal(
+            inner,
+            clip_norm=cfg.clip_norm,
+            noise_multiplier=self._budget.noise_multiplier,
+            # fixed denominator: the expected number of participants, q · N
+            expected_participants=lambda: max(1.0, cfg.client_sampling_rate * len(self._sessions)),
+            server_learning_rate=cfg.server_learning_rate,
+            rng=self._rng,  # one generator for client sampling and noise, as before
+        )
 
     def _make_budget(self) -> PrivacyBudget | None:
         """The DP-FedAvg budget (restored from the state store), or None when DP is off."""
@@ -418,8 +427,9 @@ class Federation:
                 raise WrongRoundError(f"round {current.round} has not been aggregated yet")
         assert model is not None
         tensors = model.for_cluster(cluster)
-        if stage is ModelStage.ROUND_START and self._strategy.contrastive:
-            tensors.update(self._centroid_tensors(model, current))
+        if stage is ModelStage.ROUND_START:
+            clusters = sorted(set(current.participants.values()))
+            tensors.update(self._strategy.round_start_tensors(model, clusters))
         payload = encode_tensors(tensors)
         self._payload_cache[key] = payload
         return payload
@@ -733,7 +743,7 @@ class Federation:
         assert self._model is not None
         t0 = time.perf_counter()
         current.aggregated = await asyncio.to_thread(
-            self._aggregate, self._model, list(current.updates.values())
+            self._aggregator.aggregate, self._model, list(current.updates.values())
         )
         current.aggregation_seconds = time.perf_counter() - t0
         if self._budget is not None:
@@ -844,22 +854,12 @@ class Federation:
         self._state.set_assignment(assignment)
 
     def _train_task(self, current: RoundInProgress, client_id: str) -> Task:
-        cfg = self._config.training
         return Task(
             kind=TaskKind.TRAIN,
             round=current.round,
             cluster_id=current.participants[client_id],
             deadline_unix_ms=int(current.deadline_unix * 1000),
-            training=TrainingSettings(
-                local_steps=cfg.local_steps,
-                batch_size=cfg.batch_size,
-                learning_rate=cfg.learning_rate,
-                head_learning_rate=cfg.head_learning_rate,
-                contrastive_weight=(
-                    self._config.contrastive.weight if self._strategy.contrastive else 0.0
-                ),
-                contrastive_temperature=self._config.contrastive.temperature,
-            ),
+            training=self._strategy.configure_train(),
             expected_update=self._spec,
             model=self._inline_model(
                 current, ModelStage.ROUND_START, current.participants[client_id]
@@ -895,12 +895,10 @@ class Federation:
                     "initial tensors differ in names, dtypes or shapes from the federation's"
                 )
             return True
-        if not tensors and self._strategy.name.value != "local":
-            raise InvalidArgumentError("the initial model holds no tensors")
+        self._strategy.check_initial(tensors)
         validate_update(tensors, spec_of(tensors))
-        glob, clus = split_levels(
-            {k: np.array(v, copy=True) for k, v in tensors.items()},
-            clustered=self._strategy.clustered_levels,
+        glob, clus = self._strategy.split_levels(
+            {k: np.array(v, copy=True) for k, v in tensors.items()}
         )
         model = FederationModel(global_tensors=glob, cluster_tensors={}, cluster_template=clus)
         await asyncio.to_thread(self._models.save, 0, model)
@@ -975,31 +973,6 @@ class Federation:
         if q >= 1.0:
             return connected
         return [c for c in connected if self._rng.random() < q]
-
-    def _aggregate(self, model: FederationModel, updates: list[ClientUpdate]) -> FederationModel:
-        global_dp = None
-        if self._budget is not None:
-            cfg = self._config.privacy
-            global_dp = GlobalDP(
-                clip_norm=cfg.clip_norm,
-                noise_multiplier=self._budget.noise_multiplier,
-                # fixed denominator: the expected number of participants, q · N
-                expected_participants=max(1.0, cfg.client_sampling_rate * len(self._sessions)),
-                server_learning_rate=cfg.server_learning_rate,
-                rng=self._rng,
-            )
-        return self._aggregator.aggregate(model, updates, global_dp=global_dp)
-
-    def _centroid_tensors(
-        self, model: FederationModel, current: RoundInProgress
-    ) -> dict[str, np.ndarray]:
-        """``centroid.<k>`` for every cluster of the round (InfoNCE positive and negatives)."""
-        out = {}
-        for cluster in sorted(set(current.participants.values())):
-            segment = model.for_cluster(cluster).get("prompt.cluster")
-            if segment is not None:
-                out[f"{CENTROID_PREFIX}{cluster}"] = np.asarray(segment, np.float32).mean(axis=0)
-        return out
 
     # ------------------------------------------------------------------ helpers
 

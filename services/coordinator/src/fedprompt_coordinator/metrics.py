@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from fedprompt.fairness import fairness_summary
 from fedprompt.telemetry import new_registry
-from fedprompt_coordinator.aggregation import fairness_summary
 from fedprompt_coordinator.domain import Phase, RoundRecord
 
 #: Round durations span seconds (tiny demo) to hours (large models on slow silos).

@@ -1,90 +1,186 @@
-"""Federated strategies on one code path: which tensors travel, at which level, how aggregated.
+"""What the coordinator does for each federated strategy: one object per strategy.
 
-============  =====================================  =======================================
-strategy      shared tensors and levels               aggregation
-============  =====================================  =======================================
-local         none (each silo trains alone)           none
-fedavg        everything global (one prompt + head)   n-weighted FedAvg
-clustered     prompt.global global; rest per cluster  n-weighted FedAvg per level
-fpl           prompt.global global; rest per cluster  contrastive weights per cluster,
-                                                      DP-FedAvg of the global level (if on)
-lora-fedavg   LoRA adapters + head, global            n-weighted FedAvg
-full-fedavg   every trainable weight + head, global   n-weighted FedAvg (the traffic reference)
-============  =====================================  =======================================
+A :class:`Strategy` owns the strategy's behaviour, as Flower's ``Strategy`` owns
+``configure_train`` and ``aggregate_train``; the round state machine calls it and never
+branches on a strategy's name:
 
-The client builds the matching model (prompt, LoRA or full fine-tuning) from the same name;
-the coordinator refuses members whose strategy differs from its own.
+- :meth:`Strategy.split_levels`: which shared tensors are global and which per cluster;
+- :meth:`Strategy.check_initial`: what an initial model must hold;
+- :meth:`Strategy.configure_train`: the training settings of a TRAIN task;
+- :meth:`Strategy.round_start_tensors`: read-only extras of a round-start model;
+- :meth:`Strategy.make_aggregator`: how a round's updates are aggregated.
+
+Each name of the registry in :mod:`fedprompt.strategies` has one class here
+(:func:`register_strategy`). DP-FedAvg is not a strategy: it wraps a strategy's aggregator
+(:class:`~fedprompt_coordinator.aggregation.dp_fedavg.DPFedAvgGlobal`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import abc
+from collections.abc import Callable, Iterable, Mapping
 
-from fedprompt.strategies import StrategyName
-from fedprompt_coordinator.aggregation import ClusterAggregator, ContrastiveFedAvg, WeightedFedAvg
+import numpy as np
+
+from fedprompt.errors import InvalidArgumentError
+from fedprompt.strategies import STRATEGIES, StrategyName, StrategySpec
+from fedprompt.tensor_names import CLUSTER_PROMPT, centroid_tensors
+from fedprompt_coordinator.aggregation.base import ClusterAggregator
+from fedprompt_coordinator.aggregation.levels import split_levels
+from fedprompt_coordinator.aggregation.registry import make_aggregator
 from fedprompt_coordinator.config import CoordinatorConfig
+from fedprompt_coordinator.domain import FederationModel, TrainingSettings
+
+Tensors = dict[str, np.ndarray]
 
 
-@dataclass(frozen=True)
-class Strategy:
-    """What the coordinator does differently per strategy."""
+class Strategy(abc.ABC):
+    """The coordinator's side of one strategy; defaults are those of plain FedAvg.
 
-    name: StrategyName
-    #: Tensor names whose level is global; every other travelling tensor is per cluster.
-    clustered_levels: bool
-    #: Server-side contrastive alignment weights and client-side InfoNCE.
-    contrastive: bool
-    #: DP-FedAvg may be applied to the global level.
-    supports_client_dp: bool
+    Parameters
+    ----------
+    spec
+        The registry's description of the strategy.
+    config
+        The coordinator's configuration (training and contrastive settings).
+    """
 
+    def __init__(self, spec: StrategySpec, config: CoordinatorConfig) -> None:
+        self.spec = spec
+        self._config = config
 
-STRATEGIES: dict[StrategyName, Strategy] = {
-    s.name: s
-    for s in (
-        Strategy(
-            StrategyName.LOCAL, clustered_levels=False, contrastive=False, supports_client_dp=False
-        ),
-        Strategy(
-            StrategyName.FEDAVG, clustered_levels=False, contrastive=False, supports_client_dp=True
-        ),
-        Strategy(
-            StrategyName.CLUSTERED,
-            clustered_levels=True,
-            contrastive=False,
-            supports_client_dp=True,
-        ),
-        Strategy(
-            StrategyName.FPL, clustered_levels=True, contrastive=True, supports_client_dp=True
-        ),
-        Strategy(
-            StrategyName.LORA_FEDAVG,
-            clustered_levels=False,
-            contrastive=False,
-            supports_client_dp=True,
-        ),
-        Strategy(
-            StrategyName.FULL_FEDAVG,
-            clustered_levels=False,
-            contrastive=False,
-            supports_client_dp=True,
-        ),
-    )
-}
+    @property
+    def name(self) -> StrategyName:
+        """The strategy's name."""
+        return self.spec.name
 
+    @abc.abstractmethod
+    def split_levels(self, tensors: Mapping[str, np.ndarray]) -> tuple[Tensors, Tensors]:
+        """Split shared tensors into their (global, cluster) levels."""
 
-def get_strategy(name: str) -> Strategy:
-    """Look a strategy up by name; a clear ValueError for unknown names."""
-    try:
-        return STRATEGIES[StrategyName(name)]
-    except ValueError:
-        raise ValueError(
-            f"unknown strategy {name!r}; known: {', '.join(s.value for s in StrategyName)}"
-        ) from None
+    def check_initial(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Refuse an initial model without tensors (``INVALID_ARGUMENT``)."""
+        if not tensors:
+            raise InvalidArgumentError("the initial model holds no tensors")
+
+    def configure_train(self) -> TrainingSettings:
+        """The training settings every TRAIN task of a round carries."""
+        cfg = self._config.training
+        return TrainingSettings(
+            local_steps=cfg.local_steps,
+            batch_size=cfg.batch_size,
+            learning_rate=cfg.learning_rate,
+            head_learning_rate=cfg.head_learning_rate,
+            contrastive_weight=0.0,
+            contrastive_temperature=self._config.contrastive.temperature,
+        )
+
+    def round_start_tensors(
+        self, model: FederationModel, clusters: Iterable[int]
+    ) -> dict[str, np.ndarray]:
+        """Read-only tensors added to the round-start model of ``clusters`` (none here)."""
+        return {}
+
+    def make_aggregator(self) -> ClusterAggregator:
+        """A fresh aggregator of this strategy's updates: n-weighted FedAvg."""
+        return make_aggregator("fedavg")
 
 
-def build_aggregator(config: CoordinatorConfig) -> ClusterAggregator:
-    """The aggregator a configured strategy uses."""
-    strategy = get_strategy(config.strategy)
-    if strategy.contrastive and config.contrastive.server_weighting == "contrastive":
-        return ContrastiveFedAvg(temperature=config.contrastive.temperature)
-    return WeightedFedAvg()
+_STRATEGY_CLASSES: dict[StrategyName, type[Strategy]] = {}
+
+
+def register_strategy(*names: StrategyName) -> Callable[[type[Strategy]], type[Strategy]]:
+    """Register a :class:`Strategy` class under one or more names (decorator)."""
+
+    def decorator(cls: type[Strategy]) -> type[Strategy]:
+        for name in names:
+            if name in _STRATEGY_CLASSES:
+                raise ValueError(f"strategy {name.value!r} is already registered")
+            _STRATEGY_CLASSES[name] = cls
+        return cls
+
+    return decorator
+
+
+@register_strategy(StrategyName.FEDAVG, StrategyName.LORA_FEDAVG, StrategyName.FULL_FEDAVG)
+class OneSharedModel(Strategy):
+    """One shared model for everyone, aggregated by n-weighted FedAvg.
+
+    Every shared tensor is global; the client's model family (prompt, LoRA adapters, every
+    weight) decides which tensors those are, not the coordinator.
+    """
+
+    def split_levels(self, tensors: Mapping[str, np.ndarray]) -> tuple[Tensors, Tensors]:
+        """Everything is global."""
+        return split_levels(tensors, clustered=False)
+
+
+@register_strategy(StrategyName.LOCAL)
+class LocalOnly(OneSharedModel):
+    """Every silo trains alone: nothing travels, and an initial model may be empty."""
+
+    def check_initial(self, tensors: Mapping[str, np.ndarray]) -> None:
+        """Any initial model, an empty one included, is accepted."""
+
+
+@register_strategy(StrategyName.CLUSTERED)
+class ClusteredFedAvg(Strategy):
+    """A global prompt segment shared by everyone, every other shared tensor per cluster.
+
+    Both levels are aggregated by n-weighted FedAvg (per cluster for the cluster level).
+    """
+
+    def split_levels(self, tensors: Mapping[str, np.ndarray]) -> tuple[Tensors, Tensors]:
+        """``prompt.global`` (and its sub-names) is global; the rest is per cluster."""
+        return split_levels(tensors, clustered=True)
+
+
+@register_strategy(StrategyName.FPL)
+class FederatedPromptLearning(ClusteredFedAvg):
+    """:class:`ClusteredFedAvg` plus contrastive alignment (DESIGN.md §3).
+
+    Clients add ``λ · InfoNCE`` of their cluster segment against every cluster's centroid,
+    which round-start models carry; the coordinator weighs a cluster's members by the
+    alignment of their proposals (or by n only, the ``mean`` ablation).
+    """
+
+    def configure_train(self) -> TrainingSettings:
+        """The base settings with λ of the client-side InfoNCE term."""
+        base = super().configure_train()
+        return TrainingSettings(
+            local_steps=base.local_steps,
+            batch_size=base.batch_size,
+            learning_rate=base.learning_rate,
+            head_learning_rate=base.head_learning_rate,
+            contrastive_weight=self._config.contrastive.weight,
+            contrastive_temperature=base.contrastive_temperature,
+        )
+
+    def round_start_tensors(
+        self, model: FederationModel, clusters: Iterable[int]
+    ) -> dict[str, np.ndarray]:
+        """``centroid.<k>`` of every cluster of the round (InfoNCE positive and negatives)."""
+        segments = {}
+        for cluster in clusters:
+            segment = model.for_cluster(cluster).get(CLUSTER_PROMPT)
+            if segment is not None:
+                segments[cluster] = segment
+        return centroid_tensors(segments)
+
+    def make_aggregator(self) -> ClusterAggregator:
+        """Contrastive alignment weights per cluster, or n-weighted FedAvg (``mean``)."""
+        contrastive = self._config.contrastive
+        if contrastive.server_weighting == "contrastive":
+            return make_aggregator("contrastive", temperature=contrastive.temperature)
+        return make_aggregator("fedavg")
+
+
+def build_strategy(config: CoordinatorConfig) -> Strategy:
+    """The strategy object of the configured strategy."""
+    name = StrategyName(config.strategy)
+    return _STRATEGY_CLASSES[name](STRATEGIES[name], config)
+
+
+def registered_strategies() -> frozenset[StrategyName]:
+    """The names that have a strategy class."""
+    return frozenset(_STRATEGY_CLASSES)

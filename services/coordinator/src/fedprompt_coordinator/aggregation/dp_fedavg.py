@@ -5,16 +5,22 @@ over all of a client's global tensors together, m is the *expected* number of pa
 (a fixed denominator keeps the sensitivity of the average at S/m) and η the server learning
 rate. Each client's contribution is unweighted: weighting by sample counts would let one
 client's influence exceed S/m.
+
+:class:`DPFedAvgGlobal` wraps any aggregator (as Flower's
+``DifferentialPrivacyServerSideFixedClipping`` wraps a strategy): it replaces the global
+level's aggregation by this mechanism and leaves the cluster level to the wrapped one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from fedprompt_coordinator.weighted_sum import squared_norms, weighted_sum
+from fedprompt_coordinator.aggregation.base import ClusterAggregator, Info, Tensors
+from fedprompt_coordinator.aggregation.weighted_sum import squared_norms, weighted_sum
+from fedprompt_coordinator.domain import ClientUpdate, FederationModel
 
 
 @dataclass(frozen=True)
@@ -99,3 +105,73 @@ def dp_fedavg(
         mean_update_norm=float(np.mean(norms)) if len(norms) else 0.0,
         noise_std=std,
     )
+
+
+class DPFedAvgGlobal(ClusterAggregator):
+    """DP-FedAvg of the global level around another aggregator, which keeps the cluster level.
+
+    Parameters
+    ----------
+    inner
+        The aggregator whose cluster level is kept.
+    clip_norm
+        S, the per-client L2 bound of the global delta.
+    noise_multiplier
+        z; the noise on the sum of clipped deltas has standard deviation z·S.
+    expected_participants
+        Called once per aggregation: m, the fixed denominator (the expected number of
+        participants of the round, at least 1).
+    server_learning_rate
+        η.
+    rng
+        Source of the Gaussian noise.
+    """
+
+    name = "dp-fedavg"
+
+    def __init__(
+        self,
+        inner: ClusterAggregator,
+        *,
+        clip_norm: float,
+        noise_multiplier: float,
+        expected_participants: Callable[[], float],
+        server_learning_rate: float,
+        rng: np.random.Generator,
+    ) -> None:
+        super().__init__()
+        self.inner = inner
+        self.clip_norm = clip_norm
+        self.noise_multiplier = noise_multiplier
+        self.expected_participants = expected_participants
+        self.server_learning_rate = server_learning_rate
+        self.rng = rng
+
+    def aggregate_global(
+        self, base: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
+    ) -> tuple[Tensors, Info]:
+        """Clip each member's global delta, sum, add noise, divide by m, apply with η."""
+        result = dp_fedavg(
+            base,
+            [{k: u.tensors[k] for k in base} for u in updates],
+            clip_norm=self.clip_norm,
+            noise_multiplier=self.noise_multiplier,
+            expected_participants=self.expected_participants(),
+            server_lr=self.server_learning_rate,
+            rng=self.rng,
+        )
+        return result.tensors, {
+            "dp_clipped_fraction": result.clipped_fraction,
+            "dp_mean_update_norm": result.mean_update_norm,
+            "dp_noise_std": result.noise_std,
+        }
+
+    def aggregate_cluster(
+        self,
+        model: FederationModel,
+        cluster_id: int,
+        base: Mapping[str, np.ndarray],
+        members: Sequence[ClientUpdate],
+    ) -> tuple[Tensors, Info]:
+        """The wrapped aggregator's cluster level."""
+        return self.inner.aggregate_cluster(model, cluster_id, base, members)

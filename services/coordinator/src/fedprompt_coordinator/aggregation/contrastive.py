@@ -16,11 +16,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-
-def centroid(segment: np.ndarray) -> np.ndarray:
-    """Token-mean of a prompt segment [tokens, width] -> [width] (float64)."""
-    arr = np.asarray(segment, dtype=np.float64)
-    return arr.mean(axis=0) if arr.ndim > 1 else arr
+from fedprompt.tensor_names import CLUSTER_PROMPT, centroid
+from fedprompt_coordinator.aggregation.fedavg import WeightedFedAvg
+from fedprompt_coordinator.domain import ClientUpdate, FederationModel
 
 
 def alignment_scores(
@@ -72,3 +70,40 @@ def contrastive_cluster_weights(
     w = np.asarray(num_examples, dtype=np.float64) * a
     out: np.ndarray = w / w.sum()
     return out
+
+
+class ContrastiveFedAvg(WeightedFedAvg):
+    """:class:`WeightedFedAvg` whose cluster weights are ``w_i ∝ n_i · a_i`` (DESIGN.md §3.5).
+
+    ``a_i`` is the softmax over the cluster's members of the InfoNCE alignment score of the
+    member's proposed cluster segment ``C_k + ΔC_i`` against all cluster centroids, so a
+    member whose proposal looks like another cluster counts less.
+    """
+
+    name = "contrastive"
+
+    def __init__(self, *, temperature: float = 0.5, segment: str = CLUSTER_PROMPT) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.segment = segment
+
+    def cluster_weights(
+        self, model: FederationModel, cluster_id: int, members: Sequence[ClientUpdate]
+    ) -> np.ndarray:
+        """Contrastive alignment weights (n-weighted when there is no cluster segment)."""
+        base = model.cluster_tensors.get(cluster_id, model.cluster_template)
+        if self.segment not in base:
+            return super().cluster_weights(model, cluster_id, members)
+        centroids = model.centroids(self.segment)
+        base_centroid = centroid(base[self.segment])
+        centroids.setdefault(cluster_id, base_centroid)
+        # the token-mean is linear: centroid(C_k + ΔC_i) = centroid(C_k) + centroid(ΔC_i),
+        # so each proposal is scored from its delta's mean without building C_k + ΔC_i
+        proposals = [base_centroid + centroid(u.tensors[self.segment]) for u in members]
+        return contrastive_cluster_weights(
+            proposals,
+            [u.num_examples for u in members],
+            own=cluster_id,
+            centroids=centroids,
+            temperature=self.temperature,
+        )

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedprompt_coordinator.contrastive import (
+from fedprompt.tensor_names import centroid
+from fedprompt_coordinator.aggregation.contrastive import (
     alignment_scores,
-    centroid,
     contrastive_cluster_weights,
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedprompt_coordinator import weighted_sum as ws
+from fedprompt_coordinator.aggregation import weighted_sum as ws
 
 
 @pytest.fixture

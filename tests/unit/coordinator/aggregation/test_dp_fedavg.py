@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedprompt_coordinator.dp_fedavg import clip_update, dp_fedavg, global_l2_norm
+from fedprompt_coordinator.aggregation.dp_fedavg import clip_update, dp_fedavg, global_l2_norm
 
 
 def test_clip_bound_holds_over_all_tensors_together() -> None:
@@ -67,3 +67,43 @@ def test_one_client_cannot_move_the_average_by_more_than_s_over_m() -> None:
         server_lr=1.0, rng=np.random.default_rng(0),
     )  # fmt: skip
     assert global_l2_norm(out.tensors) == pytest.approx(2.0 / 8)
+
+
+def test_the_wrapper_noises_the_global_level_and_keeps_the_inner_cluster_level() -> None:
+    from fedprompt_coordinator.aggregation.dp_fedavg import DPFedAvgGlobal
+    from fedprompt_coordinator.aggregation.fedavg import WeightedFedAvg
+    from fedprompt_coordinator.domain import ClientUpdate, FederationModel
+
+    model = FederationModel(
+        global_tensors={"prompt.global": np.zeros(2, np.float32)},
+        cluster_tensors={0: {"prompt.cluster": np.array([1.0], np.float32)}},
+        cluster_template={"prompt.cluster": np.array([0.0], np.float32)},
+    )
+    updates = [
+        ClientUpdate("a", 0, 1, {"prompt.global": np.array([3.0, 4.0], np.float32),
+                                 "prompt.cluster": np.array([2.0], np.float32)}),
+        ClientUpdate("b", 0, 3, {"prompt.global": np.array([0.3, 0.4], np.float32),
+                                 "prompt.cluster": np.array([6.0], np.float32)}),
+    ]  # fmt: skip
+    calls = []
+
+    def expected() -> float:
+        calls.append(1)
+        return 4.0
+
+    wrapper = DPFedAvgGlobal(
+        WeightedFedAvg(),
+        clip_norm=1.0,
+        noise_multiplier=0.0,
+        expected_participants=expected,
+        server_learning_rate=2.0,
+        rng=np.random.default_rng(0),
+    )
+    out = wrapper.aggregate(model, updates)
+    # global: η (clip([3,4]) + [0.3,0.4]) / m = 2 * ([0.6,0.8] + [0.3,0.4]) / 4
+    np.testing.assert_allclose(out.global_tensors["prompt.global"], [0.45, 0.6], rtol=1e-6)
+    # cluster: the inner n-weighted mean, untouched by clipping: 1 + (1*2 + 3*6) / 4
+    np.testing.assert_array_equal(out.cluster_tensors[0]["prompt.cluster"], [6.0])
+    assert calls == [1]  # m is read once per aggregation
+    assert wrapper.last_info["dp_clipped_fraction"] == 0.5
+    assert wrapper.last_info["cluster_0_min_weight"] == 0.25

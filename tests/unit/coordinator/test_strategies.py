@@ -1,0 +1,97 @@
+"""The coordinator's strategy objects: one per registered name, each owning its behaviour."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedprompt.errors import InvalidArgumentError
+from fedprompt.strategies import STRATEGIES, StrategyName
+from fedprompt_coordinator.aggregation.contrastive import ContrastiveFedAvg
+from fedprompt_coordinator.aggregation.fedavg import WeightedFedAvg
+from fedprompt_coordinator.config import CoordinatorConfig
+from fedprompt_coordinator.domain import FederationModel
+from fedprompt_coordinator.strategies import build_strategy, registered_strategies
+
+TENSORS = {
+    "prompt.global": np.ones((2, 3), np.float32),
+    "prompt.cluster": np.zeros((1, 3), np.float32),
+    "head.weight": np.zeros((2, 3), np.float32),
+}
+
+
+def _config(tmp_path: Path, strategy: str, **overrides: object) -> CoordinatorConfig:
+    return CoordinatorConfig(state_dir=tmp_path, strategy=strategy, **overrides)  # type: ignore[arg-type]
+
+
+def test_every_registered_name_has_a_strategy_object(tmp_path: Path) -> None:
+    assert registered_strategies() == set(StrategyName)
+    for name, spec in STRATEGIES.items():
+        strategy = build_strategy(_config(tmp_path, name.value))
+        assert strategy.name is name and strategy.spec is spec
+
+
+@pytest.mark.parametrize(
+    ("name", "global_names"),
+    [
+        ("fedavg", ["head.weight", "prompt.cluster", "prompt.global"]),
+        ("lora-fedavg", ["head.weight", "prompt.cluster", "prompt.global"]),
+        ("full-fedavg", ["head.weight", "prompt.cluster", "prompt.global"]),
+        ("local", ["head.weight", "prompt.cluster", "prompt.global"]),
+        ("clustered", ["prompt.global"]),
+        ("fpl", ["prompt.global"]),
+    ],
+)
+def test_levels_are_the_strategys(tmp_path: Path, name: str, global_names: list[str]) -> None:
+    glob, clus = build_strategy(_config(tmp_path, name)).split_levels(TENSORS)
+    assert sorted(glob) == global_names
+    assert sorted(clus) == sorted(set(TENSORS) - set(global_names))
+
+
+def test_only_local_accepts_an_empty_initial_model(tmp_path: Path) -> None:
+    build_strategy(_config(tmp_path, "local")).check_initial({})
+    for name in ("fedavg", "clustered", "fpl", "lora-fedavg", "full-fedavg"):
+        with pytest.raises(InvalidArgumentError, match="holds no tensors"):
+            build_strategy(_config(tmp_path, name)).check_initial({})
+        build_strategy(_config(tmp_path, name)).check_initial(TENSORS)
+
+
+def test_only_fpl_asks_clients_for_the_infonce_term(tmp_path: Path) -> None:
+    contrastive = {"weight": 0.25, "temperature": 0.7}
+    training = {"local_steps": 3, "batch_size": 4, "learning_rate": 0.1}
+    for name in STRATEGIES:
+        settings = build_strategy(
+            _config(tmp_path, name.value, contrastive=contrastive, training=training)
+        ).configure_train()
+        assert (settings.local_steps, settings.batch_size, settings.learning_rate) == (3, 4, 0.1)
+        assert settings.contrastive_temperature == 0.7
+        assert settings.contrastive_weight == (0.25 if name is StrategyName.FPL else 0.0)
+
+
+def test_only_fpl_round_start_models_carry_centroids(tmp_path: Path) -> None:
+    model = FederationModel(
+        global_tensors={"prompt.global": np.zeros((2, 3), np.float32)},
+        cluster_tensors={0: {"prompt.cluster": np.array([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]])}},
+        cluster_template={"prompt.cluster": np.full((2, 3), 9.0, np.float32)},
+    )
+    extras = build_strategy(_config(tmp_path, "fpl")).round_start_tensors(model, [0, 4])
+    assert sorted(extras) == ["centroid.0", "centroid.4"]
+    np.testing.assert_array_equal(extras["centroid.0"], [2.0, 3.0, 4.0])
+    np.testing.assert_array_equal(extras["centroid.4"], [9.0, 9.0, 9.0])  # a new cluster
+    assert all(v.dtype == np.float32 for v in extras.values())
+    for name in ("fedavg", "clustered", "local"):
+        assert build_strategy(_config(tmp_path, name)).round_start_tensors(model, [0]) == {}
+
+
+def test_fpl_aggregates_with_alignment_weights_unless_the_ablation_says_mean(
+    tmp_path: Path,
+) -> None:
+    fpl = build_strategy(_config(tmp_path, "fpl", contrastive={"temperature": 0.3}))
+    aggregator = fpl.make_aggregator()
+    assert isinstance(aggregator, ContrastiveFedAvg) and aggregator.temperature == 0.3
+    mean = build_strategy(_config(tmp_path, "fpl", contrastive={"server_weighting": "mean"}))
+    assert type(mean.make_aggregator()) is WeightedFedAvg
+    for name in ("fedavg", "clustered", "lora-fedavg"):
+        assert type(build_strategy(_config(tmp_path, name)).make_aggregator()) is WeightedFedAvg
