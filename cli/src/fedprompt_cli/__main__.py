@@ -11,7 +11,14 @@ from rich.console import Console
 
 from fedprompt.compression import Compression
 from fedprompt.strategies import STRATEGIES, STRATEGY_NAMES, TASKS, StrategyName, strategies_help
-from fedprompt_cli.bench_plan import METHOD
+from fedprompt_cli.bench_plan import (
+    METHOD,
+    compression_plan,
+    full_plan,
+    gpu_plan,
+    quick_plan,
+    tiny_plan,
+)
 from fedprompt_cli.up import UpOptions, run_up
 
 
@@ -160,13 +167,6 @@ def run_certs(args: argparse.Namespace, console: Console) -> int:
 
 def _bench(args: argparse.Namespace, console: Console) -> int:
     from fedprompt_cli.bench import plan_with_overrides, run_bench
-    from fedprompt_cli.bench_plan import (
-        compression_plan,
-        full_plan,
-        gpu_plan,
-        quick_plan,
-        tiny_plan,
-    )
 
     plan = (
         tiny_plan()
