@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from fedprompt.strategies import StrategyName
+
 METHODS = ("none", "fp16", "int8")
 
 
@@ -44,7 +46,7 @@ def main() -> int:
             started = time.monotonic()
             proc = subprocess.run(
                 [str(bindir / "fedprompt"), "up", "--clients", str(args.clients), "--rounds",
-                 str(args.rounds), "--local-steps", str(args.local_steps), "--strategy", "fpl",
+                 str(args.rounds), "--local-steps", str(args.local_steps), "--strategy", StrategyName.FPL,
                  "--task", "text", "--max-length", "64", "--run-dir", str(run_dir)],
                 env={**os.environ, "FEDPROMPT_CLIENT_UPLOAD_COMPRESSION": method},
                 capture_output=True, text=True, check=False,

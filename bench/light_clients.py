@@ -43,6 +43,7 @@ import yaml
 from fedprompt.chunking import ChunkAssembler, check_inline_payload
 from fedprompt.codec import NUMPY_DTYPES, decode_tensors, encode_tensors
 from fedprompt.server import CLIENT_ID_METADATA_KEY, create_channel
+from fedprompt.strategies import StrategyName
 from fedprompt.transfer import (
     chunk_from_proto,
     payload_header,
@@ -323,7 +324,7 @@ async def run_light_clients(
     rounds: int,
     tensor_spec: Sequence[LightTensor],
     *,
-    strategy: str = "fedavg",
+    strategy: str = StrategyName.FEDAVG.value,
     client_prefix: str = "light",
     clients_per_channel: int = 1,
     num_examples: int = 100,
@@ -498,7 +499,7 @@ class CoordinatorProcess:
         *,
         rounds: int,
         expected_clients: int,
-        strategy: str = "fedavg",
+        strategy: str = StrategyName.FEDAVG.value,
         min_clients: int | None = None,
         config: Mapping[str, object] | None = None,
         log_level: str = "WARNING",

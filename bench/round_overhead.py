@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from bench.light_clients import CoordinatorProcess, run_light_clients, tensor_spec_for_bytes
+from fedprompt.strategies import StrategyName
 
 
 def main() -> int:
@@ -29,7 +30,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--kib", type=float, default=30.0)
     p.add_argument("--clients-per-channel", type=int, default=1)
-    p.add_argument("--strategy", default="fedavg")
+    p.add_argument("--strategy", default=StrategyName.FEDAVG.value)
     args = p.parse_args()
     spec = tensor_spec_for_bytes(int(args.kib * 1024))
     print(

@@ -11,9 +11,10 @@ BIN=${BIN:-.venv/bin}
 PARTS=reports/gpu-parts
 LIMIT=${1:-3600}
 mkdir -p "$PARTS"
+STRATEGIES=$("$BIN/python" -c 'from fedprompt.strategies import STRATEGY_NAMES; print(" ".join(STRATEGY_NAMES))')
 pids=()
 for task in text vision; do
-  for strategy in local fedavg clustered fpl lora-fedavg full-fedavg; do
+  for strategy in $STRATEGIES; do
     timeout "$LIMIT" "$BIN/fedprompt" bench --gpu --insecure --reports "$PARTS" \
       --tag "g-$task-$strategy" --tasks "$task" --strategies "$strategy" --skip-privacy \
       --skip-compression \

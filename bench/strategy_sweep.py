@@ -18,13 +18,14 @@ import sys
 import time
 from pathlib import Path
 
+from fedprompt.strategies import STRATEGY_NAMES, TASKS, StrategyName
+
 RUNS: list[tuple[str, str, list[str]]] = [
-    *[(task, s, []) for task in ("text", "vision") for s in
-      ("local", "fedavg", "clustered", "fpl", "lora-fedavg", "full-fedavg")],
-    ("text", "fpl", ["--dp-epsilon", "4"]),
-    ("text", "fpl", ["--dp-sgd-epsilon", "8"]),
-    ("vision", "fpl", ["--dp-epsilon", "4"]),
-]  # fmt: skip
+    *[(task, s, []) for task in TASKS for s in STRATEGY_NAMES],
+    ("text", StrategyName.FPL, ["--dp-epsilon", "4"]),
+    ("text", StrategyName.FPL, ["--dp-sgd-epsilon", "8"]),
+    ("vision", StrategyName.FPL, ["--dp-epsilon", "4"]),
+]
 
 
 def main() -> int:

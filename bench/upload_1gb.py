@@ -34,6 +34,7 @@ from bench.light_clients import (
 )
 from fedprompt.codec import encode_tensors
 from fedprompt.server import create_channel
+from fedprompt.strategies import StrategyName
 from fedprompt.transfer import payload_header, upload_call, upload_request_bytes
 from fedprompt.v1 import coordinator_pb2, coordinator_pb2_grpc
 
@@ -58,7 +59,7 @@ async def _run(coord: CoordinatorProcess, spec: tuple[LightTensor, ...]) -> dict
             stats=stats,
             initial=initial,
             rng=rng,
-            strategy="fedavg",
+            strategy=StrategyName.FEDAVG.value,
             num_examples=100,
             metadata_json="{}",
             delta_scale=0.01,
@@ -135,7 +136,7 @@ def main() -> int:
             Path(tmp),
             rounds=1,
             expected_clients=1,
-            strategy="fedavg",
+            strategy=StrategyName.FEDAVG.value,
             config={"max_update_bytes": 4 * 1024**3},
         ) as coord,
     ):

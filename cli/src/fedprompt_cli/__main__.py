@@ -10,7 +10,21 @@ from pathlib import Path
 from rich.console import Console
 
 from fedprompt.compression import Compression
+from fedprompt.strategies import STRATEGIES, STRATEGY_NAMES, TASKS, StrategyName, strategies_help
+from fedprompt_cli.bench_plan import (
+    METHOD,
+    compression_plan,
+    full_plan,
+    gpu_plan,
+    quick_plan,
+    tiny_plan,
+)
 from fedprompt_cli.up import UpOptions, run_up
+
+
+def _contrastive() -> str:
+    """The strategies whose clients train the contrastive term."""
+    return ", ".join(s.name for s in STRATEGIES.values() if s.contrastive)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,14 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--torch-threads", type=int, default=1, help="torch threads per client")
     up.add_argument(
         "--strategy",
-        choices=["local", "fedavg", "clustered", "fpl", "lora-fedavg", "full-fedavg"],
-        default="fpl",
-        help="federated strategy (default: fpl, the full method)",
+        choices=STRATEGY_NAMES,
+        default=StrategyName.FPL.value,
+        help=f"federated strategy (default: %(default)s): {strategies_help()}",
     )
-    up.add_argument("--task", choices=["text", "vision"], default="text", help="bundled task")
+    up.add_argument("--task", choices=TASKS, default="text", help="bundled task")
     up.add_argument("--learning-rate", type=float, help="default depends on strategy and task")
     up.add_argument("--head-learning-rate", type=float)
-    up.add_argument("--contrastive-weight", type=float, help="λ of the client InfoNCE (fpl)")
+    up.add_argument(
+        "--contrastive-weight", type=float, help=f"λ of the client InfoNCE ({_contrastive()})"
+    )
     up.add_argument("--dp-epsilon", type=float, help="client-level DP-FedAvg with target ε")
     up.add_argument("--dp-noise-multiplier", type=float, help="client-level DP-FedAvg z")
     up.add_argument("--dp-sgd-epsilon", type=float, help="record-level DP-SGD target ε (text)")
@@ -86,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--compression",
         action="store_true",
-        help="fpl with exact, fp16 and int8 uploads, 5 rounds x 10 steps (about 1 h on 2 cores)",
+        help=f"{METHOD} with exact, fp16 and int8 uploads, 5 rounds x 10 steps (about 1 h on 2 cores)",
     )
     bench.add_argument("--tag", help="report folder name under --reports (default: the mode)")
     bench.add_argument("--reports", type=Path, default=Path("reports"))
@@ -151,13 +167,6 @@ def run_certs(args: argparse.Namespace, console: Console) -> int:
 
 def _bench(args: argparse.Namespace, console: Console) -> int:
     from fedprompt_cli.bench import plan_with_overrides, run_bench
-    from fedprompt_cli.bench_plan import (
-        compression_plan,
-        full_plan,
-        gpu_plan,
-        quick_plan,
-        tiny_plan,
-    )
 
     plan = (
         tiny_plan()

@@ -28,8 +28,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from fedprompt_cli.bench_analysis import choose_learning_rates
 from fedprompt_cli.bench_plan import BenchPlan, RunSpec, lr_grid
-from fedprompt_cli.bench_report import choose_learning_rates, write_report
+from fedprompt_cli.bench_report import write_report
 from fedprompt_cli.processes import ChildFailedError, console_script
 from fedprompt_cli.up import INTERRUPTED, UpOptions, run_up
 

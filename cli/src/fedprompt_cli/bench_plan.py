@@ -23,9 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from fedprompt.compression import Compression
-from fedprompt_cli.up import DEFAULT_LEARNING_RATES
+from fedprompt.strategies import STRATEGY_NAMES, StrategyName, strategy_spec
 
 __all__ = [
+    "METHOD",
     "STRATEGIES",
     "BenchPlan",
     "RunSpec",
@@ -38,8 +39,11 @@ __all__ = [
     "tiny_plan",
 ]
 
-#: Every strategy, the method last among the prompt strategies.
-STRATEGIES: tuple[str, ...] = ("local", "fedavg", "clustered", "fpl", "lora-fedavg", "full-fedavg")
+#: Every strategy, in the registry's order (the method last among the prompt strategies).
+STRATEGIES: tuple[str, ...] = STRATEGY_NAMES
+
+#: The method: what the privacy and compression stages run and the verdicts judge.
+METHOD = StrategyName.FPL
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,7 @@ class BenchPlan:
         lossy = {c.value for c in Compression} - {Compression.NONE.value}
         if not set(self.upload_compressions) <= lossy:
             raise ValueError(
-                f"upload compressions must be among {sorted(lossy)} (none is the plain fpl "
+                f"upload compressions must be among {sorted(lossy)} (none is the plain {METHOD} "
                 f"run), got {list(self.upload_compressions)}"
             )
 
@@ -171,30 +175,30 @@ class BenchPlan:
 
     def privacy_runs(self, chosen: dict[tuple[str, str], float]) -> list[RunSpec]:
         """Stage 3: fpl with client-level DP at each ε, and with DP-SGD (text), every seed."""
-        if "fpl" not in self.strategies:
+        if METHOD not in self.strategies:
             return []
         runs = []
         seeds = self.seeds[: self.privacy_seeds]
         for task in self.tasks:
             if self.privacy_tasks is not None and task not in self.privacy_tasks:
                 continue
-            lr = chosen[(task, "fpl")]
+            lr = chosen[(task, METHOD)]
             for eps in self.dp_epsilons:
-                runs += [RunSpec("privacy", task, "fpl", s, lr, dp_epsilon=eps) for s in seeds]
+                runs += [RunSpec("privacy", task, METHOD, s, lr, dp_epsilon=eps) for s in seeds]
             if task == "text":
                 for eps in self.dp_sgd_epsilons:
                     runs += [
-                        RunSpec("privacy", task, "fpl", s, lr, dp_sgd_epsilon=eps) for s in seeds
+                        RunSpec("privacy", task, METHOD, s, lr, dp_sgd_epsilon=eps) for s in seeds
                     ]
         return runs
 
     def compression_runs(self, chosen: dict[tuple[str, str], float]) -> list[RunSpec]:
         """Stage 4: fpl with each lossy upload compression, on the compression seeds."""
-        if "fpl" not in self.strategies:
+        if METHOD not in self.strategies:
             return []
         seeds = self.seeds[: self.compression_seeds]
         return [  # seed by seed, like the eval stage
-            RunSpec("compression", task, "fpl", s, chosen[(task, "fpl")], upload_compression=m)
+            RunSpec("compression", task, METHOD, s, chosen[(task, METHOD)], upload_compression=m)
             for s in seeds
             for task in self.tasks
             if self.compression_tasks is None or task in self.compression_tasks
@@ -243,7 +247,7 @@ class BenchPlan:
 
 def lr_grid(task: str, strategy: str, factors: tuple[float, ...]) -> list[float]:
     """Candidate learning rates: the default of (task, strategy) times each factor."""
-    base = DEFAULT_LEARNING_RATES[(task, strategy)]
+    base = strategy_spec(strategy).learning_rate(task)
     return sorted({float(f"{base * f:.3g}") for f in factors})
 
 
@@ -311,7 +315,7 @@ def compression_plan() -> BenchPlan:
             "text": TaskSettings(rounds=5, local_steps=10, batch_size=16, max_length=64),
             "vision": TaskSettings(rounds=5, local_steps=10, batch_size=16, max_images=1200),
         },
-        strategies=("fpl",),
+        strategies=(METHOD,),
         privacy_seeds=0,
         compression_tasks=None,
         compression_seeds=None,
@@ -350,7 +354,7 @@ def tiny_plan() -> BenchPlan:
         clients=3,
         seeds=(0, 1),
         tasks={"text": TaskSettings(rounds=1, local_steps=2, batch_size=8, max_length=32)},
-        strategies=("local", "fpl"),
+        strategies=(StrategyName.LOCAL, METHOD),
         lr_factors=(1.0,),
         dp_epsilons=(4.0,),
         dp_sgd_epsilons=(),

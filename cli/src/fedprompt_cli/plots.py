@@ -13,7 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import NullFormatter
 
-from fedprompt_cli.bench_report import VariantResult
+from fedprompt_cli.bench_analysis import VariantResult
+from fedprompt_cli.bench_plan import METHOD
 
 __all__ = ["write_plots"]
 
@@ -93,14 +94,14 @@ def _privacy_utility(
                     s = r.stat("accuracy_mean")
                     points.append((eps, 100 * s.mean, 100 * s.std))
         for r in base:
-            if r.task == task and r.strategy == "fpl":
+            if r.task == task and r.strategy == METHOD:
                 s = r.stat("accuracy_mean")
                 points.append((inf_x, 100 * s.mean, 100 * s.std))
         points.sort()
         if points:
             ax.errorbar(
                 [p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
-                marker="o", capsize=3, label=f"{task}: fpl + DP-FedAvg (client-level)",
+                marker="o", capsize=3, label=f"{task}: {METHOD} + DP-FedAvg (client-level)",
             )  # fmt: skip
         for r in private:
             if r.task == task and "dp-sgd" in r.variant:
@@ -109,7 +110,7 @@ def _privacy_utility(
                 ax.errorbar(
                     [eps if eps is not None else inf_x], [100 * s.mean], yerr=[100 * s.std],
                     marker="s", capsize=3, linestyle="none",
-                    label=f"{task}: fpl + DP-SGD (record-level) ε={eps:g}",
+                    label=f"{task}: {METHOD} + DP-SGD (record-level) ε={eps:g}",
                 )  # fmt: skip
     ax.set_xscale("log")
     ax.xaxis.set_minor_formatter(NullFormatter())
@@ -118,7 +119,7 @@ def _privacy_utility(
     ax.set_xticklabels([f"{t:g}" if not math.isclose(t, inf_x) else "∞" for t in ticks])
     ax.set_xlabel("ε (δ = 1e-5)")
     ax.set_ylabel("mean accuracy %")
-    ax.set_title("privacy-utility: fpl accuracy against ε (± std over seeds)")
+    ax.set_title(f"privacy-utility: {METHOD} accuracy against ε (± std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     path = out / "privacy_utility.png"

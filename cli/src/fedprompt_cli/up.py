@@ -23,6 +23,7 @@ from rich.live import Live
 from rich.table import Table
 
 from fedprompt.server import channel_options
+from fedprompt.strategies import StrategyName, strategy_spec
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from fedprompt_cli.processes import (
     Child,
@@ -50,7 +51,7 @@ class UpOptions:
     data_root: Path | None
     timeout_s: float
     torch_threads: int
-    strategy: str = "fpl"
+    strategy: str = StrategyName.FPL
     task: str = "text"
     learning_rate: float | None = None
     head_learning_rate: float | None = None
@@ -70,7 +71,7 @@ class UpOptions:
         """Strategy, learning-rate and privacy flags of the coordinator."""
         lr = self.learning_rate
         if lr is None:
-            lr = DEFAULT_LEARNING_RATES[(self.task, self.strategy)]
+            lr = strategy_spec(self.strategy).learning_rate(self.task)
         flags = ["--strategy", self.strategy, "--learning-rate", str(lr)]
         optional = {
             "--head-learning-rate": self.head_learning_rate,
@@ -94,17 +95,6 @@ class UpOptions:
         if self.upload_compression is not None:
             flags += ["--upload-compression", self.upload_compression]
         return flags
-
-
-#: Learning rate of the adapted parameters per (task, strategy): soft prompts take large
-#: steps, LoRA adapters smaller ones, full fine-tuning the usual small ones.
-DEFAULT_LEARNING_RATES: dict[tuple[str, str], float] = {
-    **{(t, s): 3e-2 for t in ("text", "vision") for s in ("local", "fedavg", "clustered", "fpl")},
-    ("text", "lora-fedavg"): 3e-3,
-    ("vision", "lora-fedavg"): 3e-3,
-    ("text", "full-fedavg"): 5e-5,
-    ("vision", "full-fedavg"): 3e-4,
-}
 
 
 def _tls_flags(certs: Path | None, name: str) -> list[str]:

@@ -84,3 +84,34 @@ def _make_record(
 def make_record() -> Callable[..., dict[str, Any]]:
     """Builds a run record from per-round, per-client accuracies."""
     return _make_record
+
+
+def _three_seeds(strategy: str, accs: list[float], **kw: Any) -> list[dict[str, Any]]:
+    return [
+        _make_record(strategy=strategy, seed=s, accs=[[a, a]], **kw) for s, a in enumerate(accs)
+    ]
+
+
+@pytest.fixture
+def three_seeds() -> Callable[..., list[dict[str, Any]]]:
+    """Builds one record of ``strategy`` per seed 0, 1, ...: both clients at ``accs[seed]``."""
+    return _three_seeds
+
+
+@pytest.fixture
+def compression_records() -> list[dict[str, Any]]:
+    """fpl on 3 seeds (1000 B up), int8 on the same seeds (300 B), fp16 on seeds 0 and 1."""
+    return (
+        _three_seeds("fpl", [0.60, 0.62, 0.64], up=1000)
+        + [_make_record(strategy="fpl", lr=0.09, accs=[[0.9, 0.9]], vals=[0.1, 0.1], up=5000)]
+        + [
+            _make_record(strategy="fpl", seed=s, accs=[[a, a]], up=300, stage="compression",
+                         upload_compression="int8")
+            for s, a in enumerate([0.59, 0.61, 0.63])
+        ]
+        + [
+            _make_record(strategy="fpl", seed=s, accs=[[a, a]], up=500, stage="compression",
+                         upload_compression="fp16")
+            for s, a in enumerate([0.70, 0.72])
+        ]
+    )  # fmt: skip
