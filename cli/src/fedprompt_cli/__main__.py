@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from fedprompt.compression import Compression
-from fedprompt.strategies import STRATEGIES, STRATEGY_NAMES, TASKS, StrategyName, strategies_help
+from fedprompt.strategies import STRATEGY_NAMES, TASKS, StrategyName, strategies_help
 from fedprompt_cli.bench_plan import (
     METHOD,
     compression_plan,
@@ -20,11 +20,6 @@ from fedprompt_cli.bench_plan import (
     tiny_plan,
 )
 from fedprompt_cli.up import UpOptions, run_up
-
-
-def _contrastive() -> str:
-    """The strategies whose clients train the contrastive term."""
-    return ", ".join(s.name for s in STRATEGIES.values() if s.contrastive)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,9 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--task", choices=TASKS, default="text", help="bundled task")
     up.add_argument("--learning-rate", type=float, help="default depends on strategy and task")
     up.add_argument("--head-learning-rate", type=float)
-    up.add_argument(
-        "--contrastive-weight", type=float, help=f"λ of the client InfoNCE ({_contrastive()})"
-    )
+    up.add_argument("--contrastive-weight", type=float, help=f"λ of the client InfoNCE ({METHOD})")
     up.add_argument("--dp-epsilon", type=float, help="client-level DP-FedAvg with target ε")
     up.add_argument("--dp-noise-multiplier", type=float, help="client-level DP-FedAvg z")
     up.add_argument("--dp-sgd-epsilon", type=float, help="record-level DP-SGD target ε (text)")
