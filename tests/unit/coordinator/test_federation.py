@@ -933,7 +933,7 @@ async def test_oversized_announcements_and_huge_norms_are_refused_in_a_round(
         huge = {"prompt.global": [1e3, 0.0], "prompt.cluster": [1.0]}
         with pytest.raises(ShapeMismatchError, match="L2 norm"):
             await _upload(h.fed, "c", 1, UpdateKind.DELTA, _f32(huge), 4)
-        assert "c" not in h.fed._round.updates  # type: ignore[union-attr]
+        assert "c" not in h.fed._progress.current.updates  # type: ignore[union-attr]
         # a sane update from the same client is still accepted afterwards
         assert not await _upload(h.fed, "c", 1, UpdateKind.DELTA, _f32(DELTAS["c"]), 4)
 

@@ -16,7 +16,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import math
 import re
 import struct
 import time
@@ -41,7 +40,6 @@ from fedprompt.errors import (
     FedPromptError,
     InvalidArgumentError,
     ModelMismatchError,
-    NotParticipantError,
     UnknownClientError,
     WrongRoundError,
 )
@@ -74,22 +72,28 @@ from fedprompt_coordinator.domain import (
 )
 from fedprompt_coordinator.metrics import CoordinatorMetrics, FederationGauges
 from fedprompt_coordinator.model_store import ModelStore
-from fedprompt_coordinator.privacy import (
-    BudgetExhaustedError,
-    PrivacyBudget,
-    calibrate_noise_multiplier,
-    make_accountant,
+from fedprompt_coordinator.privacy import BudgetExhaustedError, make_budget
+from fedprompt_coordinator.round_progress import (
+    FETCH_MODEL,
+    REPORT_METRICS,
+    UPLOAD_UPDATE,
+    RoundInProgress,
+    RoundProgress,
 )
 from fedprompt_coordinator.state_store import StateStore
 from fedprompt_coordinator.strategies import get_strategy
 from fedprompt_coordinator.traffic import TrafficMeter
-from fedprompt_coordinator.validation import check_update_size, spec_of, validate_update
+from fedprompt_coordinator.validation import (
+    check_metrics,
+    check_update_size,
+    spec_of,
+    validate_update,
+)
 
 logger = logging.getLogger(__name__)
 
 CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_METADATA_BYTES = 16 * 1024
-MAX_METRICS = 64
 _SETTING_FINGERPRINT = "model_fingerprint"
 _SETTING_SPEC = "tensor_spec"
 _SETTING_ACCOUNTANT = "privacy_accountant"
@@ -116,24 +120,6 @@ class ClientSession:
     def connected(self) -> bool:
         """Whether the client has an open task stream."""
         return self.queue is not None
-
-
-@dataclass
-class RoundInProgress:
-    """Everything a round accumulates before its checkpoint."""
-
-    round: int
-    started_unix: float
-    participants: dict[str, int]
-    deadline_unix: float = 0.0
-    updates: dict[str, ClientUpdate] = field(default_factory=dict)
-    digests: dict[str, bytes] = field(default_factory=dict)
-    train_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    eval_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    aggregated: FederationModel | None = None
-    aggregation_seconds: float = 0.0
-    #: Wall seconds of the phases (training, evaluation, checkpoint), for the round summary.
-    phase_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -172,19 +158,6 @@ def _payload_metadata(upload: UploadSession, payload: bytes) -> dict[str, str]:
         head = fh.read(8)
         (length,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
         return read_metadata(head + fh.read(min(length, MAX_HEADER_BYTES)))
-
-
-def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
-    if len(metrics) > MAX_METRICS:
-        raise InvalidArgumentError(f"at most {MAX_METRICS} metrics per report, got {len(metrics)}")
-    out = {}
-    for key, value in metrics.items():
-        if not key or len(key) > 64:
-            raise InvalidArgumentError("metric names must have 1 to 64 characters")
-        if not math.isfinite(value):
-            raise InvalidArgumentError(f"metric {key!r} is not finite")
-        out[key] = float(value)
-    return out
 
 
 class Federation:
@@ -229,8 +202,9 @@ class Federation:
         self._clock = clock
         self._sessions: dict[str, ClientSession] = {}
         self._changed = asyncio.Condition()
-        self._phase = Phase.WAITING_FOR_QUORUM
-        self._round: RoundInProgress | None = None
+        self._progress = RoundProgress(
+            phase=Phase.WAITING_FOR_QUORUM, completed=state.last_completed_round()
+        )
         self._accounting_round = 0
         self.traffic = TrafficMeter(lambda: self._accounting_round, on_add=self.metrics.count_bytes)
         self._fingerprint = state.get_setting(_SETTING_FINGERPRINT)
@@ -242,10 +216,9 @@ class Federation:
             if spec_json
             else ()
         )
-        self._completed = state.last_completed_round()
         self._model: FederationModel | None = None
-        if self._completed or 0 in models.rounds():
-            self._model = models.load(self._completed)
+        if self._progress.completed or 0 in models.rounds():
+            self._model = models.load(self._progress.completed)
         self._assignment = state.assignment()
         self._clustered_members: frozenset[str] = frozenset()
         #: True while the clusterer could not be reached: the last assignment is kept and
@@ -258,48 +231,17 @@ class Federation:
         for cid, (meta, n, device) in state.clients().items():
             self._sessions[cid] = ClientSession(cid, meta, n, device)
         self._strategy = get_strategy(config.strategy)
-        self._budget = self._make_budget()
+        self._budget = make_budget(
+            config.privacy,
+            rounds=config.rounds,
+            saved_accountant=state.get_setting(_SETTING_ACCOUNTANT),
+        )
         self._rng = np.random.default_rng(config.privacy.seed)
         self._stop_reason = state.get_setting(_SETTING_STOP_REASON) or ""
-        if self._completed:
-            logger.info("resuming after completed round %d", self._completed)
-        if self._completed >= config.rounds or self._stop_reason:
-            self._phase = Phase.DONE
-
-    def _make_budget(self) -> PrivacyBudget | None:
-        """The DP-FedAvg budget (restored from the state store), or None when DP is off."""
-        cfg = self._config.privacy
-        if not cfg.enabled:
-            return None
-        if cfg.noise_multiplier is not None:
-            z = cfg.noise_multiplier
-        else:
-            assert cfg.target_epsilon is not None
-            z = calibrate_noise_multiplier(
-                target_epsilon=cfg.target_epsilon,
-                delta=cfg.delta,
-                sample_rate=cfg.client_sampling_rate,
-                steps=self._config.rounds,
-                accountant=cfg.accountant.value,
-            )
-            logger.info(
-                "privacy: z=%.4f calibrated for ε=%g over %d rounds",
-                z,
-                cfg.target_epsilon,
-                self._config.rounds,
-            )
-        accountant = make_accountant(cfg.accountant.value)
-        saved = self._state.get_setting(_SETTING_ACCOUNTANT)
-        if saved:
-            accountant.load_state_dict(json.loads(saved))
-        budget = cfg.epsilon_budget if cfg.epsilon_budget is not None else cfg.target_epsilon
-        return PrivacyBudget(
-            accountant=accountant,
-            noise_multiplier=z,
-            sample_rate=cfg.client_sampling_rate,
-            delta=cfg.delta,
-            epsilon_budget=budget if budget is not None else math.inf,
-        )
+        if self._progress.completed:
+            logger.info("resuming after completed round %d", self._progress.completed)
+        if self._progress.completed >= config.rounds or self._stop_reason:
+            self._progress.phase = Phase.DONE
 
     # ------------------------------------------------------------------ client calls
 
@@ -361,7 +303,7 @@ class Federation:
             initial_model_requested=self._model is None,
             current_round=self.current_round,
             total_rounds=self._config.rounds,
-            phase=self._phase,
+            phase=self._progress.phase,
             strategy=self._config.strategy.value,
         )
 
@@ -391,15 +333,7 @@ class Federation:
     def fetch_model(self, client_id: str, round_id: int, stage: ModelStage) -> bytes:
         """Return the safetensors payload a client of ``round_id`` downloads."""
         self._session(client_id)
-        current = self._round
-        if current is None or current.round != round_id:
-            raise WrongRoundError(
-                f"round {round_id} is not open; the current round is {self.current_round}"
-            )
-        if client_id not in current.participants:
-            raise NotParticipantError(
-                f"client {client_id!r} is not a participant of round {round_id}"
-            )
+        current = self._progress.require_participant(client_id, round_id, FETCH_MODEL)
         if stage not in (ModelStage.ROUND_START, ModelStage.AGGREGATED):
             raise InvalidArgumentError("model stage must be ROUND_START or AGGREGATED")
         return self._model_payload(current, stage, current.participants[client_id])
@@ -453,21 +387,12 @@ class Federation:
     ) -> UploadSession:
         """Check an upload header before any chunk is read."""
         self._session(client_id)
-        metrics = _check_metrics(train_metrics or {})
+        metrics = check_metrics(train_metrics or {})
         if kind is UpdateKind.INITIAL:
             if round_id != 0:
                 raise WrongRoundError("initial models are uploaded for round 0")
         elif kind is UpdateKind.DELTA:
-            current = self._round
-            if current is None or current.round != round_id or self._phase is not Phase.TRAINING:
-                raise WrongRoundError(
-                    f"round {round_id} is not accepting updates (current round "
-                    f"{self.current_round}, phase {self._phase.name})"
-                )
-            if client_id not in current.participants:
-                raise NotParticipantError(
-                    f"client {client_id!r} is not a participant of round {round_id}"
-                )
+            self._progress.require_participant(client_id, round_id, UPLOAD_UPDATE)
             if num_examples <= 0:
                 raise InvalidArgumentError("num_examples must be positive for a delta update")
             check_update_size(
@@ -526,8 +451,12 @@ class Federation:
                 return await self._accept_initial(upload.client_id, tensors)
             finally:
                 upload.close_spool(delete=True)  # the model holds its own copies
-        current = self._round
-        if current is None or current.round != upload.round or self._phase is not Phase.TRAINING:
+        current = self._progress.current
+        if (
+            current is None
+            or current.round != upload.round
+            or self._progress.phase is not Phase.TRAINING
+        ):
             raise WrongRoundError(f"round {upload.round} closed while the update was uploading")
         digest = upload.info.sha256
         previous = current.digests.get(upload.client_id)
@@ -544,7 +473,7 @@ class Federation:
             await asyncio.to_thread(
                 validate_update, tensors, self._spec, max_l2_norm=self._config.max_update_l2_norm
             )
-            if self._round is not current or self._phase is not Phase.TRAINING:
+            if self._progress.current is not current or self._progress.phase is not Phase.TRAINING:
                 raise WrongRoundError(f"round {upload.round} closed while the update was checked")
             if upload.client_id in current.digests:
                 if current.digests[upload.client_id] == digest:
@@ -583,16 +512,8 @@ class Federation:
     ) -> None:
         """Store a client's metrics for the round in progress."""
         self._session(client_id)
-        checked = _check_metrics(metrics)
-        current = self._round
-        if current is None or current.round != round_id:
-            raise WrongRoundError(
-                f"round {round_id} is not open for metrics; the current round is {self.current_round}"
-            )
-        if client_id not in current.participants:
-            raise NotParticipantError(
-                f"client {client_id!r} is not a participant of round {round_id}"
-            )
+        checked = check_metrics(metrics)
+        current = self._progress.require_participant(client_id, round_id, REPORT_METRICS)
         target = current.train_metrics if phase is MetricsPhase.TRAIN else current.eval_metrics
         target[client_id] = checked
         await self._notify()
@@ -603,8 +524,8 @@ class Federation:
         return FederationStatus(
             current_round=self.current_round,
             total_rounds=self._config.rounds,
-            completed_rounds=self._completed,
-            phase=self._phase,
+            completed_rounds=self._progress.completed,
+            phase=self._progress.phase,
             clients=tuple(
                 ClientStatus(
                     client_id=s.client_id,
@@ -629,21 +550,21 @@ class Federation:
     @property
     def current_round(self) -> int:
         """The round in progress, else the last completed one."""
-        return self._round.round if self._round is not None else self._completed
+        return self._progress.current_round
 
     @property
     def phase(self) -> Phase:
         """The state machine's phase."""
-        return self._phase
+        return self._progress.phase
 
     def gauges(self) -> FederationGauges:
         """The live state the metrics endpoint reads at every scrape (cheap: no I/O)."""
         budget = self._budget
         return FederationGauges(
             current_round=self.current_round,
-            completed_rounds=self._completed,
+            completed_rounds=self._progress.completed,
             total_rounds=self._config.rounds,
-            phase=self._phase,
+            phase=self._progress.phase,
             clients_joined=len(self._sessions),
             clients_connected=sum(s.connected for s in self._sessions.values()),
             epsilon=budget.epsilon if budget is not None else 0.0,
@@ -655,34 +576,34 @@ class Federation:
 
     async def run(self) -> None:
         """Run rounds until the configured number is completed, then tell clients to finish."""
-        while self._completed < self._config.rounds and not self._stop_reason:
+        while self._progress.completed < self._config.rounds and not self._stop_reason:
             try:
-                await self._run_round(self._completed + 1)
+                await self._run_round(self._progress.completed + 1)
             except BudgetExhaustedError as exc:
                 self._stop_reason = exc.message
                 self._state.set_setting(_SETTING_STOP_REASON, exc.message)
                 logger.warning("%s", exc.message)
-        self._phase = Phase.DONE
-        self._round = None
-        message = f"federation completed {self._completed} rounds"
+        self._progress.phase = Phase.DONE
+        self._progress.current = None
+        message = f"federation completed {self._progress.completed} rounds"
         if self._stop_reason:
             message += f"; stopped early: {self._stop_reason}"
         logger.info("%s", message)
         for session in self._sessions.values():
             if session.queue is not None:
                 session.queue.put_nowait(
-                    Task(kind=TaskKind.FINISHED, round=self._completed, message=message)
+                    Task(kind=TaskKind.FINISHED, round=self._progress.completed, message=message)
                 )
         await self._notify()
 
     async def _run_round(self, round_id: int) -> None:
-        self._phase = Phase.WAITING_FOR_QUORUM
+        self._progress.phase = Phase.WAITING_FOR_QUORUM
         if self._budget is not None:
             self._budget.check_next_round(round_id)  # refuse before any work is done
         await self._wait_for_quorum()
         started = self._clock()
 
-        self._phase = Phase.CLUSTERING
+        self._progress.phase = Phase.CLUSTERING
         participants = self._draw_participants()
         if len(participants) < self._config.min_clients:
             # Poisson sampling drew fewer clients than the quorum: nothing is trained or
@@ -698,7 +619,7 @@ class Federation:
             return
         await self._update_assignment(participants)
 
-        self._phase = Phase.BROADCAST
+        self._progress.phase = Phase.BROADCAST
         self._accounting_round = round_id
         current = RoundInProgress(
             round=round_id,
@@ -706,11 +627,11 @@ class Federation:
             participants={c: self._assignment[c] for c in participants},
             deadline_unix=started + self._config.round_deadline_s,
         )
-        self._round = current
+        self._progress.current = current
         self._payload_cache.clear()
         self._inline_cache.clear()
         logger.info("round %d: %d participants", round_id, len(participants))
-        self._phase = Phase.TRAINING
+        self._progress.phase = Phase.TRAINING
         t_train = time.perf_counter()
         for cid in participants:
             self._publish(cid, self._train_task(current, cid))
@@ -725,11 +646,11 @@ class Federation:
             )
             logger.warning("round %d %s; it will be retried", round_id, reason)
             self._store_round(self._round_record(current, status=reason))
-            self._round = None
+            self._progress.current = None
             self._models.drop_spool(round_id)
             return
 
-        self._phase = Phase.AGGREGATION
+        self._progress.phase = Phase.AGGREGATION
         assert self._model is not None
         t0 = time.perf_counter()
         current.aggregated = await asyncio.to_thread(
@@ -750,7 +671,7 @@ class Federation:
         save = asyncio.ensure_future(
             asyncio.to_thread(self._save_snapshot, round_id, current.aggregated)
         )
-        self._phase = Phase.EVALUATION
+        self._progress.phase = Phase.EVALUATION
         t_eval = time.perf_counter()
         eval_deadline = self._clock() + self._config.eval_deadline_s
         evaluators = sorted(current.updates)
@@ -776,7 +697,7 @@ class Federation:
                 eval_deadline,
             )
             current.phase_seconds["evaluation_seconds"] = time.perf_counter() - t_eval
-            self._phase = Phase.CHECKPOINT
+            self._progress.phase = Phase.CHECKPOINT
             t_save = time.perf_counter()
             current.phase_seconds["model_save_seconds"] = await save
             current.phase_seconds["checkpoint_wait_seconds"] = time.perf_counter() - t_save
@@ -785,8 +706,8 @@ class Federation:
                 save.cancel()
         self._store_round(self._round_record(current, status="completed"))
         self._model = current.aggregated
-        self._completed = round_id
-        self._round = None
+        self._progress.completed = round_id
+        self._progress.current = None
         self._models.drop_spool(round_id)
         self.traffic.forget_before(round_id)
         logger.info("round %d completed", round_id)
@@ -868,14 +789,18 @@ class Federation:
 
     def _pending_tasks_for(self, client_id: str) -> list[Task]:
         """Tasks a (re)connecting client missed in the round in progress."""
-        if self._phase is Phase.DONE:
+        if self._progress.phase is Phase.DONE:
             return [
-                Task(kind=TaskKind.FINISHED, round=self._completed, message="federation is done")
+                Task(
+                    kind=TaskKind.FINISHED,
+                    round=self._progress.completed,
+                    message="federation is done",
+                )
             ]
-        current = self._round
+        current = self._progress.current
         if current is None or client_id not in current.participants:
             return []
-        if self._phase is Phase.TRAINING and client_id not in current.updates:
+        if self._progress.phase is Phase.TRAINING and client_id not in current.updates:
             return [self._train_task(current, client_id)]
         return []
 
