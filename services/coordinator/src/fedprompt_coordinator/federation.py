@@ -16,7 +16,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import re
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -40,7 +39,6 @@ from fedprompt.errors import (
     FedPromptError,
     InvalidArgumentError,
     ModelMismatchError,
-    UnknownClientError,
     WrongRoundError,
 )
 from fedprompt_coordinator.aggregation import (
@@ -80,6 +78,7 @@ from fedprompt_coordinator.round_progress import (
     RoundInProgress,
     RoundProgress,
 )
+from fedprompt_coordinator.sessions import ClientSessions
 from fedprompt_coordinator.state_store import StateStore
 from fedprompt_coordinator.strategies import get_strategy
 from fedprompt_coordinator.traffic import TrafficMeter
@@ -92,9 +91,6 @@ from fedprompt_coordinator.validation import (
 
 logger = logging.getLogger(__name__)
 
-CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-MAX_METADATA_BYTES = 16 * 1024
-_SETTING_FINGERPRINT = "model_fingerprint"
 _SETTING_SPEC = "tensor_spec"
 _SETTING_ACCOUNTANT = "privacy_accountant"
 _SETTING_STOP_REASON = "stop_reason"
@@ -104,22 +100,6 @@ CENTROID_PREFIX = "centroid."
 SAMPLING_RETRY_PAUSE_S = 0.5
 #: Uploads larger than this stream to a file instead of memory (then are memory-mapped).
 SPOOL_THRESHOLD_BYTES = 8 * 1024 * 1024
-
-
-@dataclass
-class ClientSession:
-    """A joined client and its task stream, if one is open."""
-
-    client_id: str
-    metadata_json: str
-    num_train_examples: int
-    device: str
-    queue: asyncio.Queue[Task | None] | None = None
-
-    @property
-    def connected(self) -> bool:
-        """Whether the client has an open task stream."""
-        return self.queue is not None
 
 
 @dataclass
@@ -200,14 +180,15 @@ class Federation:
         self._aggregator = aggregator
         self._clustering = clustering
         self._clock = clock
-        self._sessions: dict[str, ClientSession] = {}
         self._changed = asyncio.Condition()
+        self._sessions = ClientSessions(
+            state=state, strategy=config.strategy.value, notify=self._notify
+        )
         self._progress = RoundProgress(
             phase=Phase.WAITING_FOR_QUORUM, completed=state.last_completed_round()
         )
         self._accounting_round = 0
         self.traffic = TrafficMeter(lambda: self._accounting_round, on_add=self.metrics.count_bytes)
-        self._fingerprint = state.get_setting(_SETTING_FINGERPRINT)
         spec_json = state.get_setting(_SETTING_SPEC)
         self._spec: tuple[TensorSpec, ...] = (
             tuple(
@@ -228,8 +209,6 @@ class Federation:
         self._inline_cache: dict[tuple[int, ModelStage, int], InlineModel | None] = {}
         self._initial_lock = asyncio.Lock()
         self._waited_for_latecomers = False
-        for cid, (meta, n, device) in state.clients().items():
-            self._sessions[cid] = ClientSession(cid, meta, n, device)
         self._strategy = get_strategy(config.strategy)
         self._budget = make_budget(
             config.privacy,
@@ -247,58 +226,7 @@ class Federation:
 
     async def join(self, request: JoinRequest) -> JoinResult:
         """Register (or re-register) a client; ask for the initial model if there is none."""
-        if not CLIENT_ID_PATTERN.match(request.client_id):
-            raise InvalidArgumentError(
-                "client_id must be 1-128 characters of letters, digits, '.', '_' or '-'"
-            )
-        if len(request.metadata_json.encode()) > MAX_METADATA_BYTES:
-            raise InvalidArgumentError(f"metadata_json is over {MAX_METADATA_BYTES} bytes")
-        try:
-            metadata = json.loads(request.metadata_json or "{}")
-        except json.JSONDecodeError as exc:
-            raise InvalidArgumentError(f"metadata_json is not valid JSON: {exc.msg}") from None
-        if not isinstance(metadata, dict):
-            raise InvalidArgumentError("metadata_json must be a JSON object")
-        fingerprint = request.capabilities.model_fingerprint
-        if not fingerprint:
-            raise InvalidArgumentError("capabilities.model_fingerprint is required")
-        if self._fingerprint is not None and fingerprint != self._fingerprint:
-            raise ModelMismatchError(
-                f"client model fingerprint {fingerprint!r} differs from the federation's "
-                f"{self._fingerprint!r} (same model folder, prompt lengths and labels are required)"
-            )
-        if request.capabilities.strategy != self._config.strategy.value:
-            raise ModelMismatchError(
-                f"client strategy {request.capabilities.strategy!r} differs from the "
-                f"federation's {self._config.strategy.value!r}"
-            )
-        if request.num_train_examples <= 0:
-            raise InvalidArgumentError("num_train_examples must be positive")
-        meta_json = json.dumps(metadata, sort_keys=True)
-        session = self._sessions.get(request.client_id)
-        if session is None:
-            session = ClientSession(
-                request.client_id,
-                meta_json,
-                request.num_train_examples,
-                request.capabilities.device,
-            )
-            self._sessions[request.client_id] = session
-        else:
-            session.metadata_json = meta_json
-            session.num_train_examples = request.num_train_examples
-            session.device = request.capabilities.device
-        self._state.upsert_client(
-            client_id=request.client_id,
-            metadata_json=meta_json,
-            num_train_examples=request.num_train_examples,
-            device=request.capabilities.device,
-        )
-        if self._fingerprint is None:
-            self._fingerprint = fingerprint
-            self._state.set_setting(_SETTING_FINGERPRINT, fingerprint)
-        logger.info("client %s joined (%d examples)", request.client_id, request.num_train_examples)
-        await self._notify()
+        await self._sessions.join(request)
         return JoinResult(
             initial_model_requested=self._model is None,
             current_round=self.current_round,
@@ -307,32 +235,13 @@ class Federation:
             strategy=self._config.strategy.value,
         )
 
-    async def task_stream(self, client_id: str) -> AsyncIterator[Task]:
-        """Yield the client's tasks as they are published, until the federation is done."""
-        session = self._session(client_id)
-        if session.queue is not None:
-            session.queue.put_nowait(None)  # a newer stream replaces the old one
-        queue: asyncio.Queue[Task | None] = asyncio.Queue()
-        session.queue = queue
-        for pending in self._pending_tasks_for(client_id):
-            queue.put_nowait(pending)
-        await self._notify()
-        try:
-            while True:
-                task = await queue.get()
-                if task is None:
-                    return
-                yield task
-                if task.kind is TaskKind.FINISHED:
-                    return
-        finally:
-            if session.queue is queue:
-                session.queue = None
-                await self._notify()
+    def task_stream(self, client_id: str) -> AsyncIterator[Task]:
+        """The client's tasks as they are published (missed ones first), until it is done."""
+        return self._sessions.task_stream(client_id, lambda: self._pending_tasks_for(client_id))
 
     def fetch_model(self, client_id: str, round_id: int, stage: ModelStage) -> bytes:
         """Return the safetensors payload a client of ``round_id`` downloads."""
-        self._session(client_id)
+        self._sessions.require(client_id)
         current = self._progress.require_participant(client_id, round_id, FETCH_MODEL)
         if stage not in (ModelStage.ROUND_START, ModelStage.AGGREGATED):
             raise InvalidArgumentError("model stage must be ROUND_START or AGGREGATED")
@@ -386,7 +295,7 @@ class Federation:
         train_metrics: Mapping[str, float] | None = None,
     ) -> UploadSession:
         """Check an upload header before any chunk is read."""
-        self._session(client_id)
+        self._sessions.require(client_id)
         metrics = check_metrics(train_metrics or {})
         if kind is UpdateKind.INITIAL:
             if round_id != 0:
@@ -511,7 +420,7 @@ class Federation:
         self, client_id: str, round_id: int, phase: MetricsPhase, metrics: Mapping[str, float]
     ) -> None:
         """Store a client's metrics for the round in progress."""
-        self._session(client_id)
+        self._sessions.require(client_id)
         checked = check_metrics(metrics)
         current = self._progress.require_participant(client_id, round_id, REPORT_METRICS)
         target = current.train_metrics if phase is MetricsPhase.TRAIN else current.eval_metrics
@@ -535,12 +444,12 @@ class Federation:
                     num_train_examples=s.num_train_examples,
                     device=s.device,
                 )
-                for s in sorted(self._sessions.values(), key=lambda s: s.client_id)
+                for s in self._sessions
             ),
             rounds=tuple(self._state.rounds()),
             setup_bytes_up={c: v[0] for c, v in setup.items()},
             setup_bytes_down={c: v[1] for c, v in setup.items()},
-            model_fingerprint=self._fingerprint or "",
+            model_fingerprint=self._sessions.fingerprint or "",
             strategy=self._config.strategy.value,
             epsilon=self._budget.epsilon if self._budget else 0.0,
             delta=self._budget.delta if self._budget else 0.0,
@@ -566,7 +475,7 @@ class Federation:
             total_rounds=self._config.rounds,
             phase=self._progress.phase,
             clients_joined=len(self._sessions),
-            clients_connected=sum(s.connected for s in self._sessions.values()),
+            clients_connected=self._sessions.connected_count(),
             epsilon=budget.epsilon if budget is not None else 0.0,
             epsilon_budget=budget.epsilon_budget if budget is not None else 0.0,
             delta=budget.delta if budget is not None else 0.0,
@@ -589,11 +498,9 @@ class Federation:
         if self._stop_reason:
             message += f"; stopped early: {self._stop_reason}"
         logger.info("%s", message)
-        for session in self._sessions.values():
-            if session.queue is not None:
-                session.queue.put_nowait(
-                    Task(kind=TaskKind.FINISHED, round=self._progress.completed, message=message)
-                )
+        self._sessions.publish_to_all(
+            Task(kind=TaskKind.FINISHED, round=self._progress.completed, message=message)
+        )
         await self._notify()
 
     async def _run_round(self, round_id: int) -> None:
@@ -634,7 +541,7 @@ class Federation:
         self._progress.phase = Phase.TRAINING
         t_train = time.perf_counter()
         for cid in participants:
-            self._publish(cid, self._train_task(current, cid))
+            self._sessions.publish(cid, self._train_task(current, cid))
         await self._wait_until(
             lambda: len(current.updates) == len(current.participants), current.deadline_unix
         )
@@ -676,7 +583,7 @@ class Federation:
         eval_deadline = self._clock() + self._config.eval_deadline_s
         evaluators = sorted(current.updates)
         for cid in evaluators:
-            self._publish(
+            self._sessions.publish(
                 cid,
                 Task(
                     kind=TaskKind.EVALUATE,
@@ -724,14 +631,14 @@ class Federation:
 
     async def _wait_for_quorum(self) -> None:
         def quorum() -> bool:
-            connected = sum(s.connected for s in self._sessions.values())
+            connected = self._sessions.connected_count()
             return self._model is not None and connected >= self._config.min_clients
 
         await self._wait_until(quorum, None)
         expected = self._config.expected_clients
         if expected is not None:
             await self._wait_until(
-                lambda: sum(s.connected for s in self._sessions.values()) >= expected,
+                lambda: self._sessions.connected_count() >= expected,
                 self._clock() + self._config.quorum_wait_s,
             )
         elif self._config.quorum_wait_s > 0 and not self._waited_for_latecomers:
@@ -740,10 +647,10 @@ class Federation:
         self._waited_for_latecomers = True
 
     async def _update_assignment(self, participants: list[str]) -> None:
-        members = frozenset(self._sessions)
+        members = self._sessions.ids()
         if members == self._clustered_members and all(c in self._assignment for c in participants):
             return
-        metadata = {c: s.metadata_json for c, s in self._sessions.items()}
+        metadata = self._sessions.metadata()
         try:
             assignment = await self._clustering.assign(metadata, self._assignment)
         except FedPromptError as exc:
@@ -803,11 +710,6 @@ class Federation:
         if self._progress.phase is Phase.TRAINING and client_id not in current.updates:
             return [self._train_task(current, client_id)]
         return []
-
-    def _publish(self, client_id: str, task: Task) -> None:
-        session = self._sessions[client_id]
-        if session.queue is not None:
-            session.queue.put_nowait(task)
 
     async def _accept_initial(self, client_id: str, tensors: dict[str, np.ndarray]) -> bool:
         async with self._initial_lock:  # concurrent joiners race to provide the initial model
@@ -895,7 +797,7 @@ class Federation:
 
     def _draw_participants(self) -> list[str]:
         """Connected clients, Poisson-sampled with rate q when DP-FedAvg samples clients."""
-        connected = sorted(s.client_id for s in self._sessions.values() if s.connected)
+        connected = self._sessions.connected_ids()
         q = self._config.privacy.client_sampling_rate if self._budget is not None else 1.0
         if q >= 1.0:
             return connected
@@ -927,12 +829,6 @@ class Federation:
         return out
 
     # ------------------------------------------------------------------ helpers
-
-    def _session(self, client_id: str) -> ClientSession:
-        session = self._sessions.get(client_id)
-        if session is None:
-            raise UnknownClientError(f"unknown client {client_id!r}: call Join first")
-        return session
 
     async def _notify(self) -> None:
         async with self._changed:
