@@ -16,26 +16,15 @@ import asyncio
 import hashlib
 import json
 import logging
-import struct
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
-from fedprompt.chunking import ChunkAssembler, ChunkData, PayloadInfo
 from fedprompt.codec import (
-    MAX_HEADER_BYTES,
-    decode_tensors,
-    decode_tensors_file,
     encode_tensors,
-    read_metadata,
 )
-from fedprompt.compression import decompress_tensors
 from fedprompt.errors import (
-    ConflictError,
     FedPromptError,
     InvalidArgumentError,
     ModelMismatchError,
@@ -66,7 +55,6 @@ from fedprompt_coordinator.domain import (
     TaskKind,
     TensorSpec,
     TrainingSettings,
-    UpdateKind,
 )
 from fedprompt_coordinator.metrics import CoordinatorMetrics, FederationGauges
 from fedprompt_coordinator.model_store import ModelStore
@@ -74,7 +62,6 @@ from fedprompt_coordinator.privacy import BudgetExhaustedError, make_budget
 from fedprompt_coordinator.round_progress import (
     FETCH_MODEL,
     REPORT_METRICS,
-    UPLOAD_UPDATE,
     RoundInProgress,
     RoundProgress,
 )
@@ -82,9 +69,9 @@ from fedprompt_coordinator.sessions import ClientSessions
 from fedprompt_coordinator.state_store import StateStore
 from fedprompt_coordinator.strategies import get_strategy
 from fedprompt_coordinator.traffic import TrafficMeter
+from fedprompt_coordinator.upload_intake import UploadIntake
 from fedprompt_coordinator.validation import (
     check_metrics,
-    check_update_size,
     spec_of,
     validate_update,
 )
@@ -98,46 +85,6 @@ _SETTING_STOP_REASON = "stop_reason"
 CENTROID_PREFIX = "centroid."
 #: Pause before drawing a round again when client sampling fell below the quorum.
 SAMPLING_RETRY_PAUSE_S = 0.5
-#: Uploads larger than this stream to a file instead of memory (then are memory-mapped).
-SPOOL_THRESHOLD_BYTES = 8 * 1024 * 1024
-
-
-@dataclass
-class UploadSession:
-    """An upload between its header and its last chunk.
-
-    Payloads over :data:`SPOOL_THRESHOLD_BYTES` stream into ``spool_path`` (bounded
-    memory); smaller ones are assembled in memory.
-    """
-
-    client_id: str
-    round: int
-    kind: UpdateKind
-    num_examples: int
-    info: PayloadInfo
-    assembler: ChunkAssembler
-    spool_path: Path | None = None
-    spool_file: BinaryIO | None = None
-    #: Training metrics sent in the upload's header, stored when the update is accepted.
-    train_metrics: dict[str, float] = field(default_factory=dict)
-
-    def close_spool(self, *, delete: bool) -> None:
-        """Close the spool file (if any) and optionally delete it."""
-        if self.spool_file is not None:
-            self.spool_file.close()
-            self.spool_file = None
-        if delete and self.spool_path is not None:
-            self.spool_path.unlink(missing_ok=True)
-
-
-def _payload_metadata(upload: UploadSession, payload: bytes) -> dict[str, str]:
-    """The safetensors header metadata of an assembled upload (in memory or spooled)."""
-    if upload.spool_path is None:
-        return read_metadata(payload)
-    with open(upload.spool_path, "rb") as fh:
-        head = fh.read(8)
-        (length,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
-        return read_metadata(head + fh.read(min(length, MAX_HEADER_BYTES)))
 
 
 class Federation:
@@ -210,6 +157,17 @@ class Federation:
         self._initial_lock = asyncio.Lock()
         self._waited_for_latecomers = False
         self._strategy = get_strategy(config.strategy)
+        #: Where uploads are checked and accepted into the round in progress.
+        self.uploads = UploadIntake(
+            sessions=self._sessions,
+            progress=self._progress,
+            models=models,
+            max_update_bytes=config.max_update_bytes,
+            max_update_l2_norm=config.max_update_l2_norm,
+            spec=lambda: self._spec,
+            accept_initial=self._accept_initial,
+            notify=self._notify,
+        )
         self._budget = make_budget(
             config.privacy,
             rounds=config.rounds,
@@ -283,138 +241,6 @@ class Federation:
                 else None
             )
         return self._inline_cache[key]
-
-    def begin_upload(
-        self,
-        *,
-        client_id: str,
-        round_id: int,
-        kind: UpdateKind,
-        num_examples: int,
-        info: PayloadInfo,
-        train_metrics: Mapping[str, float] | None = None,
-    ) -> UploadSession:
-        """Check an upload header before any chunk is read."""
-        self._sessions.require(client_id)
-        metrics = check_metrics(train_metrics or {})
-        if kind is UpdateKind.INITIAL:
-            if round_id != 0:
-                raise WrongRoundError("initial models are uploaded for round 0")
-        elif kind is UpdateKind.DELTA:
-            self._progress.require_participant(client_id, round_id, UPLOAD_UPDATE)
-            if num_examples <= 0:
-                raise InvalidArgumentError("num_examples must be positive for a delta update")
-            check_update_size(
-                info.total_bytes, self._spec, max_update_bytes=self._config.max_update_bytes
-            )
-        else:
-            raise InvalidArgumentError("update kind must be INITIAL or DELTA")
-        max_bytes = self._config.max_update_bytes
-        if info.total_bytes <= SPOOL_THRESHOLD_BYTES or info.total_bytes > max_bytes:
-            assembler = ChunkAssembler(info, max_total_bytes=max_bytes)
-            return UploadSession(
-                client_id, round_id, kind, num_examples, info, assembler, train_metrics=metrics
-            )
-        path = self._models.spool_file(round_id, client_id)
-        sink = open(path, "wb")  # noqa: SIM115 - closed by finish_upload / discard_upload
-        try:
-            assembler = ChunkAssembler(info, max_total_bytes=max_bytes, sink=sink)
-        except BaseException:
-            sink.close()
-            path.unlink(missing_ok=True)
-            raise
-        return UploadSession(
-            client_id, round_id, kind, num_examples, info, assembler, path, sink, metrics
-        )
-
-    def add_chunk(self, upload: UploadSession, chunk: ChunkData) -> None:
-        """Feed one chunk of an upload (raises coded errors on corruption)."""
-        upload.assembler.add(chunk)
-
-    def discard_upload(self, upload: UploadSession) -> None:
-        """Forget an upload that failed or was cut off (deletes its spooled bytes)."""
-        upload.close_spool(delete=True)
-
-    async def finish_upload(self, upload: UploadSession) -> bool:
-        """Validate and store a complete upload; returns True for an idempotent duplicate."""
-        try:
-            return await self._finish_upload(upload)
-        except BaseException:
-            upload.close_spool(delete=True)
-            raise
-
-    async def _finish_upload(self, upload: UploadSession) -> bool:
-        payload = upload.assembler.finish()
-        tensors: dict[str, np.ndarray]
-        if upload.spool_path is not None:
-            upload.close_spool(delete=False)
-            # memory-mapped, read-only views of the spooled file: never a copy in memory
-            tensors = await asyncio.to_thread(decode_tensors_file, upload.spool_path)
-        else:
-            tensors = decode_tensors(payload)  # zero-copy header parse: no thread hop needed
-        # fp16 / int8 uploads (a client option) become the float32 tensors of the round here,
-        # before validation and aggregation see them
-        tensors = decompress_tensors(tensors, _payload_metadata(upload, payload))
-        if upload.kind is UpdateKind.INITIAL:
-            try:
-                return await self._accept_initial(upload.client_id, tensors)
-            finally:
-                upload.close_spool(delete=True)  # the model holds its own copies
-        current = self._progress.current
-        if (
-            current is None
-            or current.round != upload.round
-            or self._progress.phase is not Phase.TRAINING
-        ):
-            raise WrongRoundError(f"round {upload.round} closed while the update was uploading")
-        digest = upload.info.sha256
-        previous = current.digests.get(upload.client_id)
-        if previous is not None:
-            if previous == digest:
-                return True
-            raise ConflictError(
-                f"client {upload.client_id!r} already submitted a different update for round "
-                f"{upload.round}"
-            )
-        if upload.spool_path is None:
-            validate_update(tensors, self._spec, max_l2_norm=self._config.max_update_l2_norm)
-        else:  # reading a large file: off the event loop, then re-check what may have moved
-            await asyncio.to_thread(
-                validate_update, tensors, self._spec, max_l2_norm=self._config.max_update_l2_norm
-            )
-            if self._progress.current is not current or self._progress.phase is not Phase.TRAINING:
-                raise WrongRoundError(f"round {upload.round} closed while the update was checked")
-            if upload.client_id in current.digests:
-                if current.digests[upload.client_id] == digest:
-                    upload.close_spool(delete=True)
-                    return True
-                raise ConflictError(
-                    f"client {upload.client_id!r} already submitted a different update for "
-                    f"round {upload.round}"
-                )
-        current.updates[upload.client_id] = ClientUpdate(
-            client_id=upload.client_id,
-            cluster_id=current.participants[upload.client_id],
-            num_examples=upload.num_examples,
-            # small payloads: own copies; spooled ones stay mapped from their file
-            tensors=(
-                tensors
-                if upload.spool_path is not None
-                else {k: np.array(v, copy=True) for k, v in tensors.items()}
-            ),
-        )
-        current.digests[upload.client_id] = digest
-        if upload.train_metrics:
-            current.train_metrics[upload.client_id] = upload.train_metrics
-        logger.info(
-            "round %d: update from %s accepted (%d/%d)",
-            upload.round,
-            upload.client_id,
-            len(current.updates),
-            len(current.participants),
-        )
-        await self._notify()
-        return False
 
     async def report_metrics(
         self, client_id: str, round_id: int, phase: MetricsPhase, metrics: Mapping[str, float]
