@@ -1,10 +1,21 @@
-"""The federation: client sessions and the round state machine, without any gRPC.
+"""The federation's round state machine, without any gRPC.
 
 :class:`Federation` is what the servicer calls (join, task streams, model download,
-uploads, metrics, status) and :meth:`Federation.run` drives the rounds:
+metrics, status; uploads go to its :attr:`~Federation.uploads` intake) and
+:meth:`Federation.run` drives the rounds:
 
     waiting for quorum -> clustering -> broadcast -> training (deadline) -> aggregation
     -> evaluation (deadline) -> checkpoint -> next round ... -> done
+
+It wires the rooms around it and owns what none of them does: the phases, quorum,
+participants, deadlines, the model of each round and its checkpoint.
+
+- :mod:`~fedprompt_coordinator.sessions`: joined clients and their task streams;
+- :mod:`~fedprompt_coordinator.upload_intake`: from an upload's header to an accepted update;
+- :mod:`~fedprompt_coordinator.round_progress`: the phase, the round in progress and the
+  one round-participation check;
+- :mod:`~fedprompt_coordinator.round_reports`: round records, status and gauges;
+- :func:`~fedprompt_coordinator.privacy.make_budget`: the DP-FedAvg budget.
 
 State is durable at the end of every round (tensor files first, then one SQLite
 transaction), so a restarted coordinator resumes after the last completed round.
@@ -21,26 +32,17 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 import numpy as np
 
-from fedprompt.codec import (
-    encode_tensors,
-)
+from fedprompt.codec import encode_tensors
 from fedprompt.errors import (
     FedPromptError,
     InvalidArgumentError,
     ModelMismatchError,
     WrongRoundError,
 )
-from fedprompt_coordinator.aggregation import (
-    ClusterAggregator,
-    GlobalDP,
-    fairness_summary,
-    split_levels,
-)
+from fedprompt_coordinator.aggregation import ClusterAggregator, GlobalDP, split_levels
 from fedprompt_coordinator.clustering_backend import ClusteringBackend
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.domain import (
-    ClientRoundRecord,
-    ClientStatus,
     ClientUpdate,
     FederationModel,
     FederationStatus,
@@ -56,7 +58,7 @@ from fedprompt_coordinator.domain import (
     TensorSpec,
     TrainingSettings,
 )
-from fedprompt_coordinator.metrics import CoordinatorMetrics, FederationGauges
+from fedprompt_coordinator.metrics import CoordinatorMetrics
 from fedprompt_coordinator.model_store import ModelStore
 from fedprompt_coordinator.privacy import BudgetExhaustedError, make_budget
 from fedprompt_coordinator.round_progress import (
@@ -65,16 +67,13 @@ from fedprompt_coordinator.round_progress import (
     RoundInProgress,
     RoundProgress,
 )
+from fedprompt_coordinator.round_reports import RoundReports
 from fedprompt_coordinator.sessions import ClientSessions
 from fedprompt_coordinator.state_store import StateStore
 from fedprompt_coordinator.strategies import get_strategy
 from fedprompt_coordinator.traffic import TrafficMeter
 from fedprompt_coordinator.upload_intake import UploadIntake
-from fedprompt_coordinator.validation import (
-    check_metrics,
-    spec_of,
-    validate_update,
-)
+from fedprompt_coordinator.validation import check_metrics, spec_of, validate_update
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +87,7 @@ SAMPLING_RETRY_PAUSE_S = 0.5
 
 
 class Federation:
-    """Client sessions plus the round state machine.
+    """The round state machine over client sessions, upload intake and round reports.
 
     Parameters
     ----------
@@ -121,7 +120,6 @@ class Federation:
     ) -> None:
         self._config = config
         self.metrics = metrics if metrics is not None else CoordinatorMetrics()
-        self.metrics.watch(self.gauges)
         self._state = state
         self._models = models
         self._aggregator = aggregator
@@ -173,6 +171,18 @@ class Federation:
             rounds=config.rounds,
             saved_accountant=state.get_setting(_SETTING_ACCOUNTANT),
         )
+        self._reports = RoundReports(
+            total_rounds=config.rounds,
+            strategy=config.strategy.value,
+            state=state,
+            metrics=self.metrics,
+            sessions=self._sessions,
+            progress=self._progress,
+            traffic=self.traffic,
+            budget=self._budget,
+            clock=clock,
+        )
+        self.metrics.watch(self._reports.gauges)
         self._rng = np.random.default_rng(config.privacy.seed)
         self._stop_reason = state.get_setting(_SETTING_STOP_REASON) or ""
         if self._progress.completed:
@@ -255,32 +265,7 @@ class Federation:
 
     def status(self) -> FederationStatus:
         """A snapshot of rounds, phase, clients and traffic."""
-        setup = self.traffic.round_totals(0)
-        return FederationStatus(
-            current_round=self.current_round,
-            total_rounds=self._config.rounds,
-            completed_rounds=self._progress.completed,
-            phase=self._progress.phase,
-            clients=tuple(
-                ClientStatus(
-                    client_id=s.client_id,
-                    metadata_json=s.metadata_json,
-                    cluster_id=self._assignment.get(s.client_id, -1),
-                    connected=s.connected,
-                    num_train_examples=s.num_train_examples,
-                    device=s.device,
-                )
-                for s in self._sessions
-            ),
-            rounds=tuple(self._state.rounds()),
-            setup_bytes_up={c: v[0] for c, v in setup.items()},
-            setup_bytes_down={c: v[1] for c, v in setup.items()},
-            model_fingerprint=self._sessions.fingerprint or "",
-            strategy=self._config.strategy.value,
-            epsilon=self._budget.epsilon if self._budget else 0.0,
-            delta=self._budget.delta if self._budget else 0.0,
-            stop_reason=self._stop_reason,
-        )
+        return self._reports.status(assignment=self._assignment, stop_reason=self._stop_reason)
 
     @property
     def current_round(self) -> int:
@@ -291,21 +276,6 @@ class Federation:
     def phase(self) -> Phase:
         """The state machine's phase."""
         return self._progress.phase
-
-    def gauges(self) -> FederationGauges:
-        """The live state the metrics endpoint reads at every scrape (cheap: no I/O)."""
-        budget = self._budget
-        return FederationGauges(
-            current_round=self.current_round,
-            completed_rounds=self._progress.completed,
-            total_rounds=self._config.rounds,
-            phase=self._progress.phase,
-            clients_joined=len(self._sessions),
-            clients_connected=self._sessions.connected_count(),
-            epsilon=budget.epsilon if budget is not None else 0.0,
-            epsilon_budget=budget.epsilon_budget if budget is not None else 0.0,
-            delta=budget.delta if budget is not None else 0.0,
-        )
 
     # ------------------------------------------------------------------ state machine
 
@@ -347,7 +317,7 @@ class Federation:
                 f"quorum is {self._config.min_clients}"
             )
             logger.warning("round %d %s; it will be retried", round_id, reason)
-            self._store_round(RoundRecord(round_id, reason, started, self._clock(), 0, (), {}))
+            self._reports.store(RoundRecord(round_id, reason, started, self._clock(), 0, (), {}))
             await asyncio.sleep(SAMPLING_RETRY_PAUSE_S)
             return
         await self._update_assignment(participants)
@@ -378,7 +348,7 @@ class Federation:
                 f"deadline, quorum is {self._config.min_clients}"
             )
             logger.warning("round %d %s; it will be retried", round_id, reason)
-            self._store_round(self._round_record(current, status=reason))
+            self._reports.store(self._round_record(current, status=reason))
             self._progress.current = None
             self._models.drop_spool(round_id)
             return
@@ -437,7 +407,7 @@ class Federation:
         finally:
             if not save.done():
                 save.cancel()
-        self._store_round(self._round_record(current, status="completed"))
+        self._reports.store(self._round_record(current, status="completed"))
         self._model = current.aggregated
         self._progress.completed = round_id
         self._progress.current = None
@@ -570,56 +540,12 @@ class Federation:
         return False
 
     def _round_record(self, current: RoundInProgress, *, status: str) -> RoundRecord:
-        accs = [m["accuracy"] for m in current.eval_metrics.values() if "accuracy" in m]
-        summary = fairness_summary(accs)
-        summary["aggregation_seconds"] = current.aggregation_seconds
-        summary.update(current.phase_seconds)
-        summary["participants"] = float(len(current.participants))
-        summary["updates_accepted"] = float(len(current.updates))
-        summary["round_seconds"] = self._clock() - current.started_unix
-        if self._budget is not None:
-            summary["epsilon"] = self._budget.epsilon
-        if self._clustering_degraded:
-            summary["clustering_degraded"] = 1.0
-        summary.update(self._aggregator.last_info if current.aggregated is not None else {})
-        for cluster in sorted(set(current.participants.values())):
-            members = [
-                current.eval_metrics[c]["accuracy"]
-                for c, k in current.participants.items()
-                if k == cluster and "accuracy" in current.eval_metrics.get(c, {})
-            ]
-            if members:
-                summary[f"cluster_{cluster}_accuracy_mean"] = float(np.mean(members))
-        clients = []
-        for cid, cluster in sorted(current.participants.items()):
-            up, down = self.traffic.get(current.round, cid)
-            update = current.updates.get(cid)
-            clients.append(
-                ClientRoundRecord(
-                    client_id=cid,
-                    cluster_id=cluster,
-                    num_examples=update.num_examples if update else 0,
-                    update_accepted=update is not None,
-                    bytes_up=up,
-                    bytes_down=down,
-                    train_metrics=current.train_metrics.get(cid, {}),
-                    eval_metrics=current.eval_metrics.get(cid, {}),
-                )
-            )
-        return RoundRecord(
-            round=current.round,
+        return self._reports.round_record(
+            current,
             status=status,
-            started_unix=current.started_unix,
-            finished_unix=self._clock(),
-            num_clusters=len(set(current.participants.values())),
-            clients=tuple(clients),
-            summary=summary,
+            clustering_degraded=self._clustering_degraded,
+            aggregation_info=self._aggregator.last_info if current.aggregated is not None else {},
         )
-
-    def _store_round(self, record: RoundRecord) -> None:
-        """Store a finished round attempt durably, then count it in the metrics."""
-        self._state.record_round(record)
-        self.metrics.observe_round(record)
 
     def _draw_participants(self) -> list[str]:
         """Connected clients, Poisson-sampled with rate q when DP-FedAvg samples clients."""
