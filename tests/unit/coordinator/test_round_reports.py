@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import pytest_asyncio
 
-from fedprompt_coordinator.domain import (
-    Capabilities,
-    ClientUpdate,
-    JoinRequest,
-    Phase,
-)
+from fedprompt_coordinator.domain import ClientUpdate, Phase
 from fedprompt_coordinator.metrics import CoordinatorMetrics
 from fedprompt_coordinator.privacy import PrivacyBudget, RDPAccountant
 from fedprompt_coordinator.round_progress import RoundInProgress, RoundProgress
 from fedprompt_coordinator.round_reports import RoundReports
-from fedprompt_coordinator.sessions import ClientSessions
 from fedprompt_coordinator.state_store import SqliteStateStore
 from fedprompt_coordinator.traffic import TrafficMeter
 
@@ -39,19 +31,8 @@ class Reports:
 
 
 @pytest_asyncio.fixture
-async def reports(tmp_path: Path) -> AsyncIterator[Reports]:
-    state = SqliteStateStore(tmp_path / "state.sqlite3")
-
-    async def nothing() -> None:
-        pass
-
-    sessions = ClientSessions(state=state, strategy="clustered", notify=nothing)
-    for cid, n in (("b", 3), ("a", 1), ("c", 4)):
-        await sessions.join(
-            JoinRequest(
-                cid, json.dumps({"site": cid}), Capabilities("cpu", "m", "fp", (), "clustered"), n
-            )
-        )
+async def reports(state: SqliteStateStore, join_clients: Any) -> Reports:
+    sessions = await join_clients({"b": 3, "a": 1, "c": 4})
     progress = RoundProgress(phase=Phase.WAITING_FOR_QUORUM, completed=0)
     accounting = [0]
     traffic = TrafficMeter(lambda: accounting[0])
@@ -62,7 +43,7 @@ async def reports(tmp_path: Path) -> AsyncIterator[Reports]:
     budget = PrivacyBudget(
         accountant=RDPAccountant(), noise_multiplier=1.0, sample_rate=1.0, delta=1e-5
     )
-    yield Reports(
+    return Reports(
         RoundReports(
             total_rounds=3,
             strategy="clustered",
@@ -80,7 +61,6 @@ async def reports(tmp_path: Path) -> AsyncIterator[Reports]:
         state,
         budget,
     )
-    state.close()
 
 
 def _round() -> RoundInProgress:

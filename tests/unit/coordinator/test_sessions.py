@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
-import pytest_asyncio
 
 from fedprompt.errors import InvalidArgumentError, ModelMismatchError, UnknownClientError
 from fedprompt_coordinator.domain import Capabilities, JoinRequest, Task, TaskKind
@@ -43,13 +40,6 @@ class Notifications:
 
     async def __call__(self) -> None:
         self.count += 1
-
-
-@pytest_asyncio.fixture
-async def state(tmp_path: Path) -> AsyncIterator[SqliteStateStore]:
-    store = SqliteStateStore(tmp_path / "state.sqlite3")
-    yield store
-    store.close()
 
 
 def _sessions(state: SqliteStateStore, notify: Notifications | None = None) -> ClientSessions:

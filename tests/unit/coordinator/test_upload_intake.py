@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -25,11 +24,9 @@ from fedprompt.errors import (
     UnknownClientError,
     WrongRoundError,
 )
-from fedprompt_coordinator.domain import Capabilities, JoinRequest, Phase, UpdateKind
+from fedprompt_coordinator.domain import Phase, UpdateKind
 from fedprompt_coordinator.model_store import ModelStore
 from fedprompt_coordinator.round_progress import RoundInProgress, RoundProgress
-from fedprompt_coordinator.sessions import ClientSessions
-from fedprompt_coordinator.state_store import SqliteStateStore
 from fedprompt_coordinator.upload_intake import Upload, UploadIntake
 from fedprompt_coordinator.validation import spec_of
 
@@ -49,13 +46,21 @@ class Intake:
     notified: int = 0
 
     def begin(
-        self, payload: bytes, *, client_id: str = "a", kind: UpdateKind = UpdateKind.DELTA
+        self,
+        payload: bytes,
+        *,
+        client_id: str = "a",
+        kind: UpdateKind = UpdateKind.DELTA,
+        round_id: int | None = None,
+        num_examples: int = 3,
     ) -> Upload:
+        if round_id is None:
+            round_id = 0 if kind is UpdateKind.INITIAL else 1
         return self.intake.begin(
             client_id=client_id,
-            round_id=0 if kind is UpdateKind.INITIAL else 1,
+            round_id=round_id,
             kind=kind,
-            num_examples=3,
+            num_examples=num_examples,
             info=describe_payload(payload, chunk_size=8),
             train_metrics={"loss": 0.5},
         )
@@ -67,22 +72,8 @@ class Intake:
 
 
 @pytest_asyncio.fixture
-async def intake(tmp_path: Path) -> AsyncIterator[Intake]:
-    state = SqliteStateStore(tmp_path / "state.sqlite3")
-
-    async def nothing() -> None:
-        pass
-
-    sessions = ClientSessions(state=state, strategy="clustered", notify=nothing)
-    for cid in ("a", "b", "late"):
-        await sessions.join(
-            JoinRequest(
-                cid,
-                json.dumps({"site": cid}),
-                Capabilities("cpu", "tiny", "fp", (), "clustered"),
-                1,
-            )
-        )
+async def intake(tmp_path: Path, join_clients: Any) -> Intake:
+    sessions = await join_clients({"a": 1, "b": 1, "late": 1})
     current = RoundInProgress(round=1, started_unix=0.0, participants={"a": 0, "b": 1})
     progress = RoundProgress(phase=Phase.TRAINING, completed=0, current=current)
     models = ModelStore(tmp_path / "models")
@@ -109,8 +100,21 @@ async def intake(tmp_path: Path) -> AsyncIterator[Intake]:
         progress,
         models,
     )
-    yield harness
-    state.close()
+    return harness
+
+
+@pytest.fixture(params=[False, True], ids=["in-memory", "spooled"])
+def spooled(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Runs a test with small uploads in memory, then with every upload spooled."""
+    if request.param:
+        monkeypatch.setattr(upload_intake_module, "SPOOL_THRESHOLD_BYTES", 0)
+    return bool(request.param)
+
+
+@pytest.fixture
+def spool_everything(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every upload spools to a file, however small."""
+    monkeypatch.setattr(upload_intake_module, "SPOOL_THRESHOLD_BYTES", 0)
 
 
 def _spooled_files(models: ModelStore) -> list[Path]:
@@ -126,33 +130,18 @@ async def test_headers_are_checked_before_any_chunk(intake: Intake) -> None:
         intake.begin(payload, client_id="late")
     assert info.value.status_code is grpc.StatusCode.FAILED_PRECONDITION
     with pytest.raises(WrongRoundError, match="initial models are uploaded for round 0"):
-        intake.intake.begin(
-            client_id="a",
-            round_id=1,
-            kind=UpdateKind.INITIAL,
-            num_examples=0,
-            info=describe_payload(payload),
-        )
+        intake.begin(payload, kind=UpdateKind.INITIAL, round_id=1)
     with pytest.raises(InvalidArgumentError, match="num_examples"):
-        intake.intake.begin(
-            client_id="a",
-            round_id=1,
-            kind=UpdateKind.DELTA,
-            num_examples=0,
-            info=describe_payload(payload),
-        )
+        intake.begin(payload, num_examples=0)
     intake.progress.phase = Phase.EVALUATION
     with pytest.raises(WrongRoundError, match="not accepting updates"):
         intake.begin(payload)
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("spooled", [False, True])
 async def test_a_delta_is_accepted_into_the_round_in_progress(
-    intake: Intake, monkeypatch: pytest.MonkeyPatch, spooled: bool
+    intake: Intake, spooled: bool
 ) -> None:
-    if spooled:
-        monkeypatch.setattr(upload_intake_module, "SPOOL_THRESHOLD_BYTES", 0)
     payload = encode_tensors(DELTA)
     upload = intake.begin(payload)
     assert (upload.spool_path is not None) is spooled
@@ -172,13 +161,10 @@ async def test_a_delta_is_accepted_into_the_round_in_progress(
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("spooled", [False, True])
 @pytest.mark.parametrize("method", ["fp16", "int8"])
 async def test_compressed_payloads_become_float32_from_one_header_parse(
-    intake: Intake, monkeypatch: pytest.MonkeyPatch, spooled: bool, method: str
+    intake: Intake, spooled: bool, method: str
 ) -> None:
-    if spooled:
-        monkeypatch.setattr(upload_intake_module, "SPOOL_THRESHOLD_BYTES", 0)
     packed, meta = compress_tensors(DELTA, method)
     payload = encode_tensors(packed, metadata=meta)
     assert not await intake.send(intake.begin(payload), payload)
@@ -190,12 +176,9 @@ async def test_compressed_payloads_become_float32_from_one_header_parse(
 
 
 @pytest.mark.asyncio
-@pytest.mark.parametrize("spooled", [False, True])
 async def test_an_initial_model_is_handed_over_and_leaves_no_file(
-    intake: Intake, monkeypatch: pytest.MonkeyPatch, spooled: bool
+    intake: Intake, spooled: bool
 ) -> None:
-    if spooled:
-        monkeypatch.setattr(upload_intake_module, "SPOOL_THRESHOLD_BYTES", 0)
     payload = encode_tensors(DELTA)
     assert not await intake.send(intake.begin(payload, kind=UpdateKind.INITIAL), payload)
     ((client_id, tensors),) = intake.initial
@@ -204,10 +187,10 @@ async def test_an_initial_model_is_handed_over_and_leaves_no_file(
 
 
 @pytest.mark.asyncio
+@pytest.mark.usefixtures("spool_everything")
 async def test_a_bad_spooled_chunk_fails_the_next_call_and_the_file_is_deleted(
-    intake: Intake, monkeypatch: pytest.MonkeyPatch
+    intake: Intake,
 ) -> None:
-    monkeypatch.setattr(upload_intake_module, "SPOOL_THRESHOLD_BYTES", 0)
     payload = encode_tensors(DELTA)
     upload = intake.begin(payload)
     first, *rest = split_payload(payload, chunk_size=8)
@@ -221,10 +204,10 @@ async def test_a_bad_spooled_chunk_fails_the_next_call_and_the_file_is_deleted(
 
 
 @pytest.mark.asyncio
+@pytest.mark.usefixtures("spool_everything")
 async def test_discard_waits_for_the_chunk_in_flight_before_deleting_the_file(
     intake: Intake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(upload_intake_module, "SPOOL_THRESHOLD_BYTES", 0)
     payload = encode_tensors(DELTA)
     upload = intake.begin(payload)
     assert upload.spool_path is not None
@@ -248,10 +231,8 @@ async def test_discard_waits_for_the_chunk_in_flight_before_deleting_the_file(
 
 
 @pytest.mark.asyncio
-async def test_a_failed_finish_discards_the_upload(
-    intake: Intake, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(upload_intake_module, "SPOOL_THRESHOLD_BYTES", 0)
+@pytest.mark.usefixtures("spool_everything")
+async def test_a_failed_finish_discards_the_upload(intake: Intake) -> None:
     payload = encode_tensors(DELTA)
     info = describe_payload(payload, chunk_size=8)
     upload = intake.intake.begin(
