@@ -102,7 +102,7 @@ async def _upload(
     n: int,
 ) -> bool:
     payload = encode_tensors(tensors)
-    session = fed.begin_upload(
+    session = fed.uploads.begin(
         client_id=client_id,
         round_id=round_id,
         kind=kind,
@@ -110,8 +110,8 @@ async def _upload(
         info=describe_payload(payload, chunk_size=16),
     )
     for chunk in split_payload(payload, chunk_size=16):
-        fed.add_chunk(session, chunk)
-    return await fed.finish_upload(session)
+        await session.add(chunk)
+    return await fed.uploads.finish(session)
 
 
 async def until(predicate: Callable[[], bool], what: str) -> None:
@@ -784,9 +784,9 @@ async def test_a_sampling_draw_below_quorum_fails_at_once_and_is_redrawn(tmp_pat
 async def test_spooled_uploads_give_the_same_round_and_leave_no_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fedprompt_coordinator.federation as federation_module
+    import fedprompt_coordinator.upload_intake as upload_intake_module
 
-    monkeypatch.setattr(federation_module, "SPOOL_THRESHOLD_BYTES", 0)  # every upload spools
+    monkeypatch.setattr(upload_intake_module, "SPOOL_THRESHOLD_BYTES", 0)  # every upload spools
     async with federation(tmp_path) as h:
         run = h.start()
         clients = {c: FakeClient(h.fed, c) for c in "abc"}
@@ -805,30 +805,30 @@ async def test_spooled_uploads_give_the_same_round_and_leave_no_files(
 async def test_a_corrupt_or_abandoned_spooled_upload_deletes_its_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fedprompt_coordinator.federation as federation_module
+    import fedprompt_coordinator.upload_intake as upload_intake_module
     from fedprompt.chunking import PayloadInfo
     from fedprompt.errors import CorruptPayloadError
 
-    monkeypatch.setattr(federation_module, "SPOOL_THRESHOLD_BYTES", 0)
+    monkeypatch.setattr(upload_intake_module, "SPOOL_THRESHOLD_BYTES", 0)
     async with federation(tmp_path) as h:
         await h.fed.join(_join_request("a"))
         payload = encode_tensors(_f32(INITIAL))
         info = describe_payload(payload)
         bad = PayloadInfo(info.total_bytes, info.num_chunks, b"\0" * 32)  # wrong SHA-256
-        session = h.fed.begin_upload(
+        session = h.fed.uploads.begin(
             client_id="a", round_id=0, kind=UpdateKind.INITIAL, num_examples=0, info=bad
         )
         assert session.spool_path is not None and session.spool_path.exists()
         for chunk in split_payload(payload):
-            h.fed.add_chunk(session, chunk)
+            await session.add(chunk)
         with pytest.raises(CorruptPayloadError):
-            await h.fed.finish_upload(session)
+            await h.fed.uploads.finish(session)
         assert not session.spool_path.exists()
 
-        abandoned = h.fed.begin_upload(
+        abandoned = h.fed.uploads.begin(
             client_id="a", round_id=0, kind=UpdateKind.INITIAL, num_examples=0, info=info
         )
-        h.fed.discard_upload(abandoned)
+        await h.fed.uploads.discard(abandoned)
         assert abandoned.spool_path is not None and not abandoned.spool_path.exists()
         # a good spooled initial model is accepted and its file is gone afterwards
         assert not await _upload(h.fed, "a", 0, UpdateKind.INITIAL, _f32(INITIAL), 0)
@@ -921,7 +921,7 @@ async def test_oversized_announcements_and_huge_norms_are_refused_in_a_round(
             await h.connect(client)
         await until(lambda: c.tasks != [], "c's TRAIN task")
         with pytest.raises(TooLargeError, match="larger than the round's tensors"):
-            h.fed.begin_upload(
+            h.fed.uploads.begin(
                 client_id="c",
                 round_id=1,
                 kind=UpdateKind.DELTA,
@@ -931,7 +931,7 @@ async def test_oversized_announcements_and_huge_norms_are_refused_in_a_round(
         huge = {"prompt.global": [1e3, 0.0], "prompt.cluster": [1.0]}
         with pytest.raises(ShapeMismatchError, match="L2 norm"):
             await _upload(h.fed, "c", 1, UpdateKind.DELTA, _f32(huge), 4)
-        assert "c" not in h.fed._round.updates  # type: ignore[union-attr]
+        assert "c" not in h.fed._progress.current.updates  # type: ignore[union-attr]
         # a sane update from the same client is still accepted afterwards
         assert not await _upload(h.fed, "c", 1, UpdateKind.DELTA, _f32(DELTAS["c"]), 4)
 

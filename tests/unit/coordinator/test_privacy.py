@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
+from fedprompt_coordinator.config import PrivacyConfig
 from fedprompt_coordinator.privacy import (
     BudgetExhaustedError,
     PLDAccountant,
@@ -13,6 +15,7 @@ from fedprompt_coordinator.privacy import (
     RDPAccountant,
     calibrate_noise_multiplier,
     make_accountant,
+    make_budget,
 )
 
 
@@ -96,3 +99,33 @@ def test_unlimited_budget_never_halts() -> None:
     for r in range(1, 20):
         budget.check_next_round(r)
         budget.record_round()
+
+
+def test_no_budget_when_dp_is_off() -> None:
+    assert make_budget(PrivacyConfig(), rounds=5, saved_accountant=None) is None
+
+
+def test_budget_from_a_fixed_noise_multiplier_restores_the_spent_rounds() -> None:
+    config = PrivacyConfig(
+        enabled=True, noise_multiplier=1.5, accountant="pld", delta=1e-6, epsilon_budget=9.0
+    )
+    fresh = make_budget(config, rounds=5, saved_accountant=None)
+    assert fresh is not None
+    assert (fresh.noise_multiplier, fresh.delta, fresh.epsilon_budget) == (1.5, 1e-6, 9.0)
+    assert fresh.accountant.mechanism == "pld" and fresh.rounds == 0
+    fresh.record_round()
+    fresh.record_round()
+    saved = json.dumps(fresh.accountant.state_dict())
+    restored = make_budget(config, rounds=5, saved_accountant=saved)
+    assert restored is not None
+    assert restored.rounds == 2 and restored.epsilon == fresh.epsilon
+
+
+def test_budget_calibrated_for_a_target_epsilon_defaults_the_budget_to_it() -> None:
+    config = PrivacyConfig(enabled=True, target_epsilon=4.0, client_sampling_rate=0.5)
+    budget = make_budget(config, rounds=5, saved_accountant=None)
+    assert budget is not None
+    assert budget.epsilon_budget == 4.0 and budget.sample_rate == 0.5
+    assert budget.noise_multiplier == calibrate_noise_multiplier(
+        target_epsilon=4.0, delta=1e-5, sample_rate=0.5, steps=5
+    )

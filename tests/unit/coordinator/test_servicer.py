@@ -28,7 +28,7 @@ from fedprompt.codec import decode_tensors, encode_tensors
 from fedprompt.server import CLIENT_ID_METADATA_KEY, MIB, create_channel, start_server
 from fedprompt.transfer import payload_messages
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
-from fedprompt_coordinator import federation as federation_module
+from fedprompt_coordinator import upload_intake as upload_intake_module
 from fedprompt_coordinator.clustering_backend import make_clustering_backend
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.federation import Federation
@@ -702,7 +702,7 @@ async def test_bad_spooled_uploads_get_the_same_status_and_leave_no_file(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every upload spools (chunks are checked and written in a worker thread)."""
-    monkeypatch.setattr(federation_module, "SPOOL_THRESHOLD_BYTES", 0)
+    monkeypatch.setattr(upload_intake_module, "SPOOL_THRESHOLD_BYTES", 0)
     a, b = await _open_round(coordinator)
     await _expect(make_call(coordinator, a), code, fragment)
     spool_dir = coordinator.federation._models.spool_dir

@@ -1,10 +1,21 @@
-"""The federation: client sessions and the round state machine, without any gRPC.
+"""The federation's round state machine, without any gRPC.
 
 :class:`Federation` is what the servicer calls (join, task streams, model download,
-uploads, metrics, status) and :meth:`Federation.run` drives the rounds:
+metrics, status; uploads go to its :attr:`~Federation.uploads` intake) and
+:meth:`Federation.run` drives the rounds:
 
     waiting for quorum -> clustering -> broadcast -> training (deadline) -> aggregation
     -> evaluation (deadline) -> checkpoint -> next round ... -> done
+
+It wires the rooms around it and owns what none of them does: the phases, quorum,
+participants, deadlines, the model of each round and its checkpoint.
+
+- :mod:`~fedprompt_coordinator.sessions`: joined clients and their task streams;
+- :mod:`~fedprompt_coordinator.upload_intake`: from an upload's header to an accepted update;
+- :mod:`~fedprompt_coordinator.round_progress`: the phase, the round in progress and the
+  one round-participation check;
+- :mod:`~fedprompt_coordinator.round_reports`: round records, status and gauges;
+- :func:`~fedprompt_coordinator.privacy.make_budget`: the DP-FedAvg budget.
 
 State is durable at the end of every round (tensor files first, then one SQLite
 transaction), so a restarted coordinator resumes after the last completed round.
@@ -16,44 +27,23 @@ import asyncio
 import hashlib
 import json
 import logging
-import math
-import re
-import struct
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
-from fedprompt.chunking import ChunkAssembler, ChunkData, PayloadInfo
-from fedprompt.codec import (
-    MAX_HEADER_BYTES,
-    decode_tensors,
-    decode_tensors_file,
-    encode_tensors,
-    read_metadata,
-)
-from fedprompt.compression import decompress_tensors
+from fedprompt.codec import encode_tensors
 from fedprompt.errors import (
-    ConflictError,
     FedPromptError,
     InvalidArgumentError,
     ModelMismatchError,
-    NotParticipantError,
-    UnknownClientError,
     WrongRoundError,
 )
-from fedprompt.fairness import fairness_summary
 from fedprompt_coordinator.aggregation.base import ClusterAggregator
 from fedprompt_coordinator.aggregation.dp_fedavg import DPFedAvgGlobal
 from fedprompt_coordinator.clustering_backend import ClusteringBackend
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.domain import (
-    ClientRoundRecord,
-    ClientStatus,
-    ClientUpdate,
     FederationModel,
     FederationStatus,
     InlineModel,
@@ -66,123 +56,35 @@ from fedprompt_coordinator.domain import (
     Task,
     TaskKind,
     TensorSpec,
-    UpdateKind,
 )
-from fedprompt_coordinator.metrics import CoordinatorMetrics, FederationGauges
+from fedprompt_coordinator.metrics import CoordinatorMetrics
 from fedprompt_coordinator.model_store import ModelStore
-from fedprompt_coordinator.privacy import (
-    BudgetExhaustedError,
-    PrivacyBudget,
-    calibrate_noise_multiplier,
-    make_accountant,
+from fedprompt_coordinator.privacy import BudgetExhaustedError, make_budget
+from fedprompt_coordinator.round_progress import (
+    FETCH_MODEL,
+    REPORT_METRICS,
+    RoundInProgress,
+    RoundProgress,
 )
+from fedprompt_coordinator.round_reports import RoundReports
+from fedprompt_coordinator.sessions import ClientSessions
 from fedprompt_coordinator.state_store import StateStore
 from fedprompt_coordinator.strategies import build_strategy
 from fedprompt_coordinator.traffic import TrafficMeter
-from fedprompt_coordinator.validation import check_update_size, spec_of, validate_update
+from fedprompt_coordinator.upload_intake import UploadIntake
+from fedprompt_coordinator.validation import check_metrics, spec_of, validate_update
 
 logger = logging.getLogger(__name__)
 
-CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-MAX_METADATA_BYTES = 16 * 1024
-MAX_METRICS = 64
-_SETTING_FINGERPRINT = "model_fingerprint"
 _SETTING_SPEC = "tensor_spec"
 _SETTING_ACCOUNTANT = "privacy_accountant"
 _SETTING_STOP_REASON = "stop_reason"
 #: Pause before drawing a round again when client sampling fell below the quorum.
 SAMPLING_RETRY_PAUSE_S = 0.5
-#: Uploads larger than this stream to a file instead of memory (then are memory-mapped).
-SPOOL_THRESHOLD_BYTES = 8 * 1024 * 1024
-
-
-@dataclass
-class ClientSession:
-    """A joined client and its task stream, if one is open."""
-
-    client_id: str
-    metadata_json: str
-    num_train_examples: int
-    device: str
-    queue: asyncio.Queue[Task | None] | None = None
-
-    @property
-    def connected(self) -> bool:
-        """Whether the client has an open task stream."""
-        return self.queue is not None
-
-
-@dataclass
-class RoundInProgress:
-    """Everything a round accumulates before its checkpoint."""
-
-    round: int
-    started_unix: float
-    participants: dict[str, int]
-    deadline_unix: float = 0.0
-    updates: dict[str, ClientUpdate] = field(default_factory=dict)
-    digests: dict[str, bytes] = field(default_factory=dict)
-    train_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    eval_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    aggregated: FederationModel | None = None
-    aggregation_seconds: float = 0.0
-    #: Wall seconds of the phases (training, evaluation, checkpoint), for the round summary.
-    phase_seconds: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class UploadSession:
-    """An upload between its header and its last chunk.
-
-    Payloads over :data:`SPOOL_THRESHOLD_BYTES` stream into ``spool_path`` (bounded
-    memory); smaller ones are assembled in memory.
-    """
-
-    client_id: str
-    round: int
-    kind: UpdateKind
-    num_examples: int
-    info: PayloadInfo
-    assembler: ChunkAssembler
-    spool_path: Path | None = None
-    spool_file: BinaryIO | None = None
-    #: Training metrics sent in the upload's header, stored when the update is accepted.
-    train_metrics: dict[str, float] = field(default_factory=dict)
-
-    def close_spool(self, *, delete: bool) -> None:
-        """Close the spool file (if any) and optionally delete it."""
-        if self.spool_file is not None:
-            self.spool_file.close()
-            self.spool_file = None
-        if delete and self.spool_path is not None:
-            self.spool_path.unlink(missing_ok=True)
-
-
-def _payload_metadata(upload: UploadSession, payload: bytes) -> dict[str, str]:
-    """The safetensors header metadata of an assembled upload (in memory or spooled)."""
-    if upload.spool_path is None:
-        return read_metadata(payload)
-    with open(upload.spool_path, "rb") as fh:
-        head = fh.read(8)
-        (length,) = struct.unpack("<Q", head) if len(head) == 8 else (0,)
-        return read_metadata(head + fh.read(min(length, MAX_HEADER_BYTES)))
-
-
-def _check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
-    if len(metrics) > MAX_METRICS:
-        raise InvalidArgumentError(f"at most {MAX_METRICS} metrics per report, got {len(metrics)}")
-    out = {}
-    for key, value in metrics.items():
-        if not key or len(key) > 64:
-            raise InvalidArgumentError("metric names must have 1 to 64 characters")
-        if not math.isfinite(value):
-            raise InvalidArgumentError(f"metric {key!r} is not finite")
-        out[key] = float(value)
-    return out
 
 
 class Federation:
-    """Client sessions plus the round state machine.
+    """The round state machine over client sessions, upload intake and round reports.
 
     Parameters
     ----------
@@ -192,8 +94,6 @@ class Federation:
         Durable federation state.
     models
         Durable tensor snapshots.
-    aggregator
-        How validated updates become the next model.
     clustering
         Where cluster assignments come from.
     clock
@@ -214,18 +114,19 @@ class Federation:
     ) -> None:
         self._config = config
         self.metrics = metrics if metrics is not None else CoordinatorMetrics()
-        self.metrics.watch(self.gauges)
         self._state = state
         self._models = models
         self._clustering = clustering
         self._clock = clock
-        self._sessions: dict[str, ClientSession] = {}
         self._changed = asyncio.Condition()
-        self._phase = Phase.WAITING_FOR_QUORUM
-        self._round: RoundInProgress | None = None
+        self._sessions = ClientSessions(
+            state=state, strategy=config.strategy.value, notify=self._notify
+        )
+        self._progress = RoundProgress(
+            phase=Phase.WAITING_FOR_QUORUM, completed=state.last_completed_round()
+        )
         self._accounting_round = 0
         self.traffic = TrafficMeter(lambda: self._accounting_round, on_add=self.metrics.count_bytes)
-        self._fingerprint = state.get_setting(_SETTING_FINGERPRINT)
         spec_json = state.get_setting(_SETTING_SPEC)
         self._spec: tuple[TensorSpec, ...] = (
             tuple(
@@ -234,10 +135,9 @@ class Federation:
             if spec_json
             else ()
         )
-        self._completed = state.last_completed_round()
         self._model: FederationModel | None = None
-        if self._completed or 0 in models.rounds():
-            self._model = models.load(self._completed)
+        if self._progress.completed or 0 in models.rounds():
+            self._model = models.load(self._progress.completed)
         self._assignment = state.assignment()
         self._clustered_members: frozenset[str] = frozenset()
         #: True while the clusterer could not be reached: the last assignment is kept and
@@ -247,17 +147,42 @@ class Federation:
         self._inline_cache: dict[tuple[int, ModelStage, int], InlineModel | None] = {}
         self._initial_lock = asyncio.Lock()
         self._waited_for_latecomers = False
-        for cid, (meta, n, device) in state.clients().items():
-            self._sessions[cid] = ClientSession(cid, meta, n, device)
         self._strategy = build_strategy(config)
-        self._budget = self._make_budget()
+        #: Where uploads are checked and accepted into the round in progress.
+        self.uploads = UploadIntake(
+            sessions=self._sessions,
+            progress=self._progress,
+            models=models,
+            max_update_bytes=config.max_update_bytes,
+            max_update_l2_norm=config.max_update_l2_norm,
+            spec=lambda: self._spec,
+            accept_initial=self._accept_initial,
+            notify=self._notify,
+        )
+        self._budget = make_budget(
+            config.privacy,
+            rounds=config.rounds,
+            saved_accountant=state.get_setting(_SETTING_ACCOUNTANT),
+        )
+        self._reports = RoundReports(
+            total_rounds=config.rounds,
+            strategy=config.strategy.value,
+            state=state,
+            metrics=self.metrics,
+            sessions=self._sessions,
+            progress=self._progress,
+            traffic=self.traffic,
+            budget=self._budget,
+            clock=clock,
+        )
+        self.metrics.watch(self._reports.gauges)
         self._rng = np.random.default_rng(config.privacy.seed)
         self._aggregator = self._make_aggregator()
         self._stop_reason = state.get_setting(_SETTING_STOP_REASON) or ""
-        if self._completed:
-            logger.info("resuming after completed round %d", self._completed)
-        if self._completed >= config.rounds or self._stop_reason:
-            self._phase = Phase.DONE
+        if self._progress.completed:
+            logger.info("resuming after completed round %d", self._progress.completed)
+        if self._progress.completed >= config.rounds or self._stop_reason:
+            self._progress.phase = Phase.DONE
 
     def _make_aggregator(self) -> ClusterAggregator:
         """The strategy's aggregator, wrapped in DP-FedAvg of the global level when DP is on."""
@@ -275,140 +200,27 @@ class Federation:
             rng=self._rng,  # one generator for client sampling and noise, as before
         )
 
-    def _make_budget(self) -> PrivacyBudget | None:
-        """The DP-FedAvg budget (restored from the state store), or None when DP is off."""
-        cfg = self._config.privacy
-        if not cfg.enabled:
-            return None
-        if cfg.noise_multiplier is not None:
-            z = cfg.noise_multiplier
-        else:
-            assert cfg.target_epsilon is not None
-            z = calibrate_noise_multiplier(
-                target_epsilon=cfg.target_epsilon,
-                delta=cfg.delta,
-                sample_rate=cfg.client_sampling_rate,
-                steps=self._config.rounds,
-                accountant=cfg.accountant.value,
-            )
-            logger.info(
-                "privacy: z=%.4f calibrated for ε=%g over %d rounds",
-                z,
-                cfg.target_epsilon,
-                self._config.rounds,
-            )
-        accountant = make_accountant(cfg.accountant.value)
-        saved = self._state.get_setting(_SETTING_ACCOUNTANT)
-        if saved:
-            accountant.load_state_dict(json.loads(saved))
-        budget = cfg.epsilon_budget if cfg.epsilon_budget is not None else cfg.target_epsilon
-        return PrivacyBudget(
-            accountant=accountant,
-            noise_multiplier=z,
-            sample_rate=cfg.client_sampling_rate,
-            delta=cfg.delta,
-            epsilon_budget=budget if budget is not None else math.inf,
-        )
-
     # ------------------------------------------------------------------ client calls
 
     async def join(self, request: JoinRequest) -> JoinResult:
         """Register (or re-register) a client; ask for the initial model if there is none."""
-        if not CLIENT_ID_PATTERN.match(request.client_id):
-            raise InvalidArgumentError(
-                "client_id must be 1-128 characters of letters, digits, '.', '_' or '-'"
-            )
-        if len(request.metadata_json.encode()) > MAX_METADATA_BYTES:
-            raise InvalidArgumentError(f"metadata_json is over {MAX_METADATA_BYTES} bytes")
-        try:
-            metadata = json.loads(request.metadata_json or "{}")
-        except json.JSONDecodeError as exc:
-            raise InvalidArgumentError(f"metadata_json is not valid JSON: {exc.msg}") from None
-        if not isinstance(metadata, dict):
-            raise InvalidArgumentError("metadata_json must be a JSON object")
-        fingerprint = request.capabilities.model_fingerprint
-        if not fingerprint:
-            raise InvalidArgumentError("capabilities.model_fingerprint is required")
-        if self._fingerprint is not None and fingerprint != self._fingerprint:
-            raise ModelMismatchError(
-                f"client model fingerprint {fingerprint!r} differs from the federation's "
-                f"{self._fingerprint!r} (same model folder, prompt lengths and labels are required)"
-            )
-        if request.capabilities.strategy != self._config.strategy.value:
-            raise ModelMismatchError(
-                f"client strategy {request.capabilities.strategy!r} differs from the "
-                f"federation's {self._config.strategy.value!r}"
-            )
-        if request.num_train_examples <= 0:
-            raise InvalidArgumentError("num_train_examples must be positive")
-        meta_json = json.dumps(metadata, sort_keys=True)
-        session = self._sessions.get(request.client_id)
-        if session is None:
-            session = ClientSession(
-                request.client_id,
-                meta_json,
-                request.num_train_examples,
-                request.capabilities.device,
-            )
-            self._sessions[request.client_id] = session
-        else:
-            session.metadata_json = meta_json
-            session.num_train_examples = request.num_train_examples
-            session.device = request.capabilities.device
-        self._state.upsert_client(
-            client_id=request.client_id,
-            metadata_json=meta_json,
-            num_train_examples=request.num_train_examples,
-            device=request.capabilities.device,
-        )
-        if self._fingerprint is None:
-            self._fingerprint = fingerprint
-            self._state.set_setting(_SETTING_FINGERPRINT, fingerprint)
-        logger.info("client %s joined (%d examples)", request.client_id, request.num_train_examples)
-        await self._notify()
+        await self._sessions.join(request)
         return JoinResult(
             initial_model_requested=self._model is None,
             current_round=self.current_round,
             total_rounds=self._config.rounds,
-            phase=self._phase,
+            phase=self._progress.phase,
             strategy=self._config.strategy.value,
         )
 
-    async def task_stream(self, client_id: str) -> AsyncIterator[Task]:
-        """Yield the client's tasks as they are published, until the federation is done."""
-        session = self._session(client_id)
-        if session.queue is not None:
-            session.queue.put_nowait(None)  # a newer stream replaces the old one
-        queue: asyncio.Queue[Task | None] = asyncio.Queue()
-        session.queue = queue
-        for pending in self._pending_tasks_for(client_id):
-            queue.put_nowait(pending)
-        await self._notify()
-        try:
-            while True:
-                task = await queue.get()
-                if task is None:
-                    return
-                yield task
-                if task.kind is TaskKind.FINISHED:
-                    return
-        finally:
-            if session.queue is queue:
-                session.queue = None
-                await self._notify()
+    def task_stream(self, client_id: str) -> AsyncIterator[Task]:
+        """The client's tasks as they are published (missed ones first), until it is done."""
+        return self._sessions.task_stream(client_id, lambda: self._pending_tasks_for(client_id))
 
     def fetch_model(self, client_id: str, round_id: int, stage: ModelStage) -> bytes:
         """Return the safetensors payload a client of ``round_id`` downloads."""
-        self._session(client_id)
-        current = self._round
-        if current is None or current.round != round_id:
-            raise WrongRoundError(
-                f"round {round_id} is not open; the current round is {self.current_round}"
-            )
-        if client_id not in current.participants:
-            raise NotParticipantError(
-                f"client {client_id!r} is not a participant of round {round_id}"
-            )
+        self._sessions.require(client_id)
+        current = self._progress.require_participant(client_id, round_id, FETCH_MODEL)
         if stage not in (ModelStage.ROUND_START, ModelStage.AGGREGATED):
             raise InvalidArgumentError("model stage must be ROUND_START or AGGREGATED")
         return self._model_payload(current, stage, current.participants[client_id])
@@ -451,248 +263,61 @@ class Federation:
             )
         return self._inline_cache[key]
 
-    def begin_upload(
-        self,
-        *,
-        client_id: str,
-        round_id: int,
-        kind: UpdateKind,
-        num_examples: int,
-        info: PayloadInfo,
-        train_metrics: Mapping[str, float] | None = None,
-    ) -> UploadSession:
-        """Check an upload header before any chunk is read."""
-        self._session(client_id)
-        metrics = _check_metrics(train_metrics or {})
-        if kind is UpdateKind.INITIAL:
-            if round_id != 0:
-                raise WrongRoundError("initial models are uploaded for round 0")
-        elif kind is UpdateKind.DELTA:
-            current = self._round
-            if current is None or current.round != round_id or self._phase is not Phase.TRAINING:
-                raise WrongRoundError(
-                    f"round {round_id} is not accepting updates (current round "
-                    f"{self.current_round}, phase {self._phase.name})"
-                )
-            if client_id not in current.participants:
-                raise NotParticipantError(
-                    f"client {client_id!r} is not a participant of round {round_id}"
-                )
-            if num_examples <= 0:
-                raise InvalidArgumentError("num_examples must be positive for a delta update")
-            check_update_size(
-                info.total_bytes, self._spec, max_update_bytes=self._config.max_update_bytes
-            )
-        else:
-            raise InvalidArgumentError("update kind must be INITIAL or DELTA")
-        max_bytes = self._config.max_update_bytes
-        if info.total_bytes <= SPOOL_THRESHOLD_BYTES or info.total_bytes > max_bytes:
-            assembler = ChunkAssembler(info, max_total_bytes=max_bytes)
-            return UploadSession(
-                client_id, round_id, kind, num_examples, info, assembler, train_metrics=metrics
-            )
-        path = self._models.spool_file(round_id, client_id)
-        sink = open(path, "wb")  # noqa: SIM115 - closed by finish_upload / discard_upload
-        try:
-            assembler = ChunkAssembler(info, max_total_bytes=max_bytes, sink=sink)
-        except BaseException:
-            sink.close()
-            path.unlink(missing_ok=True)
-            raise
-        return UploadSession(
-            client_id, round_id, kind, num_examples, info, assembler, path, sink, metrics
-        )
-
-    def add_chunk(self, upload: UploadSession, chunk: ChunkData) -> None:
-        """Feed one chunk of an upload (raises coded errors on corruption)."""
-        upload.assembler.add(chunk)
-
-    def discard_upload(self, upload: UploadSession) -> None:
-        """Forget an upload that failed or was cut off (deletes its spooled bytes)."""
-        upload.close_spool(delete=True)
-
-    async def finish_upload(self, upload: UploadSession) -> bool:
-        """Validate and store a complete upload; returns True for an idempotent duplicate."""
-        try:
-            return await self._finish_upload(upload)
-        except BaseException:
-            upload.close_spool(delete=True)
-            raise
-
-    async def _finish_upload(self, upload: UploadSession) -> bool:
-        payload = upload.assembler.finish()
-        tensors: dict[str, np.ndarray]
-        if upload.spool_path is not None:
-            upload.close_spool(delete=False)
-            # memory-mapped, read-only views of the spooled file: never a copy in memory
-            tensors = await asyncio.to_thread(decode_tensors_file, upload.spool_path)
-        else:
-            tensors = decode_tensors(payload)  # zero-copy header parse: no thread hop needed
-        # fp16 / int8 uploads (a client option) become the float32 tensors of the round here,
-        # before validation and aggregation see them
-        tensors = decompress_tensors(tensors, _payload_metadata(upload, payload))
-        if upload.kind is UpdateKind.INITIAL:
-            try:
-                return await self._accept_initial(upload.client_id, tensors)
-            finally:
-                upload.close_spool(delete=True)  # the model holds its own copies
-        current = self._round
-        if current is None or current.round != upload.round or self._phase is not Phase.TRAINING:
-            raise WrongRoundError(f"round {upload.round} closed while the update was uploading")
-        digest = upload.info.sha256
-        previous = current.digests.get(upload.client_id)
-        if previous is not None:
-            if previous == digest:
-                return True
-            raise ConflictError(
-                f"client {upload.client_id!r} already submitted a different update for round "
-                f"{upload.round}"
-            )
-        if upload.spool_path is None:
-            validate_update(tensors, self._spec, max_l2_norm=self._config.max_update_l2_norm)
-        else:  # reading a large file: off the event loop, then re-check what may have moved
-            await asyncio.to_thread(
-                validate_update, tensors, self._spec, max_l2_norm=self._config.max_update_l2_norm
-            )
-            if self._round is not current or self._phase is not Phase.TRAINING:
-                raise WrongRoundError(f"round {upload.round} closed while the update was checked")
-            if upload.client_id in current.digests:
-                if current.digests[upload.client_id] == digest:
-                    upload.close_spool(delete=True)
-                    return True
-                raise ConflictError(
-                    f"client {upload.client_id!r} already submitted a different update for "
-                    f"round {upload.round}"
-                )
-        current.updates[upload.client_id] = ClientUpdate(
-            client_id=upload.client_id,
-            cluster_id=current.participants[upload.client_id],
-            num_examples=upload.num_examples,
-            # small payloads: own copies; spooled ones stay mapped from their file
-            tensors=(
-                tensors
-                if upload.spool_path is not None
-                else {k: np.array(v, copy=True) for k, v in tensors.items()}
-            ),
-        )
-        current.digests[upload.client_id] = digest
-        if upload.train_metrics:
-            current.train_metrics[upload.client_id] = upload.train_metrics
-        logger.info(
-            "round %d: update from %s accepted (%d/%d)",
-            upload.round,
-            upload.client_id,
-            len(current.updates),
-            len(current.participants),
-        )
-        await self._notify()
-        return False
-
     async def report_metrics(
         self, client_id: str, round_id: int, phase: MetricsPhase, metrics: Mapping[str, float]
     ) -> None:
         """Store a client's metrics for the round in progress."""
-        self._session(client_id)
-        checked = _check_metrics(metrics)
-        current = self._round
-        if current is None or current.round != round_id:
-            raise WrongRoundError(
-                f"round {round_id} is not open for metrics; the current round is {self.current_round}"
-            )
-        if client_id not in current.participants:
-            raise NotParticipantError(
-                f"client {client_id!r} is not a participant of round {round_id}"
-            )
+        self._sessions.require(client_id)
+        checked = check_metrics(metrics)
+        current = self._progress.require_participant(client_id, round_id, REPORT_METRICS)
         target = current.train_metrics if phase is MetricsPhase.TRAIN else current.eval_metrics
         target[client_id] = checked
         await self._notify()
 
     def status(self) -> FederationStatus:
         """A snapshot of rounds, phase, clients and traffic."""
-        setup = self.traffic.round_totals(0)
-        return FederationStatus(
-            current_round=self.current_round,
-            total_rounds=self._config.rounds,
-            completed_rounds=self._completed,
-            phase=self._phase,
-            clients=tuple(
-                ClientStatus(
-                    client_id=s.client_id,
-                    metadata_json=s.metadata_json,
-                    cluster_id=self._assignment.get(s.client_id, -1),
-                    connected=s.connected,
-                    num_train_examples=s.num_train_examples,
-                    device=s.device,
-                )
-                for s in sorted(self._sessions.values(), key=lambda s: s.client_id)
-            ),
-            rounds=tuple(self._state.rounds()),
-            setup_bytes_up={c: v[0] for c, v in setup.items()},
-            setup_bytes_down={c: v[1] for c, v in setup.items()},
-            model_fingerprint=self._fingerprint or "",
-            strategy=self._config.strategy.value,
-            epsilon=self._budget.epsilon if self._budget else 0.0,
-            delta=self._budget.delta if self._budget else 0.0,
-            stop_reason=self._stop_reason,
-        )
+        return self._reports.status(assignment=self._assignment, stop_reason=self._stop_reason)
 
     @property
     def current_round(self) -> int:
         """The round in progress, else the last completed one."""
-        return self._round.round if self._round is not None else self._completed
+        return self._progress.current_round
 
     @property
     def phase(self) -> Phase:
         """The state machine's phase."""
-        return self._phase
-
-    def gauges(self) -> FederationGauges:
-        """The live state the metrics endpoint reads at every scrape (cheap: no I/O)."""
-        budget = self._budget
-        return FederationGauges(
-            current_round=self.current_round,
-            completed_rounds=self._completed,
-            total_rounds=self._config.rounds,
-            phase=self._phase,
-            clients_joined=len(self._sessions),
-            clients_connected=sum(s.connected for s in self._sessions.values()),
-            epsilon=budget.epsilon if budget is not None else 0.0,
-            epsilon_budget=budget.epsilon_budget if budget is not None else 0.0,
-            delta=budget.delta if budget is not None else 0.0,
-        )
+        return self._progress.phase
 
     # ------------------------------------------------------------------ state machine
 
     async def run(self) -> None:
         """Run rounds until the configured number is completed, then tell clients to finish."""
-        while self._completed < self._config.rounds and not self._stop_reason:
+        while self._progress.completed < self._config.rounds and not self._stop_reason:
             try:
-                await self._run_round(self._completed + 1)
+                await self._run_round(self._progress.completed + 1)
             except BudgetExhaustedError as exc:
                 self._stop_reason = exc.message
                 self._state.set_setting(_SETTING_STOP_REASON, exc.message)
                 logger.warning("%s", exc.message)
-        self._phase = Phase.DONE
-        self._round = None
-        message = f"federation completed {self._completed} rounds"
+        self._progress.phase = Phase.DONE
+        self._progress.current = None
+        message = f"federation completed {self._progress.completed} rounds"
         if self._stop_reason:
             message += f"; stopped early: {self._stop_reason}"
         logger.info("%s", message)
-        for session in self._sessions.values():
-            if session.queue is not None:
-                session.queue.put_nowait(
-                    Task(kind=TaskKind.FINISHED, round=self._completed, message=message)
-                )
+        self._sessions.publish_to_all(
+            Task(kind=TaskKind.FINISHED, round=self._progress.completed, message=message)
+        )
         await self._notify()
 
     async def _run_round(self, round_id: int) -> None:
-        self._phase = Phase.WAITING_FOR_QUORUM
+        self._progress.phase = Phase.WAITING_FOR_QUORUM
         if self._budget is not None:
             self._budget.check_next_round(round_id)  # refuse before any work is done
         await self._wait_for_quorum()
         started = self._clock()
 
-        self._phase = Phase.CLUSTERING
+        self._progress.phase = Phase.CLUSTERING
         participants = self._draw_participants()
         if len(participants) < self._config.min_clients:
             # Poisson sampling drew fewer clients than the quorum: nothing is trained or
@@ -703,12 +328,12 @@ class Federation:
                 f"quorum is {self._config.min_clients}"
             )
             logger.warning("round %d %s; it will be retried", round_id, reason)
-            self._store_round(RoundRecord(round_id, reason, started, self._clock(), 0, (), {}))
+            self._reports.store(RoundRecord(round_id, reason, started, self._clock(), 0, (), {}))
             await asyncio.sleep(SAMPLING_RETRY_PAUSE_S)
             return
         await self._update_assignment(participants)
 
-        self._phase = Phase.BROADCAST
+        self._progress.phase = Phase.BROADCAST
         self._accounting_round = round_id
         current = RoundInProgress(
             round=round_id,
@@ -716,14 +341,14 @@ class Federation:
             participants={c: self._assignment[c] for c in participants},
             deadline_unix=started + self._config.round_deadline_s,
         )
-        self._round = current
+        self._progress.current = current
         self._payload_cache.clear()
         self._inline_cache.clear()
         logger.info("round %d: %d participants", round_id, len(participants))
-        self._phase = Phase.TRAINING
+        self._progress.phase = Phase.TRAINING
         t_train = time.perf_counter()
         for cid in participants:
-            self._publish(cid, self._train_task(current, cid))
+            self._sessions.publish(cid, self._train_task(current, cid))
         await self._wait_until(
             lambda: len(current.updates) == len(current.participants), current.deadline_unix
         )
@@ -734,12 +359,12 @@ class Federation:
                 f"deadline, quorum is {self._config.min_clients}"
             )
             logger.warning("round %d %s; it will be retried", round_id, reason)
-            self._store_round(self._round_record(current, status=reason))
-            self._round = None
+            self._reports.store(self._round_record(current, status=reason))
+            self._progress.current = None
             self._models.drop_spool(round_id)
             return
 
-        self._phase = Phase.AGGREGATION
+        self._progress.phase = Phase.AGGREGATION
         assert self._model is not None
         t0 = time.perf_counter()
         current.aggregated = await asyncio.to_thread(
@@ -760,12 +385,12 @@ class Federation:
         save = asyncio.ensure_future(
             asyncio.to_thread(self._save_snapshot, round_id, current.aggregated)
         )
-        self._phase = Phase.EVALUATION
+        self._progress.phase = Phase.EVALUATION
         t_eval = time.perf_counter()
         eval_deadline = self._clock() + self._config.eval_deadline_s
         evaluators = sorted(current.updates)
         for cid in evaluators:
-            self._publish(
+            self._sessions.publish(
                 cid,
                 Task(
                     kind=TaskKind.EVALUATE,
@@ -786,17 +411,17 @@ class Federation:
                 eval_deadline,
             )
             current.phase_seconds["evaluation_seconds"] = time.perf_counter() - t_eval
-            self._phase = Phase.CHECKPOINT
+            self._progress.phase = Phase.CHECKPOINT
             t_save = time.perf_counter()
             current.phase_seconds["model_save_seconds"] = await save
             current.phase_seconds["checkpoint_wait_seconds"] = time.perf_counter() - t_save
         finally:
             if not save.done():
                 save.cancel()
-        self._store_round(self._round_record(current, status="completed"))
+        self._reports.store(self._round_record(current, status="completed"))
         self._model = current.aggregated
-        self._completed = round_id
-        self._round = None
+        self._progress.completed = round_id
+        self._progress.current = None
         self._models.drop_spool(round_id)
         self.traffic.forget_before(round_id)
         logger.info("round %d completed", round_id)
@@ -813,14 +438,14 @@ class Federation:
 
     async def _wait_for_quorum(self) -> None:
         def quorum() -> bool:
-            connected = sum(s.connected for s in self._sessions.values())
+            connected = self._sessions.connected_count()
             return self._model is not None and connected >= self._config.min_clients
 
         await self._wait_until(quorum, None)
         expected = self._config.expected_clients
         if expected is not None:
             await self._wait_until(
-                lambda: sum(s.connected for s in self._sessions.values()) >= expected,
+                lambda: self._sessions.connected_count() >= expected,
                 self._clock() + self._config.quorum_wait_s,
             )
         elif self._config.quorum_wait_s > 0 and not self._waited_for_latecomers:
@@ -829,10 +454,10 @@ class Federation:
         self._waited_for_latecomers = True
 
     async def _update_assignment(self, participants: list[str]) -> None:
-        members = frozenset(self._sessions)
+        members = self._sessions.ids()
         if members == self._clustered_members and all(c in self._assignment for c in participants):
             return
-        metadata = {c: s.metadata_json for c, s in self._sessions.items()}
+        metadata = self._sessions.metadata()
         try:
             assignment = await self._clustering.assign(metadata, self._assignment)
         except FedPromptError as exc:
@@ -868,21 +493,20 @@ class Federation:
 
     def _pending_tasks_for(self, client_id: str) -> list[Task]:
         """Tasks a (re)connecting client missed in the round in progress."""
-        if self._phase is Phase.DONE:
+        if self._progress.phase is Phase.DONE:
             return [
-                Task(kind=TaskKind.FINISHED, round=self._completed, message="federation is done")
+                Task(
+                    kind=TaskKind.FINISHED,
+                    round=self._progress.completed,
+                    message="federation is done",
+                )
             ]
-        current = self._round
+        current = self._progress.current
         if current is None or client_id not in current.participants:
             return []
-        if self._phase is Phase.TRAINING and client_id not in current.updates:
+        if self._progress.phase is Phase.TRAINING and client_id not in current.updates:
             return [self._train_task(current, client_id)]
         return []
-
-    def _publish(self, client_id: str, task: Task) -> None:
-        session = self._sessions[client_id]
-        if session.queue is not None:
-            session.queue.put_nowait(task)
 
     async def _accept_initial(self, client_id: str, tensors: dict[str, np.ndarray]) -> bool:
         async with self._initial_lock:  # concurrent joiners race to provide the initial model
@@ -915,72 +539,22 @@ class Federation:
         return False
 
     def _round_record(self, current: RoundInProgress, *, status: str) -> RoundRecord:
-        accs = [m["accuracy"] for m in current.eval_metrics.values() if "accuracy" in m]
-        summary = fairness_summary(accs)
-        summary["aggregation_seconds"] = current.aggregation_seconds
-        summary.update(current.phase_seconds)
-        summary["participants"] = float(len(current.participants))
-        summary["updates_accepted"] = float(len(current.updates))
-        summary["round_seconds"] = self._clock() - current.started_unix
-        if self._budget is not None:
-            summary["epsilon"] = self._budget.epsilon
-        if self._clustering_degraded:
-            summary["clustering_degraded"] = 1.0
-        summary.update(self._aggregator.last_info if current.aggregated is not None else {})
-        for cluster in sorted(set(current.participants.values())):
-            members = [
-                current.eval_metrics[c]["accuracy"]
-                for c, k in current.participants.items()
-                if k == cluster and "accuracy" in current.eval_metrics.get(c, {})
-            ]
-            if members:
-                summary[f"cluster_{cluster}_accuracy_mean"] = float(np.mean(members))
-        clients = []
-        for cid, cluster in sorted(current.participants.items()):
-            up, down = self.traffic.get(current.round, cid)
-            update = current.updates.get(cid)
-            clients.append(
-                ClientRoundRecord(
-                    client_id=cid,
-                    cluster_id=cluster,
-                    num_examples=update.num_examples if update else 0,
-                    update_accepted=update is not None,
-                    bytes_up=up,
-                    bytes_down=down,
-                    train_metrics=current.train_metrics.get(cid, {}),
-                    eval_metrics=current.eval_metrics.get(cid, {}),
-                )
-            )
-        return RoundRecord(
-            round=current.round,
+        return self._reports.round_record(
+            current,
             status=status,
-            started_unix=current.started_unix,
-            finished_unix=self._clock(),
-            num_clusters=len(set(current.participants.values())),
-            clients=tuple(clients),
-            summary=summary,
+            clustering_degraded=self._clustering_degraded,
+            aggregation_info=self._aggregator.last_info if current.aggregated is not None else {},
         )
-
-    def _store_round(self, record: RoundRecord) -> None:
-        """Store a finished round attempt durably, then count it in the metrics."""
-        self._state.record_round(record)
-        self.metrics.observe_round(record)
 
     def _draw_participants(self) -> list[str]:
         """Connected clients, Poisson-sampled with rate q when DP-FedAvg samples clients."""
-        connected = sorted(s.client_id for s in self._sessions.values() if s.connected)
+        connected = self._sessions.connected_ids()
         q = self._config.privacy.client_sampling_rate if self._budget is not None else 1.0
         if q >= 1.0:
             return connected
         return [c for c in connected if self._rng.random() < q]
 
     # ------------------------------------------------------------------ helpers
-
-    def _session(self, client_id: str) -> ClientSession:
-        session = self._sessions.get(client_id)
-        if session is None:
-            raise UnknownClientError(f"unknown client {client_id!r}: call Join first")
-        return session
 
     async def _notify(self) -> None:
         async with self._changed:

@@ -10,6 +10,7 @@ Poisson-subsampled Gaussian mechanism with noise multiplier ``z`` and sampling r
 from __future__ import annotations
 
 import abc
+import json
 import logging
 import math
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from fedprompt.errors import InvalidArgumentError, NotReadyError
+from fedprompt_coordinator.config import PrivacyConfig
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +253,53 @@ class PrivacyBudget:
         return sum(n for _, _, n in self.accountant.history)
 
 
+def make_budget(
+    config: PrivacyConfig, *, rounds: int, saved_accountant: str | None
+) -> PrivacyBudget | None:
+    """The DP-FedAvg budget of a federation, or None when DP is off.
+
+    Parameters
+    ----------
+    config
+        The privacy settings: a fixed noise multiplier, or a target ε to calibrate one for.
+    rounds
+        Rounds the federation runs (the steps a target ε is calibrated over).
+    saved_accountant
+        The JSON of the accountant's ``state_dict`` saved before a restart (None or empty
+        for a new federation): the rounds already spent are restored from it.
+    """
+    if not config.enabled:
+        return None
+    if config.noise_multiplier is not None:
+        z = config.noise_multiplier
+    else:
+        assert config.target_epsilon is not None
+        z = calibrate_noise_multiplier(
+            target_epsilon=config.target_epsilon,
+            delta=config.delta,
+            sample_rate=config.client_sampling_rate,
+            steps=rounds,
+            accountant=config.accountant.value,
+        )
+        logger.info(
+            "privacy: z=%.4f calibrated for ε=%g over %d rounds",
+            z,
+            config.target_epsilon,
+            rounds,
+        )
+    accountant = make_accountant(config.accountant.value)
+    if saved_accountant:
+        accountant.load_state_dict(json.loads(saved_accountant))
+    budget = config.epsilon_budget if config.epsilon_budget is not None else config.target_epsilon
+    return PrivacyBudget(
+        accountant=accountant,
+        noise_multiplier=z,
+        sample_rate=config.client_sampling_rate,
+        delta=config.delta,
+        epsilon_budget=budget if budget is not None else math.inf,
+    )
+
+
 __all__ = [
     "ACCOUNTANTS",
     "BudgetExhaustedError",
@@ -260,4 +309,5 @@ __all__ = [
     "RDPAccountant",
     "calibrate_noise_multiplier",
     "make_accountant",
+    "make_budget",
 ]

@@ -1,8 +1,11 @@
-"""gRPC servicer of the coordinator: translates messages and calls :class:`Federation`."""
+"""gRPC servicer of the coordinator: translates messages and calls :class:`Federation`.
+
+Uploads go to the federation's upload intake (:attr:`Federation.uploads`), one call per
+header, chunk and end of stream.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterable
 
@@ -14,6 +17,7 @@ from fedprompt.v1 import coordinator_pb2, coordinator_pb2_grpc
 from fedprompt_coordinator import serde
 from fedprompt_coordinator.federation import Federation
 from fedprompt_coordinator.identity import check_caller
+from fedprompt_coordinator.upload_intake import Upload
 
 #: Payloads up to this size keep their FetchModel messages cached (prompts, heads).
 FETCH_CACHE_MAX_BYTES = 64 * 1024 * 1024
@@ -26,6 +30,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     def __init__(self, federation: Federation) -> None:
         self._federation = federation
+        self._uploads = federation.uploads
         #: id(payload) -> (payload, its FetchModel messages); the payload is kept so the id
         #: cannot be reused by another object while the entry lives.
         self._fetch_cache: dict[int, tuple[bytes, list[coordinator_pb2.FetchModelResponse]]] = {}
@@ -95,14 +100,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             coordinator_pb2.UploadUpdateRequest, coordinator_pb2.UploadUpdateResponse
         ],
     ) -> coordinator_pb2.UploadUpdateResponse:
-        """Receive a header and chunks; validate and store the update.
-
-        Chunks of a spooled (large) upload are checked, hashed and written in a worker
-        thread while the next chunk is received (CRC-32, SHA-256 and file writes release the
-        GIL); at most one chunk is in flight, and chunks are added in order.
-        """
-        upload = None
-        in_flight: asyncio.Future[None] | None = None
+        """Receive a header and chunks; validate and store the update."""
+        upload: Upload | None = None
         try:
             async for message in request_iterator:
                 which = message.WhichOneof("message")
@@ -111,7 +110,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                         raise InvalidArgumentError("an upload must start with its header")
                     h = message.header
                     check_caller(context, h.client_id)
-                    upload = self._federation.begin_upload(
+                    upload = self._uploads.begin(
                         client_id=h.client_id,
                         round_id=h.round,
                         kind=serde.update_kind_from_proto(h.kind),
@@ -120,33 +119,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                         train_metrics=h.train_metrics,
                     )
                 elif which == "chunk":
-                    chunk = chunk_from_proto(message.chunk)
-                    if upload.spool_path is None:  # small: in memory, on the loop
-                        self._federation.add_chunk(upload, chunk)
-                        continue
-                    if in_flight is not None:
-                        await in_flight  # raises the previous chunk's coded error, if any
-                    in_flight = asyncio.get_running_loop().run_in_executor(
-                        None, self._federation.add_chunk, upload, chunk
-                    )
+                    await upload.add(chunk_from_proto(message.chunk))
                 else:
                     raise InvalidArgumentError("an upload carries exactly one header, then chunks")
-            if in_flight is not None:
-                await in_flight
         except BaseException:
-            if in_flight is not None:
-                # the worker may still write the spool file: let it finish before deleting it
-                await asyncio.shield(asyncio.wait([in_flight]))
-                if not in_flight.cancelled():
-                    in_flight.exception()  # retrieved: the error that matters is being raised
             if upload is not None:
-                self._federation.discard_upload(upload)
+                await self._uploads.discard(upload)
             raise
         if upload is None:
             raise TruncatedPayloadError("upload stream ended before its header")
-        duplicate = await self._federation.finish_upload(upload)
+        duplicate = await self._uploads.finish(upload)
         return coordinator_pb2.UploadUpdateResponse(
-            accepted=True, duplicate=duplicate, received_bytes=upload.assembler.received_bytes
+            accepted=True, duplicate=duplicate, received_bytes=upload.received_bytes
         )
 
     async def ReportMetrics(  # noqa: N802 - gRPC method name

@@ -1,0 +1,201 @@
+"""Round reports: the record of every round attempt, the status snapshot and the gauges.
+
+:class:`RoundReports` reads the other rooms (sessions, the round progress, traffic, the
+privacy budget, the state store) and writes nothing but finished round records, durably
+and into the Prometheus metrics. The round state machine decides when a round ends and
+with which status; this module decides what its record and summary hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from fedprompt.fairness import fairness_summary
+from fedprompt_coordinator.domain import (
+    ClientRoundRecord,
+    ClientStatus,
+    FederationStatus,
+    RoundRecord,
+)
+from fedprompt_coordinator.metrics import CoordinatorMetrics, FederationGauges
+from fedprompt_coordinator.privacy import PrivacyBudget
+from fedprompt_coordinator.round_progress import RoundInProgress, RoundProgress
+from fedprompt_coordinator.sessions import ClientSessions
+from fedprompt_coordinator.state_store import StateStore
+from fedprompt_coordinator.traffic import TrafficMeter
+
+
+class RoundReports:
+    """Round records, the federation's status and the gauges the metrics endpoint reads.
+
+    Parameters
+    ----------
+    total_rounds
+        Rounds the federation is configured to run.
+    strategy
+        The federation's strategy name, as reported in the status.
+    state
+        Durable federation state: finished rounds are recorded there.
+    metrics
+        Prometheus metrics finished rounds are counted into.
+    sessions
+        The joined clients.
+    progress
+        Where the round state machine stands.
+    traffic
+        Bytes up and down per round and client.
+    budget
+        The DP-FedAvg budget, or None when DP is off.
+    clock
+        Wall-clock source (seconds since the epoch).
+    """
+
+    def __init__(
+        self,
+        *,
+        total_rounds: int,
+        strategy: str,
+        state: StateStore,
+        metrics: CoordinatorMetrics,
+        sessions: ClientSessions,
+        progress: RoundProgress,
+        traffic: TrafficMeter,
+        budget: PrivacyBudget | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self._total_rounds = total_rounds
+        self._strategy = strategy
+        self._state = state
+        self._metrics = metrics
+        self._sessions = sessions
+        self._progress = progress
+        self._traffic = traffic
+        self._budget = budget
+        self._clock = clock
+
+    def round_record(
+        self,
+        current: RoundInProgress,
+        *,
+        status: str,
+        clustering_degraded: bool,
+        aggregation_info: Mapping[str, float],
+    ) -> RoundRecord:
+        """The record of a round attempt that ends now, with its summary and clients.
+
+        Parameters
+        ----------
+        current
+            The round as it accumulated.
+        status
+            ``completed``, or why the attempt failed.
+        clustering_degraded
+            Whether the clusterer could not be reached (the last assignment was kept).
+        aggregation_info
+            Figures of the aggregation (empty when the round was not aggregated).
+        """
+        accs = [m["accuracy"] for m in current.eval_metrics.values() if "accuracy" in m]
+        summary = fairness_summary(accs)
+        summary["aggregation_seconds"] = current.aggregation_seconds
+        summary.update(current.phase_seconds)
+        summary["participants"] = float(len(current.participants))
+        summary["updates_accepted"] = float(len(current.updates))
+        summary["round_seconds"] = self._clock() - current.started_unix
+        if self._budget is not None:
+            summary["epsilon"] = self._budget.epsilon
+        if clustering_degraded:
+            summary["clustering_degraded"] = 1.0
+        summary.update(aggregation_info)
+        for cluster in sorted(set(current.participants.values())):
+            members = [
+                current.eval_metrics[c]["accuracy"]
+                for c, k in current.participants.items()
+                if k == cluster and "accuracy" in current.eval_metrics.get(c, {})
+            ]
+            if members:
+                summary[f"cluster_{cluster}_accuracy_mean"] = float(np.mean(members))
+        clients = []
+        for cid, cluster in sorted(current.participants.items()):
+            up, down = self._traffic.get(current.round, cid)
+            update = current.updates.get(cid)
+            clients.append(
+                ClientRoundRecord(
+                    client_id=cid,
+                    cluster_id=cluster,
+                    num_examples=update.num_examples if update else 0,
+                    update_accepted=update is not None,
+                    bytes_up=up,
+                    bytes_down=down,
+                    train_metrics=current.train_metrics.get(cid, {}),
+                    eval_metrics=current.eval_metrics.get(cid, {}),
+                )
+            )
+        return RoundRecord(
+            round=current.round,
+            status=status,
+            started_unix=current.started_unix,
+            finished_unix=self._clock(),
+            num_clusters=len(set(current.participants.values())),
+            clients=tuple(clients),
+            summary=summary,
+        )
+
+    def store(self, record: RoundRecord) -> None:
+        """Store a finished round attempt durably, then count it in the metrics."""
+        self._state.record_round(record)
+        self._metrics.observe_round(record)
+
+    def status(self, *, assignment: Mapping[str, int], stop_reason: str) -> FederationStatus:
+        """A snapshot of rounds, phase, clients and traffic.
+
+        Parameters
+        ----------
+        assignment
+            The cluster of each assigned client (-1 is reported for the others).
+        stop_reason
+            Why the federation stopped early ("" when it did not).
+        """
+        setup = self._traffic.round_totals(0)
+        budget = self._budget
+        return FederationStatus(
+            current_round=self._progress.current_round,
+            total_rounds=self._total_rounds,
+            completed_rounds=self._progress.completed,
+            phase=self._progress.phase,
+            clients=tuple(
+                ClientStatus(
+                    client_id=s.client_id,
+                    metadata_json=s.metadata_json,
+                    cluster_id=assignment.get(s.client_id, -1),
+                    connected=s.connected,
+                    num_train_examples=s.num_train_examples,
+                    device=s.device,
+                )
+                for s in self._sessions
+            ),
+            rounds=tuple(self._state.rounds()),
+            setup_bytes_up={c: v[0] for c, v in setup.items()},
+            setup_bytes_down={c: v[1] for c, v in setup.items()},
+            model_fingerprint=self._sessions.fingerprint or "",
+            strategy=self._strategy,
+            epsilon=budget.epsilon if budget else 0.0,
+            delta=budget.delta if budget else 0.0,
+            stop_reason=stop_reason,
+        )
+
+    def gauges(self) -> FederationGauges:
+        """The live state the metrics endpoint reads at every scrape (cheap: no I/O)."""
+        budget = self._budget
+        return FederationGauges(
+            current_round=self._progress.current_round,
+            completed_rounds=self._progress.completed,
+            total_rounds=self._total_rounds,
+            phase=self._progress.phase,
+            clients_joined=len(self._sessions),
+            clients_connected=self._sessions.connected_count(),
+            epsilon=budget.epsilon if budget is not None else 0.0,
+            epsilon_budget=budget.epsilon_budget if budget is not None else 0.0,
+            delta=budget.delta if budget is not None else 0.0,
+        )

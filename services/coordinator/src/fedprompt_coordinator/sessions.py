@@ -1,0 +1,202 @@
+"""Client sessions: who joined (checked and stored durably) and the task stream of each.
+
+:class:`ClientSessions` owns the join checks (client id, metadata, model fingerprint,
+strategy, example count), the clients' registration in the state store, the federation's
+model fingerprint (fixed by the first join) and one task queue per connected client.
+It knows nothing of rounds: the federation publishes tasks through it and reads the
+connected clients from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from fedprompt.errors import InvalidArgumentError, ModelMismatchError, UnknownClientError
+from fedprompt_coordinator.domain import JoinRequest, Task, TaskKind
+from fedprompt_coordinator.state_store import StateStore
+
+logger = logging.getLogger(__name__)
+
+CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+MAX_METADATA_BYTES = 16 * 1024
+_SETTING_FINGERPRINT = "model_fingerprint"
+
+
+@dataclass
+class ClientSession:
+    """A joined client and its task stream, if one is open."""
+
+    client_id: str
+    metadata_json: str
+    num_train_examples: int
+    device: str
+    queue: asyncio.Queue[Task | None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client has an open task stream."""
+        return self.queue is not None
+
+
+class ClientSessions:
+    """The joined clients, restored from the state store, and their task streams.
+
+    Parameters
+    ----------
+    state
+        Durable federation state: clients are registered there, and the fingerprint too.
+    strategy
+        The federation's strategy name; a client of another strategy is refused.
+    notify
+        Called (and awaited) after every change a waiting round may care about: a join, a
+        task stream opened or closed.
+    """
+
+    def __init__(
+        self, *, state: StateStore, strategy: str, notify: Callable[[], Awaitable[None]]
+    ) -> None:
+        self._state = state
+        self._strategy = strategy
+        self._notify = notify
+        self._sessions: dict[str, ClientSession] = {}
+        for cid, (meta, n, device) in state.clients().items():
+            self._sessions[cid] = ClientSession(cid, meta, n, device)
+        self._fingerprint = state.get_setting(_SETTING_FINGERPRINT)
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The federation's model fingerprint (None until the first client joined)."""
+        return self._fingerprint
+
+    async def join(self, request: JoinRequest) -> ClientSession:
+        """Check a join, then register (or re-register) the client durably."""
+        if not CLIENT_ID_PATTERN.match(request.client_id):
+            raise InvalidArgumentError(
+                "client_id must be 1-128 characters of letters, digits, '.', '_' or '-'"
+            )
+        if len(request.metadata_json.encode()) > MAX_METADATA_BYTES:
+            raise InvalidArgumentError(f"metadata_json is over {MAX_METADATA_BYTES} bytes")
+        try:
+            metadata = json.loads(request.metadata_json or "{}")
+        except json.JSONDecodeError as exc:
+            raise InvalidArgumentError(f"metadata_json is not valid JSON: {exc.msg}") from None
+        if not isinstance(metadata, dict):
+            raise InvalidArgumentError("metadata_json must be a JSON object")
+        fingerprint = request.capabilities.model_fingerprint
+        if not fingerprint:
+            raise InvalidArgumentError("capabilities.model_fingerprint is required")
+        if self._fingerprint is not None and fingerprint != self._fingerprint:
+            raise ModelMismatchError(
+                f"client model fingerprint {fingerprint!r} differs from the federation's "
+                f"{self._fingerprint!r} (same model folder, prompt lengths and labels are required)"
+            )
+        if request.capabilities.strategy != self._strategy:
+            raise ModelMismatchError(
+                f"client strategy {request.capabilities.strategy!r} differs from the "
+                f"federation's {self._strategy!r}"
+            )
+        if request.num_train_examples <= 0:
+            raise InvalidArgumentError("num_train_examples must be positive")
+        meta_json = json.dumps(metadata, sort_keys=True)
+        session = self._sessions.get(request.client_id)
+        if session is None:
+            session = ClientSession(
+                request.client_id,
+                meta_json,
+                request.num_train_examples,
+                request.capabilities.device,
+            )
+            self._sessions[request.client_id] = session
+        else:
+            session.metadata_json = meta_json
+            session.num_train_examples = request.num_train_examples
+            session.device = request.capabilities.device
+        self._state.upsert_client(
+            client_id=request.client_id,
+            metadata_json=meta_json,
+            num_train_examples=request.num_train_examples,
+            device=request.capabilities.device,
+        )
+        if self._fingerprint is None:
+            self._fingerprint = fingerprint
+            self._state.set_setting(_SETTING_FINGERPRINT, fingerprint)
+        logger.info("client %s joined (%d examples)", request.client_id, request.num_train_examples)
+        await self._notify()
+        return session
+
+    def require(self, client_id: str) -> ClientSession:
+        """The session of a joined client (``NOT_FOUND`` for anyone else)."""
+        session = self._sessions.get(client_id)
+        if session is None:
+            raise UnknownClientError(f"unknown client {client_id!r}: call Join first")
+        return session
+
+    async def task_stream(
+        self, client_id: str, pending: Callable[[], Iterable[Task]]
+    ) -> AsyncIterator[Task]:
+        """Yield the client's tasks as they are published, until a FINISHED task.
+
+        A newer stream of the same client ends the older one. ``pending()`` gives the tasks
+        the client missed; they are queued first, once the stream is open.
+        """
+        session = self.require(client_id)
+        if session.queue is not None:
+            session.queue.put_nowait(None)  # a newer stream replaces the old one
+        queue: asyncio.Queue[Task | None] = asyncio.Queue()
+        session.queue = queue
+        for missed in pending():
+            queue.put_nowait(missed)
+        await self._notify()
+        try:
+            while True:
+                task = await queue.get()
+                if task is None:
+                    return
+                yield task
+                if task.kind is TaskKind.FINISHED:
+                    return
+        finally:
+            if session.queue is queue:
+                session.queue = None
+                await self._notify()
+
+    def publish(self, client_id: str, task: Task) -> None:
+        """Queue a task for a client (dropped when it has no open stream)."""
+        session = self._sessions[client_id]
+        if session.queue is not None:
+            session.queue.put_nowait(task)
+
+    def publish_to_all(self, task: Task) -> None:
+        """Queue a task for every connected client."""
+        for session in self._sessions.values():
+            if session.queue is not None:
+                session.queue.put_nowait(task)
+
+    def connected_count(self) -> int:
+        """Clients with an open task stream."""
+        return sum(s.connected for s in self._sessions.values())
+
+    def connected_ids(self) -> list[str]:
+        """The connected clients' ids, sorted."""
+        return sorted(s.client_id for s in self._sessions.values() if s.connected)
+
+    def ids(self) -> frozenset[str]:
+        """Every joined client's id."""
+        return frozenset(self._sessions)
+
+    def metadata(self) -> dict[str, str]:
+        """Every joined client's public metadata (JSON), by client id."""
+        return {c: s.metadata_json for c, s in self._sessions.items()}
+
+    def __len__(self) -> int:
+        """Clients that have joined."""
+        return len(self._sessions)
+
+    def __iter__(self) -> Iterator[ClientSession]:
+        """The sessions, sorted by client id."""
+        return iter(sorted(self._sessions.values(), key=lambda s: s.client_id))
