@@ -15,7 +15,11 @@ participants, deadlines, the model of each round and its checkpoint.
 - :mod:`~fedprompt_coordinator.round_progress`: the phase, the round in progress and the
   one round-participation check;
 - :mod:`~fedprompt_coordinator.round_reports`: round records, status and gauges;
-- :func:`~fedprompt_coordinator.privacy.make_budget`: the DP-FedAvg budget.
+- :mod:`~fedprompt_coordinator.strategies`: what the configured strategy does (levels,
+  initial-model check, train settings, round-start extras, its aggregator);
+- :func:`~fedprompt_coordinator.privacy.make_budget`: the DP-FedAvg budget, whose noise
+  wraps the strategy's aggregator
+  (:class:`~fedprompt_coordinator.aggregation.dp_fedavg.DPFedAvgGlobal`).
 
 State is durable at the end of every round (tensor files first, then one SQLite
 transaction), so a restarted coordinator resumes after the last completed round.
