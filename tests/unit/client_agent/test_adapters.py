@@ -24,7 +24,8 @@ from fedprompt_client_agent.adapters import (
     build_vision_adapter_classifier,
     default_lora_targets,
 )
-from fedprompt_client_agent.data import SiloData, TextExample
+from fedprompt_client_agent.data.image_silos import ImageSiloData, ImageSplit
+from fedprompt_client_agent.data.text_silos import SiloData, TextExample
 from fedprompt_client_agent.efficientnet_lite import (
     FEATURE_DIM,
     load_efficientnet_lite0,
@@ -37,10 +38,10 @@ from fedprompt_client_agent.model import (
     default_model_dir,
     load_backbone,
 )
-from fedprompt_client_agent.silos import load_drug_reviews
-from fedprompt_client_agent.trainer import LocalTrainer, TrainConfig
-from fedprompt_client_agent.vision_data import ImageSiloData, ImageSplit, load_mnist
-from fedprompt_client_agent.vision_trainer import VisionTrainer
+from fedprompt_client_agent.tools.digit_silos import load_mnist
+from fedprompt_client_agent.tools.drug_review_silos import load_drug_reviews
+from fedprompt_client_agent.training.trainer import LocalTrainer, TrainConfig
+from fedprompt_client_agent.training.vision_trainer import VisionTrainer
 
 HIDDEN = 384
 LAYERS = 6

@@ -30,9 +30,9 @@ from fedprompt.strategies import PROMPT_STRATEGIES, StrategyName
 from fedprompt.v1 import common_pb2
 from fedprompt_client_agent.agent import TrainSettings
 from fedprompt_client_agent.config import ClientAgentConfig, Modality
-from fedprompt_client_agent.contrastive_loss import make_info_nce_loss
 from fedprompt_client_agent.state_io import atomic_write
-from fedprompt_client_agent.trainer import EvalResult, TrainConfig, TrainResult
+from fedprompt_client_agent.training.contrastive_loss import make_info_nce_loss
+from fedprompt_client_agent.training.trainer import EvalResult, TrainConfig, TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -145,13 +145,13 @@ class SiloRuntime:
     # ------------------------------------------------------------------ builders
 
     def _build_text(self, config: ClientAgentConfig, parts: dict[str, object]) -> Path:
-        from fedprompt_client_agent.data import load_silo_dir
+        from fedprompt_client_agent.data.text_silos import load_silo_dir
         from fedprompt_client_agent.model import (
             PromptSpec,
             build_prompt_classifier,
             default_model_dir,
         )
-        from fedprompt_client_agent.trainer import LocalTrainer
+        from fedprompt_client_agent.training.trainer import LocalTrainer
 
         silo = load_silo_dir(
             config.data_dir, text_column=config.text_column, label_column=config.label_column
@@ -189,7 +189,7 @@ class SiloRuntime:
         self.model: AdaptedModel = model
         train_config = TrainConfig(steps=1, max_length=config.max_length, seed=config.seed)
         if self._dp_sgd:
-            from fedprompt_client_agent.dp_sgd import DPLocalTrainer, DPSGDConfig
+            from fedprompt_client_agent.training.dp_sgd import DPLocalTrainer, DPSGDConfig
 
             dp = DPSGDConfig(
                 noise_multiplier=config.dp_sgd_noise_multiplier,
@@ -203,13 +203,13 @@ class SiloRuntime:
         return model_dir
 
     def _build_image(self, config: ClientAgentConfig, parts: dict[str, object]) -> Path:
+        from fedprompt_client_agent.data.image_silos import load_image_silo_dir
         from fedprompt_client_agent.efficientnet_lite import default_weights_path
-        from fedprompt_client_agent.vision_data import load_image_silo_dir
+        from fedprompt_client_agent.training.vision_trainer import VisionTrainer
         from fedprompt_client_agent.vision_model import (
             VisualPromptSpec,
             build_visual_prompt_classifier,
         )
-        from fedprompt_client_agent.vision_trainer import VisionTrainer
 
         if self._dp_sgd:
             raise ValueError("record-level DP-SGD is available for text silos only")

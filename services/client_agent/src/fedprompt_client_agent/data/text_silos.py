@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from fedprompt_client_agent.silo_files import (
+from fedprompt_client_agent.data.silo_files import (
     LABELS_FILE,
     METADATA_FILE,
     SPLIT_NAMES,
@@ -33,16 +33,13 @@ from fedprompt_client_agent.silo_files import (
     metadata_json,
     read_label_names,
     read_metadata,
-    stratified_split,
     write_metadata_and_labels,
 )
 
 __all__ = [
-    "SPLIT_NAMES",
     "SiloData",
     "TextExample",
     "load_silo_dir",
-    "stratified_split",
     "write_silo_dir",
 ]
 

@@ -5,7 +5,7 @@ Example::
     fedprompt-make-silos --num-silos 4 --seed 0 --out runs/silos
 
 writes ``runs/silos/clinic-0-womens-health/`` and so on, one folder per silo in
-the format read by ``fedprompt_client_agent.data.load_silo_dir``, and prints a
+the format read by ``fedprompt_client_agent.data.text_silos.load_silo_dir``, and prints a
 short summary per silo.
 """
 
@@ -17,8 +17,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedprompt_client_agent.data import SiloData, write_silo_dir
-from fedprompt_client_agent.silos import make_drug_review_silos
+from fedprompt_client_agent.data.text_silos import SiloData, write_silo_dir
+from fedprompt_client_agent.tools.drug_review_silos import make_drug_review_silos
 
 __all__ = ["build_parser", "main"]
 
@@ -106,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _write_vision(args: argparse.Namespace) -> int:
     """Write rotated, label-skewed digit silos (``.npz``) and print a summary."""
-    from fedprompt_client_agent.vision_data import make_digit_silos, write_image_silo_dir
+    from fedprompt_client_agent.data.image_silos import write_image_silo_dir
+    from fedprompt_client_agent.tools.digit_silos import make_digit_silos
 
     try:
         silos = make_digit_silos(

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from fedprompt_client_agent.data import SiloData, TextExample
+from fedprompt_client_agent.data.text_silos import SiloData
 from fedprompt_client_agent.model import (
     BackboneKind,
     PromptClassifier,
@@ -21,28 +21,10 @@ from fedprompt_client_agent.model import (
     default_model_dir,
     load_backbone,
 )
-from fedprompt_client_agent.silos import load_drug_reviews
-from fedprompt_client_agent.trainer import LocalTrainer, TrainConfig, macro_f1
+from fedprompt_client_agent.training.trainer import LocalTrainer, TrainConfig, macro_f1
 
 SPEC = PromptSpec(n_global=4, n_cluster=2, n_local=2)
 FAST = {"batch_size": 4, "max_length": 32}
-
-
-@pytest.fixture(scope="module")
-def two_class_silo() -> SiloData:
-    """8 birth-control and 8 depression reviews for training, 4 + 4 more held out."""
-    reviews = load_drug_reviews()
-    by_condition: dict[str, list[str]] = {"Birth Control": [], "Depression": []}
-    for review in reviews:
-        texts = by_condition.get(review.condition)
-        if texts is not None and len(texts) < 12:
-            texts.append(review.text)
-    labels = ("Birth Control", "Depression")
-    split = {
-        name: tuple(TextExample(t, i) for i, c in enumerate(labels) for t in by_condition[c][lo:hi])
-        for name, (lo, hi) in {"train": (0, 8), "val": (8, 10), "test": (10, 12)}.items()
-    }
-    return SiloData(name="two-class", labels=labels, metadata={}, **split)
 
 
 def _model_and_tokenizer(seed: int = 0) -> tuple[PromptClassifier, Any]:

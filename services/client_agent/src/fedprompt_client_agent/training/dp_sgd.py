@@ -58,9 +58,9 @@ from opacus.optimizers import DPOptimizer
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedprompt.errors import NotReadyError
-from fedprompt_client_agent.data import SiloData
+from fedprompt_client_agent.data.text_silos import SiloData
 from fedprompt_client_agent.model import Tokenizer
-from fedprompt_client_agent.trainer import (
+from fedprompt_client_agent.training.trainer import (
     ExtraLoss,
     LocalTrainer,
     TextModel,

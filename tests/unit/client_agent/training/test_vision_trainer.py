@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pydantic
 import pytest
 import torch
 
-from fedprompt_client_agent.trainer import TrainConfig
-from fedprompt_client_agent.vision_data import ImageSiloData, ImageSplit, load_mnist
+from fedprompt_client_agent.data.image_silos import ImageSiloData, ImageSplit
+from fedprompt_client_agent.tools.digit_silos import load_mnist
+from fedprompt_client_agent.training.trainer import TrainConfig
+from fedprompt_client_agent.training.vision_trainer import VisionTrainer
 from fedprompt_client_agent.vision_model import (
     VisualPromptClassifier,
     build_visual_prompt_classifier,
 )
-from fedprompt_client_agent.vision_trainer import VisionTrainer
 
 FAST = {"batch_size": 16}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small batches gain nothing from intra-op threads on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
-from fedprompt_client_agent.data import SiloData, load_silo_dir
-from fedprompt_client_agent.silos import (
+from fedprompt_client_agent.data.text_silos import SiloData
+from fedprompt_client_agent.tools.drug_review_silos import (
     load_drug_reviews,
     make_drug_review_silos,
     specialty_of,
     top_conditions,
 )
-from fedprompt_client_agent.silos_cli import main
 
 
 @pytest.fixture(scope="module")
@@ -142,19 +140,3 @@ def test_zero_skew_and_full_skew_still_partition() -> None:
 def test_invalid_arguments(kwargs: dict[str, float], fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         make_drug_review_silos(**kwargs)  # type: ignore[arg-type]
-
-
-def test_cli_writes_loadable_silo_folders(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], four_silos: list[SiloData]
-) -> None:
-    assert main(["--num-silos", "4", "--seed", "0", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    for silo in four_silos:
-        assert silo.name in out
-        assert load_silo_dir(tmp_path / silo.name) == silo
-    assert "train/val/test=" in out and "0=Birth Control" in out
-
-
-def test_cli_reports_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--num-silos", "0", "--out", str(tmp_path)]) == 2
-    assert "num_silos" in capsys.readouterr().err

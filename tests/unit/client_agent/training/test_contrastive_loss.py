@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedprompt_client_agent.contrastive_loss import info_nce, make_info_nce_loss
+from fedprompt_client_agent.training.contrastive_loss import info_nce, make_info_nce_loss
 
 
 class Rings(nn.Module):

@@ -44,7 +44,7 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from fedprompt_client_agent.state_io import fsync_dir
+from fedprompt.files import fsync_dir
 
 __all__ = [
     "DTYPES",

@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (conventional alias)
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedprompt_client_agent.data import SPLIT_NAMES, SiloData, TextExample
+from fedprompt_client_agent.data.silo_files import SPLIT_NAMES
+from fedprompt_client_agent.data.text_silos import SiloData, TextExample
 from fedprompt_client_agent.model import Tokenizer
 
 __all__ = [

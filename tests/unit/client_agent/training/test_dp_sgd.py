@@ -17,9 +17,14 @@ from opacus.accountants import RDPAccountant
 from opacus.optimizers import DPOptimizer
 from torch import nn
 
-from fedprompt_client_agent import dp_sgd
-from fedprompt_client_agent.data import SiloData, TextExample
-from fedprompt_client_agent.dp_sgd import (
+from fedprompt_client_agent.data.text_silos import SiloData, TextExample
+from fedprompt_client_agent.model import (
+    PromptClassifier,
+    PromptSpec,
+    build_prompt_classifier,
+)
+from fedprompt_client_agent.training import dp_sgd
+from fedprompt_client_agent.training.dp_sgd import (
     DPLocalTrainer,
     DPSGDConfig,
     LocalBudgetExhaustedError,
@@ -27,8 +32,7 @@ from fedprompt_client_agent.dp_sgd import (
     make_accountant,
     poisson_sample,
 )
-from fedprompt_client_agent.model import PromptClassifier, PromptSpec, build_prompt_classifier
-from fedprompt_client_agent.trainer import LocalTrainer, TrainConfig
+from fedprompt_client_agent.training.trainer import LocalTrainer, TrainConfig
 
 SPEC = PromptSpec(n_global=4, n_cluster=2, n_local=2)
 TINY = {"batch_size": 8, "max_length": 32}
@@ -52,14 +56,7 @@ def silo() -> SiloData:
     )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Batches of 8 short texts gain nothing from intra-op threads, which only contend on a
-    busy machine (a step is 0.15 s on one thread, seconds with two oversubscribed ones)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

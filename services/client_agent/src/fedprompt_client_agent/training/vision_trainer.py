@@ -1,7 +1,7 @@
 """Local training and evaluation of an image model on one image silo.
 
-The image counterpart of :class:`~fedprompt_client_agent.trainer.LocalTrainer`, on the
-same loop (:class:`~fedprompt_client_agent.trainer.BaseTrainer`) with the same API and
+The image counterpart of :class:`~fedprompt_client_agent.training.trainer.LocalTrainer`, on the
+same loop (:class:`~fedprompt_client_agent.training.trainer.BaseTrainer`) with the same API and
 result types. Each split is converted once to a float tensor at the model's inner
 image size (``spec.image_size``, 32x32 by default), so a step costs one backbone pass
 on the prompted canvas. Any model with the ``VisionModel`` API trains with it (visual
@@ -17,9 +17,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from fedprompt_client_agent.data import SPLIT_NAMES
-from fedprompt_client_agent.trainer import BaseTrainer, TrainableModel, TrainConfig
-from fedprompt_client_agent.vision_data import ImageSiloData
+from fedprompt_client_agent.data.image_silos import ImageSiloData
+from fedprompt_client_agent.data.silo_files import SPLIT_NAMES
+from fedprompt_client_agent.training.trainer import BaseTrainer, TrainableModel, TrainConfig
 from fedprompt_client_agent.vision_model import images_to_tensor
 
 __all__ = ["VisionExtraLoss", "VisionModel", "VisionTrainer"]

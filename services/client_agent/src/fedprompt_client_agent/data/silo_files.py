@@ -1,7 +1,7 @@
 """The files every silo folder shares, text or image: metadata, label names, held-out splits.
 
-A silo folder (see :mod:`fedprompt_client_agent.data` and
-:mod:`fedprompt_client_agent.vision_data` for the split files) holds::
+A silo folder (see :mod:`fedprompt_client_agent.data.text_silos` and
+:mod:`fedprompt_client_agent.data.image_silos` for the split files) holds::
 
     metadata.json    the silo's public metadata, a JSON object
     labels.json      the ordered list of label names (label id = position)

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedprompt_client_agent.data import (
+from fedprompt_client_agent.data.silo_files import stratified_split
+from fedprompt_client_agent.data.text_silos import (
     SiloData,
     TextExample,
     load_silo_dir,
-    stratified_split,
     write_silo_dir,
 )
 

@@ -17,12 +17,6 @@ from typing import cast
 import pytest
 import torch
 
-from fedprompt_client_agent.gguf_convert import (
-    PROVENANCE_FILE,
-    convert_gguf_to_hf,
-    find_smollm2_gguf,
-    main,
-)
 from fedprompt_client_agent.model import (
     BackboneKind,
     PromptClassifier,
@@ -30,8 +24,14 @@ from fedprompt_client_agent.model import (
     build_prompt_classifier,
     load_backbone,
 )
-from fedprompt_client_agent.silos import make_drug_review_silos
-from fedprompt_client_agent.trainer import LocalTrainer, TrainConfig
+from fedprompt_client_agent.tools.drug_review_silos import make_drug_review_silos
+from fedprompt_client_agent.tools.gguf_convert import (
+    PROVENANCE_FILE,
+    convert_gguf_to_hf,
+    find_smollm2_gguf,
+    main,
+)
+from fedprompt_client_agent.training.trainer import LocalTrainer, TrainConfig
 
 SPEC = PromptSpec(n_global=4, n_cluster=2, n_local=2)
 

@@ -30,7 +30,8 @@ from typing import Final
 
 import numpy as np
 
-from fedprompt_client_agent.data import SiloData, TextExample, stratified_split
+from fedprompt_client_agent.data.silo_files import stratified_split
+from fedprompt_client_agent.data.text_silos import SiloData, TextExample
 
 __all__ = [
     "FALLBACK_SPECIALTY",
