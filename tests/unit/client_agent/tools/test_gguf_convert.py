@@ -17,12 +17,11 @@ from typing import cast
 import pytest
 import torch
 
-from fedprompt_client_agent.model import (
-    BackboneKind,
+from fedprompt_client_agent.models.backbone import BackboneKind, load_backbone
+from fedprompt_client_agent.models.text_prompt import (
     PromptClassifier,
     PromptSpec,
     build_prompt_classifier,
-    load_backbone,
 )
 from fedprompt_client_agent.tools.drug_review_silos import make_drug_review_silos
 from fedprompt_client_agent.tools.gguf_convert import (

@@ -18,7 +18,7 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from fedprompt_client_agent.data.text_silos import SiloData, TextExample
-from fedprompt_client_agent.model import (
+from fedprompt_client_agent.models.text_prompt import (
     PromptClassifier,
     PromptSpec,
     build_prompt_classifier,

@@ -13,13 +13,11 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from fedprompt_client_agent.data.text_silos import SiloData
-from fedprompt_client_agent.model import (
-    BackboneKind,
+from fedprompt_client_agent.models.backbone import BackboneKind, default_model_dir, load_backbone
+from fedprompt_client_agent.models.text_prompt import (
     PromptClassifier,
     PromptSpec,
     build_prompt_classifier,
-    default_model_dir,
-    load_backbone,
 )
 from fedprompt_client_agent.training.trainer import LocalTrainer, TrainConfig, macro_f1
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from fedprompt_client_agent.data.image_silos import ImageSiloData, ImageSplit
-from fedprompt_client_agent.tools.digit_silos import load_mnist
-from fedprompt_client_agent.training.trainer import TrainConfig
-from fedprompt_client_agent.training.vision_trainer import VisionTrainer
-from fedprompt_client_agent.vision_model import (
+from fedprompt_client_agent.models.visual_prompt import (
     VisualPromptClassifier,
     build_visual_prompt_classifier,
 )
+from fedprompt_client_agent.tools.digit_silos import load_mnist
+from fedprompt_client_agent.training.trainer import TrainConfig
+from fedprompt_client_agent.training.vision_trainer import VisionTrainer
 
 FAST = {"batch_size": 16}
 

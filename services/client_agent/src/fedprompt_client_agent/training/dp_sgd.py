@@ -59,7 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fedprompt.errors import NotReadyError
 from fedprompt_client_agent.data.text_silos import SiloData
-from fedprompt_client_agent.model import Tokenizer
+from fedprompt_client_agent.models.backbone import Tokenizer
 from fedprompt_client_agent.training.trainer import (
     ExtraLoss,
     LocalTrainer,

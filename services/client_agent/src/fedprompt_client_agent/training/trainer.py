@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fedprompt_client_agent.data.silo_files import SPLIT_NAMES
 from fedprompt_client_agent.data.text_silos import SiloData, TextExample
-from fedprompt_client_agent.model import Tokenizer
+from fedprompt_client_agent.models.backbone import Tokenizer
 
 __all__ = [
     "BaseTrainer",

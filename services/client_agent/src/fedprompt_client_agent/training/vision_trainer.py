@@ -19,8 +19,8 @@ import torch
 
 from fedprompt_client_agent.data.image_silos import ImageSiloData
 from fedprompt_client_agent.data.silo_files import SPLIT_NAMES
+from fedprompt_client_agent.models.visual_prompt import images_to_tensor
 from fedprompt_client_agent.training.trainer import BaseTrainer, TrainableModel, TrainConfig
-from fedprompt_client_agent.vision_model import images_to_tensor
 
 __all__ = ["VisionExtraLoss", "VisionModel", "VisionTrainer"]
 

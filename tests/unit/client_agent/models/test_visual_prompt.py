@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,22 +10,15 @@ import safetensors.numpy
 import torch
 import torch.nn.functional as F  # noqa: N812 (conventional alias)
 
-from fedprompt_client_agent.efficientnet_lite import load_efficientnet_lite0
-from fedprompt_client_agent.vision_model import (
+from fedprompt_client_agent.models.efficientnet_lite import load_efficientnet_lite0
+from fedprompt_client_agent.models.visual_prompt import (
     VisualPromptClassifier,
     VisualPromptSpec,
     build_visual_prompt_classifier,
     images_to_tensor,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small batches gain nothing from intra-op threads on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _model(seed: int = 0, spec: VisualPromptSpec | None = None) -> VisualPromptClassifier:

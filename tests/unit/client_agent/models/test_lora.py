@@ -1,10 +1,10 @@
-"""Tests for the LoRA and full fine-tuning baselines: real MiniLM, real reviews, no mocks."""
+"""Tests for the LoRA baseline (text and images) and the transformer features: no mocks."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,87 +12,46 @@ import torch
 from torch import nn
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from fedprompt_client_agent.adapters import (
-    FULL_FINETUNE_SUGGESTED_LR,
-    LORA_SUGGESTED_LR,
-    FullFinetuneClassifier,
-    ImageSpec,
-    LoraClassifier,
-    TransformerFeatures,
-    build_full_classifier,
-    build_lora_classifier,
-    build_vision_adapter_classifier,
-    default_lora_targets,
+from fedprompt_client_agent.data.image_silos import ImageSiloData
+from fedprompt_client_agent.data.text_silos import SiloData
+from fedprompt_client_agent.models.backbone import (
+    BackboneKind,
+    Tokenizer,
+    default_model_dir,
+    load_backbone,
 )
-from fedprompt_client_agent.data.image_silos import ImageSiloData, ImageSplit
-from fedprompt_client_agent.data.text_silos import SiloData, TextExample
-from fedprompt_client_agent.efficientnet_lite import (
+from fedprompt_client_agent.models.efficientnet_lite import (
     FEATURE_DIM,
     load_efficientnet_lite0,
     normalize,
 )
-from fedprompt_client_agent.model import (
-    BackboneKind,
-    Tokenizer,
-    build_prompt_classifier,
-    default_model_dir,
-    load_backbone,
+from fedprompt_client_agent.models.full_finetune import FullFinetuneClassifier
+from fedprompt_client_agent.models.headed import (
+    ImageSpec,
+    TransformerFeatures,
+    build_vision_adapter_classifier,
 )
-from fedprompt_client_agent.tools.digit_silos import load_mnist
-from fedprompt_client_agent.tools.drug_review_silos import load_drug_reviews
+from fedprompt_client_agent.models.lora import (
+    LORA_SUGGESTED_LR,
+    LoraClassifier,
+    build_lora_classifier,
+    default_lora_targets,
+)
+from fedprompt_client_agent.models.text_prompt import build_prompt_classifier
 from fedprompt_client_agent.training.trainer import LocalTrainer, TrainConfig
 from fedprompt_client_agent.training.vision_trainer import VisionTrainer
+
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 HIDDEN = 384
 LAYERS = 6
 FAST = {"batch_size": 4, "max_length": 32}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Any:
-    """The test machine is shared: one intra-op thread, restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def two_class_silo() -> SiloData:
-    """8 birth-control and 8 depression reviews for training, 2 + 2 more for val and test."""
-    by_condition: dict[str, list[str]] = {"Birth Control": [], "Depression": []}
-    for review in load_drug_reviews():
-        texts = by_condition.get(review.condition)
-        if texts is not None and len(texts) < 12:
-            texts.append(review.text)
-    labels = ("Birth Control", "Depression")
-    split = {
-        name: tuple(TextExample(t, i) for i, c in enumerate(labels) for t in by_condition[c][lo:hi])
-        for name, (lo, hi) in {"train": (0, 8), "val": (8, 10), "test": (10, 12)}.items()
-    }
-    return SiloData(name="two-class", labels=labels, metadata={}, **split)
-
-
 @pytest.fixture(scope="module")
 def lora() -> tuple[LoraClassifier, Tokenizer]:
     """A LoRA model that tests may read but not train."""
     return build_lora_classifier(num_labels=2, seed=0, device="cpu")
-
-
-@pytest.fixture(scope="module")
-def full() -> tuple[FullFinetuneClassifier, Tokenizer]:
-    """A full fine-tuning model, trained by one test only (order-independent assertions)."""
-    return build_full_classifier(num_labels=2, seed=0, device="cpu")
-
-
-def _trainer(
-    model: LoraClassifier | FullFinetuneClassifier,
-    tokenizer: Tokenizer,
-    silo: SiloData,
-    **config: Any,
-) -> LocalTrainer:
-    # LocalTrainer is annotated with PromptClassifier but uses only the shared model API.
-    return LocalTrainer(model, tokenizer, silo, TrainConfig(**config))
 
 
 def _changed(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> set[str]:
@@ -156,7 +115,9 @@ def test_lora_steps_change_shared_tensors_and_keep_base_weights(
     model, tokenizer = build_lora_classifier(num_labels=2, seed=0, device="cpu")
     base_before = {k: v.detach().clone() for k, v in model.base_parameters().items()}
     before = model.shared_state()
-    trainer = _trainer(model, tokenizer, two_class_silo, steps=3, lr=LORA_SUGGESTED_LR, **FAST)
+    trainer = LocalTrainer(
+        model, tokenizer, two_class_silo, TrainConfig(steps=3, lr=LORA_SUGGESTED_LR, **FAST)
+    )
     result = trainer.train()
     assert result.steps == 3 and math.isfinite(result.mean_loss)
     assert _changed(before, model.shared_state()) == set(before)
@@ -229,7 +190,9 @@ def test_lora_personal_round_trip(tmp_path: Path, lora: tuple[LoraClassifier, To
 
 def test_lora_learns_a_separable_subset(two_class_silo: SiloData) -> None:
     model, tokenizer = build_lora_classifier(num_labels=2, seed=0, device="cpu")
-    trainer = _trainer(model, tokenizer, two_class_silo, steps=10, lr=LORA_SUGGESTED_LR, **FAST)
+    trainer = LocalTrainer(
+        model, tokenizer, two_class_silo, TrainConfig(steps=10, lr=LORA_SUGGESTED_LR, **FAST)
+    )
     start = trainer.evaluate("train")
     first = trainer.train()
     trainer.train()
@@ -263,7 +226,7 @@ def test_lora_on_a_causal_lm_targets_q_and_v(tmp_path: Path, two_class_silo: Sil
     assert shapes["lora.layers.1.self_attn.v_proj.lora_B.weight"] == (16, 4)  # 2 kv heads x 8
     assert len(shapes) == 2 * 2 * 2 + 2 and model.kind is BackboneKind.CAUSAL_LM
     assert model.max_text_tokens == 128
-    result = _trainer(model, loaded, two_class_silo, steps=1, **FAST).train()
+    result = LocalTrainer(model, loaded, two_class_silo, TrainConfig(steps=1, **FAST)).train()
     assert math.isfinite(result.mean_loss)
 
 
@@ -296,100 +259,10 @@ def test_lora_rejects_missing_targets() -> None:
         )
 
 
-# --------------------------------------------------------------------------- full fine-tuning
-
-
-def test_full_shared_state_is_every_backbone_weight(
-    full: tuple[FullFinetuneClassifier, Tokenizer],
-) -> None:
-    model, _ = full
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    assert all(p.requires_grad for p in model.backbone.parameters())
-    assert {id(p) for p in trainable} == {
-        id(p) for p in (*model.prompt_parameters(), *model.head_parameters())
-    }
-    shared = model.shared_state()
-    count = sum(p.numel() for p in trainable)
-    assert sum(v.size for v in shared.values()) == count
-    assert sum(v.nbytes for v in shared.values()) == 4 * count
-    assert 85e6 < 4 * count < 95e6  # ~91 MB of float32: the communication reference
-    names = {f"backbone.{n}" for n, _ in model.backbone.named_parameters()}
-    assert set(shared) == names | {"head.weight", "head.bias"}
-    assert "backbone.embeddings.position_ids" not in shared  # buffers do not travel
-    assert shared["backbone.embeddings.word_embeddings.weight"].shape == (30522, HIDDEN)
-    assert model.expected_shapes() == {k: v.shape for k, v in shared.items()}
-    assert model.local_state() == {} and model.max_text_tokens == 512
-
-
-def test_full_frozen_modules_stay_home() -> None:
-    model, _ = build_full_classifier(num_labels=2, device="cpu", frozen_modules=("pooler",))
-    shared = model.shared_state()
-    assert not any(k.startswith("backbone.pooler.") for k in shared)
-    assert not any(p.requires_grad for p in model.backbone.get_submodule("pooler").parameters())
-    assert 4 * sum(v.size for v in shared.values()) == 90_855_944 - 4 * (HIDDEN * HIDDEN + HIDDEN)
-    with pytest.raises(AttributeError):
-        build_full_classifier(num_labels=2, device="cpu", frozen_modules=("no_such_module",))
-
-
-def test_full_steps_change_the_backbone_and_round_trip(
-    tmp_path: Path, two_class_silo: SiloData, full: tuple[FullFinetuneClassifier, Tokenizer]
-) -> None:
-    model, tokenizer = full
-    before = model.shared_state()
-    trainer = _trainer(
-        model, tokenizer, two_class_silo, steps=2, lr=FULL_FINETUNE_SUGGESTED_LR, **FAST
-    )
-    assert math.isfinite(trainer.train().mean_loss)
-    after = model.shared_state()
-    changed = _changed(before, after)
-    # everything on the path from the embeddings to the head moves; BERT's pooler is unused
-    assert changed == {k for k in before if not k.startswith("backbone.pooler.")}
-
-    with pytest.raises(ValueError, match="shape"):
-        model.load_shared_state({"backbone.encoder.layer.0.output.dense.bias": np.zeros(3)})
-    with pytest.raises(ValueError, match="unknown shared"):
-        model.load_shared_state(
-            {"lora.encoder.layer.0.attention.self.query.lora_A.weight": before["head.bias"]}
-        )
-    model.load_shared_state({k: before[k] for k in ("head.weight", "head.bias")})
-    assert _changed(after, model.shared_state()) == {"head.weight", "head.bias"}
-
-    path = model.save_personal(tmp_path / "full.safetensors")
-    assert path.stat().st_size > 4 * sum(v.size for v in after.values())
-    model.load_shared_state(before)
-    assert _changed(before, model.shared_state()) == set()
-    model.load_personal(path)
-    restored = model.shared_state()
-    assert _changed(after, restored) == {"head.weight", "head.bias"}
-
-
-# --------------------------------------------------------------------------- generic backbones
-
-
-class _TinyCnn(nn.Module):
-    """A conv + BatchNorm stand-in for an image backbone."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            self.conv = nn.Conv2d(3, 8, kernel_size=3, padding=1)
-            self.bn = nn.BatchNorm2d(8)
-            self.proj = nn.Conv2d(8, 16, kernel_size=1)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        pooled: torch.Tensor = self.proj(torch.relu(self.bn(self.conv(images)))).mean(dim=(2, 3))
-        return pooled
-
-
-def _cnn_features(backbone: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    return cast(_TinyCnn, backbone).features(images)
-
-
-def test_generic_backbone_lora_conv_and_buffers() -> None:
+def test_generic_backbone_lora_conv_and_buffers(tiny_cnn: type[Any]) -> None:
     model = LoraClassifier(
-        _TinyCnn(),
-        features=_cnn_features,
+        tiny_cnn(),
+        features=tiny_cnn.features,
         feature_dim=16,
         num_labels=3,
         target_modules=["conv", "proj"],
@@ -419,32 +292,6 @@ def test_generic_backbone_lora_conv_and_buffers() -> None:
     assert all(torch.equal(v, base[k]) for k, v in model.base_parameters().items())
 
 
-def test_generic_backbone_full_finetune_keeps_batchnorm_stats_personal(tmp_path: Path) -> None:
-    model = FullFinetuneClassifier(
-        _TinyCnn(), features=_cnn_features, feature_dim=16, num_labels=2, seed=4
-    )
-    assert set(model.shared_state()) == {
-        "backbone.conv.weight",
-        "backbone.conv.bias",
-        "backbone.bn.weight",
-        "backbone.bn.bias",
-        "backbone.proj.weight",
-        "backbone.proj.bias",
-        "head.weight",
-        "head.bias",
-    }
-    model.train()
-    model(torch.rand(4, 3, 8, 8))  # updates the running statistics
-    stats = model.personal_state()["buffer.bn.running_mean"]
-    assert stats.any()
-    path = model.save_personal(tmp_path / "cnn.safetensors")
-    other = FullFinetuneClassifier(
-        _TinyCnn(), features=_cnn_features, feature_dim=16, num_labels=2, seed=5
-    )
-    other.load_personal(path)
-    assert _changed(model.personal_state(), other.personal_state()) == set()
-
-
 def test_transformer_features_pool_like_the_prompt_model(
     lora: tuple[LoraClassifier, Tokenizer],
 ) -> None:
@@ -469,22 +316,6 @@ def test_transformer_features_pool_like_the_prompt_model(
 # --------------------------------------------------------------------------- EfficientNet-Lite0
 
 
-@pytest.fixture(scope="module")
-def digit_silo() -> ImageSiloData:
-    """16 zeros and 16 ones from MNIST for training."""
-    images, labels = load_mnist()
-    picks = np.concatenate([np.flatnonzero(labels == digit)[:16] for digit in (0, 1)])
-    train = ImageSplit(images=images[picks], labels=(labels[picks] == 1).astype(np.int64))
-    return ImageSiloData(name="digits", labels=("0", "1"), metadata={}, train=train)
-
-
-def _vision_trainer(
-    model: LoraClassifier | FullFinetuneClassifier, silo: ImageSiloData, **config: Any
-) -> VisionTrainer:
-    # VisionTrainer is annotated with VisualPromptClassifier but uses only the shared API.
-    return VisionTrainer(model, silo, TrainConfig(**config))
-
-
 def test_vision_lora_baseline(digit_silo: ImageSiloData) -> None:
     model = build_vision_adapter_classifier(num_labels=2, mode="lora", image_size=32, device="cpu")
     assert isinstance(model, LoraClassifier) and model.spec == ImageSpec(image_size=32)
@@ -505,38 +336,11 @@ def test_vision_lora_baseline(digit_silo: ImageSiloData) -> None:
         assert torch.allclose(model(images), expected, atol=1e-5)
 
     base = {k: v.detach().clone() for k, v in model.base_parameters().items()}
-    result = _vision_trainer(
-        model, digit_silo, steps=3, batch_size=16, lr=LORA_SUGGESTED_LR
+    result = VisionTrainer(
+        model, digit_silo, TrainConfig(steps=3, batch_size=16, lr=LORA_SUGGESTED_LR)
     ).train()
     assert math.isfinite(result.mean_loss)
     assert _changed(shared, model.shared_state()) == set(shared)
     assert all(torch.equal(v, base[k]) for k, v in model.base_parameters().items())
     model.train()
     assert model.training and not model.backbone.training  # BatchNorm statistics frozen
-
-
-def test_vision_full_baseline_leaves_the_imagenet_classifier_home(
-    tmp_path: Path, digit_silo: ImageSiloData
-) -> None:
-    model = build_vision_adapter_classifier(num_labels=2, mode="full", seed=1, device="cpu")
-    assert isinstance(model, FullFinetuneClassifier)
-    shared = model.shared_state()
-    assert not any(k.startswith("backbone._fc.") for k in shared)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    assert sum(v.size for v in shared.values()) == sum(p.numel() for p in trainable)
-    assert sum(v.nbytes for v in shared.values()) > 10_000_000
-    assert "buffer._bn1.running_mean" in model.personal_state()  # personal, not shared
-    assert "buffer._bn1.running_mean" not in shared
-
-    trainer = _vision_trainer(model, digit_silo, steps=2, batch_size=16, lr=1e-4)
-    assert math.isfinite(trainer.train().mean_loss)
-    changed = _changed(shared, model.shared_state())
-    assert {"head.weight", "backbone._conv_head.weight", "backbone._conv_stem.weight"} <= changed
-    path = model.save_personal(tmp_path / "vision-full.safetensors")
-    other = build_vision_adapter_classifier(num_labels=2, mode="full", seed=2, device="cpu")
-    other.load_personal(path)
-    assert _changed(model.personal_state(), other.personal_state()) == set()
-    with pytest.raises(ValueError, match="mode"):
-        build_vision_adapter_classifier(num_labels=2, mode="prompt", device="cpu")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="image_size"):
-        ImageSpec(image_size=16)
