@@ -32,14 +32,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual torch alias
 from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
-from fedprompt_client_agent.data import load_silo_dir
-from fedprompt_client_agent.model import (
-    PromptSpec,
-    build_prompt_classifier,
-    default_model_dir,
-    load_backbone,
-)
-from fedprompt_client_agent.trainer import LocalTrainer, TrainConfig
+from fedprompt_client_agent.data.text_silos import load_silo_dir
+from fedprompt_client_agent.models.backbone import default_model_dir, load_backbone
+from fedprompt_client_agent.models.text_prompt import PromptSpec, build_prompt_classifier
+from fedprompt_client_agent.training.trainer import LocalTrainer, TrainConfig
 
 
 def _bare_loop(

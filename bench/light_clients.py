@@ -4,7 +4,9 @@ A light client speaks the full client protocol against a real coordinator (Join,
 initial model when asked, StreamTasks, the task's model (inline in the task, else
 FetchModel), UploadUpdate of a random delta shaped by the task's ``expected_update`` with
 its training metrics in the header, ReportMetrics for EVALUATE) but trains nothing,
-so what a bench measures is the coordinator's and the wire's cost of a round.
+so what a bench measures is the coordinator's and the wire's cost of a round. The calls
+are the client agent's own (:class:`fedprompt.coordinator_client.CoordinatorClient`); a
+light client only times around them and counts the bytes.
 
 Reusable API (kept stable; other benches build on it)::
 
@@ -34,33 +36,23 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
 import yaml
 
-from fedprompt.chunking import ChunkAssembler, check_inline_payload
 from fedprompt.codec import NUMPY_DTYPES, decode_tensors, encode_tensors
-from fedprompt.server import CLIENT_ID_METADATA_KEY, create_channel
+from fedprompt.coordinator_client import CoordinatorClient
+from fedprompt.server import create_channel
 from fedprompt.strategies import StrategyName
-from fedprompt.transfer import (
-    chunk_from_proto,
-    payload_header,
-    payload_info_from_proto,
-    upload_call,
-    upload_request_bytes,
-)
+from fedprompt.tensor_names import GLOBAL_PROMPT
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from fedprompt_cli.processes import Child, console_script
 
-if TYPE_CHECKING:  # the async stub class exists only in the generated .pyi
-    from fedprompt.v1.coordinator_pb2_grpc import CoordinatorAsyncStub
-
 #: Fingerprint every light client (and only light clients) reports.
 LIGHT_FINGERPRINT = "light-bench-client/v1"
-#: Largest model a light client downloads.
-MAX_MODEL_BYTES = 4 * 1024**3
+#: Deadline of a light client's short calls (Join, ReportMetrics) under a large fleet.
+CALL_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -78,7 +70,7 @@ class LightTensor:
 
 
 def tensor_spec_for_bytes(
-    total_bytes: int, *, name: str = "prompt.global", width: int = 384
+    total_bytes: int, *, name: str = GLOBAL_PROMPT, width: int = 384
 ) -> tuple[LightTensor, ...]:
     """One F32 tensor of ``rows x width`` holding about ``total_bytes`` (at least one row)."""
     rows = max(1, round(total_bytes / (4 * width)))
@@ -149,14 +141,15 @@ class LightClientStats:
 
 
 class _LightClient:
-    """One light client; the protocol of the client agent without the learning."""
+    """One light client: the client agent's protocol (``CoordinatorClient``) without learning.
+
+    Its statistics (latencies, bytes) are taken around the coordinator client's calls.
+    """
 
     def __init__(
         self,
         *,
-        client_id: str,
-        stub: CoordinatorAsyncStub,
-        upload: grpc.aio.StreamUnaryMultiCallable[bytes, coordinator_pb2.UploadUpdateResponse],
+        client: CoordinatorClient,
         stats: LightClientStats,
         initial: Mapping[str, np.ndarray],
         rng: np.random.Generator,
@@ -165,9 +158,8 @@ class _LightClient:
         metadata_json: str,
         delta_scale: float,
     ) -> None:
-        self.client_id = client_id
-        self._stub = stub
-        self._upload_call = upload
+        self.client_id = client.client_id
+        self._client = client
         self._stats = stats
         self._initial = initial
         self._rng = rng
@@ -175,26 +167,19 @@ class _LightClient:
         self._num_examples = num_examples
         self._metadata_json = metadata_json
         self._scale = delta_scale
-        self._md = ((CLIENT_ID_METADATA_KEY, client_id),)
 
     async def join(self) -> None:
         t0 = time.perf_counter()
-        response = await self._stub.Join(
-            coordinator_pb2.JoinRequest(
-                client_id=self.client_id,
-                metadata_json=self._metadata_json,
-                capabilities=common_pb2.ClientCapabilities(
-                    device="cpu",
-                    model_name="light-client",
-                    model_fingerprint=LIGHT_FINGERPRINT,
-                    trainable_tensors=sorted(self._initial),
-                    strategy=self._strategy,
-                ),
-                num_train_examples=self._num_examples,
+        response = await self._client.join(
+            metadata_json=self._metadata_json,
+            capabilities=common_pb2.ClientCapabilities(
+                device="cpu",
+                model_name="light-client",
+                model_fingerprint=LIGHT_FINGERPRINT,
+                trainable_tensors=sorted(self._initial),
+                strategy=self._strategy,
             ),
-            metadata=self._md,
-            wait_for_ready=True,
-            timeout=120,
+            num_train_examples=self._num_examples,
         )
         self._stats._time("Join", time.perf_counter() - t0)
         self._stats.joined += 1
@@ -202,10 +187,7 @@ class _LightClient:
             await self._upload(0, coordinator_pb2.UPDATE_KIND_INITIAL, self._initial, 0)
 
     async def serve(self) -> None:
-        stream = self._stub.StreamTasks(
-            coordinator_pb2.StreamTasksRequest(client_id=self.client_id), metadata=self._md
-        )
-        async for task in stream:
+        async for task in self._client.tasks():
             self._stats.first_task_at.setdefault(task.round, time.monotonic())
             if task.kind == coordinator_pb2.TASK_KIND_TRAIN:
                 await self._train(task)
@@ -244,50 +226,17 @@ class _LightClient:
         metrics: dict[str, float],
     ) -> None:
         t0 = time.perf_counter()
-        await self._stub.ReportMetrics(
-            coordinator_pb2.ReportMetricsRequest(
-                client_id=self.client_id, round=round_id, phase=phase, metrics=metrics
-            ),
-            metadata=self._md,
-            timeout=120,
-        )
+        await self._client.report_metrics(round_id=round_id, phase=phase, metrics=metrics)
         self._stats._time("ReportMetrics", time.perf_counter() - t0)
 
     async def _model(
         self, task: coordinator_pb2.Task, stage: coordinator_pb2.ModelStage.ValueType
     ) -> dict[str, np.ndarray]:
-        if task.HasField("model"):  # small models travel inside the task
-            payload = check_inline_payload(
-                task.model.data, task.model.sha256, max_total_bytes=MAX_MODEL_BYTES
-            )
-            self._stats.bytes_down += len(payload)
-            return decode_tensors(payload)
-        return await self._fetch(task.round, stage)
-
-    async def _fetch(
-        self, round_id: int, stage: coordinator_pb2.ModelStage.ValueType
-    ) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
-        call = self._stub.FetchModel(
-            coordinator_pb2.FetchModelRequest(
-                client_id=self.client_id, round=round_id, stage=stage
-            ),
-            metadata=self._md,
-            timeout=600,
-        )
-        assembler: ChunkAssembler | None = None
-        async for message in call:
-            if message.WhichOneof("message") == "header":
-                assembler = ChunkAssembler(
-                    payload_info_from_proto(message.header), max_total_bytes=MAX_MODEL_BYTES
-                )
-            elif assembler is not None:
-                assembler.add(chunk_from_proto(message.chunk))
-        if assembler is None:
-            raise RuntimeError(f"{self.client_id}: model download carried no header")
-        payload = assembler.finish()
+        payload = await self._client.task_payload(task, stage)
         self._stats.bytes_down += len(payload)
-        self._stats._time("FetchModel", time.perf_counter() - t0)
+        if not task.HasField("model"):  # not inline in the task: a FetchModel download
+            self._stats._time("FetchModel", time.perf_counter() - t0)
         return decode_tensors(payload)
 
     async def _upload(
@@ -301,17 +250,12 @@ class _LightClient:
     ) -> None:
         t0 = time.perf_counter()
         payload = encode_tensors(tensors)
-        header = coordinator_pb2.UpdateHeader(
-            client_id=self.client_id,
-            round=round_id,
+        await self._client.upload(
+            round_id=round_id,
             kind=kind,
+            payload=payload,
             num_examples=num_examples,
-            payload=payload_header(payload),
-            train_metrics=train_metrics or {},
-        )
-        # the client agent's upload path: chunk messages written straight from the payload
-        await self._upload_call(
-            upload_request_bytes(header, payload), metadata=self._md, timeout=600
+            train_metrics=train_metrics,
         )
         self._stats.uploads += 1
         self._stats.bytes_up += len(payload)
@@ -371,9 +315,11 @@ async def run_light_clients(
     channels = [create_channel(target) for _ in range(num_channels)]
     clients = [
         _LightClient(
-            client_id=f"{client_prefix}-{i:05d}",
-            stub=coordinator_pb2_grpc.CoordinatorStub(channels[i // clients_per_channel]),
-            upload=upload_call(channels[i // clients_per_channel]),
+            client=CoordinatorClient(
+                channels[i // clients_per_channel],
+                f"{client_prefix}-{i:05d}",
+                call_timeout_s=CALL_TIMEOUT_S,
+            ),
             stats=stats,
             initial=initial,
             rng=np.random.default_rng([seed, i]),

@@ -27,16 +27,18 @@ from pathlib import Path
 import numpy as np
 
 from bench.light_clients import (
+    CALL_TIMEOUT_S,
     CoordinatorProcess,
     LightClientStats,
     LightTensor,
     _LightClient,
 )
-from fedprompt.codec import encode_tensors
+from fedprompt.codec import decode_tensors, encode_tensors
+from fedprompt.coordinator_client import CoordinatorClient
 from fedprompt.server import create_channel
 from fedprompt.strategies import StrategyName
-from fedprompt.transfer import payload_header, upload_call, upload_request_bytes
-from fedprompt.v1 import coordinator_pb2, coordinator_pb2_grpc
+from fedprompt.tensor_names import GLOBAL_PROMPT
+from fedprompt.v1 import coordinator_pb2
 
 MIB = 1024 * 1024
 
@@ -52,10 +54,9 @@ async def _run(coord: CoordinatorProcess, spec: tuple[LightTensor, ...]) -> dict
     initial = {s.name: np.zeros(s.shape, dtype=np.float32) for s in spec}
     out: dict[str, float] = {}
     async with create_channel(coord.address) as channel:
+        coordinator = CoordinatorClient(channel, "big-0", call_timeout_s=CALL_TIMEOUT_S)
         client = _LightClient(
-            client_id="big-0",
-            stub=coordinator_pb2_grpc.CoordinatorStub(channel),
-            upload=upload_call(channel),
+            client=coordinator,
             stats=stats,
             initial=initial,
             rng=rng,
@@ -68,16 +69,15 @@ async def _run(coord: CoordinatorProcess, spec: tuple[LightTensor, ...]) -> dict
         await client.join()  # uploads the initial model
         out["initial_upload_s"] = time.perf_counter() - t0
         del initial
-        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
-        md = (("x-fedprompt-client-id", client.client_id),)
-        stream = stub.StreamTasks(
-            coordinator_pb2.StreamTasksRequest(client_id=client.client_id), metadata=md
-        )
         round_t0 = time.perf_counter()
-        async for task in stream:
+        async for task in coordinator.tasks():
             if task.kind == coordinator_pb2.TASK_KIND_TRAIN:
                 t0 = time.perf_counter()
-                fetched = await client._fetch(task.round, coordinator_pb2.MODEL_STAGE_ROUND_START)
+                fetched = decode_tensors(
+                    await coordinator.fetch_payload(
+                        task.round, coordinator_pb2.MODEL_STAGE_ROUND_START
+                    )
+                )
                 out["fetch_s"] = time.perf_counter() - t0
                 del fetched
                 delta = {
@@ -87,32 +87,35 @@ async def _run(coord: CoordinatorProcess, spec: tuple[LightTensor, ...]) -> dict
                 payload = encode_tensors(delta)
                 del delta
                 t0 = time.perf_counter()
-                header = coordinator_pb2.UpdateHeader(
-                    client_id=client.client_id,
-                    round=task.round,
+                header = coordinator.update_header(
+                    round_id=task.round,
                     kind=coordinator_pb2.UPDATE_KIND_DELTA,
+                    payload=payload,
                     num_examples=100,
-                    payload=payload_header(payload),
                 )
                 out["client_hash_s"] = time.perf_counter() - t0
                 rss0 = coord.rss_bytes()
                 _reset_peak(coord.pid)
                 t0 = time.perf_counter()
                 # the client agent's upload path (fedprompt.transfer.upload_request_bytes)
-                await upload_call(channel)(
-                    upload_request_bytes(header, payload), metadata=md, timeout=600
-                )
+                await coordinator.send_update(header, payload)
                 seconds = time.perf_counter() - t0
                 out["upload_bytes"] = float(len(payload))
                 out["upload_s"] = seconds
                 out["upload_peak_growth_bytes"] = float(coord.peak_rss_bytes() - rss0)
                 out["rss_before_upload_bytes"] = float(rss0)
                 del payload
-                await client._report(task.round, coordinator_pb2.METRICS_PHASE_TRAIN, {"x": 1.0})
+                await coordinator.report_metrics(
+                    round_id=task.round,
+                    phase=coordinator_pb2.METRICS_PHASE_TRAIN,
+                    metrics={"x": 1.0},
+                )
             elif task.kind == coordinator_pb2.TASK_KIND_EVALUATE:
-                await client._fetch(task.round, coordinator_pb2.MODEL_STAGE_AGGREGATED)
-                await client._report(
-                    task.round, coordinator_pb2.METRICS_PHASE_EVALUATE, {"accuracy": 0.5}
+                await coordinator.fetch_payload(task.round, coordinator_pb2.MODEL_STAGE_AGGREGATED)
+                await coordinator.report_metrics(
+                    round_id=task.round,
+                    phase=coordinator_pb2.METRICS_PHASE_EVALUATE,
+                    metrics={"accuracy": 0.5},
                 )
             elif task.kind == coordinator_pb2.TASK_KIND_FINISHED:
                 break
@@ -126,7 +129,7 @@ def main() -> int:
     p.add_argument("--mib", type=int, default=1024, help="update size in MiB")
     args = p.parse_args()
     width = 1024
-    spec = (LightTensor("prompt.global", (args.mib * MIB // (4 * width), width)),)
+    spec = (LightTensor(GLOBAL_PROMPT, (args.mib * MIB // (4 * width), width)),)
     with (
         tempfile.TemporaryDirectory(
             prefix="upload-1gb-",

@@ -11,7 +11,7 @@ import torch
 
 from fedprompt_client_agent.agent import TrainSettings
 from fedprompt_client_agent.config import ClientAgentConfig
-from fedprompt_client_agent.data import SiloData, TextExample, write_silo_dir
+from fedprompt_client_agent.data.text_silos import SiloData, TextExample, write_silo_dir
 from fedprompt_client_agent.runtime import SiloRuntime
 
 TEXTS = {

@@ -13,6 +13,7 @@ import grpc
 from fedprompt.compression import Compression
 from fedprompt.config import ConfigError, load_config
 from fedprompt.logs import configure_logging
+from fedprompt.strategies import STRATEGY_NAMES
 from fedprompt.telemetry import serve_metrics
 from fedprompt.tls import TlsError, add_tls_arguments, channel_credentials, tls_overrides
 from fedprompt_client_agent.config import ClientAgentConfig
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--torch-threads", type=int)
-    p.add_argument("--strategy", help="local, fedavg, clustered, fpl, lora-fedavg, full-fedavg")
+    p.add_argument("--strategy", help=", ".join(STRATEGY_NAMES))
     p.add_argument("--modality", choices=["auto", "text", "image"])
     p.add_argument("--image-size", type=int)
     p.add_argument("--dp-sgd-noise-multiplier", type=float, help="record-level DP-SGD σ")

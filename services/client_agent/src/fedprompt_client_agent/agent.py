@@ -15,34 +15,21 @@ import random
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import grpc
 import numpy as np
 
-from fedprompt.chunking import ChunkAssembler, check_inline_payload
-from fedprompt.codec import decode_tensors, encode_tensors
+from fedprompt.codec import encode_tensors
 from fedprompt.compression import Compression, compress_tensors
-from fedprompt.server import CLIENT_ID_METADATA_KEY, create_channel
-from fedprompt.transfer import (
-    chunk_from_proto,
-    payload_header,
-    payload_info_from_proto,
-    upload_call,
-    upload_request_bytes,
-)
-from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
+from fedprompt.coordinator_client import CoordinatorClient
+from fedprompt.server import create_channel
+from fedprompt.tensor_names import split_centroids
+from fedprompt.v1 import common_pb2, coordinator_pb2
 from fedprompt_client_agent.metrics import ClientMetrics
-
-if TYPE_CHECKING:  # the async stub class exists only in the generated .pyi
-    from fedprompt.v1.coordinator_pb2_grpc import CoordinatorAsyncStub
 
 logger = logging.getLogger(__name__)
 
-#: Largest model a client accepts from the coordinator.
-MAX_MODEL_BYTES = 4 * 1024**3
-#: Read-only tensors of round-start models: every cluster's centroid (InfoNCE).
-CENTROID_PREFIX = "centroid."
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
@@ -128,14 +115,10 @@ class ClientAgent:
     ) -> None:
         self._runtime = runtime
         self._compression = Compression(upload_compression)
-        self._upload_call: (
-            grpc.aio.StreamUnaryMultiCallable[bytes, coordinator_pb2.UploadUpdateResponse] | None
-        ) = None
         self.metrics = metrics if metrics is not None else ClientMetrics()
         self._target = coordinator
         self._credentials = credentials
         self._max_reconnect_s = max_reconnect_s
-        self._metadata = ((CLIENT_ID_METADATA_KEY, runtime.client_id),)
         self.rounds_trained: list[int] = []
         # (digest of the shared tensors last evaluated, their metrics): the round-start model
         # of round t is the aggregate that was evaluated at the end of round t-1.
@@ -154,12 +137,11 @@ class ClientAgent:
         while True:
             try:
                 async with create_channel(self._target, credentials=self._credentials) as channel:
-                    stub = coordinator_pb2_grpc.CoordinatorStub(channel)
-                    self._upload_call = upload_call(channel)
-                    await self._join(stub)
+                    client = CoordinatorClient(channel, self._runtime.client_id)
+                    await self._join(client)
                     unreachable_since = None
                     delay = 0.25
-                    return await self._serve_tasks(stub)
+                    return await self._serve_tasks(client)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() not in _RETRYABLE:
                     raise
@@ -174,23 +156,18 @@ class ClientAgent:
                 await asyncio.sleep(sleep)
                 delay = min(delay * 2, 10.0)
 
-    async def _join(self, stub: CoordinatorAsyncStub) -> None:
+    async def _join(self, client: CoordinatorClient) -> None:
         rt = self._runtime
-        response = await stub.Join(
-            coordinator_pb2.JoinRequest(
-                client_id=rt.client_id,
-                metadata_json=json.dumps(dict(rt.metadata), sort_keys=True),
-                capabilities=rt.capabilities,
-                num_train_examples=rt.num_train_examples,
-            ),
-            metadata=self._metadata,
-            wait_for_ready=True,
-            timeout=30,
+        response = await client.join(
+            metadata_json=json.dumps(dict(rt.metadata), sort_keys=True),
+            capabilities=rt.capabilities,
+            num_train_examples=rt.num_train_examples,
         )
         logger.info("joined: round %d of %d", response.current_round, response.total_rounds)
         if response.initial_model_requested:
             state = await asyncio.to_thread(rt.shared_state)
             await self._upload(
+                client,
                 round_id=0,
                 kind=coordinator_pb2.UPDATE_KIND_INITIAL,
                 tensors=state,
@@ -198,17 +175,13 @@ class ClientAgent:
             )
             logger.info("uploaded the initial model (%d tensors)", len(state))
 
-    async def _serve_tasks(self, stub: CoordinatorAsyncStub) -> str:
-        stream = stub.StreamTasks(
-            coordinator_pb2.StreamTasksRequest(client_id=self._runtime.client_id),
-            metadata=self._metadata,
-        )
-        async for task in stream:
+    async def _serve_tasks(self, client: CoordinatorClient) -> str:
+        async for task in client.tasks():
             try:
                 if task.kind == coordinator_pb2.TASK_KIND_TRAIN:
-                    await self._train(stub, task)
+                    await self._train(client, task)
                 elif task.kind == coordinator_pb2.TASK_KIND_EVALUATE:
-                    await self._evaluate(stub, task)
+                    await self._evaluate(client, task)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
@@ -230,15 +203,10 @@ class ClientAgent:
             "task stream closed",
         )
 
-    async def _train(self, stub: CoordinatorAsyncStub, task: coordinator_pb2.Task) -> None:
+    async def _train(self, client: CoordinatorClient, task: coordinator_pb2.Task) -> None:
         rt = self._runtime
-        payload = await self._task_model(stub, task, coordinator_pb2.MODEL_STAGE_ROUND_START)
-        centroids = {
-            int(k.removeprefix(CENTROID_PREFIX)): v
-            for k, v in payload.items()
-            if k.startswith(CENTROID_PREFIX)
-        }
-        received = {k: v for k, v in payload.items() if not k.startswith(CENTROID_PREFIX)}
+        payload = await client.task_model(task, coordinator_pb2.MODEL_STAGE_ROUND_START)
+        centroids, received = split_centroids(payload)
         digest = tensor_digest(received)
         await asyncio.to_thread(rt.load_shared_state, received)
         if self._last_eval is not None and self._last_eval[0] == digest:
@@ -266,6 +234,7 @@ class ClientAgent:
         metrics.update({f"post_{k}": v for k, v in after.items()})
         metrics.update({f"train_{k}": v for k, v in train_metrics.items()})
         await self._upload(  # the training metrics travel in the upload's header
+            client,
             round_id=task.round,
             kind=coordinator_pb2.UPDATE_KIND_DELTA,
             tensors=delta,
@@ -281,24 +250,17 @@ class ClientAgent:
             after.get("accuracy", float("nan")),
         )
 
-    async def _evaluate(self, stub: CoordinatorAsyncStub, task: coordinator_pb2.Task) -> None:
+    async def _evaluate(self, client: CoordinatorClient, task: coordinator_pb2.Task) -> None:
         rt = self._runtime
-        aggregated = await self._task_model(stub, task, coordinator_pb2.MODEL_STAGE_AGGREGATED)
+        aggregated = await client.task_model(task, coordinator_pb2.MODEL_STAGE_AGGREGATED)
         digest = tensor_digest(aggregated)
         await asyncio.to_thread(rt.load_shared_state, aggregated)
         metrics = await asyncio.to_thread(rt.evaluate)
         self._last_eval = (digest, metrics)
         self.metrics.observe_evaluation(task.round, metrics)
         await asyncio.to_thread(rt.save_personal)
-        await stub.ReportMetrics(
-            coordinator_pb2.ReportMetricsRequest(
-                client_id=rt.client_id,
-                round=task.round,
-                phase=coordinator_pb2.METRICS_PHASE_EVALUATE,
-                metrics=metrics,
-            ),
-            metadata=self._metadata,
-            timeout=30,
+        await client.report_metrics(
+            round_id=task.round, phase=coordinator_pb2.METRICS_PHASE_EVALUATE, metrics=metrics
         )
         logger.info(
             "round %d: aggregated model accuracy %.3f",
@@ -306,52 +268,9 @@ class ClientAgent:
             metrics.get("accuracy", float("nan")),
         )
 
-    async def _task_model(
-        self,
-        stub: CoordinatorAsyncStub,
-        task: coordinator_pb2.Task,
-        stage: coordinator_pb2.ModelStage.ValueType,
-    ) -> dict[str, np.ndarray]:
-        """The task's model: carried inline (small prompts), else downloaded."""
-        if task.HasField("model"):
-            payload = check_inline_payload(
-                task.model.data, task.model.sha256, max_total_bytes=MAX_MODEL_BYTES
-            )
-            return {k: np.array(v, copy=True) for k, v in decode_tensors(payload).items()}
-        tensors, _ = await self._fetch(stub, task.round, stage)
-        return tensors
-
-    async def _fetch(
-        self,
-        stub: CoordinatorAsyncStub,
-        round_id: int,
-        stage: coordinator_pb2.ModelStage.ValueType,
-    ) -> tuple[dict[str, np.ndarray], bytes]:
-        """Download a model; returns its tensors and the payload's SHA-256."""
-        call = stub.FetchModel(
-            coordinator_pb2.FetchModelRequest(
-                client_id=self._runtime.client_id, round=round_id, stage=stage
-            ),
-            metadata=self._metadata,
-            timeout=600,
-        )
-        assembler: ChunkAssembler | None = None
-        digest = b""
-        async for message in call:
-            if message.WhichOneof("message") == "header":
-                digest = message.header.sha256
-                assembler = ChunkAssembler(
-                    payload_info_from_proto(message.header), max_total_bytes=MAX_MODEL_BYTES
-                )
-            elif assembler is not None:
-                assembler.add(chunk_from_proto(message.chunk))
-        if assembler is None:
-            raise RuntimeError(f"model download for round {round_id} carried no header")
-        payload = assembler.finish()
-        return {k: np.array(v, copy=True) for k, v in decode_tensors(payload).items()}, digest
-
     async def _upload(
         self,
+        client: CoordinatorClient,
         *,
         round_id: int,
         kind: coordinator_pb2.UpdateKind.ValueType,
@@ -365,18 +284,10 @@ class ClientAgent:
             payload = await asyncio.to_thread(encode_tensors, packed, metadata=meta)
         else:
             payload = await asyncio.to_thread(encode_tensors, tensors)
-        header = coordinator_pb2.UpdateHeader(
-            client_id=self._runtime.client_id,
-            round=round_id,
+        return await client.upload(
+            round_id=round_id,
             kind=kind,
+            payload=payload,
             num_examples=num_examples,
-            payload=await asyncio.to_thread(payload_header, payload),  # SHA-256: off the loop
-            train_metrics=train_metrics or {},
+            train_metrics=train_metrics,
         )
-        assert self._upload_call is not None, "uploads happen inside run()"
-        # chunk messages are written straight from the payload (one copy each), lazily
-        call = self._upload_call(
-            upload_request_bytes(header, payload), metadata=self._metadata, timeout=600
-        )
-        response: coordinator_pb2.UploadUpdateResponse = await call
-        return response

@@ -1,16 +1,19 @@
 """The learning side of a client agent: a frozen model, its adaptation, and the silo's data.
 
 :class:`SiloRuntime` implements :class:`~fedprompt_client_agent.agent.LearningRuntime` for
-every strategy and both modalities:
+every strategy and both modalities. The strategy (``fedprompt.strategies``) names the model
+family the silo trains (a segmented soft prompt, LoRA adapters or full fine-tuning, each
+with a linear head) and whether anything travels; the silo's data names the modality:
 
-- text (CSV/JSONL silos): a local Hugging Face model with a segmented peft soft prompt
-  (``local``, ``fedavg``, ``clustered``, ``fpl``), LoRA adapters (``lora-fedavg``) or full
-  fine-tuning (``full-fedavg``), plus a linear head;
-- images (``.npz`` silos): frozen EfficientNet-Lite0 with a ring-segmented visual prompt,
-  LoRA adapters or full fine-tuning, plus a linear head.
+- text (CSV/JSONL silos): a local Hugging Face model;
+- images (``.npz`` silos): frozen EfficientNet-Lite0 (the prompt is a ring-segmented
+  visual prompt in input space).
 
-The personal state (every segment and the head) is kept in ``state_dir``; the local segment
-never leaves the silo. Optional record-level DP-SGD (Opacus) reports the silo's ε.
+The model comes from the model-family registry (:mod:`fedprompt_client_agent.models`);
+reading the silo and choosing the trainer are the only modality-specific parts
+(:data:`MODALITIES`). The personal state (every segment and the head) is kept in
+``state_dir``; the local segment never leaves the silo. Optional record-level DP-SGD
+(Opacus) reports the silo's ε.
 """
 
 from __future__ import annotations
@@ -19,40 +22,39 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedprompt.strategies import PROMPT_STRATEGIES, StrategyName
+from fedprompt.files import atomic_write
+from fedprompt.strategies import strategy_spec
 from fedprompt.v1 import common_pb2
 from fedprompt_client_agent.agent import TrainSettings
 from fedprompt_client_agent.config import ClientAgentConfig, Modality
-from fedprompt_client_agent.contrastive_loss import make_info_nce_loss
-from fedprompt_client_agent.state_io import atomic_write
-from fedprompt_client_agent.trainer import EvalResult, TrainConfig, TrainResult
+from fedprompt_client_agent.data.image_silos import load_image_silo_dir
+from fedprompt_client_agent.data.text_silos import load_silo_dir
+from fedprompt_client_agent.models import registry
+from fedprompt_client_agent.models.backbone import default_model_dir
+from fedprompt_client_agent.models.efficientnet_lite import default_weights_path
+from fedprompt_client_agent.training.contrastive_loss import make_info_nce_loss
+from fedprompt_client_agent.training.dp_sgd import DPLocalTrainer, DPSGDConfig
+from fedprompt_client_agent.training.trainer import (
+    EvalResult,
+    LocalTrainer,
+    TextModel,
+    TrainConfig,
+    TrainResult,
+)
+from fedprompt_client_agent.training.vision_trainer import VisionModel, VisionTrainer
 
 logger = logging.getLogger(__name__)
 
 PERSONAL_PROMPT_FILE = "personal_prompt.safetensors"
 DP_SGD_STATE_FILE = "dp_sgd_accountant.json"
-
-
-class AdaptedModel(Protocol):
-    """The state API every adapted model (prompt, LoRA, full) offers."""
-
-    @property
-    def device(self) -> torch.device: ...
-
-    def shared_state(self) -> dict[str, np.ndarray]: ...
-
-    def load_shared_state(self, tensors: Mapping[str, np.ndarray]) -> None: ...
-
-    def save_personal(self, path: str | Path) -> Path: ...
-
-    def load_personal(self, path: str | Path) -> None: ...
 
 
 class Trainer(Protocol):
@@ -65,6 +67,103 @@ class Trainer(Protocol):
     ) -> TrainResult: ...
 
     def evaluate(self, split: Any = "val") -> EvalResult: ...
+
+
+class Silo(Protocol):
+    """What the runtime reads from a text or image silo."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def labels(self) -> tuple[str, ...]: ...
+
+    @property
+    def metadata(self) -> Mapping[str, object]: ...
+
+    @property
+    def num_labels(self) -> int: ...
+
+    @property
+    def train(self) -> Any: ...
+
+    @property
+    def val(self) -> Any: ...
+
+    @property
+    def test(self) -> Any: ...
+
+
+def dp_sgd_requested(config: ClientAgentConfig) -> bool:
+    """Whether the config asks for record-level DP-SGD (a noise multiplier or a target ε)."""
+    return config.dp_sgd_noise_multiplier is not None or config.dp_sgd_target_epsilon is not None
+
+
+def _text_trainer(built: registry.BuiltModel, silo: Any, config: ClientAgentConfig) -> Trainer:
+    """The text trainer: DP-SGD when the config asks for it, else plain AdamW steps."""
+    model = cast(TextModel, built.model)  # every text family has the trainer's API
+    train_config = TrainConfig(steps=1, max_length=config.max_length, seed=config.seed)
+    if dp_sgd_requested(config):
+        dp = DPSGDConfig(
+            noise_multiplier=config.dp_sgd_noise_multiplier,
+            target_epsilon=config.dp_sgd_target_epsilon,
+            total_steps=config.dp_sgd_total_steps,
+            max_grad_norm=config.dp_sgd_max_grad_norm,
+        )
+        return DPLocalTrainer(model, built.tokenizer, silo, train_config, dp=dp)
+    return LocalTrainer(model, built.tokenizer, silo, train_config)
+
+
+def _image_trainer(built: registry.BuiltModel, silo: Any, config: ClientAgentConfig) -> Trainer:
+    """The image trainer (any image model: visual prompt, LoRA, full)."""
+    model = cast(VisionModel, built.model)  # every image family has the trainer's API
+    return VisionTrainer(model, silo, TrainConfig(steps=1, seed=config.seed))
+
+
+@dataclass(frozen=True)
+class ModalityIO:
+    """How the runtime reads one modality's silo and trains its models.
+
+    Attributes
+    ----------
+    load_silo
+        Reads the silo folder of the config.
+    default_source
+        The bundled frozen model when the config names none (a folder or a weights file).
+    make_trainer
+        The trainer of a built model on the silo.
+    fingerprint_parts
+        Settings of this modality that two compatible clients share.
+    supports_dp_sgd
+        Whether record-level DP-SGD is available.
+    """
+
+    load_silo: Callable[[ClientAgentConfig], Silo]
+    default_source: Callable[[], Path]
+    make_trainer: Callable[[registry.BuiltModel, Any, ClientAgentConfig], Trainer]
+    fingerprint_parts: Callable[[ClientAgentConfig], dict[str, object]]
+    supports_dp_sgd: bool
+
+
+#: The modality-specific parts of a runtime, by modality.
+MODALITIES: Mapping[Modality, ModalityIO] = {
+    Modality.TEXT: ModalityIO(
+        load_silo=lambda c: load_silo_dir(
+            c.data_dir, text_column=c.text_column, label_column=c.label_column
+        ),
+        default_source=default_model_dir,
+        make_trainer=_text_trainer,
+        fingerprint_parts=lambda c: {"max_length": c.max_length},
+        supports_dp_sgd=True,
+    ),
+    Modality.IMAGE: ModalityIO(
+        load_silo=lambda c: load_image_silo_dir(c.data_dir),
+        default_source=default_weights_path,
+        make_trainer=_image_trainer,
+        fingerprint_parts=lambda c: {"image_size": c.image_size},
+        supports_dp_sgd=False,
+    ),
+}
 
 
 def detect_modality(config: ClientAgentConfig) -> Modality:
@@ -100,19 +199,15 @@ class SiloRuntime:
         if config.torch_threads is not None:
             torch.set_num_threads(config.torch_threads)
         self.client_id = config.client_id
-        self.strategy = StrategyName(config.strategy)
+        self._spec = strategy_spec(config.strategy)
+        self.strategy = self._spec.name
         self.modality = detect_modality(config)
-        self._dp_sgd = (
-            config.dp_sgd_noise_multiplier is not None or config.dp_sgd_target_epsilon is not None
-        )
+        self._dp_sgd = dp_sgd_requested(config)
         parts: dict[str, object] = {
             "modality": self.modality.value,
             "strategy": self.strategy.value,
         }
-        if self.modality is Modality.IMAGE:
-            source = self._build_image(config, parts)
-        else:
-            source = self._build_text(config, parts)
+        source = self._build(config, parts)
         self.num_train_examples = len(self._splits["train"])
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self._personal_path = config.state_dir / PERSONAL_PROMPT_FILE
@@ -144,125 +239,45 @@ class SiloRuntime:
 
     # ------------------------------------------------------------------ builders
 
-    def _build_text(self, config: ClientAgentConfig, parts: dict[str, object]) -> Path:
-        from fedprompt_client_agent.data import load_silo_dir
-        from fedprompt_client_agent.model import (
-            PromptSpec,
-            build_prompt_classifier,
-            default_model_dir,
-        )
-        from fedprompt_client_agent.trainer import LocalTrainer
-
-        silo = load_silo_dir(
-            config.data_dir, text_column=config.text_column, label_column=config.label_column
-        )
-        self._set_silo(silo.name, silo.labels, silo.metadata, silo.train, silo.val, silo.test)
-        model_dir = Path(config.model_dir or default_model_dir())
-        tokenizer: Any
-        model: Any
-        if self.strategy in PROMPT_STRATEGIES:
-            spec = PromptSpec(
-                n_global=8 if config.n_global is None else config.n_global,
-                n_cluster=4 if config.n_cluster is None else config.n_cluster,
-                n_local=4 if config.n_local is None else config.n_local,
-            )
-            parts["segments"] = [spec.n_global, spec.n_cluster, spec.n_local]
-            model, tokenizer = build_prompt_classifier(
-                model_dir,
+    def _build(self, config: ClientAgentConfig, parts: dict[str, object]) -> Path:
+        """Read the silo, build the strategy's model family for it and its trainer."""
+        io = MODALITIES[self.modality]
+        if self._dp_sgd and not io.supports_dp_sgd:
+            supported = ", ".join(m.value for m, each in MODALITIES.items() if each.supports_dp_sgd)
+            raise ValueError(f"record-level DP-SGD is available for {supported} silos only")
+        silo = io.load_silo(config)
+        self._set_silo(silo)
+        source = Path(config.model_dir or io.default_source())
+        build = registry.model_builder(self.modality, self._spec.family)
+        built = build(
+            registry.ModelRequest(
+                source=source,
                 num_labels=silo.num_labels,
-                spec=spec,
                 seed=config.seed,
                 device=config.device.value,
+                image_size=config.image_size,
+                n_global=config.n_global,
+                n_cluster=config.n_cluster,
+                n_local=config.n_local,
             )
-        else:
-            from fedprompt_client_agent.adapters import build_full_classifier, build_lora_classifier
-
-            build = (
-                build_lora_classifier
-                if self.strategy is StrategyName.LORA_FEDAVG
-                else build_full_classifier
-            )
-            model, tokenizer = build(
-                model_dir, num_labels=silo.num_labels, seed=config.seed, device=config.device.value
-            )
-        parts.update(labels=list(silo.labels), max_length=config.max_length)
-        self.model: AdaptedModel = model
-        train_config = TrainConfig(steps=1, max_length=config.max_length, seed=config.seed)
-        if self._dp_sgd:
-            from fedprompt_client_agent.dp_sgd import DPLocalTrainer, DPSGDConfig
-
-            dp = DPSGDConfig(
-                noise_multiplier=config.dp_sgd_noise_multiplier,
-                target_epsilon=config.dp_sgd_target_epsilon,
-                total_steps=config.dp_sgd_total_steps,
-                max_grad_norm=config.dp_sgd_max_grad_norm,
-            )
-            self.trainer: Trainer = DPLocalTrainer(model, tokenizer, silo, train_config, dp=dp)
-        else:
-            self.trainer = LocalTrainer(model, tokenizer, silo, train_config)
-        return model_dir
-
-    def _build_image(self, config: ClientAgentConfig, parts: dict[str, object]) -> Path:
-        from fedprompt_client_agent.efficientnet_lite import default_weights_path
-        from fedprompt_client_agent.vision_data import load_image_silo_dir
-        from fedprompt_client_agent.vision_model import (
-            VisualPromptSpec,
-            build_visual_prompt_classifier,
         )
-        from fedprompt_client_agent.vision_trainer import VisionTrainer
+        parts.update(built.fingerprint_parts)
+        parts.update(labels=list(silo.labels), **io.fingerprint_parts(config))
+        self.model: registry.AdaptedModel = built.model
+        self.trainer: Trainer = io.make_trainer(built, silo, config)
+        return source
 
-        if self._dp_sgd:
-            raise ValueError("record-level DP-SGD is available for text silos only")
-        silo = load_image_silo_dir(config.data_dir)
-        self._set_silo(silo.name, silo.labels, silo.metadata, silo.train, silo.val, silo.test)
-        weights = Path(config.model_dir or default_weights_path())
-        if self.strategy in PROMPT_STRATEGIES:
-            spec = VisualPromptSpec(
-                image_size=config.image_size,
-                n_global=2 if config.n_global is None else config.n_global,
-                n_cluster=1 if config.n_cluster is None else config.n_cluster,
-                n_local=1 if config.n_local is None else config.n_local,
-            )
-            parts["segments"] = [spec.n_global, spec.n_cluster, spec.n_local]
-            model: Any = build_visual_prompt_classifier(
-                weights, num_labels=silo.num_labels, spec=spec, seed=config.seed,
-                device=config.device.value,
-            )  # fmt: skip
-        else:
-            from fedprompt_client_agent.adapters import build_vision_adapter_classifier
-
-            model = build_vision_adapter_classifier(
-                weights,
-                num_labels=silo.num_labels,
-                mode="lora" if self.strategy is StrategyName.LORA_FEDAVG else "full",
-                image_size=config.image_size,
-                seed=config.seed,
-                device=config.device.value,
-            )
-        parts.update(labels=list(silo.labels), image_size=config.image_size)
-        self.model = model
-        self.trainer = VisionTrainer(model, silo, TrainConfig(steps=1, seed=config.seed))
-        return weights
-
-    def _set_silo(
-        self,
-        name: str,
-        labels: tuple[str, ...],
-        metadata: Mapping[str, object],
-        train: Any,
-        val: Any,
-        test: Any,
-    ) -> None:
-        self.silo_name = name
-        self.labels = labels
-        self.metadata: Mapping[str, object] = metadata
-        self._splits: dict[str, Any] = {"train": train, "val": val, "test": test}
+    def _set_silo(self, silo: Silo) -> None:
+        self.silo_name = silo.name
+        self.labels = silo.labels
+        self.metadata: Mapping[str, object] = silo.metadata
+        self._splits: dict[str, Any] = {"train": silo.train, "val": silo.val, "test": silo.test}
 
     # ------------------------------------------------------------------ LearningRuntime
 
     def shared_state(self) -> dict[str, np.ndarray]:
-        """The travelling tensors; none for ``local`` (each silo trains alone)."""
-        if self.strategy is StrategyName.LOCAL:
+        """The travelling tensors; none when the strategy shares none (``local``)."""
+        if not self._spec.shares_tensors:
             return {}
         return self.model.shared_state()
 
