@@ -41,7 +41,6 @@ from fedprompt_client_agent.models import registry
 from fedprompt_client_agent.models.backbone import default_model_dir
 from fedprompt_client_agent.models.efficientnet_lite import default_weights_path
 from fedprompt_client_agent.training.contrastive_loss import make_info_nce_loss
-from fedprompt_client_agent.training.dp_sgd import DPLocalTrainer, DPSGDConfig
 from fedprompt_client_agent.training.trainer import (
     EvalResult,
     LocalTrainer,
@@ -104,6 +103,9 @@ def _text_trainer(built: registry.BuiltModel, silo: Any, config: ClientAgentConf
     model = cast(TextModel, built.model)  # every text family has the trainer's API
     train_config = TrainConfig(steps=1, max_length=config.max_length, seed=config.seed)
     if dp_sgd_requested(config):
+        # imported here: Opacus costs seconds of start-up that silos without DP-SGD skip
+        from fedprompt_client_agent.training.dp_sgd import DPLocalTrainer, DPSGDConfig
+
         dp = DPSGDConfig(
             noise_multiplier=config.dp_sgd_noise_multiplier,
             target_epsilon=config.dp_sgd_target_epsilon,
