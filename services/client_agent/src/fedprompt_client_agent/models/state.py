@@ -31,9 +31,17 @@ import torch
 from fedprompt.codec import decode_payload
 from fedprompt.errors import InvalidArgumentError
 from fedprompt.files import atomic_write
+from fedprompt.tensor_names import (
+    HEAD_BIAS,
+    HEAD_WEIGHT,
+    LOCAL_PROMPT_KEYS,
+    SHARED_PROMPT_KEYS,
+    prompt_key,
+)
 
 __all__ = [
     "FLOAT_DTYPES",
+    "PromptStateMixin",
     "TensorMap",
     "TensorStateMixin",
     "checked_tensor",
@@ -391,3 +399,33 @@ class TensorStateMixin(abc.ABC):
             self.load_personal_state(tensors)
         except ValueError as exc:
             raise ValueError(f"{source}: {exc}") from exc
+
+
+class PromptStateMixin(TensorStateMixin):
+    """The views of a segmented prompt model: its non-empty segments and its linear head.
+
+    ``prompt.global`` and ``prompt.cluster`` travel with the head, ``prompt.local`` stays
+    private, and all of them are kept at home (see :mod:`fedprompt.tensor_names`). A model
+    says where each segment lives (``_segment_views``) and has a ``head``.
+    """
+
+    head: torch.nn.Linear
+
+    @abc.abstractmethod
+    def _segment_views(self) -> dict[str, torch.Tensor]:
+        """Map each non-empty segment (``global``, ``cluster``, ``local``) to its tensor."""
+
+    def _shared_views(self) -> dict[str, torch.Tensor]:
+        """``prompt.global``, ``prompt.cluster`` (non-empty segments) and the head."""
+        return select_views(self._personal_views(), SHARED_PROMPT_KEYS)
+
+    def _local_views(self) -> dict[str, torch.Tensor]:
+        """``prompt.local``, if that segment is not empty."""
+        return select_views(self._personal_views(), LOCAL_PROMPT_KEYS)
+
+    def _personal_views(self) -> dict[str, torch.Tensor]:
+        """Every non-empty segment as ``prompt.<segment>``, then ``head.weight``, ``head.bias``."""
+        views = {prompt_key(segment): t for segment, t in self._segment_views().items()}
+        views[HEAD_WEIGHT] = self.head.weight
+        views[HEAD_BIAS] = self.head.bias
+        return views

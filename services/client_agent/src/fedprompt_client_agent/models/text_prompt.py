@@ -34,12 +34,7 @@ from transformers import PreTrainedModel
 
 from fedprompt.strategies import ModelFamily
 from fedprompt.tensor_names import (
-    HEAD_BIAS,
-    HEAD_WEIGHT,
-    LOCAL_PROMPT_KEYS,
     PROMPT_SEGMENTS,
-    SHARED_PROMPT_KEYS,
-    prompt_key,
 )
 from fedprompt_client_agent.config import Modality
 from fedprompt_client_agent.models.backbone import (
@@ -52,7 +47,7 @@ from fedprompt_client_agent.models.backbone import (
 )
 from fedprompt_client_agent.models.prompt_init import PROMPT_INITIALISERS, PromptInitContext
 from fedprompt_client_agent.models.registry import BuiltModel, ModelRequest, register_model_family
-from fedprompt_client_agent.models.state import TensorStateMixin, select_views
+from fedprompt_client_agent.models.state import PromptStateMixin
 from fedprompt_client_agent.models.toolbox import (
     autocast,
     init_linear_head,
@@ -114,7 +109,7 @@ class PromptSpec:
         }
 
 
-class PromptClassifier(TensorStateMixin, nn.Module):
+class PromptClassifier(PromptStateMixin, nn.Module):
     """A frozen backbone, a segmented peft soft prompt and a linear head.
 
     Parameters
@@ -244,30 +239,18 @@ class PromptClassifier(TensorStateMixin, nn.Module):
 
     # ----------------------------------------------------------------- state exchange
 
-    def _shared_views(self) -> dict[str, torch.Tensor]:
-        """``prompt.global``, ``prompt.cluster`` (non-empty segments) and the head."""
-        return select_views(self._personal_views(), SHARED_PROMPT_KEYS)
+    def _segment_views(self) -> dict[str, torch.Tensor]:
+        """The non-empty segments: ``[n_s, hidden]`` row ranges of the prompt table.
 
-    def _local_views(self) -> dict[str, torch.Tensor]:
-        """``prompt.local``, if that segment is not empty."""
-        return select_views(self._personal_views(), LOCAL_PROMPT_KEYS)
-
-    def _personal_views(self) -> dict[str, torch.Tensor]:
-        """Map each personal key to a view of the parameter that holds it.
-
-        The non-empty segments ``prompt.{global,cluster,local}`` are ``[n_s, hidden]``
-        row ranges of the prompt table; ``head.weight`` is ``[num_labels, hidden]``,
-        ``head.bias`` ``[num_labels]``.
+        With them, ``head.weight`` (``[num_labels, hidden]``) and ``head.bias``
+        (``[num_labels]``) make the personal state.
         """
         weight = self.prompt_embedding.weight
-        views: dict[str, torch.Tensor] = {
-            prompt_key(segment): weight[rows]
+        return {
+            segment: weight[rows]
             for segment, rows in self.spec.segment_slices().items()
             if rows.stop > rows.start
         }
-        views[HEAD_WEIGHT] = self.head.weight
-        views[HEAD_BIAS] = self.head.bias
-        return views
 
     def _personal_metadata(self) -> dict[str, str]:
         """Segment sizes, hidden size and label count of the personal file."""

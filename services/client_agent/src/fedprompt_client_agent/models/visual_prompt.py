@@ -46,12 +46,7 @@ from torch import nn
 
 from fedprompt.strategies import ModelFamily
 from fedprompt.tensor_names import (
-    HEAD_BIAS,
-    HEAD_WEIGHT,
-    LOCAL_PROMPT_KEYS,
     PROMPT_SEGMENTS,
-    SHARED_PROMPT_KEYS,
-    prompt_key,
 )
 from fedprompt_client_agent.config import Modality
 from fedprompt_client_agent.models.efficientnet_lite import (
@@ -62,7 +57,7 @@ from fedprompt_client_agent.models.efficientnet_lite import (
     normalize,
 )
 from fedprompt_client_agent.models.registry import BuiltModel, ModelRequest, register_model_family
-from fedprompt_client_agent.models.state import TensorStateMixin, select_views
+from fedprompt_client_agent.models.state import PromptStateMixin
 from fedprompt_client_agent.models.toolbox import (
     autocast,
     init_linear_head,
@@ -267,7 +262,7 @@ class _RingPrompt(nn.Module):
         return padded + flat.view(1, 3, side, side).to(padded.dtype)
 
 
-class VisualPromptClassifier(TensorStateMixin, nn.Module):
+class VisualPromptClassifier(PromptStateMixin, nn.Module):
     """A frozen EfficientNet-Lite0, a three-ring visual prompt and a linear head.
 
     Parameters
@@ -416,26 +411,13 @@ class VisualPromptClassifier(TensorStateMixin, nn.Module):
 
     # ----------------------------------------------------------------- state exchange
 
-    def _shared_views(self) -> dict[str, torch.Tensor]:
-        """``prompt.global``, ``prompt.cluster`` (rings of width > 0) and the head."""
-        return select_views(self._personal_views(), SHARED_PROMPT_KEYS)
+    def _segment_views(self) -> dict[str, torch.Tensor]:
+        """The rings of width > 0, outermost first: ``[3, P_s]`` each.
 
-    def _local_views(self) -> dict[str, torch.Tensor]:
-        """``prompt.local``, if that ring has width > 0."""
-        return select_views(self._personal_views(), LOCAL_PROMPT_KEYS)
-
-    def _personal_views(self) -> dict[str, torch.Tensor]:
-        """Map each personal key to the parameter that holds it.
-
-        Rings of width > 0 are ``prompt.{global,cluster,local}``, ``[3, P_s]``;
-        ``head.weight`` is ``[num_labels, 1280]``, ``head.bias`` ``[num_labels]``.
+        With them, ``head.weight`` (``[num_labels, 1280]``) and ``head.bias``
+        (``[num_labels]``) make the personal state.
         """
-        views: dict[str, torch.Tensor] = {
-            prompt_key(name): self.prompt.segment(name) for name in self.prompt.segments
-        }
-        views[HEAD_WEIGHT] = self.head.weight
-        views[HEAD_BIAS] = self.head.bias
-        return views
+        return {name: self.prompt.segment(name) for name in self.prompt.segments}
 
     def _personal_metadata(self) -> dict[str, str]:
         """Backbone, image size, ring widths, feature width and label count of the file."""
