@@ -311,13 +311,20 @@ async def test_first_join_fixes_the_fingerprint_and_asks_for_the_initial_model(
         assert first.current_round == 0 and first.total_rounds == 1
         with pytest.raises(ModelMismatchError, match="fingerprint"):
             await h.fed.join(_join_request("b", fingerprint="other"))
+        for cid in ("b", "c"):  # asked too: they joined before the model exists
+            assert (await h.fed.join(_join_request(cid))).initial_model_requested
         await _upload(h.fed, "a", 0, UpdateKind.INITIAL, _f32(INITIAL), 0)
-        assert not (await h.fed.join(_join_request("b"))).initial_model_requested
-        # A second initial model with the same layout is an idempotent duplicate...
+        assert not (await h.fed.join(_join_request("d"))).initial_model_requested
+        # A late initial model of an asked client with the same layout is an idempotent
+        # duplicate...
         assert await _upload(h.fed, "b", 0, UpdateKind.INITIAL, _f32(INITIAL), 0)
-        # ...one with another layout is refused.
+        # ...one with another layout is refused...
         with pytest.raises(ModelMismatchError):
-            await _upload(h.fed, "b", 0, UpdateKind.INITIAL, {"x": np.zeros(1, np.float32)}, 0)
+            await _upload(h.fed, "c", 0, UpdateKind.INITIAL, {"x": np.zeros(1, np.float32)}, 0)
+        # ...and the ask is used up; a client joined after the model exists was never asked.
+        for cid in ("b", "d"):
+            with pytest.raises(WrongRoundError, match="model exists"):
+                await _upload(h.fed, cid, 0, UpdateKind.INITIAL, _f32(INITIAL), 0)
         assert h.state.get_setting("model_fingerprint") == FINGERPRINT
         assert h.models.rounds() == [0]
 

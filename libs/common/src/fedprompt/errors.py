@@ -31,6 +31,9 @@ class ErrorCode(enum.StrEnum):
     NOT_READY = "not_ready"
     UNAVAILABLE = "unavailable"
     PERMISSION_DENIED = "permission_denied"
+    BUSY = "busy"
+    OVER_CAPACITY = "over_capacity"
+    IDLE_TIMEOUT = "idle_timeout"
 
 
 STATUS_BY_CODE: dict[ErrorCode, grpc.StatusCode] = {
@@ -48,6 +51,9 @@ STATUS_BY_CODE: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.NOT_READY: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorCode.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     ErrorCode.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorCode.BUSY: grpc.StatusCode.ABORTED,
+    ErrorCode.OVER_CAPACITY: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorCode.IDLE_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 
@@ -154,3 +160,25 @@ class PermissionDeniedError(FedPromptError):
     """The authenticated caller may not act for the client (or call the method) it names."""
 
     code = ErrorCode.PERMISSION_DENIED
+
+
+class BusyError(FedPromptError):
+    """The caller already has a call of this kind open (one upload per client at a time).
+
+    Answered ``ABORTED``: a concurrency conflict, not a bad request; retrying after the
+    open call ended succeeds.
+    """
+
+    code = ErrorCode.BUSY
+
+
+class OverCapacityError(FedPromptError):
+    """A shared budget of the server (spool disk, upload memory) cannot take the request now."""
+
+    code = ErrorCode.OVER_CAPACITY
+
+
+class IdleTimeoutError(FedPromptError):
+    """A client stream sent nothing for longer than the server's idle timeout."""
+
+    code = ErrorCode.IDLE_TIMEOUT

@@ -5,6 +5,14 @@ Every server gets the same message limits, keepalive settings, the standard
 place where domain errors become gRPC status codes. Server processes announce the port they
 bound with :func:`announce_port` and stop on SIGTERM/SIGINT through
 :func:`stop_event_on_signals`.
+
+Dead and idle peers. A server pings every connection (HTTP/2 keepalive) every
+``keepalive_time_s`` and closes it when a ping is not answered within
+``keepalive_timeout_s``: every call on it is then cancelled, so a server stream (a task
+stream, which is silent between rounds by design) whose peer is gone ends within about
+the sum of the two. A client stream (an upload) must also keep sending: with
+``stream_idle_timeout_s``, one whose next message does not arrive within that many seconds
+is ended with ``DEADLINE_EXCEEDED`` (:class:`ClientStreamIdleInterceptor`).
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fedprompt.errors import FedPromptError
+from fedprompt.errors import FedPromptError, IdleTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +38,10 @@ MAX_CHUNK_BYTES = 1 * MIB
 #: Default receive limit: one chunk plus protobuf framing, with headroom. Large payloads stream.
 DEFAULT_MAX_MESSAGE_BYTES = 2 * MIB
 CLIENT_ID_METADATA_KEY = "x-fedprompt-client-id"
+#: Seconds between HTTP/2 keepalive pings on an otherwise quiet connection.
+DEFAULT_KEEPALIVE_TIME_S = 30.0
+#: Seconds a keepalive ping may go unanswered before the connection counts as dead.
+DEFAULT_KEEPALIVE_TIMEOUT_S = 10.0
 
 #: A method handler of any request and response type (what interceptors see).
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -45,19 +57,32 @@ RequestIterWrapper: TypeAlias = Callable[[AsyncIterator[Any], AnyContext], Async
 _R = TypeVar("_R")
 
 
-def channel_options(*, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+def channel_options(
+    *,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    keepalive_time_s: float = DEFAULT_KEEPALIVE_TIME_S,
+    keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S,
+) -> list[tuple[str, int]]:
     """gRPC channel arguments shared by servers and clients.
 
     Parameters
     ----------
     max_message_bytes
         Limit for one received and one sent message.
+    keepalive_time_s
+        Interval of HTTP/2 keepalive pings (a server pings each of its connections).
+    keepalive_timeout_s
+        A ping unanswered this long closes the connection and cancels its calls.
     """
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_time_ms", max(1, round(keepalive_time_s * 1000))),
+        ("grpc.keepalive_timeout_ms", max(1, round(keepalive_timeout_s * 1000))),
+        # any unanswered ping ends the connection as late as a keepalive ping would: an
+        # unanswered flow-control (BDP) ping otherwise blocks keepalive pings (one ping in
+        # flight at a time) and holds a dead peer's calls for gRPC's default 60 s
+        ("grpc.http2.ping_timeout_ms", max(1, round(keepalive_timeout_s * 1000))),
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
@@ -229,6 +254,71 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
+async def within_idle_timeout(
+    requests: AsyncIterator[_R], *, idle_timeout_s: float, method: str
+) -> AsyncIterator[_R]:
+    """Yield the messages of a client stream; raise IdleTimeoutError after a silent gap.
+
+    Parameters
+    ----------
+    requests
+        The call's request iterator.
+    idle_timeout_s
+        Longest wait for the next message (the first included).
+    method
+        The method's name, for the error message.
+    """
+    iterator = aiter(requests)
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout_s):
+                message = await anext(iterator)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise IdleTimeoutError(
+                f"{method}: no message for {idle_timeout_s:g} s; the stream was closed"
+            ) from None
+        yield message
+
+
+class ClientStreamIdleInterceptor(grpc.aio.ServerInterceptor):
+    """End client-streaming calls whose next message does not come within a timeout.
+
+    The servicer sees :class:`~fedprompt.errors.IdleTimeoutError` raised from its request
+    iterator (so it frees what the call holds) and the peer gets ``DEADLINE_EXCEEDED``.
+
+    Parameters
+    ----------
+    idle_timeout_s
+        Longest silence between two messages of a client stream.
+    """
+
+    def __init__(self, idle_timeout_s: float) -> None:
+        if idle_timeout_s <= 0:
+            raise ValueError("idle_timeout_s must be positive")
+        self._idle_timeout_s = idle_timeout_s
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        """Wrap the request iterator of a client-streaming method; leave others alone."""
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler.request_streaming:
+            return handler
+        method = handler_call_details.method
+        timeout_s = self._idle_timeout_s
+
+        def requests(iterator: AsyncIterator[Any], context: AnyContext) -> AsyncIterator[Any]:
+            return within_idle_timeout(iterator, idle_timeout_s=timeout_s, method=method)
+
+        return wrap_handler(
+            handler, unary=lambda b: b, streaming=lambda b: b, request_iter=requests
+        )
+
+
 @dataclass(frozen=True)
 class ServerHandle:
     """A started server with the port it bound and its health servicer."""
@@ -251,6 +341,9 @@ async def start_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     credentials: grpc.ServerCredentials | None = None,
+    keepalive_time_s: float = DEFAULT_KEEPALIVE_TIME_S,
+    keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S,
+    stream_idle_timeout_s: float | None = None,
 ) -> ServerHandle:
     """Build, bind and start an aio server with health checking and error mapping.
 
@@ -269,10 +362,25 @@ async def start_server(
     credentials
         TLS credentials (see :func:`fedprompt.tls.server_credentials`); None binds a
         plaintext port.
+    keepalive_time_s, keepalive_timeout_s
+        The server pings every connection this often and closes one whose ping is not
+        answered in time, cancelling its calls (a dead peer's streams end).
+    stream_idle_timeout_s
+        End a client stream whose next message does not arrive within this many seconds
+        (``DEADLINE_EXCEEDED``); None: no limit.
     """
+    idle = (
+        [ClientStreamIdleInterceptor(stream_idle_timeout_s)]
+        if stream_idle_timeout_s is not None
+        else []
+    )
     server = grpc.aio.server(
-        interceptors=[*interceptors, ErrorMappingInterceptor()],
-        options=channel_options(max_message_bytes=max_message_bytes),
+        interceptors=[*interceptors, *idle, ErrorMappingInterceptor()],
+        options=channel_options(
+            max_message_bytes=max_message_bytes,
+            keepalive_time_s=keepalive_time_s,
+            keepalive_timeout_s=keepalive_timeout_s,
+        ),
     )
     register(server)
     health_servicer = health.aio.HealthServicer()

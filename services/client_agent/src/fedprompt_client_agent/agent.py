@@ -30,7 +30,14 @@ from fedprompt_client_agent.metrics import ClientMetrics
 
 logger = logging.getLogger(__name__)
 
-_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+#: Reconnect (with backoff) on these: the coordinator is unreachable, a call or an idle
+#: upload timed out, or an upload of this client is still open there (``ABORTED``: after a
+#: cut connection the old one lives until the coordinator's keepalive or idle timeout ends it).
+_RETRYABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.ABORTED,
+)
 
 
 def tensor_digest(tensors: Mapping[str, np.ndarray]) -> bytes:
@@ -125,7 +132,7 @@ class ClientAgent:
         self._last_eval: tuple[bytes, dict[str, float]] | None = None
 
     async def run(self) -> str:
-        """Join and serve tasks; reconnect with backoff and jitter on UNAVAILABLE.
+        """Join and serve tasks; reconnect with backoff and jitter on a retryable status.
 
         Returns
         -------

@@ -7,9 +7,11 @@ import asyncio
 import logging
 import sys
 
+import grpc
+
 from fedprompt.config import ConfigError, load_config
 from fedprompt.logs import configure_logging
-from fedprompt.server import announce_port, start_server, stop_event_on_signals
+from fedprompt.server import ServerHandle, announce_port, start_server, stop_event_on_signals
 from fedprompt.strategies import strategies_help
 from fedprompt.telemetry import serve_metrics
 from fedprompt.tls import (
@@ -61,6 +63,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+async def start_coordinator_server(
+    config: CoordinatorConfig,
+    federation: Federation,
+    *,
+    credentials: grpc.ServerCredentials | None,
+) -> ServerHandle:
+    """Serve ``federation`` on ``config.listen`` as the ``fedprompt-coordinator`` process does.
+
+    The Coordinator service with its interceptors (identity, traffic) and the stream limits
+    of ``config.limits`` (keepalive of every connection, idle timeout of uploads).
+    """
+    return await start_server(
+        register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+            CoordinatorServicer(federation), s
+        ),
+        service_names=["fedprompt.v1.Coordinator"],
+        address=config.listen,
+        interceptors=[IdentityInterceptor(), TrafficInterceptor(federation.traffic)],
+        credentials=credentials,
+        keepalive_time_s=config.limits.keepalive_time_s,
+        keepalive_timeout_s=config.limits.keepalive_timeout_s,
+        stream_idle_timeout_s=config.limits.upload_idle_timeout_s,
+    )
+
+
 async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> None:
     """Serve until SIGTERM/SIGINT (or, with ``exit_when_done``, until the last round)."""
     server_creds = server_credentials(config.tls, role="coordinator")
@@ -81,15 +108,7 @@ async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> None:
     metrics_server = serve_metrics(
         federation.metrics.registry, host=config.metrics_host, port=config.metrics_port
     )
-    handle = await start_server(
-        register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-            CoordinatorServicer(federation), s
-        ),
-        service_names=["fedprompt.v1.Coordinator"],
-        address=config.listen,
-        interceptors=[IdentityInterceptor(), TrafficInterceptor(federation.traffic)],
-        credentials=server_creds,
-    )
+    handle = await start_coordinator_server(config, federation, credentials=server_creds)
     announce_port(handle)
     stop = stop_event_on_signals()
     rounds = asyncio.create_task(federation.run(), name="rounds")

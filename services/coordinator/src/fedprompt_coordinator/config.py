@@ -119,6 +119,65 @@ class PrivacyConfig(BaseModel):
         return self
 
 
+GIB = 1024**3
+MIB = 1024**2
+
+
+class ResourceLimits(BaseModel):
+    """What one client, and all clients together, may hold on the coordinator.
+
+    Every limit answers a client with a status code before it costs anything: an upload
+    over a limit is refused at its header, before any chunk is read.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    upload_idle_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="An upload (or any client stream) that sends no message for this long is "
+        "cancelled with DEADLINE_EXCEEDED and its buffers and spool file are freed. An honest "
+        "client sends a chunk of at most 1 MiB at a time: 60 s allows a link of ~140 kbit/s.",
+    )
+    keepalive_time_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="The coordinator pings every client connection (HTTP/2 keepalive) this "
+        "often; see keepalive_timeout_s.",
+    )
+    keepalive_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A keepalive ping unanswered this long closes the connection: its calls "
+        "are cancelled, so a task stream whose peer is gone ends and its client counts as "
+        "disconnected after at most keepalive_time_s + keepalive_timeout_s.",
+    )
+    max_initial_model_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Largest initial model a client may upload (RESOURCE_EXHAUSTED at the "
+        "header). None: max_update_bytes, since the initial model is the uncompressed shared "
+        "state, the largest payload an honest client sends (its deltas hold the same tensors). "
+        "Once the model exists, a late initial upload is bounded by the model's own size.",
+    )
+    max_spool_bytes: int = Field(
+        default=16 * GIB,
+        ge=1,
+        description="Disk that open uploads may reserve together: an upload spooled to a file "
+        "(over 8 MiB, or when upload memory is full) reserves its announced size when it "
+        "begins; one that does not fit is refused with RESOURCE_EXHAUSTED before any chunk. "
+        "Must hold one largest upload (max_update_bytes, max_initial_model_bytes). Accepted "
+        "updates keep their file until their round ends (one per participant).",
+    )
+    max_buffered_upload_bytes: int = Field(
+        default=256 * MIB,
+        ge=0,
+        description="Memory that open uploads assembled in memory (8 MiB or less) may reserve "
+        "together (announced sizes). An upload that does not fit spools to a file instead "
+        "(see max_spool_bytes), so the coordinator's memory stays bounded under a flood.",
+    )
+
+
 class CoordinatorConfig(BaseModel):
     """Everything the coordinator process needs."""
 
@@ -164,6 +223,10 @@ class CoordinatorConfig(BaseModel):
         description="Certificate, key and CA (mutual TLS), or insecure: true for plaintext. "
         "The same certificate is presented to the clusterer.",
     )
+    limits: ResourceLimits = Field(
+        default_factory=ResourceLimits,
+        description="Per-client and total bounds on streams, uploads, spool disk and memory.",
+    )
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)
     contrastive: ContrastiveConfig = Field(default_factory=ContrastiveConfig)
@@ -182,4 +245,16 @@ class CoordinatorConfig(BaseModel):
             raise ValueError("expected_clients must be >= min_clients")
         if self.privacy.enabled and not strategy_spec(self.strategy).shares_tensors:
             raise ValueError("privacy.enabled needs a strategy that shares tensors, not `local`")
+        largest = max(self.max_update_bytes, self.max_initial_model_bytes)
+        if self.limits.max_spool_bytes < largest:
+            raise ValueError(
+                f"limits.max_spool_bytes ({self.limits.max_spool_bytes}) must hold one largest "
+                f"upload ({largest} bytes): raise it or lower max_update_bytes"
+            )
         return self
+
+    @property
+    def max_initial_model_bytes(self) -> int:
+        """Largest initial model a client may upload (``limits``, else ``max_update_bytes``)."""
+        configured = self.limits.max_initial_model_bytes
+        return self.max_update_bytes if configured is None else configured

@@ -75,7 +75,7 @@ from fedprompt_coordinator.sessions import ClientSessions
 from fedprompt_coordinator.state_store import StateStore
 from fedprompt_coordinator.strategies import build_strategy
 from fedprompt_coordinator.traffic import TrafficMeter
-from fedprompt_coordinator.upload_intake import UploadIntake
+from fedprompt_coordinator.upload_intake import UploadIntake, UploadLimits
 from fedprompt_coordinator.validation import check_metrics, spec_of, validate_update
 
 logger = logging.getLogger(__name__)
@@ -157,9 +157,15 @@ class Federation:
             sessions=self._sessions,
             progress=self._progress,
             models=models,
-            max_update_bytes=config.max_update_bytes,
+            limits=UploadLimits(
+                max_update_bytes=config.max_update_bytes,
+                max_initial_model_bytes=config.max_initial_model_bytes,
+                max_spool_bytes=config.limits.max_spool_bytes,
+                max_buffered_bytes=config.limits.max_buffered_upload_bytes,
+            ),
             max_update_l2_norm=config.max_update_l2_norm,
             spec=lambda: self._spec,
+            has_model=lambda: self._model is not None,
             accept_initial=self._accept_initial,
             notify=self._notify,
         )
@@ -207,10 +213,15 @@ class Federation:
     # ------------------------------------------------------------------ client calls
 
     async def join(self, request: JoinRequest) -> JoinResult:
-        """Register (or re-register) a client; ask for the initial model if there is none."""
-        await self._sessions.join(request)
+        """Register (or re-register) a client; ask for the initial model if there is none.
+
+        Who was asked is recorded: only those clients may upload an initial model.
+        """
+        session = await self._sessions.join(request)
+        asked = self._model is None
+        self._sessions.record_initial_model_ask(session.client_id, asked=asked)
         return JoinResult(
-            initial_model_requested=self._model is None,
+            initial_model_requested=asked,
             current_round=self.current_round,
             total_rounds=self._config.rounds,
             phase=self._progress.phase,

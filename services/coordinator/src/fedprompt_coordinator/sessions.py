@@ -2,7 +2,8 @@
 
 :class:`ClientSessions` owns the join checks (client id, metadata, model fingerprint,
 strategy, example count), the clients' registration in the state store, the federation's
-model fingerprint (fixed by the first join) and one task queue per connected client.
+model fingerprint (fixed by the first join), one task queue per connected client and
+whether a client was asked for the initial model (only those may upload one).
 It knows nothing of rounds: the federation publishes tasks through it and reads the
 connected clients from it.
 """
@@ -36,6 +37,9 @@ class ClientSession:
     num_train_examples: int
     device: str
     queue: asyncio.Queue[Task | None] | None = None
+    #: Whether the client's last Join answer asked it for the initial model (in memory only:
+    #: after a restart a client is asked again when it re-joins).
+    initial_model_asked: bool = False
 
     @property
     def connected(self) -> bool:
@@ -129,6 +133,16 @@ class ClientSessions:
         await self._notify()
         return session
 
+    def record_initial_model_ask(self, client_id: str, *, asked: bool) -> None:
+        """Remember whether the client's Join answer asked it for the initial model."""
+        self.require(client_id).initial_model_asked = asked
+
+    def take_initial_model_ask(self, client_id: str) -> bool:
+        """Whether the client was asked for the initial model; the ask is used up."""
+        session = self.require(client_id)
+        asked, session.initial_model_asked = session.initial_model_asked, False
+        return asked
+
     def require(self, client_id: str) -> ClientSession:
         """The session of a joined client (``NOT_FOUND`` for anyone else)."""
         session = self._sessions.get(client_id)
@@ -141,8 +155,11 @@ class ClientSessions:
     ) -> AsyncIterator[Task]:
         """Yield the client's tasks as they are published, until a FINISHED task.
 
-        A newer stream of the same client ends the older one. ``pending()`` gives the tasks
-        the client missed; they are queued first, once the stream is open.
+        A client has at most one open task stream: a newer stream of the same client ends
+        the older one (which then ends without FINISHED, as after a disconnect).
+        ``pending()`` gives the tasks the client missed; they are queued first, once the
+        stream is open. When the call is cancelled (the peer closed it, or its connection
+        failed the server's keepalive) the client counts as disconnected at once.
         """
         session = self.require(client_id)
         if session.queue is not None:

@@ -11,6 +11,16 @@ Payloads over :data:`SPOOL_THRESHOLD_BYTES` stream into a spool file (bounded me
 chunks are checked, hashed and written in a worker thread while the next chunk is received;
 the accepted update's tensors then stay memory-mapped from that file until the round's
 spool is dropped. Smaller payloads are assembled and decoded in memory.
+
+Resources are bounded at :meth:`UploadIntake.begin`, before any chunk is read
+(:class:`UploadLimits`): a client has at most one open upload (a second one is refused
+``ABORTED`` while the first goes on); open uploads reserve their announced size, in memory
+up to ``max_buffered_bytes`` together (beyond that they spool), on disk up to
+``max_spool_bytes`` together (beyond that ``RESOURCE_EXHAUSTED``); the reservation ends
+with the upload. Initial models come only from clients the coordinator asked (Join's
+``initial_model_requested``), at most ``max_initial_model_bytes``, and only before the
+federation's model exists; after that an asked client may send one late, idempotent
+duplicate, bounded by the model's own size.
 """
 
 from __future__ import annotations
@@ -27,7 +37,14 @@ import numpy as np
 from fedprompt.chunking import ChunkAssembler, ChunkData, PayloadInfo
 from fedprompt.codec import DecodedPayload, decode_payload, decode_payload_file
 from fedprompt.compression import decompress_tensors
-from fedprompt.errors import ConflictError, InvalidArgumentError, WrongRoundError
+from fedprompt.errors import (
+    BusyError,
+    ConflictError,
+    InvalidArgumentError,
+    NotParticipantError,
+    OverCapacityError,
+    WrongRoundError,
+)
 from fedprompt_coordinator.domain import ClientUpdate, Phase, TensorSpec, UpdateKind
 from fedprompt_coordinator.model_store import ModelStore
 from fedprompt_coordinator.round_progress import UPLOAD_UPDATE, RoundProgress
@@ -38,6 +55,28 @@ logger = logging.getLogger(__name__)
 
 #: Uploads larger than this stream to a file instead of memory (then are memory-mapped).
 SPOOL_THRESHOLD_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """Bounds on uploads, each checked at the header (see ``limits`` in the coordinator config).
+
+    Parameters
+    ----------
+    max_update_bytes
+        Largest payload a delta may announce.
+    max_initial_model_bytes
+        Largest initial model a client may announce.
+    max_spool_bytes
+        Announced bytes that open spooled uploads may reserve together.
+    max_buffered_bytes
+        Announced bytes that open in-memory uploads may reserve together.
+    """
+
+    max_update_bytes: int
+    max_initial_model_bytes: int
+    max_spool_bytes: int
+    max_buffered_bytes: int
 
 
 @dataclass
@@ -58,6 +97,8 @@ class Upload:
     spool_file: BinaryIO | None = None
     #: Training metrics sent in the upload's header, stored when the update is accepted.
     train_metrics: dict[str, float] = field(default_factory=dict)
+    #: Announced bytes this upload reserves of the spool (or of upload memory) while open.
+    reserved_bytes: int = 0
     #: The spooled chunk being checked and written by the worker thread, if any.
     _in_flight: asyncio.Future[None] | None = field(default=None, init=False, repr=False)
 
@@ -106,6 +147,14 @@ class Upload:
         if delete and self.spool_path is not None:
             self.spool_path.unlink(missing_ok=True)
 
+    def delete_spool_when_written(self) -> None:
+        """Delete the spool file now, or as soon as the worker is done with its chunk."""
+        in_flight = self._in_flight
+        if in_flight is None or in_flight.done():
+            self.close_spool(delete=True)
+        else:
+            in_flight.add_done_callback(lambda _: self.close_spool(delete=True))
+
 
 class UploadIntake:
     """Checks, assembles, decodes and validates uploads, and accepts them into the round.
@@ -119,12 +168,14 @@ class UploadIntake:
         progress, in the training phase only.
     models
         Where spool files are made.
-    max_update_bytes
-        Largest payload any upload may announce.
+    limits
+        Per-upload sizes and the budgets open uploads share.
     max_update_l2_norm
         Bound on the L2 norm of each tensor of a delta (None: no bound).
     spec
         The round's tensor spec (empty until the initial model is accepted).
+    has_model
+        Whether the federation's model exists (initial uploads are then late duplicates).
     accept_initial
         Takes a decoded initial model; returns True when one was already there (an
         idempotent duplicate). Raises a coded error for a model that does not fit.
@@ -138,20 +189,46 @@ class UploadIntake:
         sessions: ClientSessions,
         progress: RoundProgress,
         models: ModelStore,
-        max_update_bytes: int,
+        limits: UploadLimits,
         max_update_l2_norm: float | None,
         spec: Callable[[], tuple[TensorSpec, ...]],
+        has_model: Callable[[], bool],
         accept_initial: Callable[[str, dict[str, np.ndarray]], Awaitable[bool]],
         notify: Callable[[], Awaitable[None]],
     ) -> None:
         self._sessions = sessions
         self._progress = progress
         self._models = models
-        self._max_update_bytes = max_update_bytes
+        self._limits = limits
         self._max_update_l2_norm = max_update_l2_norm
         self._spec = spec
+        self._has_model = has_model
         self._accept_initial = accept_initial
         self._notify = notify
+        #: The open upload of each client (at most one).
+        self._open: dict[str, Upload] = {}
+        self._spooled_bytes = 0
+        self._buffered_bytes = 0
+
+    @property
+    def open_uploads(self) -> int:
+        """Uploads between their header and their end."""
+        return len(self._open)
+
+    @property
+    def open_clients(self) -> frozenset[str]:
+        """The clients with an open upload."""
+        return frozenset(self._open)
+
+    @property
+    def reserved_spool_bytes(self) -> int:
+        """Announced bytes the open spooled uploads reserve."""
+        return self._spooled_bytes
+
+    @property
+    def reserved_memory_bytes(self) -> int:
+        """Announced bytes the open in-memory uploads reserve."""
+        return self._buffered_bytes
 
     def begin(
         self,
@@ -163,26 +240,97 @@ class UploadIntake:
         info: PayloadInfo,
         train_metrics: Mapping[str, float] | None = None,
     ) -> Upload:
-        """Check an upload header before any chunk is read."""
-        self._sessions.require(client_id)
+        """Check an upload header before any chunk is read, and reserve what it announces.
+
+        Every refusal here costs the coordinator nothing but the header: a second open
+        upload of the client (``ABORTED``), an initial model it was not asked for or that
+        comes after the model exists (``FAILED_PRECONDITION``), an announced size over its
+        limit or over what the spool has left (``RESOURCE_EXHAUSTED``).
+        """
+        session = self._sessions.require(client_id)
+        if client_id in self._open:
+            raise BusyError(
+                f"client {client_id!r} already has an upload open; one upload at a time "
+                "(retry when it has ended)"
+            )
         metrics = check_metrics(train_metrics or {})
         if kind is UpdateKind.INITIAL:
             if round_id != 0:
                 raise WrongRoundError("initial models are uploaded for round 0")
+            self._check_initial(client_id, session.initial_model_asked, info.total_bytes)
+            max_bytes = self._limits.max_initial_model_bytes
         elif kind is UpdateKind.DELTA:
             self._progress.require_participant(client_id, round_id, UPLOAD_UPDATE)
             if num_examples <= 0:
                 raise InvalidArgumentError("num_examples must be positive for a delta update")
-            check_update_size(
-                info.total_bytes, self._spec(), max_update_bytes=self._max_update_bytes
-            )
+            max_bytes = self._limits.max_update_bytes
+            check_update_size(info.total_bytes, self._spec(), max_update_bytes=max_bytes)
         else:
             raise InvalidArgumentError("update kind must be INITIAL or DELTA")
-        max_bytes = self._max_update_bytes
-        if info.total_bytes <= SPOOL_THRESHOLD_BYTES or info.total_bytes > max_bytes:
+        upload = self._open_storage(
+            client_id, round_id, kind, num_examples, info, metrics, max_bytes=max_bytes
+        )
+        self._open[client_id] = upload
+        if upload.spool_path is None:
+            self._buffered_bytes += upload.reserved_bytes
+        else:
+            self._spooled_bytes += upload.reserved_bytes
+        return upload
+
+    def _check_initial(self, client_id: str, asked: bool, total_bytes: int) -> None:
+        """Refuse an initial model the coordinator did not ask for, or too large a one."""
+        if self._has_model():
+            # the federation model exists: only a client asked before that may still send
+            # its (late, idempotent) copy, once, and no larger than the model itself
+            if not self._sessions.take_initial_model_ask(client_id):
+                raise WrongRoundError(
+                    "the federation's model exists: initial models are no longer accepted"
+                )
+            check_update_size(
+                total_bytes, self._spec(), max_update_bytes=self._limits.max_initial_model_bytes
+            )
+            return
+        if not asked:
+            raise NotParticipantError(
+                f"the coordinator did not ask client {client_id!r} for the initial model "
+                "(only a Join answer with initial_model_requested does)"
+            )
+        check_update_size(total_bytes, (), max_update_bytes=self._limits.max_initial_model_bytes)
+
+    def _open_storage(
+        self,
+        client_id: str,
+        round_id: int,
+        kind: UpdateKind,
+        num_examples: int,
+        info: PayloadInfo,
+        metrics: dict[str, float],
+        *,
+        max_bytes: int,
+    ) -> Upload:
+        """An upload assembled in memory when small and memory allows, else spooled."""
+        total = max(info.total_bytes, 0)
+        limits = self._limits
+        if (
+            total <= SPOOL_THRESHOLD_BYTES
+            and self._buffered_bytes + total <= limits.max_buffered_bytes
+        ):
             assembler = ChunkAssembler(info, max_total_bytes=max_bytes)
             return Upload(
-                client_id, round_id, kind, num_examples, info, assembler, train_metrics=metrics
+                client_id,
+                round_id,
+                kind,
+                num_examples,
+                info,
+                assembler,
+                train_metrics=metrics,
+                reserved_bytes=total,
+            )
+        if self._spooled_bytes + total > limits.max_spool_bytes:
+            raise OverCapacityError(
+                f"the coordinator's upload spool is full ({self._spooled_bytes} of "
+                f"{limits.max_spool_bytes} bytes reserved by open uploads; this one announces "
+                f"{total}); retry later"
             )
         path = self._models.spool_file(round_id, client_id)
         sink = open(path, "wb")  # noqa: SIM115 - closed by finish / discard
@@ -192,21 +340,47 @@ class UploadIntake:
             sink.close()
             path.unlink(missing_ok=True)
             raise
-        return Upload(client_id, round_id, kind, num_examples, info, assembler, path, sink, metrics)
+        return Upload(
+            client_id,
+            round_id,
+            kind,
+            num_examples,
+            info,
+            assembler,
+            path,
+            sink,
+            metrics,
+            reserved_bytes=total,
+        )
+
+    def _release(self, upload: Upload) -> None:
+        """End an upload's registration and reservation (idempotent)."""
+        if self._open.get(upload.client_id) is not upload:
+            return
+        del self._open[upload.client_id]
+        if upload.spool_path is None:
+            self._buffered_bytes -= upload.reserved_bytes
+        else:
+            self._spooled_bytes -= upload.reserved_bytes
 
     async def discard(self, upload: Upload) -> None:
         """Forget an upload that failed or was cut off (deletes its spooled bytes).
 
         A chunk still being written is waited for first, so the file is never deleted
-        under the worker.
+        under the worker (if this wait is cancelled, the file goes when the chunk is done).
         """
-        await upload.settle()
-        upload.close_spool(delete=True)
+        try:
+            await upload.settle()
+        finally:
+            upload.delete_spool_when_written()
+            self._release(upload)
 
     async def finish(self, upload: Upload) -> bool:
         """Validate and store a complete upload; returns True for an idempotent duplicate.
 
-        On any error the upload is discarded before the error is raised.
+        On any error the upload is discarded before the error is raised. Either way the
+        upload's reservation ends (an accepted spooled update keeps its file, outside the
+        spool budget, until its round ends).
         """
         try:
             await upload.written()
@@ -214,6 +388,8 @@ class UploadIntake:
         except BaseException:
             await self.discard(upload)
             raise
+        finally:
+            self._release(upload)
 
     async def _finish(self, upload: Upload) -> bool:
         payload = upload.assembler.finish()
@@ -229,9 +405,12 @@ class UploadIntake:
         tensors = decompress_tensors(decoded.tensors, decoded.metadata)
         if upload.kind is UpdateKind.INITIAL:
             try:
-                return await self._accept_initial(upload.client_id, tensors)
+                duplicate = await self._accept_initial(upload.client_id, tensors)
             finally:
                 upload.close_spool(delete=True)  # the model holds its own copies
+            # used up once accepted; a refused model (NaN, say) may be sent again
+            self._sessions.take_initial_model_ask(upload.client_id)
+            return duplicate
         current = self._progress.current
         if (
             current is None
