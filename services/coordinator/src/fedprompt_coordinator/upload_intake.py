@@ -267,8 +267,18 @@ class UploadIntake:
             check_update_size(info.total_bytes, self._spec(), max_update_bytes=max_bytes)
         else:
             raise InvalidArgumentError("update kind must be INITIAL or DELTA")
-        upload = self._open_storage(
-            client_id, round_id, kind, num_examples, info, metrics, max_bytes=max_bytes
+        assembler, path, sink = self._assembler(client_id, round_id, info, max_bytes=max_bytes)
+        upload = Upload(
+            client_id,
+            round_id,
+            kind,
+            num_examples,
+            info,
+            assembler,
+            path,
+            sink,
+            metrics,
+            reserved_bytes=max(info.total_bytes, 0),
         )
         self._open[client_id] = upload
         if upload.spool_path is None:
@@ -297,35 +307,20 @@ class UploadIntake:
             )
         check_update_size(total_bytes, (), max_update_bytes=self._limits.max_initial_model_bytes)
 
-    def _open_storage(
-        self,
-        client_id: str,
-        round_id: int,
-        kind: UpdateKind,
-        num_examples: int,
-        info: PayloadInfo,
-        metrics: dict[str, float],
-        *,
-        max_bytes: int,
-    ) -> Upload:
-        """An upload assembled in memory when small and memory allows, else spooled."""
+    def _assembler(
+        self, client_id: str, round_id: int, info: PayloadInfo, *, max_bytes: int
+    ) -> tuple[ChunkAssembler, Path | None, BinaryIO | None]:
+        """Assemble in memory when small and memory allows, else spool (when the spool can).
+
+        Returns the assembler and, for a spooled upload, its file's path and open file.
+        """
         total = max(info.total_bytes, 0)
         limits = self._limits
         if (
             total <= SPOOL_THRESHOLD_BYTES
             and self._buffered_bytes + total <= limits.max_buffered_bytes
         ):
-            assembler = ChunkAssembler(info, max_total_bytes=max_bytes)
-            return Upload(
-                client_id,
-                round_id,
-                kind,
-                num_examples,
-                info,
-                assembler,
-                train_metrics=metrics,
-                reserved_bytes=total,
-            )
+            return ChunkAssembler(info, max_total_bytes=max_bytes), None, None
         if self._spooled_bytes + total > limits.max_spool_bytes:
             raise OverCapacityError(
                 f"the coordinator's upload spool is full ({self._spooled_bytes} of "
@@ -335,23 +330,11 @@ class UploadIntake:
         path = self._models.spool_file(round_id, client_id)
         sink = open(path, "wb")  # noqa: SIM115 - closed by finish / discard
         try:
-            assembler = ChunkAssembler(info, max_total_bytes=max_bytes, sink=sink)
+            return ChunkAssembler(info, max_total_bytes=max_bytes, sink=sink), path, sink
         except BaseException:
             sink.close()
             path.unlink(missing_ok=True)
             raise
-        return Upload(
-            client_id,
-            round_id,
-            kind,
-            num_examples,
-            info,
-            assembler,
-            path,
-            sink,
-            metrics,
-            reserved_bytes=total,
-        )
 
     def _release(self, upload: Upload) -> None:
         """End an upload's registration and reservation (idempotent)."""
