@@ -25,6 +25,7 @@ from fedprompt.compression import Compression, compress_tensors
 from fedprompt.coordinator_client import CoordinatorClient
 from fedprompt.server import create_channel
 from fedprompt.tensor_names import split_centroids
+from fedprompt.tls import COORDINATOR_IDENTITY
 from fedprompt.v1 import common_pb2, coordinator_pb2
 from fedprompt_client_agent.metrics import ClientMetrics
 
@@ -99,6 +100,9 @@ class ClientAgent:
         model always travels exact.
     credentials
         Mutual TLS credentials of this silo (None: plaintext).
+    server_name
+        The name the coordinator's certificate must carry, whatever address is dialled
+        (TLS only; see :func:`fedprompt.tls.expected_server_name`).
     metrics
         Prometheus metrics of this silo; a private registry by default.
     """
@@ -111,6 +115,7 @@ class ClientAgent:
         max_reconnect_s: float = 300.0,
         upload_compression: Compression | str = Compression.NONE,
         credentials: grpc.ChannelCredentials | None = None,
+        server_name: str = COORDINATOR_IDENTITY,
         metrics: ClientMetrics | None = None,
     ) -> None:
         self._runtime = runtime
@@ -118,6 +123,7 @@ class ClientAgent:
         self.metrics = metrics if metrics is not None else ClientMetrics()
         self._target = coordinator
         self._credentials = credentials
+        self._server_name = server_name
         self._max_reconnect_s = max_reconnect_s
         self.rounds_trained: list[int] = []
         # (digest of the shared tensors last evaluated, their metrics): the round-start model
@@ -136,7 +142,9 @@ class ClientAgent:
         unreachable_since: float | None = None
         while True:
             try:
-                async with create_channel(self._target, credentials=self._credentials) as channel:
+                async with create_channel(
+                    self._target, credentials=self._credentials, server_name=self._server_name
+                ) as channel:
                     client = CoordinatorClient(channel, self._runtime.client_id)
                     await self._join(client)
                     unreachable_since = None
