@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
         "certs",
         help="create a federation CA and certificates for the services, silos and operator",
         description="Create (or extend) a federation CA and one certificate per role: the "
-        "coordinator (server + client auth), the clusterer (server auth), each --silo "
+        "coordinator and the clusterer (server auth, and client auth for their own calls and "
+        "health probes), each --silo "
         "(client auth only: it cannot serve TLS) and, with --operator, the operator (client "
         "auth only). A silo certificate shows GetStatus only its own record and the "
         "federation's aggregates; the operator certificate shows everything. Silo ids that "

@@ -4,8 +4,9 @@ Writes PEM files into one folder:
 
     ca.crt, ca.key                      the federation CA (keep ca.key offline)
     coordinator.crt, coordinator.key    the coordinator: server-auth, and client-auth for
-                                        its own calls to the clusterer
-    clusterer.crt, clusterer.key        the clusterer: server-auth only
+                                        its calls to the clusterer and its health probe
+    clusterer.crt, clusterer.key        the clusterer: server-auth, and client-auth for its
+                                        own health probe
     operator.crt, operator.key          with ``--operator``: the operator, client-auth only;
                                         the one identity that reads the full GetStatus
     <silo-id>.crt, <silo-id>.key        one per silo: client-auth only
@@ -46,11 +47,14 @@ from fedprompt.tls import (
 
 SERVER_AUTH = ExtendedKeyUsageOID.SERVER_AUTH
 CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH
-#: The service certificates: name (CN and DNS SAN) -> extended key usages. The coordinator
-#: serves the silos and dials the clusterer; the clusterer only serves.
+#: The service certificates: name (CN and DNS SAN) -> extended key usages. Both serve, and
+#: both dial: the coordinator calls the clusterer, and each service's container health probe
+#: (``fedprompt-healthcheck``, the charts' exec probes) presents the service's own
+#: certificate to it. Neither identity gains anything as a client (the clusterer admits only
+#: the coordinator; at the coordinator a service certificate sees no silo's record).
 SERVICES: dict[str, tuple[x509.ObjectIdentifier, ...]] = {
     COORDINATOR_IDENTITY: (SERVER_AUTH, CLIENT_AUTH),
-    CLUSTERER_IDENTITY: (SERVER_AUTH,),
+    CLUSTERER_IDENTITY: (SERVER_AUTH, CLIENT_AUTH),
 }
 #: Usages of the certificates that only ever dial out: silos and the operator.
 CLIENT_ONLY: tuple[x509.ObjectIdentifier, ...] = (CLIENT_AUTH,)

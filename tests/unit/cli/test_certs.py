@@ -76,7 +76,7 @@ def test_each_role_gets_only_its_usages(tmp_path: Path) -> None:
     write_certs(tmp_path, silos=["clinic-a"], operator=True)
     server, client = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
     assert _usages(tmp_path / "coordinator.crt") == {server, client}  # it dials the clusterer
-    assert _usages(tmp_path / "clusterer.crt") == {server}
+    assert _usages(tmp_path / "clusterer.crt") == {server, client}  # its health probe dials
     assert _usages(tmp_path / "clinic-a.crt") == {client}
     assert _usages(tmp_path / "operator.crt") == {client}
     assert subject_common_name(tmp_path / "operator.crt") == "operator"

@@ -130,6 +130,12 @@ class ClientAgent:
         # of round t is the aggregate that was evaluated at the end of round t-1.
         self._last_eval: tuple[bytes, dict[str, float]] | None = None
 
+    def open_channel(self) -> grpc.aio.Channel:
+        """A channel to the coordinator: this silo's certificate, the coordinator's name checked."""
+        return create_channel(
+            self._target, credentials=self._credentials, server_name=self._server_name
+        )
+
     async def run(self) -> str:
         """Join and serve tasks; reconnect with backoff and jitter on UNAVAILABLE.
 
@@ -142,9 +148,7 @@ class ClientAgent:
         unreachable_since: float | None = None
         while True:
             try:
-                async with create_channel(
-                    self._target, credentials=self._credentials, server_name=self._server_name
-                ) as channel:
+                async with self.open_channel() as channel:
                     client = CoordinatorClient(channel, self._runtime.client_id)
                     await self._join(client)
                     unreachable_since = None
