@@ -11,6 +11,8 @@ handshake, while the coordinator's certificate carries a whole round.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,13 +25,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from fedprompt.server import ServerHandle, start_server
 from fedprompt.tls import (
     COORDINATOR_IDENTITY,
     TlsConfig,
     channel_credentials,
     expected_server_name,
-    server_credentials,
 )
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from fedprompt_cli.__main__ import main as fedprompt_main
@@ -41,12 +41,7 @@ from fedprompt_cli.certs import (
     write_certs,
 )
 from fedprompt_client_agent.agent import ClientAgent, TrainSettings
-from fedprompt_coordinator.clustering_backend import make_clustering_backend
-from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.federation import Federation
-from fedprompt_coordinator.model_store import ModelStore
-from fedprompt_coordinator.servicer import CoordinatorServicer
-from fedprompt_coordinator.state_store import make_state_store
 
 Code = grpc.StatusCode
 SHARED = ("prompt.global", "prompt.cluster", "head.weight")
@@ -103,46 +98,25 @@ def _agent(certs: Path, silo: str, port: int, **kwargs: Any) -> ClientAgent:
 
 
 @pytest_asyncio.fixture
-async def coordinator_as(tmp_path: Path, hostile_certs: Path) -> AsyncIterator[Any]:
-    """Start a real coordinator presenting the certificate ``<name>.crt`` of ``folder``."""
-    started: list[tuple[ServerHandle, asyncio.Task[None], Any]] = []
+async def coordinator_as(
+    tmp_path: Path, hostile_certs: Path, serve_hostile: Any
+) -> AsyncIterator[Any]:
+    """Start real coordinators, each presenting the certificate ``<name>.crt`` of ``folder``."""
+    numbers = itertools.count()
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def start(name: str, folder: Path | None = None) -> tuple[int, Federation]:
-        folder = folder or hostile_certs
-        config = CoordinatorConfig(
-            listen="127.0.0.1:0",
-            state_dir=tmp_path / f"state-{name}-{len(started)}",
-            rounds=1,
-            strategy="clustered",
-            min_clients=2,
-            expected_clients=2,
-            tls=_tls(folder, name),
-        )
-        config.state_dir.mkdir(parents=True)
-        state = make_state_store(config.state_dir / "state.sqlite3")
-        federation = Federation(
-            config=config,
-            state=state,
-            models=ModelStore(config.state_dir / "models"),
-            clustering=make_clustering_backend(config.clustering),
-        )
-        handle = await start_server(
-            register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-                CoordinatorServicer(federation), s
-            ),
-            service_names=["fedprompt.v1.Coordinator"],
-            address=config.listen,
-            credentials=server_credentials(config.tls),
-        )
-        started.append((handle, asyncio.create_task(federation.run()), state))
-        return handle.port, federation
+        async def start(name: str, folder: Path | None = None) -> tuple[int, Federation]:
+            served = await stack.enter_async_context(
+                serve_hostile(
+                    state_dir=tmp_path / f"state-{name}-{next(numbers)}",
+                    min_clients=2,
+                    expected_clients=2,
+                    tls=_tls(folder or hostile_certs, name),
+                )
+            )
+            return served.port, served.federation
 
-    yield start
-    for handle, rounds, state in started:
-        await handle.stop(0)
-        rounds.cancel()
-        await asyncio.wait({rounds}, timeout=10)
-        state.close()
+        yield start
 
 
 HOSTNAME = "hostname verification check failed"

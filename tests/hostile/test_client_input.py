@@ -163,6 +163,19 @@ async def test_every_join_field_abused_is_invalid_argument_and_honest_silos_carr
     _no_traceback_or_error(caplog)
 
 
+def _abused_upload(
+    client: CoordinatorClient, round_id: int, kind: Any, payload: bytes, fields: dict[str, Any]
+) -> Any:
+    """An upload whose header is honest but for ``fields`` (counts, ``train_metrics``)."""
+    header = client.update_header(round_id=round_id, kind=kind, payload=payload, num_examples=40)
+    for name, value in fields.items():
+        if name == "train_metrics":
+            header.train_metrics.update(value)
+        else:
+            setattr(header, name, value)
+    return client.send_update(header, payload)
+
+
 async def _next_task(tasks: Any) -> coordinator_pb2.Task:
     task: coordinator_pb2.Task = await asyncio.wait_for(anext(tasks), TIMEOUT)
     return task
@@ -191,18 +204,10 @@ async def test_every_upload_header_and_metrics_field_abused_is_invalid_argument(
                 ("initial 2^63", {"num_examples": 2**63}, "num_examples must be between 0 and"),
                 ("initial NaN", {"train_metrics": {"loss": float("nan")}}, "'loss' is not finite"),
             ]:
-                header = mallory.update_header(
-                    round_id=0,
-                    kind=coordinator_pb2.UPDATE_KIND_INITIAL,
-                    payload=payload,
-                    num_examples=0,
+                call = _abused_upload(
+                    mallory, 0, coordinator_pb2.UPDATE_KIND_INITIAL, payload, fields
                 )
-                for name, value in fields.items():
-                    if name == "train_metrics":
-                        header.train_metrics.update(value)
-                    else:
-                        setattr(header, name, value)
-                await _refused(mallory.send_update(header, payload), fragment, attack)
+                await _refused(call, fragment, attack)
             await clients["honest-a"].upload(
                 round_id=0,
                 kind=coordinator_pb2.UPDATE_KIND_INITIAL,
@@ -230,18 +235,10 @@ async def test_every_upload_header_and_metrics_field_abused_is_invalid_argument(
                 ("train escape", {"train_metrics": {"\x1b[2J": 1.0}}, "control characters"),
             ]
             for attack, fields, fragment in header_attacks:
-                header = mallory.update_header(
-                    round_id=round_id,
-                    kind=coordinator_pb2.UPDATE_KIND_DELTA,
-                    payload=delta,
-                    num_examples=40,
+                call = _abused_upload(
+                    mallory, round_id, coordinator_pb2.UPDATE_KIND_DELTA, delta, fields
                 )
-                for name, value in fields.items():
-                    if name == "train_metrics":
-                        header.train_metrics.update(value)
-                    else:
-                        setattr(header, name, value)
-                await _refused(mallory.send_update(header, delta), fragment, attack)
+                await _refused(call, fragment, attack)
             for attack, metrics, fragment in [
                 ("report NaN", {"accuracy": float("nan")}, "'accuracy' is not finite"),
                 ("report -inf", {"loss": float("-inf")}, "'loss' is not finite"),

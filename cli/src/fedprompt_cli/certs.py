@@ -258,7 +258,7 @@ def check_silo_id(silo: str, *, extra_sans: Sequence[str] = ()) -> None:
     try:
         check_client_id(silo, field="silo id")  # the coordinator's rule for a client id
     except InvalidArgumentError as exc:
-        raise CertError(f"{exc.message} (it becomes the client id)") from None
+        raise CertError(exc.message) from None
     if silo.lower() in RESERVED_IDS:
         raise CertError(
             f"silo id {silo!r} is reserved: it names the CA, a service, the operator or "

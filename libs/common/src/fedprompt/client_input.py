@@ -85,7 +85,8 @@ def check_client_id(value: str, *, field: str = "client_id") -> str:
     """
     if not CLIENT_ID_PATTERN.fullmatch(value):
         raise InvalidArgumentError(
-            f"{field} must be 1-128 characters of letters, digits, '.', '_' or '-'"
+            f"{field} must be 1-128 characters of letters, digits, '.', '_' or '-' "
+            "(it is the client id and the certificate's name)"
         )
     if value.lower() in RESERVED_IDENTITIES:
         raise InvalidArgumentError(

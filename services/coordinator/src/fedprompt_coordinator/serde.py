@@ -9,8 +9,6 @@ from fedprompt_coordinator import domain
 
 #: Largest GetStatus answer: the message limit, less room for gRPC's framing.
 STATUS_MAX_BYTES = DEFAULT_MAX_MESSAGE_BYTES - 16 * 1024
-#: Bytes a repeated field's element costs beyond its own size (tag and length prefix).
-_ELEMENT_OVERHEAD = 6
 
 _VIEW_TO_PROTO: dict[domain.StatusView, coordinator_pb2.StatusView.ValueType] = {
     domain.StatusView.FULL: coordinator_pb2.STATUS_VIEW_FULL,
@@ -216,13 +214,15 @@ def status_to_proto(
     return msg
 
 
-def _fit(msg: coordinator_pb2.GetStatusResponse, max_bytes: int, *, oldest_out_first: bool) -> None:
+def _fit(
+    msg: coordinator_pb2.GetStatusResponse, max_bytes: int, *, oldest_out_first: bool
+) -> None:
     """Leave out round records, then clients, until ``msg`` is at most ``max_bytes``."""
-    excess = msg.ByteSize() - max_bytes
-    if excess <= 0:
+    if msg.ByteSize() <= max_bytes:
         return
-    msg.truncated = True
-    sizes = [r.ByteSize() + _ELEMENT_OVERHEAD for r in msg.rounds]
+    msg.truncated = True  # counted too: 3 bytes on the wire
+    excess = msg.ByteSize() - max_bytes
+    sizes = [_element_size(r.ByteSize()) for r in msg.rounds]
     if not oldest_out_first:
         sizes.reverse()
     drop = 0
@@ -231,16 +231,23 @@ def _fit(msg: coordinator_pb2.GetStatusResponse, max_bytes: int, *, oldest_out_f
         drop += 1
     if oldest_out_first:
         del msg.rounds[:drop]
-        msg.first_round_record += drop
+        msg.first_round_record += drop  # its varint may have grown: checked below
     elif drop:
         del msg.rounds[-drop:]
+    while msg.ByteSize() > max_bytes and msg.rounds:
+        if oldest_out_first:
+            del msg.rounds[0]
+            msg.first_round_record += 1
+        else:
+            del msg.rounds[-1]
     # one client's record alone is bounded far below the limit: the page keeps at least one
     while msg.ByteSize() > max_bytes and len(msg.clients) > 1:
         gone = msg.clients.pop()
         msg.setup_bytes_up.pop(gone.client_id, None)
         msg.setup_bytes_down.pop(gone.client_id, None)
-        for record in msg.rounds:
-            kept = [c for c in record.clients if c.client_id != gone.client_id]
-            del record.clients[:]
-            record.clients.extend(kept)
         msg.next_clients_after = msg.clients[-1].client_id
+
+
+def _element_size(size: int) -> int:
+    """Bytes a message of ``size`` bytes takes as an element of a repeated field (< 2^4 tags)."""
+    return 1 + max(1, (size.bit_length() + 6) // 7) + size
