@@ -214,9 +214,7 @@ def status_to_proto(
     return msg
 
 
-def _fit(
-    msg: coordinator_pb2.GetStatusResponse, max_bytes: int, *, oldest_out_first: bool
-) -> None:
+def _fit(msg: coordinator_pb2.GetStatusResponse, max_bytes: int, *, oldest_out_first: bool) -> None:
     """Leave out round records, then clients, until ``msg`` is at most ``max_bytes``."""
     if msg.ByteSize() <= max_bytes:
         return
