@@ -11,14 +11,13 @@ certificate per silo whose CN is the silo's client id, and one per role: the ser
 (:data:`OPERATOR_IDENTITY`, the one identity that reads the coordinator's full status).
 These names, and ``ca``, are never a silo's id (:data:`RESERVED_IDENTITIES`).
 
-Clients check the server's *name*, not only its CA: whatever address they dial, a channel
-to the coordinator verifies that the server's certificate names ``coordinator`` (the
-coordinator's channel to the clusterer: ``clusterer``), through gRPC's target-name override
-(:func:`expected_server_name`, applied by
-:func:`fedprompt.server.create_channel`). ``fedprompt certs`` always puts the service's name in its
-certificate's SANs and never gives a silo certificate the server-auth usage, so a silo
-certificate cannot serve as the coordinator. ``tls.server_name`` replaces the expected name
-for certificates from another PKI.
+Clients check the server's *name*, not only its CA: whatever address they dial, a client
+agent's channel to the coordinator verifies that the server's certificate names
+``coordinator``, through gRPC's target-name override (:func:`expected_server_name`, applied
+by :func:`fedprompt.server.create_channel`). ``fedprompt certs`` always puts the service's
+name in its certificate's SANs and never gives a silo certificate the server-auth usage, so
+a silo certificate cannot serve as the coordinator. ``tls.server_name`` replaces the
+expected name for certificates from another PKI.
 
 Private keys are read from disk and handed to gRPC; neither they nor their paths' contents
 are ever logged.
@@ -69,10 +68,9 @@ class TlsConfig(BaseModel):
     server_name: str = Field(
         default="",
         max_length=253,
-        description="Name the server's certificate must carry, whatever address is dialled "
-        "(channels only). Empty: the service's own name, `coordinator` or `clusterer`, which "
-        "`fedprompt certs` always puts in that service's certificate. Set it when your "
-        "certificates come from another PKI.",
+        description="Name the coordinator's certificate must carry, whatever address a "
+        "client agent dials. Empty: `coordinator`, which `fedprompt certs` always puts in the "
+        "coordinator's certificate. Set it when your certificates come from another PKI.",
     )
 
     @property
@@ -178,7 +176,7 @@ def expected_server_name(config: TlsConfig, *, service: str) -> str:
         The dialling process's TLS settings.
     service
         The identity the server has when ``config.server_name`` is empty
-        (:data:`COORDINATOR_IDENTITY` or :data:`CLUSTERER_IDENTITY`).
+        (:data:`COORDINATOR_IDENTITY` for a client agent's channel).
     """
     return config.server_name or service
 
