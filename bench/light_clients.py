@@ -44,6 +44,7 @@ import yaml
 from fedprompt.codec import NUMPY_DTYPES, decode_tensors, encode_tensors
 from fedprompt.coordinator_client import CoordinatorClient
 from fedprompt.server import create_channel
+from fedprompt.status_pages import read_full_status_async
 from fedprompt.strategies import StrategyName
 from fedprompt.tensor_names import GLOBAL_PROMPT
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
@@ -404,12 +405,12 @@ class CoordinatorProcess:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def status(self) -> coordinator_pb2.GetStatusResponse:
-        """The coordinator's GetStatus answer (blocking, for use after a run)."""
+        """The coordinator's whole status, every page merged (blocking, for use after a run)."""
 
         async def get() -> coordinator_pb2.GetStatusResponse:
-            async with create_channel(self.address, max_message_bytes=256 * 1024**2) as ch:
+            async with create_channel(self.address) as ch:
                 stub = coordinator_pb2_grpc.CoordinatorStub(ch)
-                return await stub.GetStatus(coordinator_pb2.GetStatusRequest(), timeout=60)
+                return await read_full_status_async(lambda r: stub.GetStatus(r, timeout=60))
 
         return asyncio.run(get())
 

@@ -37,10 +37,10 @@ EXTRA_IDS = ("probe-a", "probe-b")
 
 @pytest.fixture(scope="session")
 def certs(tmp_path_factory: pytest.TempPathFactory, silos_root: Path) -> Path:
-    """A federation CA and certificates (services, every silo) made by ``fedprompt certs``."""
+    """A federation CA and certificates (services, operator, every silo) by ``fedprompt certs``."""
     out = tmp_path_factory.mktemp("certs")
     silo_ids = sorted(p.name for p in silos_root.iterdir() if p.is_dir())
-    argv = [console_script("fedprompt"), "certs", "--out", str(out)]
+    argv = [console_script("fedprompt"), "certs", "--out", str(out), "--operator"]
     for sid in (*silo_ids, *EXTRA_IDS):
         argv += ["--silo", sid]
     subprocess.run(argv, check=True, capture_output=True)

@@ -54,11 +54,11 @@ def _creds(certs: Path, name: str) -> grpc.ChannelCredentials:
 
 
 class Watcher:
-    """Polls the coordinator's status over mutual TLS (as the operator, coordinator cert)."""
+    """Polls the coordinator's status over mutual TLS as the operator (the full view)."""
 
     def __init__(self, port: int, certs: Path) -> None:
         self.channel = grpc.secure_channel(
-            f"127.0.0.1:{port}", _creds(certs, "coordinator"), channel_options()
+            f"127.0.0.1:{port}", _creds(certs, "operator"), channel_options()
         )
         self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
 

@@ -101,8 +101,8 @@ def test_two_rounds_with_real_processes(federation, certs: Path) -> None:  # typ
     port, state_dir, clients, tmp_path = federation
     creds = grpc.ssl_channel_credentials(
         root_certificates=(certs / "ca.crt").read_bytes(),
-        private_key=(certs / "coordinator.key").read_bytes(),
-        certificate_chain=(certs / "coordinator.crt").read_bytes(),
+        private_key=(certs / "operator.key").read_bytes(),
+        certificate_chain=(certs / "operator.crt").read_bytes(),
     )
     with grpc.secure_channel(f"127.0.0.1:{port}", creds, options=channel_options()) as channel:
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)

@@ -91,6 +91,18 @@ def test_silos_act_only_as_themselves(services: tuple[int, int, Path], certs: Pa
         assert info.value.code() is Code.PERMISSION_DENIED
         status = stub.GetStatus(coordinator_pb2.GetStatusRequest(), timeout=10)
         assert [c.client_id for c in status.clients] == ["probe-a"]
+        assert status.view == coordinator_pb2.STATUS_VIEW_SILO  # its own record only
+    with grpc.secure_channel(target, _creds(certs, "probe-b"), channel_options()) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+        status = stub.GetStatus(coordinator_pb2.GetStatusRequest(), timeout=10)
+        assert (list(status.clients), status.clients_total) == ([], 1)  # not probe-a's record
+    # the operator sees everything, and checks it talks to the coordinator by name
+    options = [*channel_options(), ("grpc.ssl_target_name_override", "coordinator")]
+    with grpc.secure_channel(target, _creds(certs, "operator"), options) as channel:
+        stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+        status = stub.GetStatus(coordinator_pb2.GetStatusRequest(), timeout=10)
+        assert status.view == coordinator_pb2.STATUS_VIEW_FULL
+        assert [c.client_id for c in status.clients] == ["probe-a"]
     # a plaintext caller does not get through the TLS handshake
     with grpc.insecure_channel(target, channel_options()) as channel:
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)

@@ -70,7 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="client agents hosted per process (default 1; more share one torch import)",
     )
     certs = sub.add_parser(
-        "certs", help="create a federation CA and certificates for the services and silos"
+        "certs",
+        help="create a federation CA and certificates for the services, silos and operator",
+        description="Create (or extend) a federation CA and one certificate per role: the "
+        "coordinator and the clusterer (server auth, and client auth for their own calls and "
+        "health probes), each --silo "
+        "(client auth only: it cannot serve TLS) and, with --operator, the operator (client "
+        "auth only). A silo certificate shows GetStatus only its own record and the "
+        "federation's aggregates; the operator certificate shows everything. Silo ids that "
+        "name the CA, a service, the operator, localhost, an IP address or a --san are "
+        "refused.",
     )
     certs.add_argument("--out", type=Path, required=True, help="folder for the PEM files")
     certs.add_argument(
@@ -82,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="HOST",
         help="extra DNS name or IP of the service certificates (repeat)",
+    )
+    certs.add_argument(
+        "--operator",
+        action="store_true",
+        help="also write operator.crt/.key: client-auth only, the full GetStatus view "
+        "(fedprompt up and status tools use it)",
     )
     certs.add_argument("--days", type=int, default=365, help="validity of leaf certificates")
     certs.add_argument("--force", action="store_true", help="reissue existing leaf certificates")
@@ -146,7 +161,12 @@ def run_certs(args: argparse.Namespace, console: Console) -> int:
         return 2
     try:
         written = write_certs(
-            args.out, silos=args.silo, extra_sans=args.san, force=args.force, days=args.days
+            args.out,
+            silos=args.silo,
+            extra_sans=args.san,
+            operator=args.operator,
+            force=args.force,
+            days=args.days,
         )
     except CertError as exc:
         console.print(f"[red]fedprompt certs[/]: {exc}")

@@ -22,8 +22,10 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from fedprompt.server import channel_options
+from fedprompt.server import TARGET_NAME_OVERRIDE, channel_options
+from fedprompt.status_pages import read_full_status
 from fedprompt.strategies import StrategyName, strategy_spec
+from fedprompt.tls import COORDINATOR_IDENTITY, OPERATOR_IDENTITY
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from fedprompt_cli.processes import (
     Child,
@@ -117,7 +119,7 @@ def _make_certs(options: UpOptions, silos: list[Path], console: Console) -> Path
 
     out = options.run_dir / "certs"
     try:
-        write_certs(out, silos=[s.name for s in silos])
+        write_certs(out, silos=[s.name for s in silos], operator=True)
     except CertError as exc:
         raise ChildFailedError(f"cannot create certificates: {exc}") from None
     console.print(f"mutual TLS: certificates of this run in {out}")
@@ -125,16 +127,21 @@ def _make_certs(options: UpOptions, silos: list[Path], console: Console) -> Path
 
 
 def _status_channel(port: int, certs: Path | None) -> grpc.Channel:
-    """The launcher's own channel to the coordinator (it presents the coordinator's cert)."""
+    """The launcher's own channel to the coordinator, as the operator (the full status view).
+
+    It presents the operator certificate and checks that the server is the coordinator
+    (its certificate's name), as the client agents do.
+    """
     target = f"127.0.0.1:{port}"
     if certs is None:
         return grpc.insecure_channel(target, options=channel_options())
     credentials = grpc.ssl_channel_credentials(
         root_certificates=(certs / "ca.crt").read_bytes(),
-        private_key=(certs / "coordinator.key").read_bytes(),
-        certificate_chain=(certs / "coordinator.crt").read_bytes(),
+        private_key=(certs / f"{OPERATOR_IDENTITY}.key").read_bytes(),
+        certificate_chain=(certs / f"{OPERATOR_IDENTITY}.crt").read_bytes(),
     )
-    return grpc.secure_channel(target, credentials, options=channel_options())
+    options = [*channel_options(), (TARGET_NAME_OVERRIDE, COORDINATOR_IDENTITY)]
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 def _free_port() -> int:
@@ -368,6 +375,7 @@ def _run_federation(
             except subprocess.TimeoutExpired:
                 raise ChildFailedError(f"{child.name} did not exit after the last round") from None
             child.check()
+        status = read_full_status(lambda r: stub.GetStatus(r, timeout=10))  # every page
         summary = summarize(status)
         summary["wall_seconds"] = time.monotonic() - started
         (options.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))

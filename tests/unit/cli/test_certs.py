@@ -63,11 +63,27 @@ def test_service_sans_and_usages(certs: Path) -> None:
             san.get_values_for_type(x509.DNSName)
         )
         assert ipaddress.ip_address("127.0.0.1") in san.get_values_for_type(x509.IPAddress)
-        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-        assert ExtendedKeyUsageOID.SERVER_AUTH in usages
-        assert ExtendedKeyUsageOID.CLIENT_AUTH in usages
         cert.verify_directly_issued_by(ca)
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+
+
+def _usages(path: Path) -> set[x509.ObjectIdentifier]:
+    cert = x509.load_pem_x509_certificate(path.read_bytes())
+    return set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
+def test_each_role_gets_only_its_usages(tmp_path: Path) -> None:
+    write_certs(tmp_path, silos=["clinic-a"], operator=True)
+    server, client = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
+    assert _usages(tmp_path / "coordinator.crt") == {server, client}  # it dials the clusterer
+    assert _usages(tmp_path / "clusterer.crt") == {server, client}  # its health probe dials
+    assert _usages(tmp_path / "clinic-a.crt") == {client}
+    assert _usages(tmp_path / "operator.crt") == {client}
+    assert subject_common_name(tmp_path / "operator.crt") == "operator"
+    silo = x509.load_pem_x509_certificate((tmp_path / "clinic-a.crt").read_bytes())
+    san = silo.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["clinic-a"]
+    assert san.get_values_for_type(x509.IPAddress) == []
 
 
 def test_existing_ca_is_reused_for_new_silos(tmp_path: Path) -> None:
@@ -82,16 +98,40 @@ def test_existing_ca_is_reused_for_new_silos(tmp_path: Path) -> None:
     x509.load_pem_x509_certificate((tmp_path / "b.crt").read_bytes()).verify_directly_issued_by(ca)
 
 
-@pytest.mark.parametrize("silo", ["coordinator", "ca", "../x", "", "a b"])
-def test_bad_or_reserved_silo_ids_are_refused(tmp_path: Path, silo: str) -> None:
-    with pytest.raises(CertError):
-        write_certs(tmp_path, silos=[silo])
+@pytest.mark.parametrize(
+    ("silo", "reason"),
+    [
+        ("coordinator", "reserved"),
+        ("Coordinator", "reserved"),
+        ("clusterer", "reserved"),
+        ("operator", "reserved"),
+        ("ca", "reserved"),
+        ("localhost", "reserved"),
+        ("LOCALHOST", "reserved"),
+        ("127.0.0.1", "IP address"),
+        ("10.0.0.5", "IP address"),
+        ("coord.example.org", "--san"),
+        ("../x", "1-128"),
+        ("", "1-128"),
+        ("a b", "1-128"),
+    ],
+)
+def test_bad_reserved_or_server_like_silo_ids_are_refused(
+    tmp_path: Path, silo: str, reason: str
+) -> None:
+    with pytest.raises(CertError, match=reason):
+        write_certs(tmp_path, silos=[silo], extra_sans=["coord.example.org"])
+    assert not (tmp_path / f"{silo}.key").exists() or silo in {"coordinator", "clusterer"}
 
 
 def test_cli_writes_files_and_refuses_bad_ids(tmp_path: Path) -> None:
     assert main(["certs", "--out", str(tmp_path), "--silo", "s1", "--san", "10.0.0.5"]) == 0
     assert (tmp_path / "s1.crt").exists() and (tmp_path / "clusterer.key").exists()
     assert main(["certs", "--out", str(tmp_path), "--silo", "clusterer"]) == 2
+    assert main(["certs", "--out", str(tmp_path), "--silo", "localhost"]) == 2
+    assert not (tmp_path / "operator.crt").exists()
+    assert main(["certs", "--out", str(tmp_path), "--operator"]) == 0
+    assert (tmp_path / "operator.crt").exists() and (tmp_path / "operator.key").exists()
 
 
 def test_missing_files_give_a_clear_error(tmp_path: Path) -> None:

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from fedprompt.errors import InvalidArgumentError
-from fedprompt_clusterer.features import build_features, parse_metadata_json, validate_metadata
+from fedprompt.v1 import clusterer_pb2
+from fedprompt_clusterer import serde
+from fedprompt_clusterer.features import build_features
 
 
 def test_numeric_fields_are_standardised_in_sorted_order() -> None:
@@ -92,12 +94,18 @@ def test_column_order_does_not_depend_on_member_or_key_order() -> None:
     np.testing.assert_allclose(first.values, second.values[::-1])
 
 
-def test_parse_metadata_json_accepts_a_flat_object() -> None:
-    parsed = parse_metadata_json(
+def _member(client_id: str, text: str) -> dict[str, object]:
+    """A member's metadata as the clusterer decodes it from a request."""
+    message = clusterer_pb2.MemberMetadata(client_id=client_id, metadata_json=text)
+    return dict(serde.member_from_proto(message).metadata)
+
+
+def test_member_metadata_accepts_a_flat_object() -> None:
+    parsed = _member(
         "c1", '{"specialty": "pain", "beds": 12, "ratio": 0.5, "teaching": false, "note": null}'
     )
     assert parsed == {"specialty": "pain", "beds": 12, "ratio": 0.5, "teaching": False}
-    assert parse_metadata_json("c1", "") == {}
+    assert _member("c1", "") == {}
 
 
 @pytest.mark.parametrize(
@@ -106,23 +114,27 @@ def test_parse_metadata_json_accepts_a_flat_object() -> None:
         ("{not json", "not valid JSON"),
         ("[1, 2]", "must be a JSON object"),
         ('"pain"', "must be a JSON object"),
-        ('{"sites": {"a": 1}}', "'sites'"),
-        ('{"sites": [1, 2]}', "'sites'"),
+        ('{"sites": {"a": 1}}', "flat JSON object"),
+        ('{"sites": [1, 2]}', "flat JSON object"),
         ('{"x": NaN}', "non-finite"),
         ('{"x": 1e400}', "'x'"),
     ],
 )
-def test_parse_metadata_json_rejects_bad_input_naming_the_client(text: str, fragment: str) -> None:
+def test_member_metadata_rejects_bad_input_naming_the_client(text: str, fragment: str) -> None:
     with pytest.raises(InvalidArgumentError) as info:
-        parse_metadata_json("clinic-7", text)
+        _member("clinic-7", text)
     assert "clinic-7" in info.value.message
     assert fragment in info.value.message
 
 
 def test_error_messages_do_not_echo_metadata_values() -> None:
-    with pytest.raises(InvalidArgumentError) as info:
-        parse_metadata_json("c1", '{"secret": {"value": "do-not-echo"}}')
-    assert "do-not-echo" not in info.value.message
+    for text in [
+        '{"secret": {"value": "do-not-echo"}}',
+        '{"secret": "do-not-echo' + "x" * 300 + '"}',
+    ]:
+        with pytest.raises(InvalidArgumentError) as info:
+            _member("c1", text)
+        assert "do-not-echo" not in info.value.message
 
 
 def test_build_features_rejects_nested_values_naming_client_and_field() -> None:
@@ -130,9 +142,9 @@ def test_build_features_rejects_nested_values_naming_client_and_field() -> None:
         build_features(["c1", "c2"], [{"tags": "a"}, {"tags": ["a", "b"]}])
 
 
-def test_validate_metadata_rejects_huge_integers() -> None:
-    with pytest.raises(InvalidArgumentError, match="finite"):
-        validate_metadata("c1", {"n": 10**400})
+def test_build_features_rejects_huge_integers() -> None:
+    with pytest.raises(InvalidArgumentError, match="beyond"):
+        build_features(["c1"], [{"n": 10**400}])
 
 
 def test_numbers_near_the_float_limit_are_scaled_without_overflow() -> None:

@@ -132,7 +132,7 @@ async def test_nested_metadata_is_invalid_argument(connection: Connection) -> No
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await connection.stub.Cluster(request)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "'sites'" in (info.value.details() or "")
+    assert "'c1' must be a flat JSON object" in (info.value.details() or "")
 
 
 @pytest.mark.asyncio

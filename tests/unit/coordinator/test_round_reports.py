@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from fedprompt_coordinator.domain import ClientUpdate, Phase
+from fedprompt_coordinator.domain import ClientUpdate, Phase, StatusQuery, StatusView
 from fedprompt_coordinator.metrics import CoordinatorMetrics
 from fedprompt_coordinator.privacy import PrivacyBudget, RDPAccountant
 from fedprompt_coordinator.round_progress import RoundInProgress, RoundProgress
@@ -115,7 +115,7 @@ async def test_a_stored_record_is_durable_and_counted(reports: Reports) -> None:
     assert reports.metrics.registry.get_sample_value(
         "fedprompt_rounds_total", {"status": "failed"}
     ) == pytest.approx(1.0)
-    assert reports.reports.status(assignment={}, stop_reason="").rounds == (
+    assert reports.reports.status(StatusQuery(), assignment={}, stop_reason="").rounds == (
         reports.state.rounds()[0],
     )
 
@@ -124,7 +124,9 @@ async def test_a_stored_record_is_durable_and_counted(reports: Reports) -> None:
 async def test_status_and_gauges_read_the_rooms(reports: Reports) -> None:
     reports.progress.current = _round()
     reports.progress.phase = Phase.TRAINING
-    status = reports.reports.status(assignment={"a": 0, "b": 0}, stop_reason="budget spent")
+    status = reports.reports.status(
+        StatusQuery(), assignment={"a": 0, "b": 0}, stop_reason="budget spent"
+    )
     assert (status.current_round, status.total_rounds, status.completed_rounds) == (1, 3, 0)
     assert (status.phase, status.strategy, status.model_fingerprint) == (
         Phase.TRAINING,
@@ -142,3 +144,74 @@ async def test_status_and_gauges_read_the_rooms(reports: Reports) -> None:
     assert (gauges.current_round, gauges.completed_rounds, gauges.total_rounds) == (1, 0, 3)
     assert (gauges.clients_joined, gauges.clients_connected) == (3, 0)
     assert gauges.phase is Phase.TRAINING and gauges.epsilon_budget == float("inf")
+
+
+def _stored_rounds(reports: Reports, n: int) -> None:
+    for _ in range(n):
+        reports.reports.store(
+            reports.reports.round_record(
+                _round(), status="completed", clustering_degraded=False, aggregation_info={}
+            )
+        )
+
+
+@pytest.mark.asyncio
+async def test_a_silo_sees_its_own_records_and_federation_aggregates_only(
+    reports: Reports,
+) -> None:
+    _stored_rounds(reports, 2)
+    reports.traffic.add("b", up=1, down=2)  # round 1
+    silo = reports.reports.status(
+        StatusQuery(view=StatusView.SILO, caller="b"), assignment={"a": 0}, stop_reason=""
+    )
+    assert silo.view is StatusView.SILO
+    assert [c.client_id for c in silo.clients] == ["b"]
+    assert (silo.clients_total, silo.next_clients_after, silo.truncated) == (3, "", False)
+    assert (silo.setup_bytes_up, silo.setup_bytes_down) == ({}, {})  # a's traffic is a's
+    for record in silo.rounds:
+        assert [c.client_id for c in record.clients] == ["b"]
+        assert "accuracy_mean" in record.summary
+        assert not any(k.startswith("cluster_") for k in record.summary)
+    full = reports.reports.status(StatusQuery(), assignment={}, stop_reason="")
+    assert [c.client_id for c in full.rounds[0].clients] == ["a", "b", "c"]
+    assert "cluster_0_accuracy_mean" in full.rounds[0].summary
+    stranger = reports.reports.status(
+        StatusQuery(view=StatusView.SILO, caller="clusterer"), assignment={}, stop_reason=""
+    )
+    assert stranger.clients == () and all(r.clients == () for r in stranger.rounds)
+
+
+@pytest.mark.asyncio
+async def test_status_pages_clients_by_cursor_and_rounds_by_window(reports: Reports) -> None:
+    _stored_rounds(reports, 5)
+
+    def page(**kwargs: Any) -> Any:
+        return reports.reports.status(StatusQuery(**kwargs), assignment={}, stop_reason="")
+
+    first = page(max_clients=2, max_round_records=2)
+    assert [c.client_id for c in first.clients] == ["a", "b"]
+    assert (first.next_clients_after, first.truncated) == ("b", True)
+    assert (first.round_records_total, first.first_round_record, len(first.rounds)) == (5, 3, 2)
+    assert {c.client_id for r in first.rounds for c in r.clients} == {"a", "b"}
+    second = page(clients_after="b", max_clients=2, first_round_record=0, max_round_records=2)
+    assert [c.client_id for c in second.clients] == ["c"] and second.next_clients_after == ""
+    assert (second.first_round_record, len(second.rounds), second.truncated) == (0, 2, True)
+    whole = page(first_round_record=0)
+    assert (len(whole.clients), len(whole.rounds), whole.truncated) == (3, 5, False)
+    beyond = page(first_round_record=99)
+    assert (beyond.first_round_record, beyond.rounds) == (5, ())
+    # the configured page is a cap: asking for more gets no more
+    capped = RoundReports(
+        total_rounds=3,
+        strategy="clustered",
+        state=reports.state,
+        metrics=CoordinatorMetrics(),
+        sessions=reports.reports._sessions,
+        progress=reports.progress,
+        traffic=reports.traffic,
+        budget=None,
+        clock=lambda: NOW,
+        page_clients=1,
+        page_rounds=1,
+    ).status(StatusQuery(max_clients=50, max_round_records=50), assignment={}, stop_reason="")
+    assert (len(capped.clients), len(capped.rounds), capped.first_round_record) == (1, 1, 4)

@@ -42,6 +42,8 @@ CLIENT_ID_METADATA_KEY = "x-fedprompt-client-id"
 DEFAULT_KEEPALIVE_TIME_S = 30.0
 #: Seconds a keepalive ping may go unanswered before the connection counts as dead.
 DEFAULT_KEEPALIVE_TIMEOUT_S = 10.0
+#: gRPC channel argument naming the host a server's certificate is verified against.
+TARGET_NAME_OVERRIDE = "grpc.ssl_target_name_override"
 
 #: A method handler of any request and response type (what interceptors see).
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
@@ -432,13 +434,18 @@ def create_channel(
     *,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     credentials: grpc.ChannelCredentials | None = None,
+    server_name: str | None = None,
 ) -> grpc.aio.Channel:
     """Open an aio channel to ``target`` with fedprompt's shared options.
 
     ``credentials`` (see :func:`fedprompt.tls.channel_credentials`) make it a TLS channel;
-    None opens a plaintext one.
+    None opens a plaintext one. ``server_name`` (TLS only) is the name the server's
+    certificate must carry whatever address ``target`` names (gRPC's target-name
+    override); None verifies the dialled host name, as a browser would.
     """
-    options = channel_options(max_message_bytes=max_message_bytes)
+    options: list[tuple[str, int | str]] = [*channel_options(max_message_bytes=max_message_bytes)]
     if credentials is None:
         return grpc.aio.insecure_channel(target, options=options)
+    if server_name:
+        options.append((TARGET_NAME_OVERRIDE, server_name))
     return grpc.aio.secure_channel(target, credentials, options=options)

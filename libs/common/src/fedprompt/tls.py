@@ -6,7 +6,18 @@ the environment). :func:`server_credentials` and :func:`channel_credentials` tur
 gRPC credentials: servers require a client certificate signed by the federation CA, and
 clients verify the server against the same CA. A peer's identity is the subject common name
 of the certificate it presented (:func:`peer_identity`); ``fedprompt certs`` issues a
-certificate per silo whose CN is the silo's client id.
+certificate per silo whose CN is the silo's client id, and one per role: the services
+(:data:`COORDINATOR_IDENTITY`, :data:`CLUSTERER_IDENTITY`) and the operator
+(:data:`OPERATOR_IDENTITY`, the one identity that reads the coordinator's full status).
+These names, and ``ca``, are never a silo's id (:data:`RESERVED_IDENTITIES`).
+
+Clients check the server's *name*, not only its CA: whatever address they dial, a client
+agent's channel to the coordinator verifies that the server's certificate names
+``coordinator``, through gRPC's target-name override (:func:`expected_server_name`, applied
+by :func:`fedprompt.server.create_channel`). ``fedprompt certs`` always puts the service's
+name in its certificate's SANs and never gives a silo certificate the server-auth usage, so
+a silo certificate cannot serve as the coordinator. ``tls.server_name`` replaces the
+expected name for certificates from another PKI.
 
 Private keys are read from disk and handed to gRPC; neither they nor their paths' contents
 are ever logged.
@@ -29,6 +40,14 @@ logger = logging.getLogger(__name__)
 
 #: Methods that answer any authenticated peer (probes reveal nothing and carry no identity).
 HEALTH_METHOD_PREFIX = "/grpc.health.v1.Health/"
+#: Identity (certificate CN and SAN) of the coordinator.
+COORDINATOR_IDENTITY = "coordinator"
+#: Identity (certificate CN and SAN) of the clusterer.
+CLUSTERER_IDENTITY = "clusterer"
+#: Identity (certificate CN) of the operator: the full GetStatus view, no client rights.
+OPERATOR_IDENTITY = "operator"
+#: Names no silo may take as its id: the CA, the services and the operator.
+RESERVED_IDENTITIES = frozenset({"ca", COORDINATOR_IDENTITY, CLUSTERER_IDENTITY, OPERATOR_IDENTITY})
 
 
 class TlsError(ValueError):
@@ -45,6 +64,13 @@ class TlsConfig(BaseModel):
     ca: Path | None = Field(default=None, description="The federation CA certificate (PEM).")
     insecure: bool = Field(
         default=False, description="Plaintext gRPC without authentication (logs a warning)."
+    )
+    server_name: str = Field(
+        default="",
+        max_length=253,
+        description="Name the coordinator's certificate must carry, whatever address a "
+        "client agent dials. Empty: `coordinator`, which `fedprompt certs` always puts in the "
+        "coordinator's certificate. Set it when your certificates come from another PKI.",
     )
 
     @property
@@ -139,6 +165,20 @@ def channel_credentials(
     return grpc.ssl_channel_credentials(
         root_certificates=ca, private_key=key, certificate_chain=cert
     )
+
+
+def expected_server_name(config: TlsConfig, *, service: str) -> str:
+    """The name a server's certificate must carry on a channel of this process.
+
+    Parameters
+    ----------
+    config
+        The dialling process's TLS settings.
+    service
+        The identity the server has when ``config.server_name`` is empty
+        (:data:`COORDINATOR_IDENTITY` for a client agent's channel).
+    """
+    return config.server_name or service
 
 
 def peer_identity(context: AnyContext) -> str | None:

@@ -15,7 +15,14 @@ from fedprompt.config import ConfigError, load_config
 from fedprompt.logs import configure_logging
 from fedprompt.strategies import STRATEGY_NAMES
 from fedprompt.telemetry import serve_metrics
-from fedprompt.tls import TlsError, add_tls_arguments, channel_credentials, tls_overrides
+from fedprompt.tls import (
+    COORDINATOR_IDENTITY,
+    TlsError,
+    add_tls_arguments,
+    channel_credentials,
+    expected_server_name,
+    tls_overrides,
+)
 from fedprompt_client_agent.config import ClientAgentConfig
 
 logger = logging.getLogger("fedprompt_client_agent")
@@ -75,6 +82,7 @@ async def run(config: ClientAgentConfig) -> int:
         max_reconnect_s=config.max_reconnect_s,
         upload_compression=config.upload_compression,
         credentials=credentials,
+        server_name=expected_server_name(config.tls, service=COORDINATOR_IDENTITY),
         metrics=metrics,
     )
     main_task = asyncio.create_task(agent.run())

@@ -25,6 +25,7 @@ from fedprompt.compression import Compression, compress_tensors
 from fedprompt.coordinator_client import CoordinatorClient
 from fedprompt.server import create_channel
 from fedprompt.tensor_names import split_centroids
+from fedprompt.tls import COORDINATOR_IDENTITY
 from fedprompt.v1 import common_pb2, coordinator_pb2
 from fedprompt_client_agent.metrics import ClientMetrics
 
@@ -106,6 +107,9 @@ class ClientAgent:
         model always travels exact.
     credentials
         Mutual TLS credentials of this silo (None: plaintext).
+    server_name
+        The name the coordinator's certificate must carry, whatever address is dialled
+        (TLS only; see :func:`fedprompt.tls.expected_server_name`).
     metrics
         Prometheus metrics of this silo; a private registry by default.
     """
@@ -118,6 +122,7 @@ class ClientAgent:
         max_reconnect_s: float = 300.0,
         upload_compression: Compression | str = Compression.NONE,
         credentials: grpc.ChannelCredentials | None = None,
+        server_name: str = COORDINATOR_IDENTITY,
         metrics: ClientMetrics | None = None,
     ) -> None:
         self._runtime = runtime
@@ -125,11 +130,18 @@ class ClientAgent:
         self.metrics = metrics if metrics is not None else ClientMetrics()
         self._target = coordinator
         self._credentials = credentials
+        self._server_name = server_name
         self._max_reconnect_s = max_reconnect_s
         self.rounds_trained: list[int] = []
         # (digest of the shared tensors last evaluated, their metrics): the round-start model
         # of round t is the aggregate that was evaluated at the end of round t-1.
         self._last_eval: tuple[bytes, dict[str, float]] | None = None
+
+    def open_channel(self) -> grpc.aio.Channel:
+        """A channel to the coordinator: this silo's certificate, the coordinator's name checked."""
+        return create_channel(
+            self._target, credentials=self._credentials, server_name=self._server_name
+        )
 
     async def run(self) -> str:
         """Join and serve tasks; reconnect with backoff and jitter on a retryable status.
@@ -143,7 +155,7 @@ class ClientAgent:
         unreachable_since: float | None = None
         while True:
             try:
-                async with create_channel(self._target, credentials=self._credentials) as channel:
+                async with self.open_channel() as channel:
                     client = CoordinatorClient(channel, self._runtime.client_id)
                     await self._join(client)
                     unreachable_since = None

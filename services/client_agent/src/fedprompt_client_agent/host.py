@@ -30,7 +30,7 @@ import numpy as np
 from fedprompt.compression import Compression
 from fedprompt.config import ConfigError, load_config
 from fedprompt.logs import configure_logging
-from fedprompt.tls import TlsError, channel_credentials
+from fedprompt.tls import COORDINATOR_IDENTITY, TlsError, channel_credentials, expected_server_name
 from fedprompt.v1 import common_pb2
 from fedprompt_client_agent.agent import ClientAgent, LearningRuntime, TrainSettings
 from fedprompt_client_agent.config import ClientAgentConfig
@@ -166,6 +166,7 @@ async def run(
             max_reconnect_s=c.max_reconnect_s,
             upload_compression=c.upload_compression,
             credentials=cred,
+            server_name=expected_server_name(c.tls, service=COORDINATOR_IDENTITY),
         )
         for rt, c, cred in zip(runtimes, configs, credentials, strict=True)
     ]

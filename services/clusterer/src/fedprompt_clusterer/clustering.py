@@ -43,8 +43,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import linear_sum_assignment
 
+from fedprompt.client_input import MetadataValue
 from fedprompt.errors import InvalidArgumentError
-from fedprompt_clusterer.features import FeatureMatrix, MetadataValue, build_features
+from fedprompt_clusterer.features import FeatureMatrix, build_features
 
 logger = logging.getLogger(__name__)
 

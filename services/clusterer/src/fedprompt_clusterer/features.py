@@ -18,30 +18,29 @@ Each metadata field becomes one or more columns, in sorted field-name order:
 * A field whose values mix numbers with strings or booleans is treated as categorical,
   with each number as a category of its own.
 
-A JSON ``null`` counts as a missing field. Nested objects, lists and non-finite numbers are
-rejected with :class:`~fedprompt.errors.InvalidArgumentError` naming the client and field
-(never the value: metadata is not logged or echoed).
+What metadata is acceptable is decided by :mod:`fedprompt.client_input`, the validator the
+coordinator applies at Join: a flat JSON object of finite scalars within size limits; a
+JSON ``null`` counts as a missing field. Anything else is refused with
+:class:`~fedprompt.errors.InvalidArgumentError` naming the client and field (never the
+value: metadata is not logged or echoed), so that coordinator and clusterer never disagree.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import TypeGuard
 
 import numpy as np
 import numpy.typing as npt
 from sklearn.preprocessing import StandardScaler
 
-from fedprompt.errors import InvalidArgumentError
+from fedprompt.client_input import MetadataValue, check_metadata
 
 logger = logging.getLogger(__name__)
 
-#: A value a metadata field may hold.
-MetadataValue = str | bool | int | float
 #: Name suffix of the category a member gets when it lacks a categorical field.
 MISSING_CATEGORY = "<missing>"
 
@@ -62,88 +61,9 @@ class FeatureMatrix:
     names: tuple[str, ...]
 
 
-def parse_metadata_json(client_id: str, text: str) -> dict[str, MetadataValue]:
-    """Decode one member's metadata JSON into a flat mapping of scalar values.
-
-    Parameters
-    ----------
-    client_id
-        The member's id, used in error messages.
-    text
-        A JSON object whose values are numbers, strings, booleans or ``null``. An empty
-        string is read as an empty object.
-
-    Returns
-    -------
-    dict[str, MetadataValue]
-        The fields with non-null values.
-
-    Raises
-    ------
-    InvalidArgumentError
-        If ``text`` is not valid JSON, not an object, or holds a nested value, a list or a
-        non-finite number.
-    """
-    if not text.strip():
-        return {}
-    try:
-        decoded = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise InvalidArgumentError(
-            f"metadata of client {client_id!r} is not valid JSON: {exc.msg} at position {exc.pos}"
-        ) from None
-    except (ValueError, RecursionError) as exc:
-        detail = str(exc) if isinstance(exc, ValueError) else "nested too deeply"
-        raise InvalidArgumentError(
-            f"metadata of client {client_id!r} is not valid JSON: {detail}"
-        ) from None
-    if not isinstance(decoded, dict):
-        raise InvalidArgumentError(
-            f"metadata of client {client_id!r} must be a JSON object, "
-            f"not {_json_type_name(decoded)}"
-        )
-    return validate_metadata(client_id, decoded)
-
-
-def validate_metadata(client_id: str, metadata: Mapping[str, Any]) -> dict[str, MetadataValue]:
-    """Check that every value is a finite number, a string or a boolean; drop ``None``.
-
-    Parameters
-    ----------
-    client_id
-        The member's id, used in error messages.
-    metadata
-        Field name to value.
-
-    Returns
-    -------
-    dict[str, MetadataValue]
-        The fields with non-``None`` values.
-
-    Raises
-    ------
-    InvalidArgumentError
-        If a field name is not a string, or a value is nested, a list or a non-finite number.
-    """
-    clean: dict[str, MetadataValue] = {}
-    for field, value in metadata.items():
-        if not isinstance(field, str):
-            raise InvalidArgumentError(
-                f"metadata of client {client_id!r} has a field name that is not a string"
-            )
-        if value is None:
-            continue
-        if _is_number(value) and not _is_finite(value):
-            raise InvalidArgumentError(
-                f"metadata field {field!r} of client {client_id!r} is not a finite number"
-            )
-        if not isinstance(value, str | bool | int | float):
-            raise InvalidArgumentError(
-                f"metadata field {field!r} of client {client_id!r} must be a number, string "
-                f"or boolean, not {_json_type_name(value)}"
-            )
-        clean[field] = value
-    return clean
+def metadata_field(client_id: str) -> str:
+    """How a member's metadata is named in error messages."""
+    return f"metadata of client {client_id!r}"
 
 
 def build_features(
@@ -156,7 +76,8 @@ def build_features(
     client_ids
         The members' ids, used in error messages; same length as ``metadata``.
     metadata
-        One mapping per member; each is checked with :func:`validate_metadata`.
+        One mapping per member; each is checked with
+        :func:`fedprompt.client_input.check_metadata`.
 
     Returns
     -------
@@ -170,7 +91,10 @@ def build_features(
     """
     if len(client_ids) != len(metadata):
         raise ValueError("client_ids and metadata must have the same length")
-    rows = [validate_metadata(cid, md) for cid, md in zip(client_ids, metadata, strict=True)]
+    rows = [
+        check_metadata(md, field=metadata_field(cid))
+        for cid, md in zip(client_ids, metadata, strict=True)
+    ]
     fields = sorted({field for row in rows for field in row})
     columns: list[npt.NDArray[np.float64]] = []
     names: list[str] = []
@@ -236,33 +160,3 @@ def _category_key(value: MetadataValue) -> tuple[int, str]:
 def _is_number(value: object) -> TypeGuard[int | float]:
     """Tell whether a value is an int or a float (booleans are not numbers here)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _is_finite(value: int | float) -> bool:
-    """Tell whether ``value`` converts to a finite float (huge ints overflow)."""
-    try:
-        return math.isfinite(float(value))
-    except OverflowError:
-        return False
-
-
-def _reject_constant(name: str) -> float:
-    """``json.loads`` hook that refuses ``NaN`` and ``Infinity``."""
-    raise ValueError(f"non-finite number {name} is not allowed")
-
-
-def _json_type_name(value: object) -> str:
-    """JSON name of a decoded value's type, for error messages."""
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list):
-        return "an array"
-    if value is None:
-        return "null"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    return type(value).__name__

@@ -1,7 +1,8 @@
 """Pure conversions between the clusterer's protobuf messages and its domain types.
 
 Each ``x_from_proto`` has an ``x_to_proto`` partner; decoding validates what the domain
-cannot express (unknown enum values, malformed metadata JSON) and raises
+cannot express (unknown enum values; members' ids and metadata, with the validator the
+coordinator applies at Join, :mod:`fedprompt.client_input`) and raises
 :class:`~fedprompt.errors.InvalidArgumentError`.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 from types import MappingProxyType
 
+from fedprompt.client_input import check_client_id, parse_metadata
 from fedprompt.errors import InvalidArgumentError
 from fedprompt.v1 import clusterer_pb2
 from fedprompt_clusterer.clustering import (
@@ -21,7 +23,7 @@ from fedprompt_clusterer.clustering import (
     Member,
     NoisePolicy,
 )
-from fedprompt_clusterer.features import parse_metadata_json
+from fedprompt_clusterer.features import metadata_field
 
 _POLICY_FROM_PROTO: dict[int, NoisePolicy] = {
     clusterer_pb2.NOISE_POLICY_UNSPECIFIED: NoisePolicy.NEAREST,
@@ -54,16 +56,18 @@ def noise_policy_to_proto(policy: NoisePolicy) -> clusterer_pb2.NoisePolicy.Valu
 
 
 def member_from_proto(message: clusterer_pb2.MemberMetadata) -> Member:
-    """Decode a member, parsing its metadata JSON.
+    """Decode a member: its client id and metadata, checked as the coordinator checks them.
 
     Raises
     ------
     InvalidArgumentError
-        If the metadata is not a flat JSON object of scalars.
+        If the client id is not one, or the metadata is not a flat JSON object of finite
+        scalars within the limits of :mod:`fedprompt.client_input`.
     """
+    client_id = check_client_id(message.client_id, field="a member's client_id")
     return Member(
-        client_id=message.client_id,
-        metadata=parse_metadata_json(message.client_id, message.metadata_json),
+        client_id=client_id,
+        metadata=parse_metadata(message.metadata_json, field=metadata_field(client_id)),
     )
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fedprompt.client_input import DEFAULT_MAX_EXAMPLES
 from fedprompt.config import LogLevel
 from fedprompt.strategies import StrategyName, strategy_spec
 from fedprompt.tls import TlsConfig
@@ -217,6 +218,29 @@ class CoordinatorConfig(BaseModel):
     )
     strategy: StrategyName = Field(
         default=StrategyName.FPL, description="Federated strategy; clients must use the same."
+    )
+    max_client_examples: int = Field(
+        DEFAULT_MAX_EXAMPLES,
+        ge=1,
+        le=2**53,
+        description="Largest number of training examples a client may declare (Join's "
+        "num_train_examples, an upload's num_examples); any count above it, or below 1, is "
+        "refused with INVALID_ARGUMENT.",
+    )
+    status_page_clients: int = Field(
+        100,
+        ge=1,
+        le=1000,
+        description="Most clients one GetStatus answer carries (with their per-round records); "
+        "callers page through the rest (GetStatusRequest.clients_after).",
+    )
+    status_page_rounds: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        description="Most round records one GetStatus answer carries (the latest by default); "
+        "callers page through the rest (GetStatusRequest.first_round_record). An answer is "
+        "also cut, oldest rounds first, to stay under the 2 MiB message limit.",
     )
     tls: TlsConfig = Field(
         default_factory=TlsConfig,

@@ -196,9 +196,38 @@ class RoundRecord:
     summary: dict[str, float]
 
 
+class StatusView(enum.Enum):
+    """What a GetStatus caller may see."""
+
+    #: Every client's record, metadata and per-round metrics (the operator certificate,
+    #: or any caller of a plaintext coordinator: plaintext has no identities).
+    FULL = 1
+    #: The caller's own record plus federation-level aggregates (a silo certificate).
+    SILO = 2
+
+
+@dataclass(frozen=True)
+class StatusQuery:
+    """Who asks for the status, and which page of it.
+
+    Clients come sorted by id, one page at a time (a cursor: the ids after
+    ``clients_after``); round records come in the order they were recorded, a window at a
+    time (from index ``first_round_record``, or the latest ones when it is None). A limit
+    of 0 means the coordinator's page size; larger limits are capped to it.
+    """
+
+    view: StatusView = StatusView.FULL
+    #: The silo a SILO view belongs to (its certificate's identity).
+    caller: str = ""
+    clients_after: str = ""
+    max_clients: int = 0
+    first_round_record: int | None = None
+    max_round_records: int = 0
+
+
 @dataclass(frozen=True)
 class FederationStatus:
-    """Snapshot for the status RPC."""
+    """Snapshot for the status RPC: federation-wide fields, one page of clients and rounds."""
 
     current_round: int
     total_rounds: int
@@ -213,3 +242,14 @@ class FederationStatus:
     epsilon: float = 0.0
     delta: float = 0.0
     stop_reason: str = ""
+    view: StatusView = StatusView.FULL
+    #: Clients that have joined, and those with an open task stream (whatever the page).
+    clients_total: int = 0
+    clients_connected: int = 0
+    #: Cursor of the next page of clients ("" when this page is the last).
+    next_clients_after: str = ""
+    #: Round records in all, and the index of the first one in ``rounds``.
+    round_records_total: int = 0
+    first_round_record: int = 0
+    #: Whether something the caller may see is not in this page (more clients or rounds).
+    truncated: bool = False

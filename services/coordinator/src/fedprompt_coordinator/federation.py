@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 
 import numpy as np
 
+from fedprompt.client_input import check_metrics
 from fedprompt.codec import encode_tensors
 from fedprompt.errors import (
     FedPromptError,
@@ -57,6 +58,7 @@ from fedprompt_coordinator.domain import (
     ModelStage,
     Phase,
     RoundRecord,
+    StatusQuery,
     Task,
     TaskKind,
     TensorSpec,
@@ -76,7 +78,7 @@ from fedprompt_coordinator.state_store import StateStore
 from fedprompt_coordinator.strategies import build_strategy
 from fedprompt_coordinator.traffic import TrafficMeter
 from fedprompt_coordinator.upload_intake import UploadIntake, UploadLimits
-from fedprompt_coordinator.validation import check_metrics, spec_of, validate_update
+from fedprompt_coordinator.validation import spec_of, validate_update
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +126,10 @@ class Federation:
         self._clock = clock
         self._changed = asyncio.Condition()
         self._sessions = ClientSessions(
-            state=state, strategy=config.strategy.value, notify=self._notify
+            state=state,
+            strategy=config.strategy.value,
+            max_examples=config.max_client_examples,
+            notify=self._notify,
         )
         self._progress = RoundProgress(
             phase=Phase.WAITING_FOR_QUORUM, completed=state.last_completed_round()
@@ -164,6 +169,7 @@ class Federation:
                 max_buffered_bytes=config.limits.max_buffered_upload_bytes,
             ),
             max_update_l2_norm=config.max_update_l2_norm,
+            max_examples=config.max_client_examples,
             spec=lambda: self._spec,
             has_model=lambda: self._model is not None,
             accept_initial=self._accept_initial,
@@ -184,6 +190,8 @@ class Federation:
             traffic=self.traffic,
             budget=self._budget,
             clock=clock,
+            page_clients=config.status_page_clients,
+            page_rounds=config.status_page_rounds,
         )
         self.metrics.watch(self._reports.gauges)
         self._rng = np.random.default_rng(config.privacy.seed)
@@ -283,15 +291,23 @@ class Federation:
     ) -> None:
         """Store a client's metrics for the round in progress."""
         self._sessions.require(client_id)
-        checked = check_metrics(metrics)
+        checked = check_metrics(metrics, field="metrics")
         current = self._progress.require_participant(client_id, round_id, REPORT_METRICS)
         target = current.train_metrics if phase is MetricsPhase.TRAIN else current.eval_metrics
         target[client_id] = checked
         await self._notify()
 
-    def status(self) -> FederationStatus:
-        """A snapshot of rounds, phase, clients and traffic."""
-        return self._reports.status(assignment=self._assignment, stop_reason=self._stop_reason)
+    def status(self, query: StatusQuery | None = None) -> FederationStatus:
+        """A page of rounds, phase, clients and traffic, as the caller's view shows it.
+
+        Parameters
+        ----------
+        query
+            Who asks and which page; None: the full view's first page.
+        """
+        return self._reports.status(
+            query or StatusQuery(), assignment=self._assignment, stop_reason=self._stop_reason
+        )
 
     @property
     def current_round(self) -> int:

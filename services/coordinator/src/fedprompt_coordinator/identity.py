@@ -5,6 +5,12 @@ header names another client than the certificate (``PERMISSION_DENIED``), and
 :func:`check_caller` refuses a message whose ``client_id`` differs from it. On a plaintext
 server (``--insecure``) there is no identity and both pass: the client id is then whatever
 the client says, as before.
+
+:func:`status_view` decides what a GetStatus caller sees: the operator certificate
+(CN ``operator``, :data:`fedprompt.tls.OPERATOR_IDENTITY`) gets the full view, any other
+certificate the silo view of its own identity. A plaintext caller gets the full view:
+without identities nothing tells an operator from a silo, and plaintext is an explicit,
+logged choice for a trusted loopback (the ``--insecure`` demo).
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import grpc
 
 from fedprompt.errors import PermissionDeniedError
 from fedprompt.server import CLIENT_ID_METADATA_KEY, AnyContext, Handler, guard_handler
-from fedprompt.tls import HEALTH_METHOD_PREFIX, peer_identity
+from fedprompt.tls import HEALTH_METHOD_PREFIX, OPERATOR_IDENTITY, peer_identity
+from fedprompt_coordinator.domain import StatusView
 
 
 def header_client_id(context: AnyContext) -> str:
@@ -46,6 +53,14 @@ def check_caller(context: AnyContext, client_id: str) -> None:
         raise PermissionDeniedError(
             f"the certificate of {identity!r} may not act for client {client_id!r}"
         )
+
+
+def status_view(context: AnyContext) -> tuple[StatusView, str]:
+    """The GetStatus view of a caller, and whose silo view it is ("" for the full view)."""
+    identity = peer_identity(context)
+    if identity is None or identity == OPERATOR_IDENTITY:
+        return StatusView.FULL, ""
+    return StatusView.SILO, identity
 
 
 class IdentityInterceptor(grpc.aio.ServerInterceptor):

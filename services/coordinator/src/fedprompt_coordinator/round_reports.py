@@ -3,12 +3,24 @@
 :class:`RoundReports` reads the other rooms (sessions, the round progress, traffic, the
 privacy budget, the state store) and writes nothing but finished round records, durably
 and into the Prometheus metrics. The round state machine decides when a round ends and
-with which status; this module decides what its record and summary hold.
+with which status; this module decides what its record and summary hold, and what a
+status caller sees:
+
+- the **full view** (the operator certificate, or any caller of a plaintext coordinator)
+  holds every client's record, metadata, sample count and per-round metrics;
+- the **silo view** (a silo certificate) holds the caller's own client record and its own
+  per-round records, plus federation-level aggregates only: phase, rounds, counts of
+  clients, the round summaries without their per-cluster keys (a cluster of one would
+  reveal one silo's accuracy), ε.
+
+Either view comes a page at a time: at most ``page_clients`` clients (a cursor over the
+sorted client ids) and ``page_rounds`` round records (the latest by default).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -18,13 +30,18 @@ from fedprompt_coordinator.domain import (
     ClientStatus,
     FederationStatus,
     RoundRecord,
+    StatusQuery,
+    StatusView,
 )
 from fedprompt_coordinator.metrics import CoordinatorMetrics, FederationGauges
 from fedprompt_coordinator.privacy import PrivacyBudget
 from fedprompt_coordinator.round_progress import RoundInProgress, RoundProgress
-from fedprompt_coordinator.sessions import ClientSessions
+from fedprompt_coordinator.sessions import ClientSession, ClientSessions
 from fedprompt_coordinator.state_store import StateStore
 from fedprompt_coordinator.traffic import TrafficMeter
+
+#: Prefix of the round summary keys that describe one cluster (left out of the silo view).
+CLUSTER_SUMMARY_PREFIX = "cluster_"
 
 
 class RoundReports:
@@ -50,6 +67,10 @@ class RoundReports:
         The DP-FedAvg budget, or None when DP is off.
     clock
         Wall-clock source (seconds since the epoch).
+    page_clients
+        Most clients one status page holds.
+    page_rounds
+        Most round records one status page holds.
     """
 
     def __init__(
@@ -64,6 +85,8 @@ class RoundReports:
         traffic: TrafficMeter,
         budget: PrivacyBudget | None,
         clock: Callable[[], float],
+        page_clients: int = 100,
+        page_rounds: int = 20,
     ) -> None:
         self._total_rounds = total_rounds
         self._strategy = strategy
@@ -74,6 +97,8 @@ class RoundReports:
         self._traffic = traffic
         self._budget = budget
         self._clock = clock
+        self._page_clients = page_clients
+        self._page_rounds = page_rounds
 
     def round_record(
         self,
@@ -115,7 +140,9 @@ class RoundReports:
                 if k == cluster and "accuracy" in current.eval_metrics.get(c, {})
             ]
             if members:
-                summary[f"cluster_{cluster}_accuracy_mean"] = float(np.mean(members))
+                summary[f"{CLUSTER_SUMMARY_PREFIX}{cluster}_accuracy_mean"] = float(
+                    np.mean(members)
+                )
         clients = []
         for cid, cluster in sorted(current.participants.items()):
             up, down = self._traffic.get(current.round, cid)
@@ -147,16 +174,36 @@ class RoundReports:
         self._state.record_round(record)
         self._metrics.observe_round(record)
 
-    def status(self, *, assignment: Mapping[str, int], stop_reason: str) -> FederationStatus:
-        """A snapshot of rounds, phase, clients and traffic.
+    def status(
+        self, query: StatusQuery, *, assignment: Mapping[str, int], stop_reason: str
+    ) -> FederationStatus:
+        """One page of the status, as much as the caller's view shows.
 
         Parameters
         ----------
+        query
+            The caller's view and the page it asks for.
         assignment
             The cluster of each assigned client (-1 is reported for the others).
         stop_reason
             Why the federation stopped early ("" when it did not).
         """
+        sessions = list(self._sessions)
+        if query.view is StatusView.SILO:
+            page = [s for s in sessions if s.client_id == query.caller]
+            more_clients = False
+        else:
+            after = [s for s in sessions if s.client_id > query.clients_after]
+            page = after[: _page(query.max_clients, self._page_clients)]
+            more_clients = len(after) > len(page)
+        records = self._state.rounds()
+        limit = _page(query.max_round_records, self._page_rounds)
+        if query.first_round_record is None:
+            first = max(0, len(records) - limit)
+        else:
+            first = min(query.first_round_record, len(records))
+        window = records[first : first + limit]
+        ids = frozenset(s.client_id for s in page)
         setup = self._traffic.round_totals(0)
         budget = self._budget
         return FederationStatus(
@@ -164,25 +211,22 @@ class RoundReports:
             total_rounds=self._total_rounds,
             completed_rounds=self._progress.completed,
             phase=self._progress.phase,
-            clients=tuple(
-                ClientStatus(
-                    client_id=s.client_id,
-                    metadata_json=s.metadata_json,
-                    cluster_id=assignment.get(s.client_id, -1),
-                    connected=s.connected,
-                    num_train_examples=s.num_train_examples,
-                    device=s.device,
-                )
-                for s in self._sessions
-            ),
-            rounds=tuple(self._state.rounds()),
-            setup_bytes_up={c: v[0] for c, v in setup.items()},
-            setup_bytes_down={c: v[1] for c, v in setup.items()},
+            clients=tuple(_client_status(s, assignment) for s in page),
+            rounds=tuple(_round_view(r, ids, query.view) for r in window),
+            setup_bytes_up={c: v[0] for c, v in setup.items() if c in ids},
+            setup_bytes_down={c: v[1] for c, v in setup.items() if c in ids},
             model_fingerprint=self._sessions.fingerprint or "",
             strategy=self._strategy,
             epsilon=budget.epsilon if budget else 0.0,
             delta=budget.delta if budget else 0.0,
             stop_reason=stop_reason,
+            view=query.view,
+            clients_total=len(sessions),
+            clients_connected=self._sessions.connected_count(),
+            next_clients_after=page[-1].client_id if more_clients else "",
+            round_records_total=len(records),
+            first_round_record=first,
+            truncated=more_clients or first > 0 or first + len(window) < len(records),
         )
 
     def gauges(self) -> FederationGauges:
@@ -199,3 +243,28 @@ class RoundReports:
             epsilon_budget=budget.epsilon_budget if budget is not None else 0.0,
             delta=budget.delta if budget is not None else 0.0,
         )
+
+
+def _page(asked: int, configured: int) -> int:
+    """A page size: the configured one unless the caller asked for fewer (0: not asked)."""
+    return configured if asked <= 0 else min(asked, configured)
+
+
+def _client_status(session: ClientSession, assignment: Mapping[str, int]) -> ClientStatus:
+    return ClientStatus(
+        client_id=session.client_id,
+        metadata_json=session.metadata_json,
+        cluster_id=assignment.get(session.client_id, -1),
+        connected=session.connected,
+        num_train_examples=session.num_train_examples,
+        device=session.device,
+    )
+
+
+def _round_view(record: RoundRecord, clients: frozenset[str], view: StatusView) -> RoundRecord:
+    """The record as a page shows it: ``clients``' records only; for a silo no cluster keys."""
+    kept: Sequence[ClientRoundRecord] = [c for c in record.clients if c.client_id in clients]
+    summary = record.summary
+    if view is StatusView.SILO:
+        summary = {k: v for k, v in summary.items() if not k.startswith(CLUSTER_SUMMARY_PREFIX)}
+    return dataclasses.replace(record, clients=tuple(kept), summary=summary)

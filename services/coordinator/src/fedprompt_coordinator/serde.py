@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from fedprompt.errors import InvalidArgumentError
+from fedprompt.server import DEFAULT_MAX_MESSAGE_BYTES
 from fedprompt.v1 import common_pb2, coordinator_pb2
 from fedprompt_coordinator import domain
+
+#: Largest GetStatus answer: the message limit, less room for gRPC's framing.
+STATUS_MAX_BYTES = DEFAULT_MAX_MESSAGE_BYTES - 16 * 1024
+
+_VIEW_TO_PROTO: dict[domain.StatusView, coordinator_pb2.StatusView.ValueType] = {
+    domain.StatusView.FULL: coordinator_pb2.STATUS_VIEW_FULL,
+    domain.StatusView.SILO: coordinator_pb2.STATUS_VIEW_SILO,
+}
 
 
 def phase_to_proto(phase: domain.Phase) -> common_pb2.RoundPhase.ValueType:
@@ -124,9 +133,52 @@ def _round_to_proto(record: domain.RoundRecord) -> coordinator_pb2.RoundSummary:
     )
 
 
-def status_to_proto(status: domain.FederationStatus) -> coordinator_pb2.GetStatusResponse:
-    """Domain FederationStatus -> proto GetStatusResponse."""
-    return coordinator_pb2.GetStatusResponse(
+def status_query_from_proto(
+    msg: coordinator_pb2.GetStatusRequest, *, view: domain.StatusView, caller: str
+) -> domain.StatusQuery:
+    """Proto GetStatusRequest -> domain, with the view the caller's certificate allows.
+
+    Raises
+    ------
+    InvalidArgumentError
+        If ``clients_after`` is longer than any client id can be.
+    """
+    if len(msg.clients_after) > 128:
+        raise InvalidArgumentError("clients_after is longer than any client id")
+    return domain.StatusQuery(
+        view=view,
+        caller=caller,
+        clients_after=msg.clients_after,
+        max_clients=msg.max_clients,
+        first_round_record=(msg.first_round_record if msg.HasField("first_round_record") else None),
+        max_round_records=msg.max_round_records,
+    )
+
+
+def status_to_proto(
+    status: domain.FederationStatus,
+    *,
+    latest_rounds: bool = True,
+    max_bytes: int = STATUS_MAX_BYTES,
+) -> coordinator_pb2.GetStatusResponse:
+    """Domain FederationStatus -> proto GetStatusResponse of at most ``max_bytes``.
+
+    Every client field is bounded and a page holds a bounded number of clients and rounds;
+    when a page is larger still (many maximal metrics, many clusters), round records are
+    left out, the ones farthest from what was asked first (the oldest of a page of the
+    latest rounds, the newest of a page from ``first_round_record``), then clients from the
+    end of the page; ``truncated`` says so and the paging fields point at what was left out.
+
+    Parameters
+    ----------
+    status
+        The page, as the domain made it.
+    latest_rounds
+        Whether the page holds the latest rounds (no ``first_round_record`` was asked).
+    max_bytes
+        The largest serialized size of the answer.
+    """
+    msg = coordinator_pb2.GetStatusResponse(
         current_round=status.current_round,
         total_rounds=status.total_rounds,
         completed_rounds=status.completed_rounds,
@@ -150,4 +202,50 @@ def status_to_proto(status: domain.FederationStatus) -> coordinator_pb2.GetStatu
         epsilon=status.epsilon,
         delta=status.delta,
         stop_reason=status.stop_reason,
+        view=_VIEW_TO_PROTO[status.view],
+        clients_total=status.clients_total,
+        clients_connected=status.clients_connected,
+        next_clients_after=status.next_clients_after,
+        round_records_total=status.round_records_total,
+        first_round_record=status.first_round_record,
+        truncated=status.truncated,
     )
+    _fit(msg, max_bytes, oldest_out_first=latest_rounds)
+    return msg
+
+
+def _fit(msg: coordinator_pb2.GetStatusResponse, max_bytes: int, *, oldest_out_first: bool) -> None:
+    """Leave out round records, then clients, until ``msg`` is at most ``max_bytes``."""
+    if msg.ByteSize() <= max_bytes:
+        return
+    msg.truncated = True  # counted too: 3 bytes on the wire
+    excess = msg.ByteSize() - max_bytes
+    sizes = [_element_size(r.ByteSize()) for r in msg.rounds]
+    if not oldest_out_first:
+        sizes.reverse()
+    drop = 0
+    while drop < len(sizes) and excess > 0:
+        excess -= sizes[drop]
+        drop += 1
+    if oldest_out_first:
+        del msg.rounds[:drop]
+        msg.first_round_record += drop  # its varint may have grown: checked below
+    elif drop:
+        del msg.rounds[-drop:]
+    while msg.ByteSize() > max_bytes and msg.rounds:
+        if oldest_out_first:
+            del msg.rounds[0]
+            msg.first_round_record += 1
+        else:
+            del msg.rounds[-1]
+    # one client's record alone is bounded far below the limit: the page keeps at least one
+    while msg.ByteSize() > max_bytes and len(msg.clients) > 1:
+        gone = msg.clients.pop()
+        msg.setup_bytes_up.pop(gone.client_id, None)
+        msg.setup_bytes_down.pop(gone.client_id, None)
+        msg.next_clients_after = msg.clients[-1].client_id
+
+
+def _element_size(size: int) -> int:
+    """Bytes a message of ``size`` bytes takes as an element of a repeated field (< 2^4 tags)."""
+    return 1 + max(1, (size.bit_length() + 6) // 7) + size

@@ -16,7 +16,7 @@ from fedprompt.transfer import chunk_from_proto, payload_info_from_proto, payloa
 from fedprompt.v1 import coordinator_pb2, coordinator_pb2_grpc
 from fedprompt_coordinator import serde
 from fedprompt_coordinator.federation import Federation
-from fedprompt_coordinator.identity import check_caller
+from fedprompt_coordinator.identity import check_caller, status_view
 from fedprompt_coordinator.upload_intake import Upload
 
 #: Payloads up to this size keep their FetchModel messages cached (prompts, heads).
@@ -157,5 +157,9 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             coordinator_pb2.GetStatusRequest, coordinator_pb2.GetStatusResponse
         ],
     ) -> coordinator_pb2.GetStatusResponse:
-        """Return the federation's status."""
-        return serde.status_to_proto(self._federation.status())
+        """Return one page of the federation's status, as the caller's certificate allows."""
+        view, caller = status_view(context)
+        query = serde.status_query_from_proto(request, view=view, caller=caller)
+        return serde.status_to_proto(
+            self._federation.status(query), latest_rounds=query.first_round_record is None
+        )

@@ -1,30 +1,41 @@
 """Client sessions: who joined (checked and stored durably) and the task stream of each.
 
-:class:`ClientSessions` owns the join checks (client id, metadata, model fingerprint,
-strategy, example count), the clients' registration in the state store, the federation's
-model fingerprint (fixed by the first join), one task queue per connected client and
-whether a client was asked for the initial model (only those may upload one).
-It knows nothing of rounds: the federation publishes tasks through it and reads the
-connected clients from it.
+:class:`ClientSessions` owns the join: every field is checked by the shared validator
+(:mod:`fedprompt.client_input`: client id, metadata, capability strings, example count),
+then against the federation (model fingerprint, strategy). It owns the clients'
+registration in the state store, the federation's model fingerprint (fixed by the first
+join), one task queue per connected client and whether a client was asked for the initial
+model (only those may upload one). It knows nothing of rounds: the federation publishes
+tasks through it and reads the connected clients from it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from fedprompt.errors import InvalidArgumentError, ModelMismatchError, UnknownClientError
+from fedprompt.client_input import (
+    DEFAULT_MAX_EXAMPLES,
+    canonical_metadata_json,
+    check_client_id,
+    check_count,
+    check_names,
+    check_text,
+    parse_metadata,
+)
+from fedprompt.errors import (
+    FedPromptError,
+    InvalidArgumentError,
+    ModelMismatchError,
+    UnknownClientError,
+)
 from fedprompt_coordinator.domain import JoinRequest, Task, TaskKind
 from fedprompt_coordinator.state_store import StateStore
 
 logger = logging.getLogger(__name__)
 
-CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-MAX_METADATA_BYTES = 16 * 1024
 _SETTING_FINGERPRINT = "model_fingerprint"
 
 
@@ -56,20 +67,28 @@ class ClientSessions:
         Durable federation state: clients are registered there, and the fingerprint too.
     strategy
         The federation's strategy name; a client of another strategy is refused.
+    max_examples
+        Largest number of training examples a client may declare.
     notify
         Called (and awaited) after every change a waiting round may care about: a join, a
         task stream opened or closed.
     """
 
     def __init__(
-        self, *, state: StateStore, strategy: str, notify: Callable[[], Awaitable[None]]
+        self,
+        *,
+        state: StateStore,
+        strategy: str,
+        notify: Callable[[], Awaitable[None]],
+        max_examples: int = DEFAULT_MAX_EXAMPLES,
     ) -> None:
         self._state = state
         self._strategy = strategy
         self._notify = notify
+        self._max_examples = max_examples
         self._sessions: dict[str, ClientSession] = {}
         for cid, (meta, n, device) in state.clients().items():
-            self._sessions[cid] = ClientSession(cid, meta, n, device)
+            self._sessions[cid] = ClientSession(cid, _stored_metadata(cid, meta), n, device)
         self._fingerprint = state.get_setting(_SETTING_FINGERPRINT)
 
     @property
@@ -78,58 +97,55 @@ class ClientSessions:
         return self._fingerprint
 
     async def join(self, request: JoinRequest) -> ClientSession:
-        """Check a join, then register (or re-register) the client durably."""
-        if not CLIENT_ID_PATTERN.match(request.client_id):
-            raise InvalidArgumentError(
-                "client_id must be 1-128 characters of letters, digits, '.', '_' or '-'"
-            )
-        if len(request.metadata_json.encode()) > MAX_METADATA_BYTES:
-            raise InvalidArgumentError(f"metadata_json is over {MAX_METADATA_BYTES} bytes")
-        try:
-            metadata = json.loads(request.metadata_json or "{}")
-        except json.JSONDecodeError as exc:
-            raise InvalidArgumentError(f"metadata_json is not valid JSON: {exc.msg}") from None
-        if not isinstance(metadata, dict):
-            raise InvalidArgumentError("metadata_json must be a JSON object")
-        fingerprint = request.capabilities.model_fingerprint
+        """Check a join, then register (or re-register) the client durably.
+
+        Raises
+        ------
+        InvalidArgumentError
+            For any field the shared validator refuses (nothing is stored).
+        ModelMismatchError
+            For a client whose model fingerprint or strategy is not the federation's.
+        """
+        check_client_id(request.client_id)
+        meta_json = canonical_metadata_json(parse_metadata(request.metadata_json))
+        caps = request.capabilities
+        fingerprint = check_text(caps.model_fingerprint, field="capabilities.model_fingerprint")
         if not fingerprint:
             raise InvalidArgumentError("capabilities.model_fingerprint is required")
+        device = check_text(caps.device, field="capabilities.device")
+        check_text(caps.model_name, field="capabilities.model_name")
+        check_text(caps.strategy, field="capabilities.strategy")
+        check_names(caps.trainable_tensors, field="capabilities.trainable_tensors")
+        examples = check_count(
+            request.num_train_examples, field="num_train_examples", maximum=self._max_examples
+        )
         if self._fingerprint is not None and fingerprint != self._fingerprint:
             raise ModelMismatchError(
                 f"client model fingerprint {fingerprint!r} differs from the federation's "
                 f"{self._fingerprint!r} (same model folder, prompt lengths and labels are required)"
             )
-        if request.capabilities.strategy != self._strategy:
+        if caps.strategy != self._strategy:
             raise ModelMismatchError(
-                f"client strategy {request.capabilities.strategy!r} differs from the "
-                f"federation's {self._strategy!r}"
+                f"client strategy {caps.strategy!r} differs from the federation's {self._strategy!r}"
             )
-        if request.num_train_examples <= 0:
-            raise InvalidArgumentError("num_train_examples must be positive")
-        meta_json = json.dumps(metadata, sort_keys=True)
         session = self._sessions.get(request.client_id)
         if session is None:
-            session = ClientSession(
-                request.client_id,
-                meta_json,
-                request.num_train_examples,
-                request.capabilities.device,
-            )
+            session = ClientSession(request.client_id, meta_json, examples, device)
             self._sessions[request.client_id] = session
         else:
             session.metadata_json = meta_json
-            session.num_train_examples = request.num_train_examples
-            session.device = request.capabilities.device
+            session.num_train_examples = examples
+            session.device = device
         self._state.upsert_client(
             client_id=request.client_id,
             metadata_json=meta_json,
-            num_train_examples=request.num_train_examples,
-            device=request.capabilities.device,
+            num_train_examples=examples,
+            device=device,
         )
         if self._fingerprint is None:
             self._fingerprint = fingerprint
             self._state.set_setting(_SETTING_FINGERPRINT, fingerprint)
-        logger.info("client %s joined (%d examples)", request.client_id, request.num_train_examples)
+        logger.info("client %s joined (%d examples)", request.client_id, examples)
         await self._notify()
         return session
 
@@ -217,3 +233,22 @@ class ClientSessions:
     def __iter__(self) -> Iterator[ClientSession]:
         """The sessions, sorted by client id."""
         return iter(sorted(self._sessions.values(), key=lambda s: s.client_id))
+
+
+def _stored_metadata(client_id: str, stored: str) -> str:
+    """Metadata restored from the state store, checked again; ``{}`` if it is not valid.
+
+    An older coordinator stored metadata it did not check (nested objects, NaN): kept, it
+    would make every clustering request fail. It is dropped, with a warning, until the
+    client joins again.
+    """
+    try:
+        return canonical_metadata_json(parse_metadata(stored))
+    except FedPromptError as exc:
+        logger.warning(
+            "stored metadata of client %s is not valid (%s); it is ignored until the client "
+            "joins again",
+            client_id,
+            exc.message,
+        )
+        return "{}"

@@ -35,6 +35,7 @@ from typing import BinaryIO
 import numpy as np
 
 from fedprompt.chunking import ChunkAssembler, ChunkData, PayloadInfo
+from fedprompt.client_input import DEFAULT_MAX_EXAMPLES, check_count, check_metrics
 from fedprompt.codec import DecodedPayload, decode_payload, decode_payload_file
 from fedprompt.compression import decompress_tensors
 from fedprompt.errors import (
@@ -49,7 +50,7 @@ from fedprompt_coordinator.domain import ClientUpdate, Phase, TensorSpec, Update
 from fedprompt_coordinator.model_store import ModelStore
 from fedprompt_coordinator.round_progress import UPLOAD_UPDATE, RoundProgress
 from fedprompt_coordinator.sessions import ClientSessions
-from fedprompt_coordinator.validation import check_metrics, check_update_size, validate_update
+from fedprompt_coordinator.validation import check_update_size, validate_update
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +182,8 @@ class UploadIntake:
         idempotent duplicate). Raises a coded error for a model that does not fit.
     notify
         Called (and awaited) after a delta is accepted, to wake the round state machine.
+    max_examples
+        Largest example count a header may declare (``max_client_examples``).
     """
 
     def __init__(
@@ -195,12 +198,14 @@ class UploadIntake:
         has_model: Callable[[], bool],
         accept_initial: Callable[[str, dict[str, np.ndarray]], Awaitable[bool]],
         notify: Callable[[], Awaitable[None]],
+        max_examples: int = DEFAULT_MAX_EXAMPLES,
     ) -> None:
         self._sessions = sessions
         self._progress = progress
         self._models = models
         self._limits = limits
         self._max_update_l2_norm = max_update_l2_norm
+        self._max_examples = max_examples
         self._spec = spec
         self._has_model = has_model
         self._accept_initial = accept_initial
@@ -253,16 +258,17 @@ class UploadIntake:
                 f"client {client_id!r} already has an upload open; one upload at a time "
                 "(retry when it has ended)"
             )
-        metrics = check_metrics(train_metrics or {})
+        metrics = check_metrics(train_metrics or {}, field="train_metrics")
         if kind is UpdateKind.INITIAL:
+            # the initial model carries no weight: its count may be 0, never out of range
+            check_count(num_examples, field="num_examples", maximum=self._max_examples, minimum=0)
             if round_id != 0:
                 raise WrongRoundError("initial models are uploaded for round 0")
             self._check_initial(client_id, session.initial_model_asked, info.total_bytes)
             max_bytes = self._limits.max_initial_model_bytes
         elif kind is UpdateKind.DELTA:
             self._progress.require_participant(client_id, round_id, UPLOAD_UPDATE)
-            if num_examples <= 0:
-                raise InvalidArgumentError("num_examples must be positive for a delta update")
+            check_count(num_examples, field="num_examples", maximum=self._max_examples)
             max_bytes = self._limits.max_update_bytes
             check_update_size(info.total_bytes, self._spec(), max_update_bytes=max_bytes)
         else:

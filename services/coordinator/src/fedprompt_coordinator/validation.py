@@ -3,9 +3,10 @@
 Before any chunk is read, :func:`check_update_size` refuses an upload whose announced size
 is over the configured limit or larger than the round's tensor spec can need; after
 decoding, :func:`validate_update` checks names, dtypes and shapes against the spec, finite
-values and the L2 norm bound. :func:`check_metrics` checks the metrics a client reports
-(in an upload's header or on their own). Each failure is a coded error with a message (see
-:mod:`fedprompt.errors` for the status codes).
+values and the L2 norm bound. Each failure is a coded error with a message (see
+:mod:`fedprompt.errors` for the status codes). The fields a client sends beside its tensors
+(counts, metadata, metrics, names) are checked by :mod:`fedprompt.client_input`, the one
+validator the coordinator and the clusterer share.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from fedprompt.errors import (
 )
 from fedprompt_coordinator.domain import TensorSpec
 
-#: Metrics one report (or one upload header) may carry.
-MAX_METRICS = 64
 #: Bytes a safetensors header may take per tensor (JSON name, dtype, shape, offsets).
 HEADER_BYTES_PER_TENSOR = 1024
 #: Fixed allowance for the safetensors header (length prefix, metadata, padding).
@@ -138,20 +137,3 @@ def validate_update(
             raise ShapeMismatchError(
                 f"tensor {name!r} has L2 norm {norm:.4g}, over the bound {max_l2_norm:.4g}"
             )
-
-
-def check_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
-    """The metrics a client reports, as floats, or the coded error of the first bad one.
-
-    At most :data:`MAX_METRICS` metrics, each named by 1 to 64 characters and finite.
-    """
-    if len(metrics) > MAX_METRICS:
-        raise InvalidArgumentError(f"at most {MAX_METRICS} metrics per report, got {len(metrics)}")
-    out = {}
-    for key, value in metrics.items():
-        if not key or len(key) > 64:
-            raise InvalidArgumentError("metric names must have 1 to 64 characters")
-        if not math.isfinite(value):
-            raise InvalidArgumentError(f"metric {key!r} is not finite")
-        out[key] = float(value)
-    return out

@@ -116,6 +116,40 @@ METRICS_PHASE_EVALUATE: MetricsPhase.ValueType  # 2
 """Measured on the aggregated model of the round."""
 Global___MetricsPhase: _TypeAlias = MetricsPhase  # noqa: Y015
 
+class _StatusView:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StatusViewEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StatusView.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STATUS_VIEW_UNSPECIFIED: _StatusView.ValueType  # 0
+    STATUS_VIEW_FULL: _StatusView.ValueType  # 1
+    """Everything: every client's metadata, sample count and per-round metrics. The operator
+    certificate (`fedprompt certs --operator`), or any caller of a plaintext coordinator
+    (plaintext has no identities).
+    """
+    STATUS_VIEW_SILO: _StatusView.ValueType  # 2
+    """The caller's own client record and per-round records, plus federation-level
+    aggregates (phase, rounds, round summaries without per-cluster keys, counts, ε). A
+    silo certificate.
+    """
+
+class StatusView(_StatusView, metaclass=_StatusViewEnumTypeWrapper):
+    """What a GetStatus caller may see, decided by its certificate."""
+
+STATUS_VIEW_UNSPECIFIED: StatusView.ValueType  # 0
+STATUS_VIEW_FULL: StatusView.ValueType  # 1
+"""Everything: every client's metadata, sample count and per-round metrics. The operator
+certificate (`fedprompt certs --operator`), or any caller of a plaintext coordinator
+(plaintext has no identities).
+"""
+STATUS_VIEW_SILO: StatusView.ValueType  # 2
+"""The caller's own client record and per-round records, plus federation-level
+aggregates (phase, rounds, round summaries without per-cluster keys, counts, ε). A
+silo certificate.
+"""
+Global___StatusView: _TypeAlias = StatusView  # noqa: Y015
+
 @_typing.final
 class JoinRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -557,16 +591,47 @@ Global___ReportMetricsResponse: _TypeAlias = ReportMetricsResponse  # noqa: Y015
 
 @_typing.final
 class GetStatusRequest(_message.Message):
+    """Which page of the status the caller wants. Every field is optional: an empty request
+    gets the first page of clients and the latest round records.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
+    CLIENTS_AFTER_FIELD_NUMBER: _builtins.int
+    MAX_CLIENTS_FIELD_NUMBER: _builtins.int
+    FIRST_ROUND_RECORD_FIELD_NUMBER: _builtins.int
+    MAX_ROUND_RECORDS_FIELD_NUMBER: _builtins.int
+    clients_after: _builtins.str
+    """Clients come sorted by id: this page starts after this id ("" : from the first). Pass
+    the previous answer's `next_clients_after`.
+    """
+    max_clients: _builtins.int
+    """Most clients in this page (0, or more than the coordinator's `status_page_clients`:
+    that many). Each round record carries the records of this page's clients only.
+    """
+    first_round_record: _builtins.int
+    """Index of the first round record wanted, in the order they were recorded (unset: the
+    latest ones). Pass the previous answer's `first_round_record` + its number of rounds.
+    """
+    max_round_records: _builtins.int
+    """Most round records in this page (0, or more than the coordinator's
+    `status_page_rounds`: that many).
+    """
     def __init__(
         self,
+        *,
+        clients_after: _builtins.str = ...,
+        max_clients: _builtins.int = ...,
+        first_round_record: _builtins.int | None = ...,
+        max_round_records: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_first_round_record", b"_first_round_record", "first_round_record", b"first_round_record"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_first_round_record", b"_first_round_record", "clients_after", b"clients_after", "first_round_record", b"first_round_record", "max_clients", b"max_clients", "max_round_records", b"max_round_records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__first_round_record: _TypeAlias = _typing.Literal["first_round_record"]  # noqa: Y015
+    _WhichOneofArgType__first_round_record: _TypeAlias = _typing.Literal["_first_round_record", b"_first_round_record"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__first_round_record) -> _WhichOneofReturnType__first_round_record | None: ...
 
 Global___GetStatusRequest: _TypeAlias = GetStatusRequest  # noqa: Y015
 
@@ -807,6 +872,13 @@ class GetStatusResponse(_message.Message):
     EPSILON_FIELD_NUMBER: _builtins.int
     DELTA_FIELD_NUMBER: _builtins.int
     STOP_REASON_FIELD_NUMBER: _builtins.int
+    VIEW_FIELD_NUMBER: _builtins.int
+    CLIENTS_TOTAL_FIELD_NUMBER: _builtins.int
+    CLIENTS_CONNECTED_FIELD_NUMBER: _builtins.int
+    NEXT_CLIENTS_AFTER_FIELD_NUMBER: _builtins.int
+    ROUND_RECORDS_TOTAL_FIELD_NUMBER: _builtins.int
+    FIRST_ROUND_RECORD_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
     current_round: _builtins.int
     total_rounds: _builtins.int
     completed_rounds: _builtins.int
@@ -818,6 +890,20 @@ class GetStatusResponse(_message.Message):
     delta: _builtins.float
     stop_reason: _builtins.str
     """Why the federation stopped early (e.g. the privacy budget), empty otherwise."""
+    view: Global___StatusView.ValueType
+    """What this caller may see."""
+    clients_total: _builtins.int
+    """Clients that have joined, and those connected now (whatever this page holds)."""
+    clients_connected: _builtins.int
+    next_clients_after: _builtins.str
+    """`clients_after` of the next page of clients; empty when this page is the last."""
+    round_records_total: _builtins.int
+    """Round records in all, and the index of the first one in `rounds`."""
+    first_round_record: _builtins.int
+    truncated: _builtins.bool
+    """True when this answer leaves out something the caller may see: more clients, other
+    round records, or records cut so that the answer stays under the message limit.
+    """
     @_builtins.property
     def clients(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClientInfo]: ...
     @_builtins.property
@@ -844,10 +930,17 @@ class GetStatusResponse(_message.Message):
         epsilon: _builtins.float = ...,
         delta: _builtins.float = ...,
         stop_reason: _builtins.str = ...,
+        view: Global___StatusView.ValueType = ...,
+        clients_total: _builtins.int = ...,
+        clients_connected: _builtins.int = ...,
+        next_clients_after: _builtins.str = ...,
+        round_records_total: _builtins.int = ...,
+        first_round_record: _builtins.int = ...,
+        truncated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "completed_rounds", b"completed_rounds", "current_round", b"current_round", "delta", b"delta", "epsilon", b"epsilon", "model_fingerprint", b"model_fingerprint", "phase", b"phase", "rounds", b"rounds", "setup_bytes_down", b"setup_bytes_down", "setup_bytes_up", b"setup_bytes_up", "stop_reason", b"stop_reason", "strategy", b"strategy", "total_rounds", b"total_rounds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "clients_connected", b"clients_connected", "clients_total", b"clients_total", "completed_rounds", b"completed_rounds", "current_round", b"current_round", "delta", b"delta", "epsilon", b"epsilon", "first_round_record", b"first_round_record", "model_fingerprint", b"model_fingerprint", "next_clients_after", b"next_clients_after", "phase", b"phase", "round_records_total", b"round_records_total", "rounds", b"rounds", "setup_bytes_down", b"setup_bytes_down", "setup_bytes_up", b"setup_bytes_up", "stop_reason", b"stop_reason", "strategy", b"strategy", "total_rounds", b"total_rounds", "truncated", b"truncated", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

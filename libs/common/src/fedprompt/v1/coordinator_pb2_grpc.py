@@ -107,7 +107,8 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetStatus(self, request, context):
-        """The federation's state: rounds, phase, clients, metrics, traffic.
+        """The federation's state: rounds, phase, clients, metrics, traffic; one page at a time,
+        as much as the caller's certificate may see (see StatusView).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,7 +46,9 @@ class CoordinatorStub:
     in the upload's header).
     """
     GetStatus: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.GetStatusRequest, _coordinator_pb2.GetStatusResponse]
-    """The federation's state: rounds, phase, clients, metrics, traffic."""
+    """The federation's state: rounds, phase, clients, metrics, traffic; one page at a time,
+    as much as the caller's certificate may see (see StatusView).
+    """
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -66,7 +68,9 @@ class CoordinatorAsyncStub(CoordinatorStub):
     in the upload's header).
     """
     GetStatus: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetStatusRequest, _coordinator_pb2.GetStatusResponse]  # type: ignore[assignment]
-    """The federation's state: rounds, phase, clients, metrics, traffic."""
+    """The federation's state: rounds, phase, clients, metrics, traffic; one page at a time,
+    as much as the caller's certificate may see (see StatusView).
+    """
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -119,6 +123,8 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
         request: _coordinator_pb2.GetStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_coordinator_pb2.GetStatusResponse, _abc.Awaitable[_coordinator_pb2.GetStatusResponse]]:
-        """The federation's state: rounds, phase, clients, metrics, traffic."""
+        """The federation's state: rounds, phase, clients, metrics, traffic; one page at a time,
+        as much as the caller's certificate may see (see StatusView).
+        """
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

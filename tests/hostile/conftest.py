@@ -1,0 +1,138 @@
+"""Shared fixtures of the hostile tests: real certificates and a coordinator served for real.
+
+Certificates come from the ``fedprompt certs`` code (:func:`fedprompt_cli.certs.write_certs`)
+in a temporary folder: the services, the operator and a few silos. :func:`serve_coordinator`
+wires a coordinator as ``fedprompt-coordinator`` does (mutual TLS, identity and traffic
+interceptors, the round task running) on 127.0.0.1, port 0; callers dial it as the client
+agents do (their certificate, the coordinator's name checked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from fedprompt.server import create_channel, start_server
+from fedprompt.tls import COORDINATOR_IDENTITY, TlsConfig, channel_credentials, server_credentials
+from fedprompt.v1 import coordinator_pb2_grpc
+from fedprompt_cli.certs import write_certs
+from fedprompt_coordinator.clustering_backend import make_clustering_backend
+from fedprompt_coordinator.config import CoordinatorConfig
+from fedprompt_coordinator.federation import Federation
+from fedprompt_coordinator.identity import IdentityInterceptor
+from fedprompt_coordinator.model_store import ModelStore
+from fedprompt_coordinator.servicer import CoordinatorServicer
+from fedprompt_coordinator.state_store import StateStore, make_state_store
+from fedprompt_coordinator.traffic import TrafficInterceptor
+
+#: Silo certificates of the hostile tests: two honest silos and an attacker.
+SILOS = ("honest-a", "honest-b", "mallory")
+
+
+def tls_of(certs: Path, name: str) -> TlsConfig:
+    """The TLS settings of the holder of ``<name>.crt``."""
+    return TlsConfig(cert=certs / f"{name}.crt", key=certs / f"{name}.key", ca=certs / "ca.crt")
+
+
+@pytest.fixture(scope="session")
+def hostile_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A federation CA, the service and operator certificates, and one per silo of SILOS."""
+    out = tmp_path_factory.mktemp("hostile-certs")
+    write_certs(out, silos=SILOS, operator=True)
+    return out
+
+
+@dataclass
+class ServedCoordinator:
+    """A coordinator served on loopback with mutual TLS, and the means to dial it."""
+
+    federation: Federation
+    state: StateStore
+    port: int
+    certs: Path
+
+    def channel(self, name: str) -> grpc.aio.Channel:
+        """A channel holding ``<name>``'s certificate that checks the coordinator's name."""
+        return create_channel(
+            f"127.0.0.1:{self.port}",
+            credentials=channel_credentials(tls_of(self.certs, name)),
+            server_name=COORDINATOR_IDENTITY,
+        )
+
+    @staticmethod
+    def stub(channel: grpc.aio.Channel) -> Any:
+        """The Coordinator stub generated from the .proto, over ``channel``."""
+        return coordinator_pb2_grpc.CoordinatorStub(channel)
+
+
+@contextlib.asynccontextmanager
+async def serve_coordinator(
+    tmp_path: Path, certs: Path, **overrides: Any
+) -> AsyncIterator[ServedCoordinator]:
+    """Serve a coordinator like ``fedprompt_coordinator.__main__.serve`` until the block ends.
+
+    Parameters
+    ----------
+    tmp_path
+        Where its state lives.
+    certs
+        The folder of ``fedprompt certs`` files (``coordinator.crt`` is presented).
+    overrides
+        :class:`CoordinatorConfig` fields (a one-round ``clustered`` federation of two by
+        default).
+    """
+    settings: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "state_dir": tmp_path / "state",
+        "rounds": 1,
+        "strategy": "clustered",
+        "min_clients": 2,
+        "quorum_wait_s": 0.0,
+        "round_deadline_s": 60.0,
+        "eval_deadline_s": 60.0,
+        "tls": tls_of(certs, COORDINATOR_IDENTITY),
+    }
+    config = CoordinatorConfig(**{**settings, **overrides})
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    state = make_state_store(config.state_dir / "state.sqlite3")
+    federation = Federation(
+        config=config,
+        state=state,
+        models=ModelStore(config.state_dir / "models"),
+        clustering=make_clustering_backend(config.clustering),
+    )
+    handle = await start_server(
+        register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+            CoordinatorServicer(federation), s
+        ),
+        service_names=["fedprompt.v1.Coordinator"],
+        address=config.listen,
+        interceptors=[IdentityInterceptor(), TrafficInterceptor(federation.traffic)],
+        credentials=server_credentials(config.tls, role="coordinator"),
+    )
+    rounds = asyncio.create_task(federation.run(), name="rounds")
+    try:
+        yield ServedCoordinator(federation, state, handle.port, certs)
+    finally:
+        await handle.stop(grace=0)
+        rounds.cancel()
+        await asyncio.wait({rounds}, timeout=10)
+        state.close()
+
+
+#: Starts a coordinator for one test: ``async with serve_hostile(**config_overrides) as c``.
+ServeCoordinator = Callable[..., contextlib.AbstractAsyncContextManager[ServedCoordinator]]
+
+
+@pytest.fixture
+def serve_hostile(tmp_path: Path, hostile_certs: Path) -> ServeCoordinator:
+    """:func:`serve_coordinator` bound to the test's folder and the hostile certificates."""
+    return functools.partial(serve_coordinator, tmp_path, hostile_certs)
