@@ -13,8 +13,8 @@ import pytest_asyncio
 
 from fedprompt.chunking import ChunkAssembler
 from fedprompt.codec import decode_tensors, encode_tensors
-from fedprompt.coordinator_client import CoordinatorClient
-from fedprompt.errors import CorruptPayloadError
+from fedprompt.coordinator_client import CoordinatorClient, UploadStatusLostError
+from fedprompt.errors import CorruptPayloadError, WrongRoundError
 from fedprompt.server import CLIENT_ID_METADATA_KEY, ServerHandle, create_channel, start_server
 from fedprompt.transfer import chunk_from_proto, payload_info_from_proto, payload_messages
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
@@ -38,6 +38,7 @@ class _Coordinator(coordinator_pb2_grpc.CoordinatorServicer):
         self.reports: list[coordinator_pb2.ReportMetricsRequest] = []
         self.fetched: list[coordinator_pb2.FetchModelRequest] = []
         self.headerless_fetch = False
+        self.refuse_uploads = False
 
     def _record(self, rpc: str, context: Any) -> None:
         metadata = dict(context.invocation_metadata())
@@ -77,6 +78,9 @@ class _Coordinator(coordinator_pb2_grpc.CoordinatorServicer):
         self, request_iterator: AsyncIterator[coordinator_pb2.UploadUpdateRequest], context: Any
     ) -> coordinator_pb2.UploadUpdateResponse:
         self._record("UploadUpdate", context)
+        if self.refuse_uploads:  # refuse at the header, while the client is still writing
+            await anext(aiter(request_iterator))
+            raise WrongRoundError("round 1 is not accepting updates")
         header: coordinator_pb2.UpdateHeader | None = None
         assembler: ChunkAssembler | None = None
         async for message in request_iterator:
@@ -236,3 +240,28 @@ async def test_calls_to_nobody_fail_with_the_grpc_status() -> None:
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
     )
+
+
+@pytest.mark.asyncio
+async def test_an_upload_refused_mid_stream_never_surfaces_as_internal(
+    coordinator: tuple[_Coordinator, ServerHandle],
+) -> None:
+    servicer, handle = coordinator
+    servicer.refuse_uploads = True
+    payload = encode_tensors({"x": np.zeros(6 * 1024 * 1024 // 4, np.float32)})  # 6 chunks
+    outcomes = set()
+    async with create_channel(f"127.0.0.1:{handle.port}") as channel:
+        client = CoordinatorClient(channel, "silo-a")
+        for _ in range(20):
+            try:
+                await client.upload(
+                    round_id=1, kind=coordinator_pb2.UPDATE_KIND_DELTA, payload=payload,
+                    num_examples=3,
+                )  # fmt: skip
+            except UploadStatusLostError:
+                outcomes.add("status lost")
+            except grpc.aio.AioRpcError as exc:
+                outcomes.add(exc.code().name)
+    # the server's own code, or the lost-status error the agent treats as a refusal
+    assert outcomes <= {"FAILED_PRECONDITION", "status lost"}, outcomes
+    assert outcomes

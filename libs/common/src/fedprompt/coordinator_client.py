@@ -34,10 +34,22 @@ from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 if TYPE_CHECKING:  # the async stub class exists only in the generated .pyi
     from fedprompt.v1.coordinator_pb2_grpc import CoordinatorAsyncStub
 
-__all__ = ["MAX_MODEL_BYTES", "CoordinatorClient"]
+__all__ = ["MAX_MODEL_BYTES", "CoordinatorClient", "UploadStatusLostError"]
 
 #: Largest model a client accepts from the coordinator (inline or downloaded).
 MAX_MODEL_BYTES: Final = 4 * 1024**3
+#: What ``grpc.aio`` reports instead of the server's status when the server ends a
+#: client-streaming call while the client is still writing (grpc/grpc#36066).
+_LOST_STATUS_DETAILS: Final = "Internal error from Core"
+
+
+class UploadStatusLostError(Exception):
+    """The coordinator ended an upload before reading all of it, and its status was lost.
+
+    ``grpc.aio`` sometimes reports such a refusal (a round that closed, an upload over a
+    limit) as ``INTERNAL: Internal error from Core`` instead of the coordinator's own code
+    (grpc/grpc#36066). The upload was not accepted; why is in the coordinator's log.
+    """
 
 
 class CoordinatorClient:
@@ -203,12 +215,27 @@ class CoordinatorClient:
     async def send_update(
         self, header: coordinator_pb2.UpdateHeader, payload: bytes
     ) -> coordinator_pb2.UploadUpdateResponse:
-        """Stream an upload: ``header``, then the payload's chunk messages, written lazily."""
-        response: coordinator_pb2.UploadUpdateResponse = await self._upload(
-            upload_request_bytes(header, payload),
-            metadata=self._metadata,
-            timeout=self._transfer_timeout_s,
-        )
+        """Stream an upload: ``header``, then the payload's chunk messages, written lazily.
+
+        Raises
+        ------
+        UploadStatusLostError
+            When the coordinator refused the upload mid-stream and ``grpc.aio`` lost its
+            status (see the class); any other failure is the call's ``AioRpcError``.
+        """
+        try:
+            response: coordinator_pb2.UploadUpdateResponse = await self._upload(
+                upload_request_bytes(header, payload),
+                metadata=self._metadata,
+                timeout=self._transfer_timeout_s,
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.INTERNAL and exc.details() == _LOST_STATUS_DETAILS:
+                raise UploadStatusLostError(
+                    f"{self.client_id}: the coordinator ended upload of round {header.round} "
+                    "before reading it all; its status was lost in transit (grpc/grpc#36066)"
+                ) from exc
+            raise
         return response
 
     async def upload(

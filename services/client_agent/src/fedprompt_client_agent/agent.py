@@ -22,7 +22,7 @@ import numpy as np
 
 from fedprompt.codec import encode_tensors
 from fedprompt.compression import Compression, compress_tensors
-from fedprompt.coordinator_client import CoordinatorClient
+from fedprompt.coordinator_client import CoordinatorClient, UploadStatusLostError
 from fedprompt.server import create_channel
 from fedprompt.tensor_names import split_centroids
 from fedprompt.tls import COORDINATOR_IDENTITY
@@ -161,17 +161,21 @@ class ClientAgent:
                     unreachable_since = None
                     delay = 0.25
                     return await self._serve_tasks(client)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() not in _RETRYABLE:
+            except (grpc.aio.AioRpcError, UploadStatusLostError) as exc:
+                # an initial model refused mid-stream (status lost) is retried like UNAVAILABLE
+                if isinstance(exc, grpc.aio.AioRpcError) and exc.code() not in _RETRYABLE:
                     raise
                 now = time.monotonic()
                 unreachable_since = unreachable_since or now
                 if now - unreachable_since > self._max_reconnect_s:
                     raise
                 sleep = delay * (0.5 + random.random())
-                logger.warning(
-                    "coordinator %s (%s); retrying in %.2f s", exc.code().name, exc.details(), sleep
+                reason = (
+                    f"{exc.code().name} ({exc.details()})"
+                    if isinstance(exc, grpc.aio.AioRpcError)
+                    else str(exc)
                 )
+                logger.warning("coordinator %s; retrying in %.2f s", reason, sleep)
                 await asyncio.sleep(sleep)
                 delay = min(delay * 2, 10.0)
 
@@ -211,6 +215,11 @@ class ClientAgent:
                     task.round,
                     exc.details(),
                 )
+                continue
+            except UploadStatusLostError as exc:
+                # refused mid-stream, reason lost by the transport: the round goes on without
+                # this update, as for a straggler
+                logger.warning("%s; waiting for the next task", exc)
                 continue
             if task.kind == coordinator_pb2.TASK_KIND_FINISHED:
                 logger.info("finished: %s", task.message)
