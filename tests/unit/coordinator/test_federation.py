@@ -426,7 +426,7 @@ async def test_round_with_three_clients_advances_the_model_by_the_weighted_mean(
         _assert_tensors(clients["b"].fetched[(1, ModelStage.AGGREGATED)], cluster0)
         _assert_tensors(clients["c"].fetched[(1, ModelStage.AGGREGATED)], cluster1)
 
-        saved = h.models.load(1)
+        saved = h.models.load(1, expected=h.state.snapshots()[1])
         _assert_tensors(saved.for_cluster(0), cluster0)
         _assert_tensors(saved.for_cluster(1), cluster1)
 
@@ -475,7 +475,7 @@ async def test_client_missing_the_deadline_is_left_out_when_quorum_holds(tmp_pat
         assert record.summary["participants"] == 3.0
         assert record.summary["updates_accepted"] == 2.0
         # Only a and b: global [1,2] + (1*[4,8] + 3*[0,4]) / 4 = [2, 7]; cluster 0: 15.
-        saved = h.models.load(1)
+        saved = h.models.load(1, expected=h.state.snapshots()[1])
         _assert_tensors(
             saved.for_cluster(0), {"prompt.global": [2.0, 7.0], "prompt.cluster": [15.0]}
         )
@@ -514,7 +514,8 @@ async def test_round_without_quorum_by_the_deadline_fails_and_is_retried(tmp_pat
         assert h.state.last_completed_round() == 1
         # The retry started from the same model, so the result equals a full first round.
         _assert_tensors(
-            h.models.load(1).for_cluster(0), {"prompt.global": [2.5, 3.5], "prompt.cluster": [15.0]}
+            h.models.load(1, expected=h.state.snapshots()[1]).for_cluster(0),
+            {"prompt.global": [2.5, 3.5], "prompt.cluster": [15.0]},
         )
         assert a.trained_rounds == [1, 1]
         assert a.kinds()[:2] == [(TaskKind.TRAIN, 1), (TaskKind.TRAIN, 1)]
@@ -603,10 +604,12 @@ async def test_restart_resumes_after_the_last_completed_round(tmp_path: Path) ->
             _assert_tensors(client.fetched[(2, ModelStage.ROUND_START)], round1[CLUSTERS[cid]])
         # Round 2 applies the same deltas once more.
         _assert_tensors(
-            h.models.load(2).for_cluster(0), {"prompt.global": [4.0, 5.0], "prompt.cluster": [20.0]}
+            h.models.load(2, expected=h.state.snapshots()[2]).for_cluster(0),
+            {"prompt.global": [4.0, 5.0], "prompt.cluster": [20.0]},
         )
         _assert_tensors(
-            h.models.load(2).for_cluster(1), {"prompt.global": [4.0, 5.0], "prompt.cluster": [12.0]}
+            h.models.load(2, expected=h.state.snapshots()[2]).for_cluster(1),
+            {"prompt.global": [4.0, 5.0], "prompt.cluster": [12.0]},
         )
         assert [(r.round, r.status) for r in h.state.rounds()] == [
             (1, "completed"),
@@ -706,7 +709,7 @@ async def test_fedavg_shares_one_model_across_clusters(tmp_path: Path) -> None:
         expected = {"prompt.global": [2.5, 3.5], "prompt.cluster": [13.0]}
         for client in clients.values():
             _assert_tensors(client.fetched[(1, ModelStage.AGGREGATED)], expected)
-        assert h.models.load(0).cluster_template == {}
+        assert h.models.load(0, expected=h.state.snapshots()[0]).cluster_template == {}
 
 
 @pytest.mark.asyncio
@@ -795,7 +798,7 @@ async def test_spooled_uploads_give_the_same_round_and_leave_no_files(
         await asyncio.wait_for(run, TIMEOUT_S)
         cluster0 = {"prompt.global": [2.5, 3.5], "prompt.cluster": [15.0]}
         cluster1 = {"prompt.global": [2.5, 3.5], "prompt.cluster": [11.0]}
-        saved = h.models.load(1)
+        saved = h.models.load(1, expected=h.state.snapshots()[1])
         _assert_tensors(saved.for_cluster(0), cluster0)
         _assert_tensors(saved.for_cluster(1), cluster1)
         assert not any(p.is_file() for p in h.models.spool_dir.rglob("*"))
@@ -857,7 +860,7 @@ async def test_compressed_uploads_are_decoded_before_aggregation(
         for c in "abc":
             await h.connect(FakeClient(h.fed, c))
         await asyncio.wait_for(run, TIMEOUT_S)
-        saved = h.models.load(1)
+        saved = h.models.load(1, expected=h.state.snapshots()[1])
         tol = 0.0 if method == "fp16" else 8.0 / 127  # int8: half a step of the largest value
         for cluster, expected in ((0, [2.5, 3.5, 15.0]), (1, [2.5, 3.5, 11.0])):
             got = saved.for_cluster(cluster)

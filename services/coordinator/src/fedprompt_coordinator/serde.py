@@ -124,9 +124,20 @@ def _round_to_proto(record: domain.RoundRecord) -> coordinator_pb2.RoundSummary:
     )
 
 
+def round_failure_to_proto(failure: domain.RoundFailure) -> coordinator_pb2.RoundFailure:
+    """Domain RoundFailure -> proto."""
+    return coordinator_pb2.RoundFailure(
+        round=failure.round,
+        phase=phase_to_proto(failure.phase),
+        reason=failure.reason,
+        failed_unix=failure.failed_unix,
+        clients_with_updates=list(failure.clients_with_updates),
+    )
+
+
 def status_to_proto(status: domain.FederationStatus) -> coordinator_pb2.GetStatusResponse:
     """Domain FederationStatus -> proto GetStatusResponse."""
-    return coordinator_pb2.GetStatusResponse(
+    message = coordinator_pb2.GetStatusResponse(
         current_round=status.current_round,
         total_rounds=status.total_rounds,
         completed_rounds=status.completed_rounds,
@@ -151,3 +162,6 @@ def status_to_proto(status: domain.FederationStatus) -> coordinator_pb2.GetStatu
         delta=status.delta,
         stop_reason=status.stop_reason,
     )
+    if status.round_failure is not None:
+        message.round_failure.CopyFrom(round_failure_to_proto(status.round_failure))
+    return message

@@ -3,6 +3,11 @@
 :class:`StateStore` is the contract; :class:`SqliteStateStore` keeps everything in one
 SQLite file (WAL, synchronous=FULL) so a killed coordinator resumes from the last
 completed round. ``make_state_store(":memory:")`` gives a throw-away store for tests.
+
+The SHA-256 of every snapshot file is recorded with its round (in the transaction that
+marks the round completed; for the initial model, with the tensor spec), so that the
+snapshot folders can be checked against the database at start-up
+(:mod:`~fedprompt_coordinator.state_check`).
 """
 
 from __future__ import annotations
@@ -11,9 +16,17 @@ import abc
 import json
 import sqlite3
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 from fedprompt_coordinator.domain import ClientRoundRecord, RoundRecord
+
+#: Setting that marks a state database of this format (snapshot digests recorded). A
+#: database without it is either new (empty) or from an earlier version (see
+#: :mod:`~fedprompt_coordinator.state_check`).
+STATE_FORMAT_KEY = "state_format"
+#: The current state format.
+STATE_FORMAT = "2"
 
 
 class StateStore(abc.ABC):
@@ -46,8 +59,32 @@ class StateStore(abc.ABC):
         """The current cluster assignment."""
 
     @abc.abstractmethod
-    def record_round(self, record: RoundRecord) -> None:
-        """Store a finished round; a completed one also becomes the last completed round."""
+    def record_round(
+        self, record: RoundRecord, *, snapshot: Mapping[str, str] | None = None
+    ) -> None:
+        """Store a finished round; a completed one also becomes the last completed round.
+
+        ``snapshot`` (file name -> SHA-256 hex of the round's model snapshot) is recorded in
+        the same transaction.
+        """
+
+    @abc.abstractmethod
+    def record_snapshot(
+        self,
+        round_id: int,
+        files: Mapping[str, str],
+        *,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        """Record (or replace) the digests of a round's snapshot, with settings, atomically."""
+
+    @abc.abstractmethod
+    def snapshots(self) -> dict[int, dict[str, str]]:
+        """round -> (file name -> SHA-256 hex) of every recorded snapshot."""
+
+    @abc.abstractmethod
+    def is_empty(self) -> bool:
+        """True when the store holds nothing at all (a new, or a lost, database)."""
 
     @abc.abstractmethod
     def rounds(self) -> list[RoundRecord]:
@@ -81,7 +118,11 @@ class SqliteStateStore(StateStore):
         bytes_up INTEGER NOT NULL, bytes_down INTEGER NOT NULL,
         train_metrics_json TEXT NOT NULL, eval_metrics_json TEXT NOT NULL,
         PRIMARY KEY (round, attempt, client_id));
+    CREATE TABLE IF NOT EXISTS snapshot_files (
+        round INTEGER NOT NULL, file TEXT NOT NULL, sha256 TEXT NOT NULL,
+        PRIMARY KEY (round, file));
     """
+    _TABLES = ("settings", "clients", "assignment", "rounds", "client_rounds", "snapshot_files")
 
     def __init__(self, path: str | Path) -> None:
         self._lock = threading.Lock()
@@ -148,11 +189,15 @@ class SqliteStateStore(StateStore):
             rows = self._db.execute("SELECT client_id, cluster_id FROM assignment").fetchall()
         return {r[0]: int(r[1]) for r in rows}
 
-    def record_round(self, record: RoundRecord) -> None:
-        """Store a round and its client records in one transaction."""
+    def record_round(
+        self, record: RoundRecord, *, snapshot: Mapping[str, str] | None = None
+    ) -> None:
+        """Store a round, its client records and its snapshot digests in one transaction."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                if snapshot is not None:
+                    self._put_snapshot(record.round, snapshot)
                 (attempt,) = self._db.execute(
                     "SELECT COALESCE(MAX(attempt), 0) + 1 FROM rounds WHERE round=?",
                     (record.round,),
@@ -191,6 +236,57 @@ class SqliteStateStore(StateStore):
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _put_snapshot(self, round_id: int, files: Mapping[str, str]) -> None:
+        """Replace the digests of ``round_id`` (inside the caller's transaction)."""
+        self._db.execute("DELETE FROM snapshot_files WHERE round=?", (round_id,))
+        self._db.executemany(
+            "INSERT INTO snapshot_files VALUES(?, ?, ?)",
+            [(round_id, name, digest) for name, digest in sorted(files.items())],
+        )
+
+    def record_snapshot(
+        self,
+        round_id: int,
+        files: Mapping[str, str],
+        *,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        """Record the digests of a round's snapshot and some settings in one transaction."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._put_snapshot(round_id, files)
+                self._db.executemany(
+                    "INSERT INTO settings(key, value) VALUES(?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    sorted((settings or {}).items()),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def snapshots(self) -> dict[int, dict[str, str]]:
+        """round -> (file name -> SHA-256 hex) of every recorded snapshot."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT round, file, sha256 FROM snapshot_files ORDER BY round, file"
+            ).fetchall()
+        out: dict[int, dict[str, str]] = {}
+        for round_id, name, digest in rows:
+            out.setdefault(int(round_id), {})[str(name)] = str(digest)
+        return out
+
+    def is_empty(self) -> bool:
+        """True when no table holds a row."""
+        with self._lock:
+            return not any(
+                self._db.execute(
+                    f"SELECT 1 FROM {table} LIMIT 1"
+                ).fetchone()  # table names are constants
+                for table in self._TABLES
+            )
 
     def rounds(self) -> list[RoundRecord]:
         """Every stored round attempt, ascending by round then attempt."""
