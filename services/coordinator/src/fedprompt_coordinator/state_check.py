@@ -104,6 +104,7 @@ def verify_state(state: StateStore, models: ModelStore) -> VerifiedState:
             _remove_uncommitted(models)
             return VerifiedState(completed=0, snapshots={})
         _migrate(state, models, completed, folders)
+        folders = models.rounds()
     elif fmt != STATE_FORMAT:
         raise StateIntegrityError(
             f"the state database in {state_dir} has format {fmt!r}; this coordinator reads "
