@@ -374,14 +374,17 @@ class Federation:
         """
         while self._progress.completed < self._config.rounds and not self._stop_reason:
             round_id = self._progress.completed + 1
+            error: Exception | None = None
             try:
                 await self._run_round(round_id)
             except BudgetExhaustedError as exc:
                 self._stop_reason = exc.message
                 self._state.set_setting(_SETTING_STOP_REASON, exc.message)
                 logger.warning("%s", exc.message)
-            except Exception as exc:  # the round loop's guard: never silent
-                raise RoundFailedError(await self._fail_round(round_id, exc)) from exc
+            except Exception as exc:  # noqa: BLE001 - the round loop's guard: never silent
+                error = exc
+            if error is not None:  # handled outside the except block: clean tracebacks
+                raise RoundFailedError(await self._fail_round(round_id, error)) from error
         self._progress.phase = Phase.DONE
         self._progress.current = None
         message = f"federation completed {self._progress.completed} rounds"
@@ -591,12 +594,19 @@ class Federation:
                 record = self._round_record(current, status=reason)
             except Exception:  # fall back to a record without clients
                 logger.exception("round %d: could not build the failed round's record", round_id)
-        for attempt in (record, dataclasses.replace(record, clients=(), summary={})):
+        attempts = (
+            (record, "could not store the failed round's record"),
+            (
+                dataclasses.replace(record, clients=(), summary={}),
+                "could not store it without its client rows either",
+            ),
+        )
+        for attempt, problem in attempts:
             try:
                 self._reports.store(attempt)
                 return
             except Exception:  # a full disk, or the record itself is the poison
-                logger.exception("round %d: could not store the failed round's record", round_id)
+                logger.exception("round %d: %s", round_id, problem)
         self.metrics.observe_round(record)
         logger.error(
             "round %d: the failure is reported in GetStatus (round_failure) and the metrics "

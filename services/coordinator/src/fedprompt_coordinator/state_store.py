@@ -13,10 +13,11 @@ snapshot folders can be checked against the database at start-up
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from fedprompt_coordinator.domain import ClientRoundRecord, RoundRecord
@@ -131,6 +132,22 @@ class SqliteStateStore(StateStore):
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(self._SCHEMA)
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction (the caller holds the lock): committed, or rolled back.
+
+        SQLite rolls a transaction back by itself when its COMMIT fails (a full disk:
+        ``SQLITE_FULL``); the original error is then raised, not a failed ROLLBACK.
+        """
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
     def close(self) -> None:
         """Close the database."""
         with self._lock:
@@ -171,17 +188,9 @@ class SqliteStateStore(StateStore):
 
     def set_assignment(self, assignment: dict[str, int]) -> None:
         """Replace the current cluster assignment in one transaction."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM assignment")
-                self._db.executemany(
-                    "INSERT INTO assignment VALUES(?, ?)", sorted(assignment.items())
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction():
+            self._db.execute("DELETE FROM assignment")
+            self._db.executemany("INSERT INTO assignment VALUES(?, ?)", sorted(assignment.items()))
 
     def assignment(self) -> dict[str, int]:
         """The current cluster assignment."""
@@ -193,49 +202,43 @@ class SqliteStateStore(StateStore):
         self, record: RoundRecord, *, snapshot: Mapping[str, str] | None = None
     ) -> None:
         """Store a round, its client records and its snapshot digests in one transaction."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                if snapshot is not None:
-                    self._put_snapshot(record.round, snapshot)
-                (attempt,) = self._db.execute(
-                    "SELECT COALESCE(MAX(attempt), 0) + 1 FROM rounds WHERE round=?",
-                    (record.round,),
-                ).fetchone()
-                self._db.execute(
-                    "INSERT INTO rounds VALUES(?, ?, ?, ?, ?, ?, ?)",
+        with self._lock, self._transaction():
+            if snapshot is not None:
+                self._put_snapshot(record.round, snapshot)
+            (attempt,) = self._db.execute(
+                "SELECT COALESCE(MAX(attempt), 0) + 1 FROM rounds WHERE round=?",
+                (record.round,),
+            ).fetchone()
+            self._db.execute(
+                "INSERT INTO rounds VALUES(?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.round,
+                    attempt,
+                    record.status,
+                    record.started_unix,
+                    record.finished_unix,
+                    record.num_clusters,
+                    json.dumps(record.summary),
+                ),
+            )
+            self._db.executemany(
+                "INSERT INTO client_rounds VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
                     (
                         record.round,
                         attempt,
-                        record.status,
-                        record.started_unix,
-                        record.finished_unix,
-                        record.num_clusters,
-                        json.dumps(record.summary),
-                    ),
-                )
-                self._db.executemany(
-                    "INSERT INTO client_rounds VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            record.round,
-                            attempt,
-                            c.client_id,
-                            c.cluster_id,
-                            c.num_examples,
-                            int(c.update_accepted),
-                            c.bytes_up,
-                            c.bytes_down,
-                            json.dumps(c.train_metrics),
-                            json.dumps(c.eval_metrics),
-                        )
-                        for c in record.clients
-                    ],
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                        c.client_id,
+                        c.cluster_id,
+                        c.num_examples,
+                        int(c.update_accepted),
+                        c.bytes_up,
+                        c.bytes_down,
+                        json.dumps(c.train_metrics),
+                        json.dumps(c.eval_metrics),
+                    )
+                    for c in record.clients
+                ],
+            )
 
     def _put_snapshot(self, round_id: int, files: Mapping[str, str]) -> None:
         """Replace the digests of ``round_id`` (inside the caller's transaction)."""
@@ -253,19 +256,13 @@ class SqliteStateStore(StateStore):
         settings: Mapping[str, str] | None = None,
     ) -> None:
         """Record the digests of a round's snapshot and some settings in one transaction."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._put_snapshot(round_id, files)
-                self._db.executemany(
-                    "INSERT INTO settings(key, value) VALUES(?, ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                    sorted((settings or {}).items()),
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction():
+            self._put_snapshot(round_id, files)
+            self._db.executemany(
+                "INSERT INTO settings(key, value) VALUES(?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                sorted((settings or {}).items()),
+            )
 
     def snapshots(self) -> dict[int, dict[str, str]]:
         """round -> (file name -> SHA-256 hex) of every recorded snapshot."""
@@ -281,10 +278,9 @@ class SqliteStateStore(StateStore):
     def is_empty(self) -> bool:
         """True when no table holds a row."""
         with self._lock:
+            # the table names are constants of this class, never input
             return not any(
-                self._db.execute(
-                    f"SELECT 1 FROM {table} LIMIT 1"
-                ).fetchone()  # table names are constants
+                self._db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
                 for table in self._TABLES
             )
 
