@@ -149,9 +149,7 @@ async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> int:
     if metrics_server is not None:
         metrics_server.close()
     state.close()
-    logger.info(
-        "coordinator stopped" if status == 0 else "coordinator stopped, exit status %d", status
-    )
+    logger.info("coordinator stopped (exit status %d)", status)
     return status
 
 
