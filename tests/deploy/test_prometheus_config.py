@@ -102,7 +102,7 @@ def test_promtool_accepts_the_prometheus_config_and_rules(tmp_path: Path) -> Non
     local.write_text(yaml.safe_dump(config))
     result = run([promtool, "check", "config", local])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "5 rules found" in result.stdout
+    assert "6 rules found" in result.stdout
     result = run([promtool, "check", "rules", *sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))])
     assert result.returncode == 0, result.stdout + result.stderr
 

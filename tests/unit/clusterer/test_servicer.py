@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -12,7 +13,13 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedprompt.server import create_channel, start_server
+from fedprompt.message_parts import merge_messages, split_message
+from fedprompt.server import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    MAX_CHUNK_BYTES,
+    create_channel,
+    start_server,
+)
 from fedprompt.v1 import clusterer_pb2, clusterer_pb2_grpc
 from fedprompt_clusterer.clustering import (
     ClusteringSettings,
@@ -162,3 +169,103 @@ async def test_health_reports_serving(connection: Connection) -> None:
     response = await connection.health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
     assert response.status == health_pb2.HealthCheckResponse.SERVING
     assert SERVICE_NAME == "fedprompt.v1.Clusterer"
+
+
+# --------------------------------------------------------------------- any federation size
+
+SPECIALTIES = ("psychiatry", "oncology", "cardiology", "womens_health", "pediatrics", "pain")
+REGIONS = ("north", "south", "east", "west", "central")
+
+
+def _profile_text(kind: str, words: int) -> str:
+    return " ".join(f"{kind}-{w}" for w in range(words))
+
+
+def ordinary_members(n: int, seed: int = 0) -> list[clusterer_pb2.MemberMetadata]:
+    """``n`` hospitals with the metadata silos publish, about 1 KB each: specialty, region,
+    size, language, and the public descriptions of their specialty and accreditation."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        specialty, region = rng.choice(SPECIALTIES), rng.choice(REGIONS)
+        out.append(
+            member(
+                f"hospital-{i:06d}",
+                specialty=specialty,
+                region=region,
+                num_records=rng.randint(200, 90_000),
+                beds=rng.randint(20, 1_500),
+                language=rng.choice(("en", "de", "fr")),
+                teaching_hospital=rng.random() < 0.3,
+                # four public texts, each within the 256 characters client input allows
+                **{f"specialty_text_{k}": _profile_text(specialty, 15) for k in range(4)},
+                accreditation=_profile_text(region, 20),
+            )
+        )
+    return out
+
+
+async def _stream(
+    stub: clusterer_pb2_grpc.ClustererAsyncStub, request: clusterer_pb2.ClusterRequest
+) -> tuple[clusterer_pb2.ClusterResponse, int]:
+    """ClusterStream as the coordinator calls it: the answer merged, and its number of parts."""
+    parts = split_message(request, max_bytes=MAX_CHUNK_BYTES)
+    answers = [a async for a in stub.ClusterStream(iter(parts))]
+    return merge_messages(answers, clusterer_pb2.ClusterResponse()), len(answers)
+
+
+@pytest.mark.asyncio
+async def test_2000_members_exceed_the_unary_limit_and_stream_through(
+    connection: Connection,
+) -> None:
+    request = clusterer_pb2.ClusterRequest(members=ordinary_members(2_000))
+    assert request.ByteSize() > DEFAULT_MAX_MESSAGE_BYTES  # ~2,000 silos: over 2 MiB
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await connection.stub.Cluster(request)  # what the coordinator used to send
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    response, _ = await _stream(connection.stub, request)
+    assert sorted(response.assignment) == sorted(m.client_id for m in request.members)
+    assert response.num_clusters == len(set(response.assignment.values())) > 1
+    assert response.seconds > 0 and "specialty=oncology" in response.feature_names
+
+
+@pytest.mark.asyncio
+async def test_the_stream_gives_the_unary_answer_whatever_the_parts(connection: Connection) -> None:
+    previous = {"psy-north": 7, "psy-south": 7, "pain-north": 3, "pain-south": 3}
+    request = clusterer_pb2.ClusterRequest(members=CLINICS, previous_assignment=previous)
+    unary = await connection.stub.Cluster(request)
+    parts = split_message(request, max_bytes=1)  # one member or previous entry per part
+    assert len(parts) == len(CLINICS) + len(previous)
+    answers = [a async for a in connection.stub.ClusterStream(iter(parts))]
+    streamed = merge_messages(answers, clusterer_pb2.ClusterResponse())
+    assert dict(streamed.assignment) == dict(unary.assignment)
+    assert streamed.num_clusters == unary.num_clusters == 3
+
+
+@pytest.mark.asyncio
+async def test_the_stream_refuses_more_members_than_configured() -> None:
+    servicer = ClustererServicer(max_members=3)
+
+    def register(server: grpc.aio.Server) -> None:
+        clusterer_pb2_grpc.add_ClustererServicer_to_server(servicer, server)
+
+    handle = await start_server(
+        register=register, service_names=[SERVICE_NAME], address="127.0.0.1:0"
+    )
+    try:
+        async with create_channel(f"127.0.0.1:{handle.port}") as channel:
+            stub = clusterer_pb2_grpc.ClustererStub(channel)
+            request = clusterer_pb2.ClusterRequest(members=CLINICS)
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await _stream(stub, request)  # type: ignore[arg-type]
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "at most 3 members" in (info.value.details() or "")
+    finally:
+        await handle.stop(0)
+    assert (
+        servicer.metrics.registry.get_sample_value(
+            "fedprompt_clusterer_runs_total", {"outcome": "error"}
+        )
+        == 1
+    )

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
-from collections.abc import AsyncIterator, Callable
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,22 +25,26 @@ from fedprompt.errors import (
     ModelMismatchError,
     NotParticipantError,
     UnknownClientError,
+    UpstreamUnavailableError,
     WrongRoundError,
 )
 from fedprompt_coordinator.clustering_backend import ClusteringBackend
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.domain import (
     Capabilities,
+    FederationModel,
     JoinRequest,
     MetricsPhase,
     ModelStage,
     Phase,
+    RoundFailure,
+    RoundRecord,
     Task,
     TaskKind,
     UpdateKind,
 )
-from fedprompt_coordinator.federation import Federation
-from fedprompt_coordinator.model_store import ModelStore
+from fedprompt_coordinator.federation import Federation, RoundFailedError
+from fedprompt_coordinator.model_store import ModelStore, PreparedSnapshot
 from fedprompt_coordinator.privacy import RDPAccountant as RDPAccountantForTest
 from fedprompt_coordinator.state_store import SqliteStateStore
 
@@ -229,7 +237,13 @@ class Harness:
 
 
 @asynccontextmanager
-async def federation(tmp_path: Path, **overrides: Any) -> AsyncIterator[Harness]:
+async def federation(
+    tmp_path: Path,
+    *,
+    state_class: type[SqliteStateStore] = SqliteStateStore,
+    models_class: type[ModelStore] = ModelStore,
+    **overrides: Any,
+) -> AsyncIterator[Harness]:
     settings: dict[str, Any] = {
         "state_dir": tmp_path,
         "rounds": 1,
@@ -242,8 +256,8 @@ async def federation(tmp_path: Path, **overrides: Any) -> AsyncIterator[Harness]
     }
     settings.update(overrides)
     config = CoordinatorConfig(**settings)
-    state = SqliteStateStore(tmp_path / "state.sqlite3")
-    models = ModelStore(tmp_path / "models")
+    state = state_class(tmp_path / "state.sqlite3")
+    models = models_class(tmp_path / "models")
     clock = Clock()
     clustering = FixedClusters(CLUSTERS)
     fed = Federation(
@@ -433,7 +447,7 @@ async def test_round_with_three_clients_advances_the_model_by_the_weighted_mean(
         _assert_tensors(clients["b"].fetched[(1, ModelStage.AGGREGATED)], cluster0)
         _assert_tensors(clients["c"].fetched[(1, ModelStage.AGGREGATED)], cluster1)
 
-        saved = h.models.load(1)
+        saved = h.models.load(1, expected=h.state.snapshots()[1])
         _assert_tensors(saved.for_cluster(0), cluster0)
         _assert_tensors(saved.for_cluster(1), cluster1)
 
@@ -482,7 +496,7 @@ async def test_client_missing_the_deadline_is_left_out_when_quorum_holds(tmp_pat
         assert record.summary["participants"] == 3.0
         assert record.summary["updates_accepted"] == 2.0
         # Only a and b: global [1,2] + (1*[4,8] + 3*[0,4]) / 4 = [2, 7]; cluster 0: 15.
-        saved = h.models.load(1)
+        saved = h.models.load(1, expected=h.state.snapshots()[1])
         _assert_tensors(
             saved.for_cluster(0), {"prompt.global": [2.0, 7.0], "prompt.cluster": [15.0]}
         )
@@ -521,7 +535,8 @@ async def test_round_without_quorum_by_the_deadline_fails_and_is_retried(tmp_pat
         assert h.state.last_completed_round() == 1
         # The retry started from the same model, so the result equals a full first round.
         _assert_tensors(
-            h.models.load(1).for_cluster(0), {"prompt.global": [2.5, 3.5], "prompt.cluster": [15.0]}
+            h.models.load(1, expected=h.state.snapshots()[1]).for_cluster(0),
+            {"prompt.global": [2.5, 3.5], "prompt.cluster": [15.0]},
         )
         assert a.trained_rounds == [1, 1]
         assert a.kinds()[:2] == [(TaskKind.TRAIN, 1), (TaskKind.TRAIN, 1)]
@@ -610,10 +625,12 @@ async def test_restart_resumes_after_the_last_completed_round(tmp_path: Path) ->
             _assert_tensors(client.fetched[(2, ModelStage.ROUND_START)], round1[CLUSTERS[cid]])
         # Round 2 applies the same deltas once more.
         _assert_tensors(
-            h.models.load(2).for_cluster(0), {"prompt.global": [4.0, 5.0], "prompt.cluster": [20.0]}
+            h.models.load(2, expected=h.state.snapshots()[2]).for_cluster(0),
+            {"prompt.global": [4.0, 5.0], "prompt.cluster": [20.0]},
         )
         _assert_tensors(
-            h.models.load(2).for_cluster(1), {"prompt.global": [4.0, 5.0], "prompt.cluster": [12.0]}
+            h.models.load(2, expected=h.state.snapshots()[2]).for_cluster(1),
+            {"prompt.global": [4.0, 5.0], "prompt.cluster": [12.0]},
         )
         assert [(r.round, r.status) for r in h.state.rounds()] == [
             (1, "completed"),
@@ -713,7 +730,7 @@ async def test_fedavg_shares_one_model_across_clusters(tmp_path: Path) -> None:
         expected = {"prompt.global": [2.5, 3.5], "prompt.cluster": [13.0]}
         for client in clients.values():
             _assert_tensors(client.fetched[(1, ModelStage.AGGREGATED)], expected)
-        assert h.models.load(0).cluster_template == {}
+        assert h.models.load(0, expected=h.state.snapshots()[0]).cluster_template == {}
 
 
 @pytest.mark.asyncio
@@ -802,7 +819,7 @@ async def test_spooled_uploads_give_the_same_round_and_leave_no_files(
         await asyncio.wait_for(run, TIMEOUT_S)
         cluster0 = {"prompt.global": [2.5, 3.5], "prompt.cluster": [15.0]}
         cluster1 = {"prompt.global": [2.5, 3.5], "prompt.cluster": [11.0]}
-        saved = h.models.load(1)
+        saved = h.models.load(1, expected=h.state.snapshots()[1])
         _assert_tensors(saved.for_cluster(0), cluster0)
         _assert_tensors(saved.for_cluster(1), cluster1)
         assert not any(p.is_file() for p in h.models.spool_dir.rglob("*"))
@@ -864,7 +881,7 @@ async def test_compressed_uploads_are_decoded_before_aggregation(
         for c in "abc":
             await h.connect(FakeClient(h.fed, c))
         await asyncio.wait_for(run, TIMEOUT_S)
-        saved = h.models.load(1)
+        saved = h.models.load(1, expected=h.state.snapshots()[1])
         tol = 0.0 if method == "fp16" else 8.0 / 127  # int8: half a step of the largest value
         for cluster, expected in ((0, [2.5, 3.5, 15.0]), (1, [2.5, 3.5, 11.0])):
             got = saved.for_cluster(cluster)
@@ -979,3 +996,207 @@ async def test_metrics_follow_rounds_dropped_clients_traffic_and_phase(tmp_path:
         h.fed.traffic.add("a", up=10, down=20)
         assert v("fedprompt_traffic_bytes_total", {"direction": "up"}) == 10
         assert v("fedprompt_traffic_bytes_total", {"direction": "down"}) == 20
+
+
+# ----------------------------------------------------------------------------- round failures
+
+
+class FullDiskModels(ModelStore):
+    """Snapshot writes of round 1 fail as on a full disk, leaving a partial temporary folder."""
+
+    def prepare(self, round_id: int, model: FederationModel) -> PreparedSnapshot:
+        if round_id != 1:
+            return super().prepare(round_id, model)
+        partial = self.root / ".tmp-round-000001-partial"
+        partial.mkdir()
+        (partial / "global.safetensors").write_bytes(b"\0" * 64)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(partial))
+
+
+class HostileCountState(SqliteStateStore):
+    """Round records carrying client rows cannot be stored, as SQLite refuses a client's
+    hostile sample count (2**63) with OverflowError."""
+
+    def record_round(
+        self, record: RoundRecord, *, snapshot: Mapping[str, str] | None = None
+    ) -> None:
+        if record.clients:
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        super().record_round(record, snapshot=snapshot)
+
+
+class ExplodingAggregator:
+    """A bug in aggregation."""
+
+    last_info: dict[str, float] = {}
+
+    def aggregate(self, *args: Any, **kwargs: Any) -> FederationModel:
+        raise ZeroDivisionError("division by zero")
+
+
+async def _failed_round(h: Harness) -> RoundFailure:
+    run = h.start()
+    for cid in "abc":
+        await h.connect(FakeClient(h.fed, cid))
+    with pytest.raises(RoundFailedError) as info:
+        await asyncio.wait_for(run, TIMEOUT_S)
+    return info.value.failure
+
+
+async def _retried_round_completes(tmp_path: Path) -> list[RoundRecord]:
+    """A restarted coordinator (fresh process, the fault gone) reruns and completes round 1."""
+    async with federation(tmp_path) as h:
+        assert h.fed.status().completed_rounds == 0 and h.fed.status().round_failure is None
+        run = h.start()
+        clients = [FakeClient(h.fed, cid) for cid in "abc"]
+        for client in clients:
+            await h.connect(client)
+        await asyncio.wait_for(run, TIMEOUT_S)
+        assert all(c.trained_rounds == [1] for c in clients)  # every update sent afresh
+        return h.state.rounds()
+
+
+@pytest.mark.asyncio
+async def test_a_full_disk_at_the_checkpoint_fails_the_round_loudly_and_leaves_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with federation(tmp_path, models_class=FullDiskModels) as h:
+        failure = await _failed_round(h)
+        assert (failure.round, failure.phase) == (1, Phase.CHECKPOINT)
+        assert failure.reason.startswith(
+            "failed: unexpected error in CHECKPOINT: OSError: [Errno 28] No space left on device"
+        )
+        assert failure.clients_with_updates == ("a", "b", "c")
+        # logged with its traceback, never silently
+        (logged,) = [r for r in caplog.records if "round 1 failed" in r.getMessage()]
+        assert logged.levelno == logging.ERROR and logged.exc_info is not None
+        # nothing half-written is left: no temporary folder, no snapshot of round 1, no spool
+        assert h.models.temporaries() == [] and h.models.rounds() == [0]
+        assert not (h.models.spool_dir / "round-000001").exists()
+        # the failure is in the status, the durable record and the metrics
+        status = h.fed.status()
+        assert status.round_failure == failure and status.completed_rounds == 0
+        (record,) = h.state.rounds()
+        assert record.status == failure.reason
+        assert all(c.update_accepted for c in record.clients)
+        v = h.fed.metrics.registry.get_sample_value
+        assert v("fedprompt_round_errors_total", {"phase": "checkpoint"}) == 1
+        assert v("fedprompt_round_loop_serving") == 0
+        assert v("fedprompt_rounds_total", {"status": "failed"}) == 1
+        # the failed attempt takes nothing more: a late upload for it is refused
+        with pytest.raises(WrongRoundError):
+            await _upload(h.fed, "a", 1, UpdateKind.DELTA, _f32(DELTAS["a"]), 1)
+
+    rounds = await _retried_round_completes(tmp_path)
+    assert [(r.round, r.status) for r in rounds] == [(1, failure.reason), (1, "completed")]
+
+
+@pytest.mark.asyncio
+async def test_a_record_the_store_refuses_fails_the_round_and_is_recorded_without_clients(
+    tmp_path: Path,
+) -> None:
+    async with federation(tmp_path, state_class=HostileCountState) as h:
+        failure = await _failed_round(h)
+        assert failure.phase is Phase.CHECKPOINT
+        assert "OverflowError: Python int too large" in failure.reason
+        # the snapshot written for the round was not published without its record
+        assert h.models.rounds() == [0] and h.models.temporaries() == []
+        (record,) = h.state.rounds()  # the failure, stored without the poisoned client rows
+        assert record.status == failure.reason and record.clients == ()
+        assert h.state.snapshots().keys() == {0}
+
+    rounds = await _retried_round_completes(tmp_path)
+    assert [r.status for r in rounds] == [failure.reason, "completed"]
+
+
+@pytest.mark.asyncio
+async def test_a_bug_in_aggregation_fails_the_round_and_nothing_of_it_is_reused(
+    tmp_path: Path,
+) -> None:
+    async with federation(tmp_path) as h:
+        h.fed._aggregator = ExplodingAggregator()  # type: ignore[assignment]
+        failure = await _failed_round(h)
+        assert failure.phase is Phase.AGGREGATION
+        assert failure.reason.endswith("ZeroDivisionError: division by zero")
+        assert h.fed.status().current_round == 0  # no round in progress holds its updates
+        assert (
+            h.fed.metrics.registry.get_sample_value(
+                "fedprompt_round_errors_total", {"phase": "aggregation"}
+            )
+            == 1
+        )
+
+    rounds = await _retried_round_completes(tmp_path)
+    assert [r.status for r in rounds] == [failure.reason, "completed"]
+    assert all(c.update_accepted for c in rounds[1].clients)
+
+
+@pytest.mark.asyncio
+async def test_stopping_the_round_loop_is_not_a_round_failure(tmp_path: Path) -> None:
+    async with federation(tmp_path) as h:
+        run = h.start()
+        c = FakeClient(h.fed, "c", answers_train=lambda k: False)
+        for client in (FakeClient(h.fed, "a"), FakeClient(h.fed, "b"), c):
+            await h.connect(client)
+        await until(lambda: c.tasks != [], "round 1 training")
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+        assert h.fed.status().round_failure is None and h.state.rounds() == []
+        assert h.fed.metrics.registry.get_sample_value("fedprompt_round_loop_serving") == 1
+
+
+@pytest.mark.asyncio
+async def test_the_broadcast_phase_is_visible_while_round_start_models_are_encoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fedprompt_coordinator.federation as federation_module
+
+    gate, encoding = threading.Event(), threading.Event()
+    real_encode = federation_module.encode_tensors
+
+    def slow_encode(*args: Any, **kwargs: Any) -> bytes:
+        encoding.set()
+        gate.wait(TIMEOUT_S)
+        return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(federation_module, "encode_tensors", slow_encode)
+    async with federation(tmp_path) as h:
+        run = h.start()
+        clients = [FakeClient(h.fed, cid) for cid in "abc"]
+        for client in clients:
+            await h.connect(client)
+        await until(encoding.is_set, "round-start encoding")
+        await settle()
+        status = h.fed.status()
+        assert (status.phase, status.current_round) == (Phase.BROADCAST, 1)
+        assert all(c.tasks == [] for c in clients)  # the tasks go out once it is done
+        gate.set()
+        await asyncio.wait_for(run, TIMEOUT_S)
+        (record,) = h.state.rounds()
+        assert record.status == "completed" and record.summary["broadcast_seconds"] > 0
+
+
+class FlakyClusters(FixedClusters):
+    """Fails the first call (the clusterer is down), then answers."""
+
+    async def assign(self, members: dict[str, str], previous: dict[str, int]) -> dict[str, int]:
+        if self.calls == 0:
+            self.calls += 1
+            raise UpstreamUnavailableError("clusterer failed: RESOURCE_EXHAUSTED: too large")
+        return await super().assign(members, previous)
+
+
+@pytest.mark.asyncio
+async def test_a_failed_clustering_is_asked_again_the_next_round(tmp_path: Path) -> None:
+    async with federation(tmp_path, rounds=2) as h:
+        h.fed._clustering = flaky = FlakyClusters(CLUSTERS)
+        run = h.start()
+        for cid in "abc":
+            await h.connect(FakeClient(h.fed, cid))
+        await asyncio.wait_for(run, TIMEOUT_S)
+        first, second = h.state.rounds()
+        assert first.summary["clustering_degraded"] == 1.0
+        assert flaky.calls == 2 and "clustering_degraded" not in second.summary
+        assert {c.client_id: c.cluster_id for c in second.clients} == CLUSTERS

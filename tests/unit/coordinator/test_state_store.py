@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -172,3 +173,29 @@ def test_committed_writes_are_visible_to_a_second_connection(tmp_path: Path) -> 
     finally:
         writer.close()
         reader.close()
+
+
+def test_snapshot_digests_commit_with_their_round(store: StateStore) -> None:
+    assert store.is_empty()
+    store.record_round(_record(1, "completed"), snapshot={"global.safetensors": "ab" * 32})
+    assert store.snapshots() == {1: {"global.safetensors": "ab" * 32}}
+    assert not store.is_empty()
+    # a round record that cannot be stored takes its digests with it (one transaction)
+    record = _record(2, "completed")
+    hostile = dataclasses.replace(record.clients[0], num_examples=2**63)  # over SQLite's int64
+    with pytest.raises(OverflowError):
+        store.record_round(
+            dataclasses.replace(record, clients=(hostile,)),
+            snapshot={"global.safetensors": "cd" * 32},
+        )
+    assert sorted(store.snapshots()) == [1]
+    assert store.last_completed_round() == 1
+
+
+def test_a_snapshot_is_recorded_with_settings_atomically_and_replaced_whole(
+    store: StateStore,
+) -> None:
+    store.record_snapshot(0, {"global.safetensors": "01", "template.safetensors": "02"})
+    store.record_snapshot(0, {"global.safetensors": "03"}, settings={"tensor_spec": "[1]"})
+    assert store.snapshots() == {0: {"global.safetensors": "03"}}
+    assert store.get_setting("tensor_spec") == "[1]"

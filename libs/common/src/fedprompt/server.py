@@ -328,6 +328,18 @@ class ServerHandle:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
+    #: The services reported by the health service (besides the server as a whole, "").
+    service_names: tuple[str, ...] = ()
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report every service (and the server as a whole) SERVING or NOT_SERVING."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in (*self.service_names, ""):
+            await self.health.set(name, status)
 
     async def stop(self, grace: float = 2.0) -> None:
         """Mark every service NOT_SERVING, then stop with a grace period."""
@@ -402,7 +414,9 @@ async def start_server(
         port,
         "plaintext" if credentials is None else "mutual TLS",
     )
-    return ServerHandle(server=server, port=port, health=health_servicer)
+    return ServerHandle(
+        server=server, port=port, health=health_servicer, service_names=tuple(service_names)
+    )
 
 
 def announce_port(handle: ServerHandle) -> None:

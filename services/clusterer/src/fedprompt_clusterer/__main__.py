@@ -64,7 +64,7 @@ async def serve(config: ClustererConfig) -> None:
     config
         The process configuration.
     """
-    servicer = ClustererServicer()
+    servicer = ClustererServicer(max_members=config.max_members)
 
     def register(server: grpc.aio.Server) -> None:
         clusterer_pb2_grpc.add_ClustererServicer_to_server(servicer, server)

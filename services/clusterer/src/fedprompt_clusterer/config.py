@@ -14,6 +14,8 @@ from fedprompt.tls import TlsConfig
 
 #: Prefix of the clusterer's environment variables.
 ENV_PREFIX = "FEDPROMPT_CLUSTERER_"
+#: Default bound of the members of one streamed clustering request (the memory it may take).
+DEFAULT_MAX_MEMBERS = 1_000_000
 
 
 class ClustererConfig(BaseModel):
@@ -40,6 +42,13 @@ class ClustererConfig(BaseModel):
         default=5.0,
         gt=0,
         description="How long running calls may finish after SIGTERM/SIGINT.",
+    )
+
+    max_members: int = Field(
+        default=DEFAULT_MAX_MEMBERS,
+        ge=1,
+        description="Most members one streamed clustering request (ClusterStream) may carry; "
+        "more are refused with RESOURCE_EXHAUSTED before any clustering.",
     )
 
     tls: TlsConfig = Field(

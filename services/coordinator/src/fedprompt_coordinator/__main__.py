@@ -1,10 +1,21 @@
-"""``fedprompt-coordinator``: wiring only (config, stores, federation, server, signals)."""
+"""``fedprompt-coordinator``: wiring only (config, stores, federation, server, signals).
+
+Exit status: 0 after a clean stop (SIGTERM/SIGINT, or the last round with
+``--exit-when-done``); 2 for a configuration or TLS error; 3 when a round failed with an
+unexpected error (logged with its traceback; the coordinator reported NOT_SERVING for
+``round_failure_exit_delay_s`` first): its supervisor restarts it and it resumes after the
+last completed round; 4 when the state dir failed its start-up check (a corrupt snapshot,
+a database that lost committed rounds): a restart does not help, an operator must act (the
+message says how).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import sqlite3
 import sys
 
 import grpc
@@ -24,15 +35,21 @@ from fedprompt.tls import (
 from fedprompt.v1 import coordinator_pb2_grpc
 from fedprompt_coordinator.clustering_backend import make_clustering_backend
 from fedprompt_coordinator.config import CoordinatorConfig
-from fedprompt_coordinator.federation import Federation
+from fedprompt_coordinator.federation import Federation, RoundFailedError
 from fedprompt_coordinator.identity import IdentityInterceptor
 from fedprompt_coordinator.metrics import CoordinatorMetrics
 from fedprompt_coordinator.model_store import ModelStore
 from fedprompt_coordinator.servicer import CoordinatorServicer
+from fedprompt_coordinator.state_check import StateIntegrityError
 from fedprompt_coordinator.state_store import make_state_store
 from fedprompt_coordinator.traffic import TrafficInterceptor
 
 logger = logging.getLogger("fedprompt_coordinator")
+
+#: Exit status after a round failed with an unexpected error: restart me.
+EXIT_ROUND_FAILED = 3
+#: Exit status when the state dir failed its start-up check: an operator must act.
+EXIT_STATE_INVALID = 4
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -88,8 +105,18 @@ async def start_coordinator_server(
     )
 
 
-async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> None:
-    """Serve until SIGTERM/SIGINT (or, with ``exit_when_done``, until the last round)."""
+async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> int:
+    """Serve until SIGTERM/SIGINT (or, with ``exit_when_done``, until the last round).
+
+    Returns the exit status: 0, or :data:`EXIT_ROUND_FAILED` when the round loop stopped
+    with an error (health NOT_SERVING, then exit after ``round_failure_exit_delay_s`` or a
+    signal).
+
+    Raises
+    ------
+    StateIntegrityError
+        When the state dir fails its start-up check (before anything is served).
+    """
     server_creds = server_credentials(config.tls, role="coordinator")
     clusterer_creds = (
         channel_credentials(config.tls, role="coordinator -> clusterer channel")
@@ -97,14 +124,25 @@ async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> None:
         else None
     )
     config.state_dir.mkdir(parents=True, exist_ok=True)
-    state = make_state_store(config.state_dir / "state.sqlite3")
-    federation = Federation(
-        config=config,
-        state=state,
-        models=ModelStore(config.state_dir / "models"),
-        clustering=make_clustering_backend(config.clustering, credentials=clusterer_creds),
-        metrics=CoordinatorMetrics(),
-    )
+    db_path = config.state_dir / "state.sqlite3"
+    try:
+        state = make_state_store(db_path)
+    except sqlite3.DatabaseError as exc:
+        raise StateIntegrityError(
+            f"cannot open the state database {db_path}: {exc}; restore the state dir from a "
+            f"backup, or move {config.state_dir} away to start a new federation"
+        ) from exc
+    try:
+        federation = Federation(
+            config=config,
+            state=state,
+            models=ModelStore(config.state_dir / "models"),
+            clustering=make_clustering_backend(config.clustering, credentials=clusterer_creds),
+            metrics=CoordinatorMetrics(),
+        )
+    except BaseException:
+        state.close()
+        raise
     metrics_server = serve_metrics(
         federation.metrics.registry, host=config.metrics_host, port=config.metrics_port
     )
@@ -113,21 +151,53 @@ async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> None:
     stop = stop_event_on_signals()
     rounds = asyncio.create_task(federation.run(), name="rounds")
     stopper = asyncio.create_task(stop.wait(), name="stop")
-    waiting = {stopper} if not exit_when_done else {stopper, rounds}
-    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-    if rounds in done:
+    status = 0
+    await asyncio.wait({stopper, rounds}, return_when=asyncio.FIRST_COMPLETED)
+    if rounds.done() and not rounds.cancelled():
         failure = rounds.exception()
         if failure is not None:
-            raise failure
-    if rounds.done() and exit_when_done:
-        await asyncio.sleep(1.0)  # let clients read their FINISHED task
+            status = EXIT_ROUND_FAILED
+            await _fail_loudly(failure, handle, federation, stop, config)
+        elif exit_when_done:
+            await asyncio.sleep(1.0)  # let clients read their FINISHED task
+        else:
+            await stopper  # the federation is done; keep answering GetStatus until stopped
     rounds.cancel()
     stopper.cancel()
     await handle.stop(grace=2.0)
     if metrics_server is not None:
         metrics_server.close()
     state.close()
-    logger.info("coordinator stopped")
+    logger.info("coordinator stopped (exit status %d)", status)
+    return status
+
+
+async def _fail_loudly(
+    failure: BaseException,
+    handle: ServerHandle,
+    federation: Federation,
+    stop: asyncio.Event,
+    config: CoordinatorConfig,
+) -> None:
+    """Report the stopped round loop (log, health, metrics), then wait before exiting."""
+    if isinstance(failure, RoundFailedError):
+        detail = failure.failure.reason  # logged with its traceback by the federation
+    else:
+        logger.error("the round loop stopped unexpectedly", exc_info=failure)
+        detail = f"{type(failure).__name__}: {failure}"
+    federation.metrics.serving.set(0)
+    await handle.set_serving(False)
+    logger.error(
+        "round loop stopped (%s); health is NOT_SERVING; the coordinator exits with status %d "
+        "in %.0f s (or at SIGTERM) so that its supervisor restarts it from the last completed "
+        "round",
+        detail,
+        EXIT_ROUND_FAILED,
+        config.round_failure_exit_delay_s,
+    )
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(config.round_failure_exit_delay_s):
+            await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,11 +239,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(config.log_level, service="coordinator")
     try:
-        asyncio.run(serve(config, exit_when_done=args.exit_when_done))
+        return asyncio.run(serve(config, exit_when_done=args.exit_when_done))
     except TlsError as exc:
         logger.error("%s", exc)
         return 2
-    return 0
+    except StateIntegrityError as exc:
+        logger.error("state dir %s failed its start-up check: %s", config.state_dir, exc)
+        return EXIT_STATE_INVALID
 
 
 if __name__ == "__main__":

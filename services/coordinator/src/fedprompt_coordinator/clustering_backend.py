@@ -1,4 +1,14 @@
-"""How the coordinator gets a cluster assignment: the clusterer service, or one cluster."""
+"""How the coordinator gets a cluster assignment: the clusterer service, or one cluster.
+
+The request holds every member's metadata, so its size grows with the federation: it goes
+to the clusterer as a stream of parts under 1 MiB (``ClusterStream``), and the assignment
+comes back in parts, so no federation size meets the 2 MiB message limit. A clusterer of an
+earlier version (``UNIMPLEMENTED``) is asked with the unary ``Cluster`` instead.
+
+A failed call is retried with backoff within the round when the failure may pass
+(:data:`RETRYABLE`); whatever the failure, the coordinator keeps the last assignment for the
+round and asks again the next round (never a final answer).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +20,25 @@ import random
 import grpc
 
 from fedprompt.errors import UpstreamUnavailableError
-from fedprompt.server import create_channel
+from fedprompt.message_parts import merge_messages, split_message
+from fedprompt.server import MAX_CHUNK_BYTES, create_channel
 from fedprompt.v1 import clusterer_pb2, clusterer_pb2_grpc
 from fedprompt_coordinator.config import ClusteringConfig, NoisePolicy
 
 logger = logging.getLogger(__name__)
+
+#: Status codes retried (with backoff) within one round: the clusterer is restarting,
+#: overloaded or slow. Any other failure waits for the next round.
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+#: Budget of one request part sent to the clusterer (the message limit is 2 MiB).
+PART_BYTES = MAX_CHUNK_BYTES
 
 _NOISE = {
     NoisePolicy.NEAREST: clusterer_pb2.NOISE_POLICY_NEAREST,
@@ -42,7 +66,7 @@ class SingleClusterBackend(ClusteringBackend):
 
 
 class GrpcClusteringBackend(ClusteringBackend):
-    """Calls the clusterer service, retrying UNAVAILABLE with exponential backoff and jitter."""
+    """Calls the clusterer service (streamed), retrying with exponential backoff and jitter."""
 
     def __init__(
         self, config: ClusteringConfig, *, credentials: grpc.ChannelCredentials | None = None
@@ -52,6 +76,8 @@ class GrpcClusteringBackend(ClusteringBackend):
         self._config = config
         self._channel = create_channel(config.address, credentials=credentials)
         self._stub = clusterer_pb2_grpc.ClustererStub(self._channel)
+        #: False once the clusterer answered UNIMPLEMENTED to ClusterStream (older version).
+        self._streaming = True
 
     async def assign(self, members: dict[str, str], previous: dict[str, int]) -> dict[str, int]:
         """Ask the clusterer; raise UpstreamUnavailableError after the last retry."""
@@ -68,7 +94,7 @@ class GrpcClusteringBackend(ClusteringBackend):
         delay = 0.2
         for attempt in range(self._config.retries + 1):
             try:
-                response = await self._stub.Cluster(request, timeout=self._config.timeout_s)
+                response = await self._call(request)
                 logger.info(
                     "clusterer grouped %d clients into %d clusters in %.3f s",
                     len(members),
@@ -77,10 +103,7 @@ class GrpcClusteringBackend(ClusteringBackend):
                 )
                 return dict(response.assignment)
             except grpc.aio.AioRpcError as exc:
-                retryable = exc.code() in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                )
+                retryable = exc.code() in RETRYABLE
                 if not retryable or attempt == self._config.retries:
                     raise UpstreamUnavailableError(
                         f"clusterer failed: {exc.code().name}: {exc.details()}"
@@ -92,6 +115,27 @@ class GrpcClusteringBackend(ClusteringBackend):
                 await asyncio.sleep(sleep)
                 delay *= 2
         raise AssertionError("unreachable")
+
+    async def _call(self, request: clusterer_pb2.ClusterRequest) -> clusterer_pb2.ClusterResponse:
+        """One clustering call: streamed in parts, or unary to a clusterer without streaming."""
+        if self._streaming:
+            call = self._stub.ClusterStream(
+                iter(split_message(request, max_bytes=PART_BYTES)),
+                timeout=self._config.timeout_s,
+            )
+            try:
+                return merge_messages(
+                    [part async for part in call], clusterer_pb2.ClusterResponse()
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is not grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                logger.warning(
+                    "the clusterer has no ClusterStream (an earlier version): using the unary "
+                    "Cluster call, limited to requests under 2 MiB"
+                )
+                self._streaming = False
+        return await self._stub.Cluster(request, timeout=self._config.timeout_s)
 
     async def close(self) -> None:
         """Close the channel."""

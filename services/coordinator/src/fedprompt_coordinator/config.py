@@ -50,7 +50,11 @@ class ClusteringConfig(BaseModel):
     )
     timeout_s: float = Field(default=30.0, gt=0, description="Deadline of one Cluster call.")
     retries: int = Field(
-        default=3, ge=0, description="Retries (exponential backoff) on UNAVAILABLE."
+        default=3,
+        ge=0,
+        description="Retries within a round (exponential backoff) on UNAVAILABLE, "
+        "DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED or ABORTED; after the last one (or any other "
+        "failure) the round keeps the last assignment and the next round asks again.",
     )
 
 
@@ -198,6 +202,14 @@ class CoordinatorConfig(BaseModel):
     )
     round_deadline_s: float = Field(600.0, gt=0, description="Training deadline of a round.")
     eval_deadline_s: float = Field(120.0, gt=0, description="Evaluation deadline of a round.")
+    round_failure_exit_delay_s: float = Field(
+        10.0,
+        ge=0,
+        description="After a round fails with an unexpected error (a full disk, a bug), keep "
+        "answering GetStatus (with the failure) and grpc.health.v1 (NOT_SERVING) this long, "
+        "then exit with status 3 so that compose or Kubernetes restarts the coordinator from "
+        "its last completed round. SIGTERM ends the wait early (still status 3).",
+    )
     max_update_bytes: int = Field(
         2 * 1024**3, ge=1, description="Largest update payload a client may upload."
     )

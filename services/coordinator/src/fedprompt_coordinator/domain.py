@@ -226,6 +226,31 @@ class StatusQuery:
 
 
 @dataclass(frozen=True)
+class RoundFailure:
+    """A round attempt that ended with an unexpected error (a full disk, a bug).
+
+    Attributes
+    ----------
+    round
+        The round of the failed attempt.
+    phase
+        The phase the error happened in.
+    reason
+        ``failed: unexpected error in <PHASE>: <type>: <message>``, as in the round's status.
+    failed_unix
+        When the attempt failed.
+    clients_with_updates
+        Clients whose updates had been accepted into the attempt (dropped, never reused).
+    """
+
+    round: int
+    phase: Phase
+    reason: str
+    failed_unix: float
+    clients_with_updates: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class FederationStatus:
     """Snapshot for the status RPC: federation-wide fields, one page of clients and rounds."""
 
@@ -253,3 +278,5 @@ class FederationStatus:
     first_round_record: int = 0
     #: Whether something the caller may see is not in this page (more clients or rounds).
     truncated: bool = False
+    #: The round attempt that failed unexpectedly, while the coordinator is failing.
+    round_failure: RoundFailure | None = None

@@ -21,13 +21,23 @@ participants, deadlines, the model of each round and its checkpoint.
   wraps the strategy's aggregator
   (:class:`~fedprompt_coordinator.aggregation.dp_fedavg.DPFedAvgGlobal`).
 
-State is durable at the end of every round (tensor files first, then one SQLite
-transaction), so a restarted coordinator resumes after the last completed round.
+State is durable at the end of every round (tensor files written and hashed first, then one
+SQLite transaction with their SHA-256, then the folder renamed into place), so a restarted
+coordinator resumes after the last completed round; at start the state is checked
+(:func:`~fedprompt_coordinator.state_check.verify_state`) before anything is loaded.
+
+A round that fails with an unexpected error (a full disk, a bug) is never silent:
+:meth:`Federation.run` logs it with its traceback, removes its temporary files, records the
+attempt as failed (status, metrics, :attr:`FederationStatus.round_failure`) and raises
+:class:`RoundFailedError`; the process then reports NOT_SERVING and exits non-zero so that its
+supervisor restarts it from the last completed round (see ``__main__``). Nothing of the failed
+attempt (updates, spooled uploads, digests) survives into the retried round.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -57,14 +67,16 @@ from fedprompt_coordinator.domain import (
     MetricsPhase,
     ModelStage,
     Phase,
+    RoundFailure,
     RoundRecord,
     StatusQuery,
+    StatusView,
     Task,
     TaskKind,
     TensorSpec,
 )
 from fedprompt_coordinator.metrics import CoordinatorMetrics
-from fedprompt_coordinator.model_store import ModelStore
+from fedprompt_coordinator.model_store import ModelStore, PreparedSnapshot
 from fedprompt_coordinator.privacy import BudgetExhaustedError, make_budget
 from fedprompt_coordinator.round_progress import (
     FETCH_MODEL,
@@ -74,6 +86,7 @@ from fedprompt_coordinator.round_progress import (
 )
 from fedprompt_coordinator.round_reports import RoundReports
 from fedprompt_coordinator.sessions import ClientSessions
+from fedprompt_coordinator.state_check import StateIntegrityError, verify_state
 from fedprompt_coordinator.state_store import StateStore
 from fedprompt_coordinator.strategies import build_strategy
 from fedprompt_coordinator.traffic import TrafficMeter
@@ -87,6 +100,22 @@ _SETTING_ACCOUNTANT = "privacy_accountant"
 _SETTING_STOP_REASON = "stop_reason"
 #: Pause before drawing a round again when client sampling fell below the quorum.
 SAMPLING_RETRY_PAUSE_S = 0.5
+#: Longest exception message kept in a failed round's status.
+MAX_REASON_CHARS = 400
+
+
+class RoundFailedError(Exception):
+    """The round loop stopped: a round failed with an unexpected error (already logged).
+
+    Parameters
+    ----------
+    failure
+        What failed, as reported in the status.
+    """
+
+    def __init__(self, failure: RoundFailure) -> None:
+        super().__init__(failure.reason)
+        self.failure = failure
 
 
 class Federation:
@@ -106,6 +135,12 @@ class Federation:
         Wall-clock source (seconds since the epoch), replaceable in tests.
     metrics
         Prometheus metrics to record rounds and traffic into (a private registry by default).
+
+    Raises
+    ------
+    StateIntegrityError
+        When the state database and the snapshot folders disagree or a snapshot file is
+        corrupt (nothing is loaded then; see :mod:`~fedprompt_coordinator.state_check`).
     """
 
     def __init__(
@@ -125,6 +160,7 @@ class Federation:
         self._clustering = clustering
         self._clock = clock
         self._changed = asyncio.Condition()
+        verified = verify_state(state, models)
         self._sessions = ClientSessions(
             state=state,
             strategy=config.strategy.value,
@@ -145,13 +181,23 @@ class Federation:
             else ()
         )
         self._model: FederationModel | None = None
-        if self._progress.completed or 0 in models.rounds():
-            self._model = models.load(self._progress.completed)
+        if self._progress.completed or 0 in verified.snapshots:
+            completed = self._progress.completed
+            self._model = models.load(completed, expected=verified.snapshots[completed])
+            if not self._spec:
+                raise StateIntegrityError(
+                    f"the state database in {models.root.parent} records the model of round "
+                    f"{completed} but not its tensor spec; restore the state dir from a backup"
+                )
         self._assignment = state.assignment()
         self._clustered_members: frozenset[str] = frozenset()
         #: True while the clusterer could not be reached: the last assignment is kept and
         #: every round summary says so (``clustering_degraded``) until it answers again.
         self._clustering_degraded = False
+        #: The round attempt that failed unexpectedly (None while the round loop is healthy).
+        self._failure: RoundFailure | None = None
+        #: The snapshot being written while clients evaluate (awaited at the checkpoint).
+        self._pending_save: asyncio.Future[tuple[PreparedSnapshot, float]] | None = None
         self._payload_cache: dict[tuple[int, ModelStage, int], bytes] = {}
         self._inline_cache: dict[tuple[int, ModelStage, int], InlineModel | None] = {}
         self._initial_lock = asyncio.Lock()
@@ -256,18 +302,36 @@ class Federation:
             return cached
         if stage is ModelStage.ROUND_START:
             model = self._model
+            assert model is not None
+            payload = self._round_start_payload(model, current, cluster)
         else:
-            model = current.aggregated
-            if model is None:
+            aggregated = current.aggregated
+            if aggregated is None:
                 raise WrongRoundError(f"round {current.round} has not been aggregated yet")
-        assert model is not None
-        tensors = model.for_cluster(cluster)
-        if stage is ModelStage.ROUND_START:
-            clusters = sorted(set(current.participants.values()))
-            tensors.update(self._strategy.round_start_tensors(model, clusters))
-        payload = encode_tensors(tensors)
+            payload = encode_tensors(aggregated.for_cluster(cluster))
         self._payload_cache[key] = payload
         return payload
+
+    def _round_start_payload(
+        self, model: FederationModel, current: RoundInProgress, cluster: int
+    ) -> bytes:
+        """The round-start payload of one cluster: its model plus the strategy's extras."""
+        tensors = model.for_cluster(cluster)
+        clusters = sorted(set(current.participants.values()))
+        tensors.update(self._strategy.round_start_tensors(model, clusters))
+        return encode_tensors(tensors)
+
+    async def _encode_round_start(self, current: RoundInProgress) -> None:
+        """Encode the round-start payload of every participating cluster in a worker thread."""
+        model = self._model
+        assert model is not None
+        clusters = sorted(set(current.participants.values()))
+
+        def encode_all() -> dict[int, bytes]:
+            return {c: self._round_start_payload(model, current, c) for c in clusters}
+
+        for cluster, payload in (await asyncio.to_thread(encode_all)).items():
+            self._payload_cache[(current.round, ModelStage.ROUND_START, cluster)] = payload
 
     def _inline_model(
         self, current: RoundInProgress, stage: ModelStage, cluster: int
@@ -300,14 +364,27 @@ class Federation:
     def status(self, query: StatusQuery | None = None) -> FederationStatus:
         """A page of rounds, phase, clients and traffic, as the caller's view shows it.
 
+        A round attempt that failed unexpectedly is part of every view; which clients had
+        updates in it only of the full view.
+
         Parameters
         ----------
         query
             Who asks and which page; None: the full view's first page.
         """
-        return self._reports.status(
-            query or StatusQuery(), assignment=self._assignment, stop_reason=self._stop_reason
+        query = query or StatusQuery()
+        status = self._reports.status(
+            query, assignment=self._assignment, stop_reason=self._stop_reason
         )
+        failure = self._failure
+        if failure is not None and query.view is not StatusView.FULL:
+            failure = dataclasses.replace(failure, clients_with_updates=())
+        return dataclasses.replace(status, round_failure=failure)
+
+    @property
+    def failure(self) -> RoundFailure | None:
+        """The round attempt that failed unexpectedly, or None while the loop is healthy."""
+        return self._failure
 
     @property
     def current_round(self) -> int:
@@ -322,14 +399,27 @@ class Federation:
     # ------------------------------------------------------------------ state machine
 
     async def run(self) -> None:
-        """Run rounds until the configured number is completed, then tell clients to finish."""
+        """Run rounds until the configured number is completed, then tell clients to finish.
+
+        Raises
+        ------
+        RoundFailedError
+            When a round failed with an unexpected error: it is logged with its traceback,
+            its temporary files are removed and the attempt is recorded as failed first.
+        """
         while self._progress.completed < self._config.rounds and not self._stop_reason:
+            round_id = self._progress.completed + 1
+            error: Exception | None = None
             try:
-                await self._run_round(self._progress.completed + 1)
+                await self._run_round(round_id)
             except BudgetExhaustedError as exc:
                 self._stop_reason = exc.message
                 self._state.set_setting(_SETTING_STOP_REASON, exc.message)
                 logger.warning("%s", exc.message)
+            except Exception as exc:  # noqa: BLE001 - the round loop's guard: never silent
+                error = exc
+            if error is not None:  # handled outside the except block: clean tracebacks
+                raise RoundFailedError(await self._fail_round(round_id, error)) from error
         self._progress.phase = Phase.DONE
         self._progress.current = None
         message = f"federation completed {self._progress.completed} rounds"
@@ -376,6 +466,11 @@ class Federation:
         self._payload_cache.clear()
         self._inline_cache.clear()
         logger.info("round %d: %d participants", round_id, len(participants))
+        # BROADCAST: the round-start model of every participating cluster is encoded off the
+        # event loop (for large models, seconds), then the TRAIN tasks go out together.
+        t_broadcast = time.perf_counter()
+        await self._encode_round_start(current)
+        current.phase_seconds["broadcast_seconds"] = time.perf_counter() - t_broadcast
         self._progress.phase = Phase.TRAINING
         t_train = time.perf_counter()
         for cid in participants:
@@ -410,12 +505,15 @@ class Federation:
                 _SETTING_ACCOUNTANT, json.dumps(self._budget.accountant.state_dict())
             )
 
-        # The aggregate is final: write its tensor files while clients evaluate it. The round
-        # only counts as completed once the SQLite record below commits, after these files
-        # are durable, so a crash in between resumes from the previous round as before.
+        # The aggregate is final: write its tensor files (under a temporary name) while
+        # clients evaluate it. The round only counts as completed once the SQLite record
+        # below commits with the files' SHA-256, after these files are durable; the folder is
+        # renamed into place after the commit. A crash in between resumes from the previous
+        # round (or, after the commit, renames the folder at the next start).
         save = asyncio.ensure_future(
-            asyncio.to_thread(self._save_snapshot, round_id, current.aggregated)
+            asyncio.to_thread(self._prepare_snapshot, round_id, current.aggregated)
         )
+        self._pending_save = save
         self._progress.phase = Phase.EVALUATION
         t_eval = time.perf_counter()
         eval_deadline = self._clock() + self._config.eval_deadline_s
@@ -433,23 +531,27 @@ class Federation:
                     ),
                 ),
             )
+        await self._wait_until(  # the length test spares an O(n) scan on most wake-ups
+            lambda: (
+                len(current.eval_metrics) >= len(evaluators)
+                and all(c in current.eval_metrics for c in evaluators)
+            ),
+            eval_deadline,
+        )
+        current.phase_seconds["evaluation_seconds"] = time.perf_counter() - t_eval
+        self._progress.phase = Phase.CHECKPOINT
+        t_save = time.perf_counter()
+        prepared, current.phase_seconds["model_save_seconds"] = await save
+        current.phase_seconds["checkpoint_wait_seconds"] = time.perf_counter() - t_save
+        self._pending_save = None
         try:
-            await self._wait_until(  # the length test spares an O(n) scan on most wake-ups
-                lambda: (
-                    len(current.eval_metrics) >= len(evaluators)
-                    and all(c in current.eval_metrics for c in evaluators)
-                ),
-                eval_deadline,
+            self._reports.store(
+                self._round_record(current, status="completed"), snapshot=prepared.files
             )
-            current.phase_seconds["evaluation_seconds"] = time.perf_counter() - t_eval
-            self._progress.phase = Phase.CHECKPOINT
-            t_save = time.perf_counter()
-            current.phase_seconds["model_save_seconds"] = await save
-            current.phase_seconds["checkpoint_wait_seconds"] = time.perf_counter() - t_save
-        finally:
-            if not save.done():
-                save.cancel()
-        self._reports.store(self._round_record(current, status="completed"))
+        except BaseException:
+            self._models.discard(prepared)
+            raise
+        await asyncio.to_thread(self._models.publish, prepared)
         self._model = current.aggregated
         self._progress.completed = round_id
         self._progress.current = None
@@ -457,15 +559,95 @@ class Federation:
         self.traffic.forget_before(round_id)
         logger.info("round %d completed", round_id)
 
-    def _save_snapshot(self, round_id: int, model: FederationModel) -> float:
-        """Prune snapshots older than the round-start model, write ``model``; returns seconds.
+    def _prepare_snapshot(
+        self, round_id: int, model: FederationModel
+    ) -> tuple[PreparedSnapshot, float]:
+        """Prune snapshots older than the round-start model, write ``model`` under a temporary
+        name; returns it (with its digests) and the seconds it took.
 
         Kept on disk: the initial model, the round-start model (round_id - 1) and this one.
         """
         t0 = time.perf_counter()
         self._models.prune(keep_from=round_id - 1)
-        self._models.save(round_id, model)
-        return time.perf_counter() - t0
+        prepared = self._models.prepare(round_id, model)
+        return prepared, time.perf_counter() - t0
+
+    async def _fail_round(self, round_id: int, exc: Exception) -> RoundFailure:
+        """Log, clean up and record a round attempt that ended with an unexpected error.
+
+        Every step is attempted even when an earlier one fails (on a full disk the record
+        may not be writable: the failure is then kept in memory for the status, and said).
+        Nothing of the attempt is kept for a retry: its updates, spool and snapshot go.
+        """
+        phase = self._progress.phase
+        message = str(exc) or repr(exc)
+        if len(message) > MAX_REASON_CHARS:
+            message = message[:MAX_REASON_CHARS] + "..."
+        reason = f"failed: unexpected error in {phase.name}: {type(exc).__name__}: {message}"
+        logger.error(
+            "round %d failed with an unexpected error in phase %s; the round loop stops",
+            round_id,
+            phase.name,
+            exc_info=exc,
+        )
+        self.metrics.observe_round_error(phase)
+        current = self._progress.current
+        if current is not None and current.round != round_id:
+            current = None
+        self._failure = RoundFailure(
+            round=round_id,
+            phase=phase,
+            reason=reason,
+            failed_unix=self._clock(),
+            clients_with_updates=tuple(sorted(current.updates)) if current else (),
+        )
+        save, self._pending_save = self._pending_save, None
+        if save is not None:
+            # the snapshot thread cannot be cancelled: let it end, then drop what it wrote
+            await asyncio.wait([save])
+            if not save.cancelled() and save.exception() is None:
+                self._models.discard(save.result()[0])
+        try:
+            removed = self._models.remove_temporaries()
+            self._models.drop_spool(round_id)
+            if removed:
+                logger.info("removed %s", ", ".join(p.name for p in removed))
+        except Exception:  # keep going: the failure must still be recorded
+            logger.exception("round %d: could not remove its temporary files", round_id)
+        self._progress.current = None
+        self._payload_cache.clear()
+        self._inline_cache.clear()
+        self._record_failure(round_id, current, reason)
+        return self._failure
+
+    def _record_failure(self, round_id: int, current: RoundInProgress | None, reason: str) -> None:
+        """Store the failed attempt durably if the store can take it; count it either way."""
+        now = self._clock()
+        record = RoundRecord(round_id, reason, now, now, 0, (), {})
+        if current is not None:
+            try:
+                record = self._round_record(current, status=reason)
+            except Exception:  # fall back to a record without clients
+                logger.exception("round %d: could not build the failed round's record", round_id)
+        attempts = (
+            (record, "could not store the failed round's record"),
+            (
+                dataclasses.replace(record, clients=(), summary={}),
+                "could not store it without its client rows either",
+            ),
+        )
+        for attempt, problem in attempts:
+            try:
+                self._reports.store(attempt)
+                return
+            except Exception:  # a full disk, or the record itself is the poison
+                logger.exception("round %d: %s", round_id, problem)
+        self.metrics.observe_round(record)
+        logger.error(
+            "round %d: the failure is reported in GetStatus (round_failure) and the metrics "
+            "only, not in the state database",
+            round_id,
+        )
 
     async def _wait_for_quorum(self) -> None:
         def quorum() -> bool:
@@ -486,7 +668,11 @@ class Federation:
 
     async def _update_assignment(self, participants: list[str]) -> None:
         members = self._sessions.ids()
-        if members == self._clustered_members and all(c in self._assignment for c in participants):
+        if (
+            not self._clustering_degraded  # a failed clustering is asked again every round
+            and members == self._clustered_members
+            and all(c in self._assignment for c in participants)
+        ):
             return
         metadata = self._sessions.metadata()
         try:
@@ -556,14 +742,20 @@ class Federation:
             {k: np.array(v, copy=True) for k, v in tensors.items()}
         )
         model = FederationModel(global_tensors=glob, cluster_tensors={}, cluster_template=clus)
-        await asyncio.to_thread(self._models.save, 0, model)
-        self._spec = spec_of(tensors)
-        self._state.set_setting(
-            _SETTING_SPEC,
-            json.dumps(
-                [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in self._spec]
-            ),
+        spec = spec_of(tensors)
+        spec_json = json.dumps(
+            [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in spec]
         )
+        # files first (temporary name), then their digests with the spec in one commit, then
+        # the rename: the initial model exists for a restart only once all three happened
+        prepared = await asyncio.to_thread(self._models.prepare, 0, model)
+        try:
+            self._state.record_snapshot(0, prepared.files, settings={_SETTING_SPEC: spec_json})
+        except BaseException:
+            self._models.discard(prepared)
+            raise
+        await asyncio.to_thread(self._models.publish, prepared)
+        self._spec = spec
         self._model = model
         logger.info("initial model from %s: %d tensors", client_id, len(tensors))
         await self._notify()

@@ -6,7 +6,8 @@ Two kinds of series:
   (current round, phase, connected clients, ε spent);
 * events, recorded by one-line hook calls where they happen: a round ended
   (:meth:`CoordinatorMetrics.observe_round`: duration, aggregation time, participants and
-  dropped clients, accuracy and fairness overall and per cluster) and bytes on the wire
+  dropped clients, accuracy and fairness overall and per cluster), a round ended by an
+  unexpected error (:meth:`CoordinatorMetrics.observe_round_error`) and bytes on the wire
   (:meth:`CoordinatorMetrics.count_bytes`, called by the ``TrafficMeter``).
 
 No series carries a client id: with many silos that would multiply the number of series;
@@ -198,10 +199,27 @@ class CoordinatorMetrics:
             ["cluster"],
             registry=r,
         )
+        self.round_errors = Counter(
+            "fedprompt_round_errors",
+            "Round attempts ended by an unexpected error (a full disk, a bug), by the phase it "
+            "happened in; the coordinator then exits non-zero to be restarted.",
+            ["phase"],
+            registry=r,
+        )
+        self.serving = Gauge(
+            "fedprompt_round_loop_serving",
+            "1 while the round loop runs; 0 once a round failed with an unexpected error (the "
+            "coordinator reports NOT_SERVING and exits to be restarted).",
+            registry=r,
+        )
+        self.serving.set(1)
         for direction in ("up", "down"):
             self.traffic.labels(direction=direction)
         for status in ("completed", "failed"):
             self.rounds.labels(status=status)
+        for member in Phase:
+            if member is not Phase.DONE:
+                self.round_errors.labels(phase=member.name.lower())
 
     def watch(self, read: Callable[[], FederationGauges]) -> None:
         """Register the live-state collector that calls ``read`` at every scrape."""
@@ -213,6 +231,11 @@ class CoordinatorMetrics:
             self.traffic.labels(direction="up").inc(up)
         if down:
             self.traffic.labels(direction="down").inc(down)
+
+    def observe_round_error(self, phase: Phase) -> None:
+        """Count a round attempt ended by an unexpected error; the round loop stops serving."""
+        self.round_errors.labels(phase=phase.name.lower()).inc()
+        self.serving.set(0)
 
     def observe_round(self, record: RoundRecord) -> None:
         """Record a round attempt that ended (completed or failed)."""

@@ -169,9 +169,12 @@ class RoundReports:
             summary=summary,
         )
 
-    def store(self, record: RoundRecord) -> None:
-        """Store a finished round attempt durably, then count it in the metrics."""
-        self._state.record_round(record)
+    def store(self, record: RoundRecord, *, snapshot: Mapping[str, str] | None = None) -> None:
+        """Store a finished round attempt durably, then count it in the metrics.
+
+        ``snapshot`` (file name -> SHA-256 of the round's model files) commits with it.
+        """
+        self._state.record_round(record, snapshot=snapshot)
         self._metrics.observe_round(record)
 
     def status(

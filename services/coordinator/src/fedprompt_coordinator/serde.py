@@ -133,6 +133,17 @@ def _round_to_proto(record: domain.RoundRecord) -> coordinator_pb2.RoundSummary:
     )
 
 
+def round_failure_to_proto(failure: domain.RoundFailure) -> coordinator_pb2.RoundFailure:
+    """Domain RoundFailure -> proto."""
+    return coordinator_pb2.RoundFailure(
+        round=failure.round,
+        phase=phase_to_proto(failure.phase),
+        reason=failure.reason,
+        failed_unix=failure.failed_unix,
+        clients_with_updates=list(failure.clients_with_updates),
+    )
+
+
 def status_query_from_proto(
     msg: coordinator_pb2.GetStatusRequest, *, view: domain.StatusView, caller: str
 ) -> domain.StatusQuery:
@@ -210,6 +221,8 @@ def status_to_proto(
         first_round_record=status.first_round_record,
         truncated=status.truncated,
     )
+    if status.round_failure is not None:
+        msg.round_failure.CopyFrom(round_failure_to_proto(status.round_failure))
     _fit(msg, max_bytes, oldest_out_first=latest_rounds)
     return msg
 

@@ -3,17 +3,31 @@
 :class:`StateStore` is the contract; :class:`SqliteStateStore` keeps everything in one
 SQLite file (WAL, synchronous=FULL) so a killed coordinator resumes from the last
 completed round. ``make_state_store(":memory:")`` gives a throw-away store for tests.
+
+The SHA-256 of every snapshot file is recorded with its round (in the transaction that
+marks the round completed; for the initial model, with the tensor spec), so that the
+snapshot folders can be checked against the database at start-up
+(:mod:`~fedprompt_coordinator.state_check`).
 """
 
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import sqlite3
 import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from fedprompt_coordinator.domain import ClientRoundRecord, RoundRecord
+
+#: Setting that marks a state database of this format (snapshot digests recorded). A
+#: database without it is either new (empty) or from an earlier version (see
+#: :mod:`~fedprompt_coordinator.state_check`).
+STATE_FORMAT_KEY = "state_format"
+#: The current state format.
+STATE_FORMAT = "2"
 
 
 class StateStore(abc.ABC):
@@ -46,8 +60,32 @@ class StateStore(abc.ABC):
         """The current cluster assignment."""
 
     @abc.abstractmethod
-    def record_round(self, record: RoundRecord) -> None:
-        """Store a finished round; a completed one also becomes the last completed round."""
+    def record_round(
+        self, record: RoundRecord, *, snapshot: Mapping[str, str] | None = None
+    ) -> None:
+        """Store a finished round; a completed one also becomes the last completed round.
+
+        ``snapshot`` (file name -> SHA-256 hex of the round's model snapshot) is recorded in
+        the same transaction.
+        """
+
+    @abc.abstractmethod
+    def record_snapshot(
+        self,
+        round_id: int,
+        files: Mapping[str, str],
+        *,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        """Record (or replace) the digests of a round's snapshot, with settings, atomically."""
+
+    @abc.abstractmethod
+    def snapshots(self) -> dict[int, dict[str, str]]:
+        """round -> (file name -> SHA-256 hex) of every recorded snapshot."""
+
+    @abc.abstractmethod
+    def is_empty(self) -> bool:
+        """True when the store holds nothing at all (a new, or a lost, database)."""
 
     @abc.abstractmethod
     def rounds(self) -> list[RoundRecord]:
@@ -81,7 +119,11 @@ class SqliteStateStore(StateStore):
         bytes_up INTEGER NOT NULL, bytes_down INTEGER NOT NULL,
         train_metrics_json TEXT NOT NULL, eval_metrics_json TEXT NOT NULL,
         PRIMARY KEY (round, attempt, client_id));
+    CREATE TABLE IF NOT EXISTS snapshot_files (
+        round INTEGER NOT NULL, file TEXT NOT NULL, sha256 TEXT NOT NULL,
+        PRIMARY KEY (round, file));
     """
+    _TABLES = ("settings", "clients", "assignment", "rounds", "client_rounds", "snapshot_files")
 
     def __init__(self, path: str | Path) -> None:
         self._lock = threading.Lock()
@@ -89,6 +131,22 @@ class SqliteStateStore(StateStore):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(self._SCHEMA)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One write transaction (the caller holds the lock): committed, or rolled back.
+
+        SQLite rolls a transaction back by itself when its COMMIT fails (a full disk:
+        ``SQLITE_FULL``); the original error is then raised, not a failed ROLLBACK.
+        """
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         """Close the database."""
@@ -130,17 +188,9 @@ class SqliteStateStore(StateStore):
 
     def set_assignment(self, assignment: dict[str, int]) -> None:
         """Replace the current cluster assignment in one transaction."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute("DELETE FROM assignment")
-                self._db.executemany(
-                    "INSERT INTO assignment VALUES(?, ?)", sorted(assignment.items())
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+        with self._lock, self._transaction():
+            self._db.execute("DELETE FROM assignment")
+            self._db.executemany("INSERT INTO assignment VALUES(?, ?)", sorted(assignment.items()))
 
     def assignment(self) -> dict[str, int]:
         """The current cluster assignment."""
@@ -148,49 +198,91 @@ class SqliteStateStore(StateStore):
             rows = self._db.execute("SELECT client_id, cluster_id FROM assignment").fetchall()
         return {r[0]: int(r[1]) for r in rows}
 
-    def record_round(self, record: RoundRecord) -> None:
-        """Store a round and its client records in one transaction."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                (attempt,) = self._db.execute(
-                    "SELECT COALESCE(MAX(attempt), 0) + 1 FROM rounds WHERE round=?",
-                    (record.round,),
-                ).fetchone()
-                self._db.execute(
-                    "INSERT INTO rounds VALUES(?, ?, ?, ?, ?, ?, ?)",
+    def record_round(
+        self, record: RoundRecord, *, snapshot: Mapping[str, str] | None = None
+    ) -> None:
+        """Store a round, its client records and its snapshot digests in one transaction."""
+        with self._lock, self._transaction():
+            if snapshot is not None:
+                self._put_snapshot(record.round, snapshot)
+            (attempt,) = self._db.execute(
+                "SELECT COALESCE(MAX(attempt), 0) + 1 FROM rounds WHERE round=?",
+                (record.round,),
+            ).fetchone()
+            self._db.execute(
+                "INSERT INTO rounds VALUES(?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.round,
+                    attempt,
+                    record.status,
+                    record.started_unix,
+                    record.finished_unix,
+                    record.num_clusters,
+                    json.dumps(record.summary),
+                ),
+            )
+            self._db.executemany(
+                "INSERT INTO client_rounds VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
                     (
                         record.round,
                         attempt,
-                        record.status,
-                        record.started_unix,
-                        record.finished_unix,
-                        record.num_clusters,
-                        json.dumps(record.summary),
-                    ),
-                )
-                self._db.executemany(
-                    "INSERT INTO client_rounds VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            record.round,
-                            attempt,
-                            c.client_id,
-                            c.cluster_id,
-                            c.num_examples,
-                            int(c.update_accepted),
-                            c.bytes_up,
-                            c.bytes_down,
-                            json.dumps(c.train_metrics),
-                            json.dumps(c.eval_metrics),
-                        )
-                        for c in record.clients
-                    ],
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                        c.client_id,
+                        c.cluster_id,
+                        c.num_examples,
+                        int(c.update_accepted),
+                        c.bytes_up,
+                        c.bytes_down,
+                        json.dumps(c.train_metrics),
+                        json.dumps(c.eval_metrics),
+                    )
+                    for c in record.clients
+                ],
+            )
+
+    def _put_snapshot(self, round_id: int, files: Mapping[str, str]) -> None:
+        """Replace the digests of ``round_id`` (inside the caller's transaction)."""
+        self._db.execute("DELETE FROM snapshot_files WHERE round=?", (round_id,))
+        self._db.executemany(
+            "INSERT INTO snapshot_files VALUES(?, ?, ?)",
+            [(round_id, name, digest) for name, digest in sorted(files.items())],
+        )
+
+    def record_snapshot(
+        self,
+        round_id: int,
+        files: Mapping[str, str],
+        *,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        """Record the digests of a round's snapshot and some settings in one transaction."""
+        with self._lock, self._transaction():
+            self._put_snapshot(round_id, files)
+            self._db.executemany(
+                "INSERT INTO settings(key, value) VALUES(?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                sorted((settings or {}).items()),
+            )
+
+    def snapshots(self) -> dict[int, dict[str, str]]:
+        """round -> (file name -> SHA-256 hex) of every recorded snapshot."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT round, file, sha256 FROM snapshot_files ORDER BY round, file"
+            ).fetchall()
+        out: dict[int, dict[str, str]] = {}
+        for round_id, name, digest in rows:
+            out.setdefault(int(round_id), {})[str(name)] = str(digest)
+        return out
+
+    def is_empty(self) -> bool:
+        """True when no table holds a row."""
+        with self._lock:
+            # the table names are constants of this class, never input
+            return not any(
+                self._db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+                for table in self._TABLES
+            )
 
     def rounds(self) -> list[RoundRecord]:
         """Every stored round attempt, ascending by round then attempt."""

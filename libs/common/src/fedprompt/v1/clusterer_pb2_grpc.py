@@ -39,6 +39,11 @@ class ClustererStub:
                 request_serializer=fedprompt_dot_v1_dot_clusterer__pb2.ClusterRequest.SerializeToString,
                 response_deserializer=fedprompt_dot_v1_dot_clusterer__pb2.ClusterResponse.FromString,
                 _registered_method=True)
+        self.ClusterStream = channel.stream_stream(
+                '/fedprompt.v1.Clusterer/ClusterStream',
+                request_serializer=fedprompt_dot_v1_dot_clusterer__pb2.ClusterRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_clusterer__pb2.ClusterResponse.FromString,
+                _registered_method=True)
 
 
 class ClustererServicer:
@@ -52,11 +57,29 @@ class ClustererServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ClusterStream(self, request_iterator, context):
+        """The same clustering for a federation of any size: one message is limited to 2 MiB, so
+        the request travels as parts and the answer comes back as parts. The request is the
+        merge of every part sent (members and previous_assignment concatenated; the settings
+        min_cluster_size, min_samples and noise_policy are read from the first part, later
+        parts leave them unset). The answer is the merge of every part received (assignment
+        and noise_reassigned concatenated; num_clusters, feature_names and seconds in the
+        first part). Each part stays under 1 MiB when every single member does.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClustererServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Cluster': grpc.unary_unary_rpc_method_handler(
                     servicer.Cluster,
+                    request_deserializer=fedprompt_dot_v1_dot_clusterer__pb2.ClusterRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_clusterer__pb2.ClusterResponse.SerializeToString,
+            ),
+            'ClusterStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.ClusterStream,
                     request_deserializer=fedprompt_dot_v1_dot_clusterer__pb2.ClusterRequest.FromString,
                     response_serializer=fedprompt_dot_v1_dot_clusterer__pb2.ClusterResponse.SerializeToString,
             ),
@@ -86,6 +109,33 @@ class Clusterer:
             request,
             target,
             '/fedprompt.v1.Clusterer/Cluster',
+            fedprompt_dot_v1_dot_clusterer__pb2.ClusterRequest.SerializeToString,
+            fedprompt_dot_v1_dot_clusterer__pb2.ClusterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClusterStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fedprompt.v1.Clusterer/ClusterStream',
             fedprompt_dot_v1_dot_clusterer__pb2.ClusterRequest.SerializeToString,
             fedprompt_dot_v1_dot_clusterer__pb2.ClusterResponse.FromString,
             options,

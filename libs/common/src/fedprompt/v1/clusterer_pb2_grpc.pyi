@@ -35,6 +35,15 @@ class ClustererStub:
     """Assigns every member to a cluster. Stateless: the caller passes the previous
     assignment so that cluster ids stay stable across re-clustering.
     """
+    ClusterStream: _grpc.StreamStreamMultiCallable[_clusterer_pb2.ClusterRequest, _clusterer_pb2.ClusterResponse]
+    """The same clustering for a federation of any size: one message is limited to 2 MiB, so
+    the request travels as parts and the answer comes back as parts. The request is the
+    merge of every part sent (members and previous_assignment concatenated; the settings
+    min_cluster_size, min_samples and noise_policy are read from the first part, later
+    parts leave them unset). The answer is the merge of every part received (assignment
+    and noise_reassigned concatenated; num_clusters, feature_names and seconds in the
+    first part). Each part stays under 1 MiB when every single member does.
+    """
 
 @_typing.type_check_only
 class ClustererAsyncStub(ClustererStub):
@@ -42,6 +51,15 @@ class ClustererAsyncStub(ClustererStub):
     Cluster: _aio.UnaryUnaryMultiCallable[_clusterer_pb2.ClusterRequest, _clusterer_pb2.ClusterResponse]  # type: ignore[assignment]
     """Assigns every member to a cluster. Stateless: the caller passes the previous
     assignment so that cluster ids stay stable across re-clustering.
+    """
+    ClusterStream: _aio.StreamStreamMultiCallable[_clusterer_pb2.ClusterRequest, _clusterer_pb2.ClusterResponse]  # type: ignore[assignment]
+    """The same clustering for a federation of any size: one message is limited to 2 MiB, so
+    the request travels as parts and the answer comes back as parts. The request is the
+    merge of every part sent (members and previous_assignment concatenated; the settings
+    min_cluster_size, min_samples and noise_policy are read from the first part, later
+    parts leave them unset). The answer is the merge of every part received (assignment
+    and noise_reassigned concatenated; num_clusters, feature_names and seconds in the
+    first part). Each part stays under 1 MiB when every single member does.
     """
 
 class ClustererServicer(metaclass=_abc_1.ABCMeta):
@@ -53,6 +71,21 @@ class ClustererServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_clusterer_pb2.ClusterResponse, _abc.Awaitable[_clusterer_pb2.ClusterResponse]]:
         """Assigns every member to a cluster. Stateless: the caller passes the previous
         assignment so that cluster ids stay stable across re-clustering.
+        """
+
+    @_abc_1.abstractmethod
+    def ClusterStream(
+        self,
+        request_iterator: _MaybeAsyncIterator[_clusterer_pb2.ClusterRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_clusterer_pb2.ClusterResponse], _abc.AsyncIterator[_clusterer_pb2.ClusterResponse]]:
+        """The same clustering for a federation of any size: one message is limited to 2 MiB, so
+        the request travels as parts and the answer comes back as parts. The request is the
+        merge of every part sent (members and previous_assignment concatenated; the settings
+        min_cluster_size, min_samples and noise_policy are read from the first part, later
+        parts leave them unset). The answer is the merge of every part received (assignment
+        and noise_reassigned concatenated; num_clusters, feature_names and seconds in the
+        first part). Each part stays under 1 MiB when every single member does.
         """
 
 def add_ClustererServicer_to_server(servicer: ClustererServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

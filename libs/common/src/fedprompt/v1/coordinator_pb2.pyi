@@ -816,6 +816,49 @@ class ClientInfo(_message.Message):
 Global___ClientInfo: _TypeAlias = ClientInfo  # noqa: Y015
 
 @_typing.final
+class RoundFailure(_message.Message):
+    """A round attempt that ended with an unexpected error (a full disk, a bug): the round loop
+    stopped, the coordinator reports NOT_SERVING on grpc.health.v1 and exits non-zero so that
+    its supervisor (compose, Kubernetes) restarts it from the last completed round.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUND_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FAILED_UNIX_FIELD_NUMBER: _builtins.int
+    CLIENTS_WITH_UPDATES_FIELD_NUMBER: _builtins.int
+    round: _builtins.int
+    phase: _common_pb2.RoundPhase.ValueType
+    """The phase the error happened in."""
+    reason: _builtins.str
+    """"failed: unexpected error in <PHASE>: <exception type>: <message>", as in the round's
+    status.
+    """
+    failed_unix: _builtins.float
+    @_builtins.property
+    def clients_with_updates(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Clients whose updates had been accepted into the failed attempt; none of them is reused."""
+
+    def __init__(
+        self,
+        *,
+        round: _builtins.int = ...,
+        phase: _common_pb2.RoundPhase.ValueType = ...,
+        reason: _builtins.str = ...,
+        failed_unix: _builtins.float = ...,
+        clients_with_updates: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients_with_updates", b"clients_with_updates", "failed_unix", b"failed_unix", "phase", b"phase", "reason", b"reason", "round", b"round"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoundFailure: _TypeAlias = RoundFailure  # noqa: Y015
+
+@_typing.final
 class GetStatusResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -879,6 +922,7 @@ class GetStatusResponse(_message.Message):
     ROUND_RECORDS_TOTAL_FIELD_NUMBER: _builtins.int
     FIRST_ROUND_RECORD_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
+    ROUND_FAILURE_FIELD_NUMBER: _builtins.int
     current_round: _builtins.int
     total_rounds: _builtins.int
     completed_rounds: _builtins.int
@@ -914,6 +958,13 @@ class GetStatusResponse(_message.Message):
 
     @_builtins.property
     def setup_bytes_down(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
+    @_builtins.property
+    def round_failure(self) -> Global___RoundFailure:
+        """Set while the coordinator is failing: the round attempt that ended with an unexpected
+        error (the coordinator exits shortly after, to be restarted). Numbered apart from other
+        additions.
+        """
+
     def __init__(
         self,
         *,
@@ -937,10 +988,11 @@ class GetStatusResponse(_message.Message):
         round_records_total: _builtins.int = ...,
         first_round_record: _builtins.int = ...,
         truncated: _builtins.bool = ...,
+        round_failure: Global___RoundFailure | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["round_failure", b"round_failure"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "clients_connected", b"clients_connected", "clients_total", b"clients_total", "completed_rounds", b"completed_rounds", "current_round", b"current_round", "delta", b"delta", "epsilon", b"epsilon", "first_round_record", b"first_round_record", "model_fingerprint", b"model_fingerprint", "next_clients_after", b"next_clients_after", "phase", b"phase", "round_records_total", b"round_records_total", "rounds", b"rounds", "setup_bytes_down", b"setup_bytes_down", "setup_bytes_up", b"setup_bytes_up", "stop_reason", b"stop_reason", "strategy", b"strategy", "total_rounds", b"total_rounds", "truncated", b"truncated", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "clients_connected", b"clients_connected", "clients_total", b"clients_total", "completed_rounds", b"completed_rounds", "current_round", b"current_round", "delta", b"delta", "epsilon", b"epsilon", "first_round_record", b"first_round_record", "model_fingerprint", b"model_fingerprint", "next_clients_after", b"next_clients_after", "phase", b"phase", "round_failure", b"round_failure", "round_records_total", b"round_records_total", "rounds", b"rounds", "setup_bytes_down", b"setup_bytes_down", "setup_bytes_up", b"setup_bytes_up", "stop_reason", b"stop_reason", "strategy", b"strategy", "total_rounds", b"total_rounds", "truncated", b"truncated", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
