@@ -73,7 +73,7 @@ class Intake:
 
 @pytest_asyncio.fixture
 async def intake(tmp_path: Path, join_clients: Any) -> Intake:
-    sessions = await join_clients({"a": 1, "b": 1, "late": 1})
+    sessions = await join_clients({"a": 5, "b": 1, "late": 1})
     current = RoundInProgress(round=1, started_unix=0.0, participants={"a": 0, "b": 1})
     progress = RoundProgress(phase=Phase.TRAINING, completed=0, current=current)
     models = ModelStore(tmp_path / "models")
@@ -150,7 +150,7 @@ async def test_a_delta_is_accepted_into_the_round_in_progress(
     current = intake.progress.current
     assert current is not None
     update = current.updates["a"]
-    assert (update.cluster_id, update.num_examples) == (0, 3)
+    assert (update.cluster_id, update.num_examples) == (0, 3)  # under the Join count of 5
     for name, value in DELTA.items():
         np.testing.assert_array_equal(update.tensors[name], value)
     assert current.train_metrics == {"a": {"loss": 0.5}}
@@ -158,6 +158,15 @@ async def test_a_delta_is_accepted_into_the_round_in_progress(
     # the same bytes again: an idempotent duplicate, nothing new is stored
     assert await intake.send(intake.begin(payload), payload)
     assert intake.notified == 1
+
+
+@pytest.mark.asyncio
+async def test_an_updates_weight_is_at_most_the_count_declared_at_join(intake: Intake) -> None:
+    payload = encode_tensors(DELTA)
+    assert not await intake.send(intake.begin(payload, num_examples=10**9), payload)
+    current = intake.progress.current
+    assert current is not None
+    assert current.updates["a"].num_examples == 5  # min(upload 10^9, Join 5)
 
 
 @pytest.mark.asyncio

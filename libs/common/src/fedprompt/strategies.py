@@ -72,6 +72,9 @@ class StrategySpec:
         usual small ones.
     summary
         One line for help texts.
+    clustered
+        Whether the strategy has a cluster level (``prompt.global`` global, the rest per
+        cluster) besides the global one.
     """
 
     name: StrategyName
@@ -79,6 +82,7 @@ class StrategySpec:
     shares_tensors: bool
     learning_rates: Mapping[str, float]
     summary: str
+    clustered: bool = False
 
     def learning_rate(self, task: str) -> float:
         """The default learning rate of this strategy on ``task`` (``text`` or ``vision``)."""
@@ -119,6 +123,7 @@ STRATEGIES: Mapping[StrategyName, StrategySpec] = MappingProxyType(
                 shares_tensors=True,
                 learning_rates=_PROMPT_RATES,
                 summary="a global prompt segment plus one cluster segment and head per cluster",
+                clustered=True,
             ),
             StrategySpec(
                 StrategyName.FPL,
@@ -126,6 +131,7 @@ STRATEGIES: Mapping[StrategyName, StrategySpec] = MappingProxyType(
                 shares_tensors=True,
                 learning_rates=_PROMPT_RATES,
                 summary="clustered plus contrastive alignment and optional DP-FedAvg (the method)",
+                clustered=True,
             ),
             StrategySpec(
                 StrategyName.LORA_FEDAVG,
