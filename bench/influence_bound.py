@@ -19,7 +19,8 @@ each tensor at the hard ``max_update_l2_norm`` limit in a crafted direction:
 For each part it prints the largest displacement the malicious member caused in any round
 and direction, ``‖move(with it) - move(honest only)‖``, as a multiple of a median honest
 update's norm, for the federation as it was (n-weighted mean, no clipping, the old 10^4
-limit), the default settings and each robust rule (with the default clipping and cap).
+limit), each defence alone, the default settings and each robust rule (with the default
+clipping and cap).
 A figure, not a test.
 """
 
@@ -54,6 +55,15 @@ SETTINGS: dict[str, tuple[dict[str, Any], float | None]] = {
     "as it was (n-weighted, no clip, 1e4)": (
         {"clipping": {"mode": "off"}, "max_weight_share": 1.0, "max_weight_multiple": None},
         1e4,
+    ),
+    "new hard limit only (n-weighted, no clip)": (
+        {"clipping": {"mode": "off"}, "max_weight_share": 1.0, "max_weight_multiple": None},
+        DEFAULT_MAX_UPDATE_L2_NORM,
+    ),
+    "capped weights, no clip": ({"clipping": {"mode": "off"}}, DEFAULT_MAX_UPDATE_L2_NORM),
+    "clip, no weight cap": (
+        {"max_weight_share": 1.0, "max_weight_multiple": None},
+        DEFAULT_MAX_UPDATE_L2_NORM,
     ),
     "default (capped mean, adaptive clip)": ({}, DEFAULT_MAX_UPDATE_L2_NORM),
     "median": (
