@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -169,3 +170,18 @@ def test_a_level_without_tensors_or_a_round_without_updates_reports_nothing() ->
     out = aggregator.aggregate(model, [ClientUpdate("a", 0, 1, {"prompt.global": _f32(5)})])
     np.testing.assert_array_equal(out.global_tensors["prompt.global"], [6])
     assert not any(k.startswith("clip_") for k in aggregator.last_info)
+
+
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ({"adaptive": False}, "fixed clipping needs"),
+        ({"bound": 0.0}, "positive"),
+        ({"part_bounds": {Part.HEAD: -1.0}}, "positive"),
+        ({"target_quantile": 1.0}, "target_quantile"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+    ],
+)
+def test_a_policy_that_cannot_bound_is_refused(policy: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ClipPolicy(**policy)

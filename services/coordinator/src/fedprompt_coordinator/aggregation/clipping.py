@@ -79,6 +79,15 @@ class ClipPolicy:
     target_quantile: float = 0.5
     learning_rate: float = 0.2
 
+    def __post_init__(self) -> None:
+        bounds = [b for b in (self.bound, *self.part_bounds.values()) if b is not None]
+        if any(not b > 0 for b in bounds):
+            raise ValueError("clip bounds must be positive")
+        if not self.adaptive and self.bound is None and set(self.part_bounds) != set(Part):
+            raise ValueError("fixed clipping needs `bound` or a bound for every part")
+        if not 0 < self.target_quantile < 1 or not self.learning_rate > 0:
+            raise ValueError("adaptive clipping needs 0 < target_quantile < 1, learning_rate > 0")
+
     def configured(self, part: Part) -> float | None:
         """The configured (initial) bound of ``part``, if any."""
         return self.part_bounds.get(part, self.bound)
