@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from fedprompt.config import load_config
 from fedprompt_coordinator.config import (
     DEFAULT_MAX_UPDATE_L2_NORM,
     AggregationRule,
@@ -81,3 +83,17 @@ def test_invalid_combinations_are_refused_at_load_with_the_reason(
 )
 def test_valid_combinations_load(settings: dict[str, Any]) -> None:
     CoordinatorConfig(**settings)
+
+
+def test_clipping_off_in_yaml_or_the_environment_means_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "coordinator.yaml"
+    path.write_text("aggregation:\n  clipping:\n    mode: off\n")  # YAML reads `off` as false
+    config = load_config(CoordinatorConfig, yaml_path=str(path), env_prefix="FEDPROMPT_X_")
+    assert config.aggregation.clipping.mode is ClipMode.OFF
+    monkeypatch.setenv("FEDPROMPT_X_AGGREGATION__CLIPPING__MODE", "off")
+    monkeypatch.setenv("FEDPROMPT_X_AGGREGATION__GLOBAL_RULE", "median")
+    config = load_config(CoordinatorConfig, yaml_path=None, env_prefix="FEDPROMPT_X_")
+    assert config.aggregation.clipping.mode is ClipMode.OFF
+    assert config.aggregation.global_rule is AggregationRule.MEDIAN

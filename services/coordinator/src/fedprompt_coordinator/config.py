@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedprompt.config import LogLevel
 from fedprompt.strategies import StrategyName, strategy_spec
@@ -195,6 +195,12 @@ class ClippingConfig(BaseModel):
         description="adaptive: η of the geometric update C ← C·exp(-η·(b - gamma)), b the "
         "round's unclipped fraction.",
     )
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        """YAML (and so the environment) reads a bare ``off`` as false: that means off."""
+        return ClipMode.OFF if value is False else value
 
     @model_validator(mode="after")
     def _bounds_known(self) -> ClippingConfig:
