@@ -27,6 +27,7 @@ def test_the_families_and_levels_say_what_travels() -> None:
     assert strategy_spec("lora-fedavg").family is ModelFamily.LORA
     assert strategy_spec("full-fedavg").family is ModelFamily.FULL
     assert [s.name for s in STRATEGIES.values() if not s.shares_tensors] == ["local"]
+    assert [s.name for s in STRATEGIES.values() if s.clustered] == ["clustered", "fpl"]
 
 
 def test_every_strategy_has_a_learning_rate_per_task() -> None:

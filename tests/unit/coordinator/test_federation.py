@@ -53,6 +53,8 @@ INITIAL = {"prompt.global": [1.0, 2.0], "prompt.cluster": [10.0]}
 # Three clients in two clusters; n = 1, 3, 4.
 CLUSTERS = {"a": 0, "b": 0, "c": 1}
 EXAMPLES = {"a": 1, "b": 3, "c": 4}
+#: Plain n-weighted FedAvg (no per-client clipping, no share cap): hand-computable rounds.
+PLAIN_FEDAVG = {"clipping": {"mode": "off"}, "max_weight_share": 1.0, "max_weight_multiple": None}
 DELTAS = {
     "a": {"prompt.global": [4.0, 8.0], "prompt.cluster": [2.0]},
     "b": {"prompt.global": [0.0, 4.0], "prompt.cluster": [6.0]},
@@ -248,6 +250,7 @@ async def federation(
         "state_dir": tmp_path,
         "rounds": 1,
         "strategy": "clustered",  # plain n-weighted FedAvg per level: hand-computable
+        "aggregation": PLAIN_FEDAVG,  # no clipping, no cap (their tests are their own)
         "min_clients": 2,
         "expected_clients": 3,  # rounds open once a, b and c are all connected
         "quorum_wait_s": 600.0,
@@ -636,6 +639,49 @@ async def test_restart_resumes_after_the_last_completed_round(tmp_path: Path) ->
             (1, "completed"),
             (2, "completed"),
         ]
+
+
+@pytest.mark.asyncio
+async def test_default_aggregation_clips_caps_and_resumes_its_bound_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    defaults: dict[str, Any] = {"aggregation": {}}
+    async with federation(tmp_path, **defaults) as h:
+        run = h.start()
+        for cid in "abc":
+            await h.connect(FakeClient(h.fed, cid))
+        await asyncio.wait_for(run, TIMEOUT_S)
+        (first,) = h.state.rounds()
+        model = h.models.load(1, expected=h.state.snapshots()[1])
+    s = first.summary
+    # Global prompt norms: a |[4,8]| = 8.94, b 4, c 2.83; the first round's bound is their
+    # lower median, 4, so a's delta is scaled to norm 4. Shares n = 1, 3, 4 of 8 are under
+    # the cap of 0.5 (three members: max(1/3, min(0.5, 2/3))).
+    assert s["clip_global_prompt_bound"] == 4.0
+    assert s["clip_global_prompt_clipped_fraction"] == pytest.approx(1 / 3)
+    assert s["global_max_weight"] == 0.5
+    a = np.array([4.0, 8.0]) * 4.0 / np.sqrt(80.0)
+    expected = np.array([1.0, 2.0]) + a / 8 + 3 / 8 * np.array([0, 4]) + 4 / 8 * np.array([2, -2])
+    np.testing.assert_allclose(model.global_tensors["prompt.global"], expected, rtol=1e-6)
+    # Cluster prompt norms 2, 6, 1: bound 2; cluster 0 holds a and b, so both weigh 1/2
+    # (two members: the cap is the fair share) and b's 6 counts as 2.
+    assert s["clip_cluster_prompt_bound"] == 2.0
+    np.testing.assert_allclose(model.cluster_tensors[0]["prompt.cluster"], [10 + (2 + 2) / 2])
+    assert s["cluster_0_max_weight"] == 0.5
+    next_bound = s["clip_global_prompt_next_bound"]
+    assert next_bound == pytest.approx(4.0 * np.exp(-0.2 * (2 / 3 - 0.5)))
+
+    async with federation(tmp_path, rounds=2, **defaults) as h:  # a restarted coordinator
+        run = h.start()
+        for cid in "abc":
+            client = FakeClient(h.fed, cid)
+            await client.join()
+            h.spawn(client.serve())
+        await asyncio.wait_for(run, TIMEOUT_S)
+        second = h.state.rounds()[-1].summary
+    # the bound continues from the durable record instead of recalibrating to 4
+    assert second["clip_global_prompt_bound"] == next_bound
+    assert second["clip_cluster_prompt_bound"] == s["clip_cluster_prompt_next_bound"]
 
 
 @pytest.mark.asyncio

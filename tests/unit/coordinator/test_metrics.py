@@ -124,3 +124,32 @@ def test_live_state_is_read_at_every_scrape() -> None:
     text = generate_latest(m.registry).decode()
     assert "fedprompt_phase{phase=" in text
     assert "process_resident_memory_bytes" in text  # process collector in every registry
+
+
+def test_clipping_and_weight_shares_of_a_round_become_gauges_per_part_and_level() -> None:
+    metrics = CoordinatorMetrics()
+    record = _record()
+    record.summary.update(
+        {
+            "clip_global_prompt_bound": 0.5,
+            "clip_global_prompt_clipped_fraction": 0.25,
+            "clip_head_bound": 0.125,
+            "clip_head_clipped_fraction": 0.5,
+            "global_max_weight": 0.5,
+            "cluster_0_max_weight": 0.5,
+            "cluster_1_max_weight": 1.0,
+            "dp_clip_norm": 1.0,
+            "dp_clipped_fraction": 0.75,
+        }
+    )
+    metrics.observe_round(record)
+    value = metrics.registry.get_sample_value
+    assert value("fedprompt_clip_bound", {"part": "global_prompt"}) == 0.5
+    assert value("fedprompt_clip_clipped_fraction", {"part": "global_prompt"}) == 0.25
+    assert value("fedprompt_clip_bound", {"part": "head"}) == 0.125
+    assert value("fedprompt_clip_clipped_fraction", {"part": "head"}) == 0.5
+    assert value("fedprompt_clip_bound", {"part": "dp_global"}) == 1.0
+    assert value("fedprompt_clip_clipped_fraction", {"part": "dp_global"}) == 0.75
+    assert value("fedprompt_clip_bound", {"part": "cluster_prompt"}) is None
+    assert value("fedprompt_aggregation_max_weight_share", {"level": "global"}) == 0.5
+    assert value("fedprompt_aggregation_max_weight_share", {"level": "cluster"}) == 1.0

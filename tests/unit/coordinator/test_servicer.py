@@ -42,6 +42,8 @@ FINGERPRINT = "fp-tiny"
 MAX_UPDATE_BYTES = 64 * 1024
 RPC_TIMEOUT_S = 10.0
 Code = grpc.StatusCode
+#: Plain n-weighted FedAvg (no per-client clipping, no share cap): hand-computable rounds.
+PLAIN_FEDAVG = {"clipping": {"mode": "off"}, "max_weight_share": 1.0, "max_weight_multiple": None}
 
 INITIAL = {
     "prompt.global": np.zeros((2, 3), dtype=np.float32),
@@ -249,6 +251,7 @@ async def _running_coordinator(tmp_path: Path, **overrides: Any) -> AsyncIterato
         "round_deadline_s": 60.0,
         "eval_deadline_s": 60.0,
         "max_update_bytes": MAX_UPDATE_BYTES,
+        "aggregation": PLAIN_FEDAVG,  # exact n-weighted means; clipping has its own tests
     }
     config = CoordinatorConfig(**{**settings, **overrides})
     # Wired like fedprompt_coordinator.__main__.serve.

@@ -9,6 +9,7 @@ import pytest
 
 from fedprompt.errors import InvalidArgumentError
 from fedprompt.strategies import STRATEGIES, StrategyName
+from fedprompt_coordinator.aggregation.base import ClusterAggregator, LevelWrapper
 from fedprompt_coordinator.aggregation.contrastive import ContrastiveFedAvg
 from fedprompt_coordinator.aggregation.fedavg import WeightedFedAvg
 from fedprompt_coordinator.config import CoordinatorConfig
@@ -89,9 +90,64 @@ def test_fpl_aggregates_with_alignment_weights_unless_the_ablation_says_mean(
     tmp_path: Path,
 ) -> None:
     fpl = build_strategy(_config(tmp_path, "fpl", contrastive={"temperature": 0.3}))
-    aggregator = fpl.make_aggregator()
+    aggregator = fpl.base_aggregator()
     assert isinstance(aggregator, ContrastiveFedAvg) and aggregator.temperature == 0.3
     mean = build_strategy(_config(tmp_path, "fpl", contrastive={"server_weighting": "mean"}))
-    assert type(mean.make_aggregator()) is WeightedFedAvg
+    assert type(mean.base_aggregator()) is WeightedFedAvg
     for name in ("fedavg", "clustered", "lora-fedavg"):
-        assert type(build_strategy(_config(tmp_path, name)).make_aggregator()) is WeightedFedAvg
+        assert type(build_strategy(_config(tmp_path, name)).base_aggregator()) is WeightedFedAvg
+
+
+def _chain(aggregator: ClusterAggregator) -> list[tuple[str, str]]:
+    """(class name, level) of each wrapper from the outside in, then the aggregator itself."""
+    out = []
+    while isinstance(aggregator, LevelWrapper):
+        out.append((type(aggregator).__name__, aggregator.level.value))
+        aggregator = aggregator.inner
+    out.append((type(aggregator).__name__, ""))
+    return out
+
+
+def test_by_default_weights_are_capped_and_every_level_is_clipped(tmp_path: Path) -> None:
+    aggregator = build_strategy(_config(tmp_path, "fpl")).make_aggregator()
+    assert _chain(aggregator) == [
+        ("NormClipping", "cluster"),
+        ("NormClipping", "global"),
+        ("ContrastiveFedAvg", ""),
+    ]
+    base = build_strategy(_config(tmp_path, "fpl")).base_aggregator()
+    assert isinstance(base, WeightedFedAvg)
+    assert (base.weighting.max_share, base.weighting.max_multiple) == (0.5, 2.0)
+    assert not base.weighting.uniform
+
+
+def test_rules_sit_inside_clipping_so_they_only_see_clipped_updates(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path,
+        "clustered",
+        aggregation={
+            "global_rule": "median",
+            "cluster_rule": "multi-krum",
+            "weighting": "uniform",
+            "clipping": {"mode": "fixed", "bound": 2.0},
+        },
+    )
+    strategy = build_strategy(config)
+    assert _chain(strategy.make_aggregator()) == [
+        ("NormClipping", "cluster"),
+        ("NormClipping", "global"),
+        ("MultiKrum", "cluster"),
+        ("CoordinateMedian", "global"),
+        ("WeightedFedAvg", ""),
+    ]
+    # under DP-FedAvg the global level is not clipped here (DP-FedAvg clips it itself)
+    assert _chain(strategy.make_aggregator(clip_global=False))[0] == ("NormClipping", "cluster")
+    assert len(_chain(strategy.make_aggregator(clip_global=False))) == 4
+    off = _config(tmp_path, "fedavg", aggregation={"clipping": {"mode": "off"}})
+    assert _chain(build_strategy(off).make_aggregator()) == [("WeightedFedAvg", "")]
+
+
+def test_the_levels_follow_the_registry(tmp_path: Path) -> None:
+    for name, spec in STRATEGIES.items():
+        _, cluster = build_strategy(_config(tmp_path, name.value)).split_levels(TENSORS)
+        assert bool(cluster) is spec.clustered

@@ -98,7 +98,7 @@ MakeIntake = Callable[[UploadLimits], Awaitable[Intake]]
 @pytest_asyncio.fixture
 async def make_intake(tmp_path: Path, join_clients: Any) -> MakeIntake:
     async def make(limits: UploadLimits) -> Intake:
-        sessions = await join_clients({"a": 1, "b": 1, "late": 1})
+        sessions = await join_clients({"a": 5, "b": 1, "late": 1})
         for cid in ("a", "b"):  # as Federation.join records it before the model exists
             sessions.record_initial_model_ask(cid, asked=True)
         current = RoundInProgress(round=1, started_unix=0.0, participants={"a": 0, "b": 1})
@@ -190,7 +190,7 @@ async def test_a_delta_is_accepted_into_the_round_in_progress(
     current = intake.progress.current
     assert current is not None
     update = current.updates["a"]
-    assert (update.cluster_id, update.num_examples) == (0, 3)
+    assert (update.cluster_id, update.num_examples) == (0, 3)  # under the Join count of 5
     for name, value in DELTA.items():
         np.testing.assert_array_equal(update.tensors[name], value)
     assert current.train_metrics == {"a": {"loss": 0.5}}
@@ -198,6 +198,15 @@ async def test_a_delta_is_accepted_into_the_round_in_progress(
     # the same bytes again: an idempotent duplicate, nothing new is stored
     assert await intake.send(intake.begin(payload), payload)
     assert intake.notified == 1
+
+
+@pytest.mark.asyncio
+async def test_an_updates_weight_is_at_most_the_count_declared_at_join(intake: Intake) -> None:
+    payload = encode_tensors(DELTA)
+    assert not await intake.send(intake.begin(payload, num_examples=10**9), payload)
+    current = intake.progress.current
+    assert current is not None
+    assert current.updates["a"].num_examples == 5  # min(upload 10^9, Join 5)
 
 
 @pytest.mark.asyncio

@@ -1,8 +1,9 @@
 """The one registry of federated strategies: names and what every service must agree on.
 
 Each strategy is described once, here, by a :class:`StrategySpec`: what the client trains
-(its :class:`ModelFamily`), whether anything travels, and the default learning rate of the
-adapted parameters per task. The command line, the benchmark plan, the coordinator and the
+(its :class:`ModelFamily`), whether anything travels, whether the shared tensors have a
+cluster level beside the global one, and the default learning rate of the adapted
+parameters per task. The command line, the benchmark plan, the coordinator and the
 client agents all read this registry. Behaviour lives with each service, keyed by these
 names: the coordinator's ``Strategy`` objects (levels, train tasks, aggregation) and the
 client agent's model-family registry (what is built and trained).
@@ -72,6 +73,9 @@ class StrategySpec:
         usual small ones.
     summary
         One line for help texts.
+    clustered
+        Whether the strategy has a cluster level (``prompt.global`` global, the rest per
+        cluster) besides the global one.
     """
 
     name: StrategyName
@@ -79,6 +83,7 @@ class StrategySpec:
     shares_tensors: bool
     learning_rates: Mapping[str, float]
     summary: str
+    clustered: bool = False
 
     def learning_rate(self, task: str) -> float:
         """The default learning rate of this strategy on ``task`` (``text`` or ``vision``)."""
@@ -119,6 +124,7 @@ STRATEGIES: Mapping[StrategyName, StrategySpec] = MappingProxyType(
                 shares_tensors=True,
                 learning_rates=_PROMPT_RATES,
                 summary="a global prompt segment plus one cluster segment and head per cluster",
+                clustered=True,
             ),
             StrategySpec(
                 StrategyName.FPL,
@@ -126,6 +132,7 @@ STRATEGIES: Mapping[StrategyName, StrategySpec] = MappingProxyType(
                 shares_tensors=True,
                 learning_rates=_PROMPT_RATES,
                 summary="clustered plus contrastive alignment and optional DP-FedAvg (the method)",
+                clustered=True,
             ),
             StrategySpec(
                 StrategyName.LORA_FEDAVG,

@@ -5,12 +5,20 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fedprompt.client_input import DEFAULT_MAX_EXAMPLES
 from fedprompt.config import LogLevel
 from fedprompt.strategies import StrategyName, strategy_spec
 from fedprompt.tls import TlsConfig
+from fedprompt_coordinator.aggregation.parts import Part
+
+#: Default hard per-tensor L2 bound of an update: 121 times the largest tensor norm of any
+#: honest update measured on the bundled tasks (8.25, the text global prompt after 15 AdamW
+#: steps at lr 0.03; bench/honest_update_norms.py; README, "Aggregation"). AdamW moves a
+#: coordinate by at most ~lr per step, so an 8 x 384 prompt reaches it only with
+#: lr * steps >= 18.
+DEFAULT_MAX_UPDATE_L2_NORM = 1000.0
 
 
 class NoisePolicy(enum.StrEnum):
@@ -183,6 +191,151 @@ class ResourceLimits(BaseModel):
     )
 
 
+class AggregationRule(enum.StrEnum):
+    """How one level combines its members' (clipped) deltas."""
+
+    #: The weighted mean (weights from ``weighting``, or contrastive alignment for ``fpl``).
+    MEAN = "mean"
+    #: Coordinate-wise mean after trimming ``⌈trim_fraction·n⌉`` values at each end.
+    TRIMMED_MEAN = "trimmed-mean"
+    #: Coordinate-wise median.
+    MEDIAN = "median"
+    #: Multi-Krum: the ``krum_m`` most central updates, then the level's weighted mean of them.
+    MULTI_KRUM = "multi-krum"
+
+
+class Weighting(enum.StrEnum):
+    """What a member's weight in a mean is proportional to (before the share cap)."""
+
+    #: Its sample count: the smaller of its Join and upload counts.
+    EXAMPLES = "examples"
+    #: One for every member.
+    UNIFORM = "uniform"
+
+
+class ClipMode(enum.StrEnum):
+    """Per-client L2 clipping of each shared part before aggregation."""
+
+    #: The bound follows a quantile of the round's update norms (Andrew et al. 2021).
+    ADAPTIVE = "adaptive"
+    #: A fixed bound per part.
+    FIXED = "fixed"
+    #: No clipping (only ``max_update_l2_norm`` refuses updates).
+    OFF = "off"
+
+
+class ClippingConfig(BaseModel):
+    """Per-client L2 clipping of every shared part (global prompt, cluster prompt, head, ...)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: ClipMode = Field(
+        default=ClipMode.ADAPTIVE,
+        description="adaptive (default): the bound of each part follows the target quantile "
+        "of the round's update norms by a geometric update; fixed: `bound`/`part_bounds`; "
+        "off: no clipping.",
+    )
+    bound: float | None = Field(
+        default=None,
+        gt=0,
+        description="fixed: the bound of every part without an entry in `part_bounds` "
+        "(required unless every part has one); adaptive: the initial bound (None: the target "
+        "quantile of the first round's norms of that part).",
+    )
+    part_bounds: dict[Part, float] = Field(
+        default_factory=dict,
+        description="Bounds by part (global_prompt, cluster_prompt, head, lora, backbone, "
+        "other), overriding `bound`.",
+    )
+    target_quantile: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="adaptive: gamma, the fraction of updates the bound should leave unclipped.",
+    )
+    learning_rate: float = Field(
+        default=0.2,
+        gt=0,
+        description="adaptive: η of the geometric update C ← C·exp(-η·(b - gamma)), b the "
+        "round's unclipped fraction.",
+    )
+
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        """YAML (and so the environment) reads a bare ``off`` as false: that means off."""
+        return ClipMode.OFF if value is False else value
+
+    @model_validator(mode="after")
+    def _bounds_known(self) -> ClippingConfig:
+        if any(not v > 0 for v in self.part_bounds.values()):
+            raise ValueError("clipping.part_bounds must be positive")
+        if (
+            self.mode is ClipMode.FIXED
+            and self.bound is None
+            and set(self.part_bounds) != set(Part)
+        ):
+            raise ValueError(
+                "clipping.mode fixed needs `bound` (or a part_bounds entry for every part: "
+                f"{', '.join(Part)})"
+            )
+        return self
+
+
+class AggregationConfig(BaseModel):
+    """How updates are weighted, clipped and combined: the bound on any one member's influence."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    global_rule: AggregationRule = Field(
+        default=AggregationRule.MEAN,
+        description="Rule of the global level: mean, trimmed-mean, median or multi-krum "
+        "(with privacy.enabled only mean).",
+    )
+    cluster_rule: AggregationRule = Field(
+        default=AggregationRule.MEAN,
+        description="Rule of each cluster (clustered and fpl only; with fpl's contrastive "
+        "weights not trimmed-mean or median).",
+    )
+    trim_fraction: float = Field(
+        default=0.2,
+        ge=0,
+        lt=0.5,
+        description="trimmed-mean: ⌈β·n⌉ values are dropped at each end of every coordinate "
+        "(at most (n-1)/2; 0: the plain mean).",
+    )
+    krum_f: int = Field(
+        default=1, ge=0, description="multi-krum: f, the members assumed Byzantine."
+    )
+    krum_m: int | None = Field(
+        default=None,
+        ge=1,
+        description="multi-krum: updates kept (None: n - f); Krum's guarantee needs n ≥ 2f + 3.",
+    )
+    weighting: Weighting = Field(
+        default=Weighting.EXAMPLES,
+        description="Weights of the mean: examples (the smaller of a member's Join and upload "
+        "counts) or uniform; then capped by max_weight_share / max_weight_multiple.",
+    )
+    max_weight_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="No member's share of a level's mean exceeds this (unless 1/n is larger: "
+        "then all members weigh the same). 1: no absolute cap.",
+    )
+    max_weight_multiple: float | None = Field(
+        default=2.0,
+        ge=1,
+        description="Nor this multiple of the fair share 1/n (None: no relative cap).",
+    )
+    clipping: ClippingConfig = Field(
+        default_factory=ClippingConfig,
+        description="Per-client L2 clipping of every shared part (with privacy.enabled, "
+        "DP-FedAvg's clip_norm clips the global level instead).",
+    )
+
+
 class CoordinatorConfig(BaseModel):
     """Everything the coordinator process needs."""
 
@@ -223,10 +376,11 @@ class CoordinatorConfig(BaseModel):
         "under the 2 MiB message limit of every channel.",
     )
     max_update_l2_norm: float | None = Field(
-        1e4,
+        DEFAULT_MAX_UPDATE_L2_NORM,
         gt=0,
         description="Refuse an update (INVALID_ARGUMENT) if any of its tensors has a larger "
-        "L2 norm; None: no bound. DP-FedAvg clips the global segment separately.",
+        "L2 norm; None: no bound. A hard limit far above any honest update; the influence "
+        "bound comes from `aggregation` (clipping, the weight cap, robust rules).",
     )
     strategy: StrategyName = Field(
         default=StrategyName.FPL, description="Federated strategy; clients must use the same."
@@ -267,6 +421,11 @@ class CoordinatorConfig(BaseModel):
     clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)
     contrastive: ContrastiveConfig = Field(default_factory=ContrastiveConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    aggregation: AggregationConfig = Field(
+        default_factory=AggregationConfig,
+        description="Weights, per-client clipping and rules of each level: what bounds the "
+        "influence of any one member.",
+    )
     log_level: LogLevel = Field(LogLevel.INFO, description="Python logging level.")
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: none)."
@@ -287,6 +446,7 @@ class CoordinatorConfig(BaseModel):
                 f"limits.max_spool_bytes ({self.limits.max_spool_bytes}) must hold one largest "
                 f"upload ({largest} bytes): raise it or lower max_update_bytes"
             )
+        check_aggregation(self)
         return self
 
     @property
@@ -294,3 +454,44 @@ class CoordinatorConfig(BaseModel):
         """Largest initial model a client may upload (``limits``, else ``max_update_bytes``)."""
         configured = self.limits.max_initial_model_bytes
         return self.max_update_bytes if configured is None else configured
+
+
+def check_aggregation(config: CoordinatorConfig) -> None:
+    """Refuse the combinations of aggregation rules that cannot do what they say.
+
+    Raises
+    ------
+    ValueError
+        With the reason and what to set instead.
+    """
+    agg = config.aggregation
+    spec = strategy_spec(config.strategy)
+    mean = AggregationRule.MEAN
+    if agg.global_rule is not mean and config.privacy.enabled:
+        raise ValueError(
+            f"aggregation.global_rule {agg.global_rule.value!r} cannot be combined with "
+            "privacy.enabled: DP-FedAvg calibrates its noise to the unweighted sum of clipped "
+            "updates (sensitivity clip_norm), which a robust rule no longer is; keep "
+            "global_rule: mean (DP-FedAvg clips the global level) and choose a cluster_rule"
+        )
+    if agg.global_rule is not mean and not spec.shares_tensors:
+        raise ValueError(
+            f"aggregation.global_rule {agg.global_rule.value!r}: strategy "
+            f"{spec.name.value!r} aggregates nothing"
+        )
+    if agg.cluster_rule is not mean and not spec.clustered:
+        raise ValueError(
+            f"aggregation.cluster_rule {agg.cluster_rule.value!r}: strategy "
+            f"{spec.name.value!r} has no cluster level (every shared tensor is global; "
+            "set global_rule instead)"
+        )
+    contrastive = (
+        spec.name is StrategyName.FPL and config.contrastive.server_weighting == "contrastive"
+    )
+    if contrastive and agg.cluster_rule in (AggregationRule.MEDIAN, AggregationRule.TRIMMED_MEAN):
+        raise ValueError(
+            f"aggregation.cluster_rule {agg.cluster_rule.value!r} weighs every member once and "
+            "would drop fpl's contrastive alignment weights; set contrastive.server_weighting: "
+            "mean to use it, or cluster_rule: multi-krum (which keeps the weights of the "
+            "members it selects)"
+        )

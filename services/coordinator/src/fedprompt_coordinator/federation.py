@@ -55,6 +55,7 @@ from fedprompt.errors import (
     WrongRoundError,
 )
 from fedprompt_coordinator.aggregation.base import ClusterAggregator
+from fedprompt_coordinator.aggregation.clipping import bounds_from_summary
 from fedprompt_coordinator.aggregation.dp_fedavg import DPFedAvgGlobal
 from fedprompt_coordinator.clustering_backend import ClusteringBackend
 from fedprompt_coordinator.config import CoordinatorConfig
@@ -249,8 +250,16 @@ class Federation:
             self._progress.phase = Phase.DONE
 
     def _make_aggregator(self) -> ClusterAggregator:
-        """The strategy's aggregator, wrapped in DP-FedAvg of the global level when DP is on."""
-        inner = self._strategy.make_aggregator()
+        """The strategy's aggregator (capped weights, level rules, per-client clipping),
+        wrapped in DP-FedAvg of the global level when DP is on (its clipping replaces the
+        global level's). Adaptive clip bounds resume from the last completed round's record.
+        """
+        completed = [r for r in self._state.rounds() if r.status == "completed"]
+        inner = self._strategy.make_aggregator(
+            clip_global=self._budget is None,
+            rounds_completed=lambda: self._progress.completed,
+            restored_bounds=bounds_from_summary(completed[-1].summary) if completed else None,
+        )
         if self._budget is None:
             return inner
         cfg = self._config.privacy

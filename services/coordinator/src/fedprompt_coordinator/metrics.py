@@ -6,7 +6,8 @@ Two kinds of series:
   (current round, phase, connected clients, ε spent);
 * events, recorded by one-line hook calls where they happen: a round ended
   (:meth:`CoordinatorMetrics.observe_round`: duration, aggregation time, participants and
-  dropped clients, accuracy and fairness overall and per cluster), a round ended by an
+  dropped clients, accuracy and fairness overall and per cluster, the clip bound and clipped
+  fraction of every shared part, the largest weight share per level), a round ended by an
   unexpected error (:meth:`CoordinatorMetrics.observe_round_error`) and bytes on the wire
   (:meth:`CoordinatorMetrics.count_bytes`, called by the ``TrafficMeter``).
 
@@ -16,7 +17,7 @@ cluster ids are few and stable, so they are labels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -25,12 +26,48 @@ from prometheus_client.registry import Collector
 
 from fedprompt.fairness import fairness_summary
 from fedprompt.telemetry import new_registry
+from fedprompt_coordinator.aggregation.clipping import BOUND_KEY, CLIPPED_FRACTION_KEY
+from fedprompt_coordinator.aggregation.parts import Part
 from fedprompt_coordinator.domain import Phase, RoundRecord
 
 #: Round durations span seconds (tiny demo) to hours (large models on slow silos).
 ROUND_SECONDS_BUCKETS = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 #: Aggregation of prompts takes milliseconds; of full models, seconds.
 AGGREGATION_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60)
+#: The ``part`` label of DP-FedAvg's clipping of the whole global level.
+DP_GLOBAL_PART = "dp_global"
+
+
+def clip_figures(summary: Mapping[str, float]) -> dict[str, tuple[float, float]]:
+    """(bound, clipped fraction) of every part a round summary reports, by part label.
+
+    Per-client clipping reports ``clip_<part>_bound`` and ``clip_<part>_clipped_fraction``;
+    DP-FedAvg reports its clip norm S and clipped fraction of the global level
+    (``dp_global``).
+    """
+    out = {}
+    for part in Part:
+        bound = summary.get(BOUND_KEY.format(part=part.value))
+        fraction = summary.get(CLIPPED_FRACTION_KEY.format(part=part.value))
+        if bound is not None and fraction is not None:
+            out[part.value] = (bound, fraction)
+    if "dp_clip_norm" in summary and "dp_clipped_fraction" in summary:
+        out[DP_GLOBAL_PART] = (summary["dp_clip_norm"], summary["dp_clipped_fraction"])
+    return out
+
+
+def max_weight_shares(summary: Mapping[str, float]) -> dict[str, float]:
+    """The largest weight share of any member per level (``global``; ``cluster``: the
+    largest over clusters) that a round summary reports."""
+    out = {}
+    if "global_max_weight" in summary:
+        out["global"] = summary["global_max_weight"]
+    cluster = [
+        v for k, v in summary.items() if k.startswith("cluster_") and k.endswith("_max_weight")
+    ]
+    if cluster:
+        out["cluster"] = max(cluster)
+    return out
 
 
 @dataclass(frozen=True)
@@ -213,6 +250,26 @@ class CoordinatorMetrics:
             registry=r,
         )
         self.serving.set(1)
+        self.clip_bound = Gauge(
+            "fedprompt_clip_bound",
+            "Per-client L2 clip bound of each shared part in the last completed round "
+            "(part dp_global: DP-FedAvg's S of the global level).",
+            ["part"],
+            registry=r,
+        )
+        self.clip_clipped_fraction = Gauge(
+            "fedprompt_clip_clipped_fraction",
+            "Fraction of the last completed round's updates of each part that were clipped.",
+            ["part"],
+            registry=r,
+        )
+        self.max_weight_share = Gauge(
+            "fedprompt_aggregation_max_weight_share",
+            "Largest share any one member had in a mean of the last completed round "
+            "(level: global, or cluster: the largest over clusters).",
+            ["level"],
+            registry=r,
+        )
         for direction in ("up", "down"):
             self.traffic.labels(direction=direction)
         for status in ("completed", "failed"):
@@ -257,6 +314,11 @@ class CoordinatorMetrics:
         if not completed:
             return
         self.aggregation_duration.observe(record.summary.get("aggregation_seconds", 0.0))
+        for part, (bound, fraction) in clip_figures(record.summary).items():
+            self.clip_bound.labels(part=part).set(bound)
+            self.clip_clipped_fraction.labels(part=part).set(fraction)
+        for level, share in max_weight_shares(record.summary).items():
+            self.max_weight_share.labels(level=level).set(share)
         if participants:
             for direction, total in (
                 ("up", sum(c.bytes_up for c in record.clients)),

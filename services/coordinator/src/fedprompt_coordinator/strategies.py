@@ -8,7 +8,10 @@ branches on a strategy's name:
 - :meth:`Strategy.check_initial`: what an initial model must hold;
 - :meth:`Strategy.configure_train`: the training settings of a TRAIN task;
 - :meth:`Strategy.round_start_tensors`: read-only extras of a round-start model;
-- :meth:`Strategy.make_aggregator`: how a round's updates are aggregated.
+- :meth:`Strategy.make_aggregator`: how a round's updates are aggregated: the strategy's
+  own weighted mean (:meth:`Strategy.base_aggregator`, weights capped per member), the
+  configured robust rule of each level, and per-client clipping of every part
+  (``aggregation:`` in the coordinator config).
 
 Each name of the registry in :mod:`fedprompt.strategies` has one class here
 (:func:`register_strategy`). DP-FedAvg is not a strategy: it wraps a strategy's aggregator
@@ -17,7 +20,6 @@ Each name of the registry in :mod:`fedprompt.strategies` has one class here
 
 from __future__ import annotations
 
-import abc
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
@@ -26,16 +28,34 @@ from fedprompt.errors import InvalidArgumentError
 from fedprompt.strategies import STRATEGIES, StrategyName, StrategySpec
 from fedprompt.tensor_names import CLUSTER_PROMPT, centroid_tensors
 from fedprompt_coordinator.aggregation.base import ClusterAggregator
-from fedprompt_coordinator.aggregation.levels import split_levels
-from fedprompt_coordinator.aggregation.registry import make_aggregator
-from fedprompt_coordinator.config import CoordinatorConfig
+from fedprompt_coordinator.aggregation.clipping import ClipPolicy, with_clipping
+from fedprompt_coordinator.aggregation.levels import Level, split_levels
+from fedprompt_coordinator.aggregation.parts import Part
+from fedprompt_coordinator.aggregation.registry import (
+    RuleOptions,
+    make_aggregator,
+    with_level_rule,
+)
+from fedprompt_coordinator.aggregation.weighting import ShareCap
+from fedprompt_coordinator.config import (
+    AggregationConfig,
+    ClipMode,
+    ClippingConfig,
+    CoordinatorConfig,
+    Weighting,
+)
 from fedprompt_coordinator.domain import FederationModel, TrainingSettings
 
 Tensors = dict[str, np.ndarray]
 
 
-class Strategy(abc.ABC):
+class Strategy:
     """The coordinator's side of one strategy; defaults are those of plain FedAvg.
+
+    The levels come from the registry's description (``spec.clustered``: the global prompt
+    segment is global and every other shared tensor per cluster; else everything is global,
+    whatever the client's model family makes travel); subclasses add what a strategy does
+    beyond weighted FedAvg.
 
     Parameters
     ----------
@@ -54,9 +74,9 @@ class Strategy(abc.ABC):
         """The strategy's name."""
         return self.spec.name
 
-    @abc.abstractmethod
     def split_levels(self, tensors: Mapping[str, np.ndarray]) -> tuple[Tensors, Tensors]:
         """Split shared tensors into their (global, cluster) levels."""
+        return split_levels(tensors, clustered=self.spec.clustered)
 
     def check_initial(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Refuse an initial model without tensors (``INVALID_ARGUMENT``)."""
@@ -81,9 +101,49 @@ class Strategy(abc.ABC):
         """Read-only tensors added to the round-start model of ``clusters`` (none here)."""
         return {}
 
-    def make_aggregator(self) -> ClusterAggregator:
-        """A fresh aggregator of this strategy's updates: n-weighted FedAvg."""
-        return make_aggregator("fedavg")
+    def base_aggregator(self) -> ClusterAggregator:
+        """The strategy's own aggregator: FedAvg with the configured, capped weights."""
+        return make_aggregator("fedavg", weighting=share_cap(self._config.aggregation))
+
+    def make_aggregator(
+        self,
+        *,
+        clip_global: bool = True,
+        rounds_completed: Callable[[], int] | None = None,
+        restored_bounds: Mapping[Part, float] | None = None,
+    ) -> ClusterAggregator:
+        """A fresh aggregator of this strategy's updates, with every configured defence.
+
+        :meth:`base_aggregator`, then the configured rule of each level, then per-client
+        clipping of each part of each level, so that a rule only ever sees clipped updates.
+
+        Parameters
+        ----------
+        clip_global
+            Clip the global level (False under DP-FedAvg, whose own clipping replaces it).
+        rounds_completed
+            Completed rounds, for adaptive clipping's durable state (None: every
+            aggregation counts as a completed round).
+        restored_bounds
+            Adaptive bounds the last completed round recorded.
+        """
+        agg = self._config.aggregation
+        options = RuleOptions(trim_fraction=agg.trim_fraction, krum_f=agg.krum_f, krum_m=agg.krum_m)
+        aggregator = self.base_aggregator()
+        aggregator = with_level_rule(
+            aggregator, agg.global_rule.value, level=Level.GLOBAL, options=options
+        )
+        aggregator = with_level_rule(
+            aggregator, agg.cluster_rule.value, level=Level.CLUSTER, options=options
+        )
+        levels = [Level.GLOBAL, Level.CLUSTER] if clip_global else [Level.CLUSTER]
+        return with_clipping(
+            aggregator,
+            clip_policy(agg.clipping),
+            levels=levels,
+            rounds_completed=rounds_completed,
+            restored=restored_bounds,
+        )
 
 
 _STRATEGY_CLASSES: dict[StrategyName, type[Strategy]] = {}
@@ -102,42 +162,25 @@ def register_strategy(*names: StrategyName) -> Callable[[type[Strategy]], type[S
     return decorator
 
 
-@register_strategy(StrategyName.FEDAVG, StrategyName.LORA_FEDAVG, StrategyName.FULL_FEDAVG)
-class OneSharedModel(Strategy):
-    """One shared model for everyone, aggregated by n-weighted FedAvg.
-
-    Every shared tensor is global; the client's model family (prompt, LoRA adapters, every
-    weight) decides which tensors those are, not the coordinator.
-    """
-
-    def split_levels(self, tensors: Mapping[str, np.ndarray]) -> tuple[Tensors, Tensors]:
-        """Everything is global."""
-        return split_levels(tensors, clustered=False)
+register_strategy(
+    StrategyName.FEDAVG,
+    StrategyName.CLUSTERED,
+    StrategyName.LORA_FEDAVG,
+    StrategyName.FULL_FEDAVG,
+)(Strategy)
 
 
 @register_strategy(StrategyName.LOCAL)
-class LocalOnly(OneSharedModel):
+class LocalOnly(Strategy):
     """Every silo trains alone: nothing travels, and an initial model may be empty."""
 
     def check_initial(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Any initial model, an empty one included, is accepted."""
 
 
-@register_strategy(StrategyName.CLUSTERED)
-class ClusteredFedAvg(Strategy):
-    """A global prompt segment shared by everyone, every other shared tensor per cluster.
-
-    Both levels are aggregated by n-weighted FedAvg (per cluster for the cluster level).
-    """
-
-    def split_levels(self, tensors: Mapping[str, np.ndarray]) -> tuple[Tensors, Tensors]:
-        """``prompt.global`` (and its sub-names) is global; the rest is per cluster."""
-        return split_levels(tensors, clustered=True)
-
-
 @register_strategy(StrategyName.FPL)
-class FederatedPromptLearning(ClusteredFedAvg):
-    """:class:`ClusteredFedAvg` plus contrastive alignment (DESIGN.md §3).
+class FederatedPromptLearning(Strategy):
+    """Clustered FedAvg plus contrastive alignment (DESIGN.md §3).
 
     Clients add ``λ · InfoNCE`` of their cluster segment against every cluster's centroid,
     which round-start models carry; the coordinator weighs a cluster's members by the
@@ -167,12 +210,38 @@ class FederatedPromptLearning(ClusteredFedAvg):
                 segments[cluster] = segment
         return centroid_tensors(segments)
 
-    def make_aggregator(self) -> ClusterAggregator:
-        """Contrastive alignment weights per cluster, or n-weighted FedAvg (``mean``)."""
+    def base_aggregator(self) -> ClusterAggregator:
+        """Contrastive alignment weights per cluster, or FedAvg's weights (``mean``); capped."""
         contrastive = self._config.contrastive
         if contrastive.server_weighting == "contrastive":
-            return make_aggregator("contrastive", temperature=contrastive.temperature)
-        return make_aggregator("fedavg")
+            return make_aggregator(
+                "contrastive",
+                temperature=contrastive.temperature,
+                weighting=share_cap(self._config.aggregation),
+            )
+        return super().base_aggregator()
+
+
+def share_cap(config: AggregationConfig) -> ShareCap:
+    """The weighting and share cap the configuration asks for."""
+    return ShareCap(
+        uniform=config.weighting is Weighting.UNIFORM,
+        max_share=config.max_weight_share,
+        max_multiple=config.max_weight_multiple,
+    )
+
+
+def clip_policy(config: ClippingConfig) -> ClipPolicy | None:
+    """The clipping the configuration asks for (None: ``off``)."""
+    if config.mode is ClipMode.OFF:
+        return None
+    return ClipPolicy(
+        adaptive=config.mode is ClipMode.ADAPTIVE,
+        bound=config.bound,
+        part_bounds=dict(config.part_bounds),
+        target_quantile=config.target_quantile,
+        learning_rate=config.learning_rate,
+    )
 
 
 def build_strategy(config: CoordinatorConfig) -> Strategy:

@@ -436,7 +436,10 @@ class UploadIntake:
         current.updates[upload.client_id] = ClientUpdate(
             client_id=upload.client_id,
             cluster_id=current.participants[upload.client_id],
-            num_examples=upload.num_examples,
+            # the weight counts only what the client declared both at Join and in the upload
+            num_examples=min(
+                upload.num_examples, self._sessions.require(upload.client_id).num_train_examples
+            ),
             # small payloads: own copies; spooled ones stay mapped from their file
             tensors=(
                 tensors

@@ -6,8 +6,9 @@ scored by the InfoNCE log-probability of its own cluster's centroid among all ce
     s_i = log( exp(cos(c_i, μ_k)/τ) / Σ_j exp(cos(c_i, μ_j)/τ) ),
 
 the alignment weights are the softmax of s_i over the members of k, and the aggregation
-weights are w_i ∝ n_i · a_i. A member whose proposal looks like another cluster counts less.
-With ``mean`` weighting (the ablation) a_i is uniform and w_i ∝ n_i.
+weights are w_i ∝ n_i · a_i, capped per member like every mean's weights
+(:mod:`~fedprompt_coordinator.aggregation.weighting`). A member whose proposal looks like
+another cluster counts less. With ``mean`` weighting (the ablation) a_i is uniform.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from fedprompt.tensor_names import CLUSTER_PROMPT, centroid
 from fedprompt_coordinator.aggregation.fedavg import WeightedFedAvg
+from fedprompt_coordinator.aggregation.weighting import UNCAPPED, ShareCap
 from fedprompt_coordinator.domain import ClientUpdate, FederationModel
 
 
@@ -62,14 +64,18 @@ def contrastive_cluster_weights(
     own: int,
     centroids: Mapping[int, np.ndarray],
     temperature: float,
+    weighting: ShareCap = UNCAPPED,
 ) -> np.ndarray:
-    """Normalised aggregation weights w_i ∝ n_i · a_i for one cluster's members."""
+    """Normalised aggregation weights w_i ∝ n_i · a_i for one cluster's members.
+
+    ``weighting`` gives ``n_i`` (sample counts, or ones when uniform) and caps the final
+    shares, so that neither a declared count nor a crafted alignment lifts one member above
+    the cap.
+    """
     a = alignment_weights(
         alignment_scores(proposals, own=own, centroids=centroids, temperature=temperature)
     )
-    w = np.asarray(num_examples, dtype=np.float64) * a
-    out: np.ndarray = w / w.sum()
-    return out
+    return weighting.shares(weighting.raw(num_examples) * a)
 
 
 class ContrastiveFedAvg(WeightedFedAvg):
@@ -82,8 +88,14 @@ class ContrastiveFedAvg(WeightedFedAvg):
 
     name = "contrastive"
 
-    def __init__(self, *, temperature: float = 0.5, segment: str = CLUSTER_PROMPT) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        *,
+        temperature: float = 0.5,
+        segment: str = CLUSTER_PROMPT,
+        weighting: ShareCap = UNCAPPED,
+    ) -> None:
+        super().__init__(weighting=weighting)
         self.temperature = temperature
         self.segment = segment
 
@@ -106,4 +118,5 @@ class ContrastiveFedAvg(WeightedFedAvg):
             own=cluster_id,
             centroids=centroids,
             temperature=self.temperature,
+            weighting=self.weighting,
         )

@@ -18,9 +18,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedprompt_coordinator.aggregation.base import ClusterAggregator, Info, Tensors
+from fedprompt_coordinator.aggregation.base import (
+    ClusterAggregator,
+    Info,
+    LevelAggregate,
+    LevelWrapper,
+    Tensors,
+)
+from fedprompt_coordinator.aggregation.levels import Level
 from fedprompt_coordinator.aggregation.weighted_sum import squared_norms, weighted_sum
-from fedprompt_coordinator.domain import ClientUpdate, FederationModel
+from fedprompt_coordinator.domain import ClientUpdate
 
 
 @dataclass(frozen=True)
@@ -107,8 +114,13 @@ def dp_fedavg(
     )
 
 
-class DPFedAvgGlobal(ClusterAggregator):
+class DPFedAvgGlobal(LevelWrapper):
     """DP-FedAvg of the global level around another aggregator, which keeps the cluster level.
+
+    Its own clipping to S replaces any other clipping of the global level, and the noise is
+    calibrated to the *unweighted* sum of clipped deltas, so the wrapped aggregator's rule
+    and weights of the global level are not used (the configuration refuses robust global
+    rules with DP).
 
     Parameters
     ----------
@@ -139,21 +151,25 @@ class DPFedAvgGlobal(ClusterAggregator):
         server_learning_rate: float,
         rng: np.random.Generator,
     ) -> None:
-        super().__init__()
-        self.inner = inner
+        super().__init__(inner, level=Level.GLOBAL)
         self.clip_norm = clip_norm
         self.noise_multiplier = noise_multiplier
         self.expected_participants = expected_participants
         self.server_learning_rate = server_learning_rate
         self.rng = rng
 
-    def aggregate_global(
-        self, base: Mapping[str, np.ndarray], updates: Sequence[ClientUpdate]
+    def aggregate_level(
+        self,
+        base: Mapping[str, np.ndarray],
+        members: Sequence[ClientUpdate],
+        *,
+        inner: LevelAggregate,
+        label: str,
     ) -> tuple[Tensors, Info]:
         """Clip each member's global delta, sum, add noise, divide by m, apply with η."""
         result = dp_fedavg(
             base,
-            [{k: u.tensors[k] for k in base} for u in updates],
+            [{k: u.tensors[k] for k in base} for u in members],
             clip_norm=self.clip_norm,
             noise_multiplier=self.noise_multiplier,
             expected_participants=self.expected_participants(),
@@ -161,17 +177,8 @@ class DPFedAvgGlobal(ClusterAggregator):
             rng=self.rng,
         )
         return result.tensors, {
+            "dp_clip_norm": self.clip_norm,
             "dp_clipped_fraction": result.clipped_fraction,
             "dp_mean_update_norm": result.mean_update_norm,
             "dp_noise_std": result.noise_std,
         }
-
-    def aggregate_cluster(
-        self,
-        model: FederationModel,
-        cluster_id: int,
-        base: Mapping[str, np.ndarray],
-        members: Sequence[ClientUpdate],
-    ) -> tuple[Tensors, Info]:
-        """The wrapped aggregator's cluster level."""
-        return self.inner.aggregate_cluster(model, cluster_id, base, members)
