@@ -279,8 +279,10 @@ def federate(run: Run) -> coordinator_pb2.GetStatusResponse:
         with coordinator_channel(run.target, run.identity) as channel:
             while True:
                 if time.monotonic() > deadline:
+                    last = summary_line(run.status) if run.status else run.status_error
                     raise RuntimeError(
-                        f"the federation did not finish within {args.timeout_s:.0f} s"
+                        f"the federation did not finish within {args.timeout_s:.0f} s "
+                        f"(last status: {last})"
                     )
                 must_run = ["coordinator", "clusterer", "prometheus"]
                 must_run += [c for c in CLIENTS if c != args.kill]
