@@ -206,16 +206,23 @@ def sigkill_main_process(client: Any, container: Any) -> str:
         raise RuntimeError(f"{service_of(container)} has no running process to kill")
     image = container.attrs["Config"]["Image"]
     try:
-        client.containers.run(
+        helper = client.containers.run(
             image,
             [f"kill -KILL {pid}"],
             entrypoint=["/bin/bash", "-c"],
             pid_mode="host",
             network_mode="none",
             user="0",
-            remove=True,
+            detach=True,
         )
-        return f"SIGKILL to pid {pid} from a container in the host PID namespace"
+        try:
+            code = int(helper.wait(timeout=60)["StatusCode"])
+            out = helper.logs().decode(errors="replace").strip()
+        finally:
+            helper.remove(v=True, force=True)  # and the anonymous volume of the image's VOLUME
+        if code == 0:
+            return f"SIGKILL to pid {pid} from a container in the host PID namespace"
+        first = f"the helper container exited with {code}: {out}"
     except Exception as exc:  # noqa: BLE001 - fall back to a signal from this machine
         first = str(exc)
     try:
