@@ -20,6 +20,16 @@ TLS_DIR = "/etc/fedprompt/tls"
 OWN_KEY = f"{TLS_DIR}/tls.key"
 #: The compose volume of each identity is ``tls-<identity>``; the CA's is ``tls-ca``.
 CA_VOLUME = "tls-ca"
+#: The identity each service of the mTLS overlay holds: its certificate's CN and its volume
+#: (a service not named here, such as Prometheus, holds none).
+SERVICE_IDENTITIES: dict[str, str] = {
+    "coordinator": "coordinator",
+    "clusterer": "clusterer",
+    "client-0": "clinic-0",
+    "client-1": "clinic-1",
+    "client-2": "clinic-2",
+    "client-gpu": "clinic-3",
+}
 _SNAPSHOT = re.compile(r"(?:^|/)round-(\d{6})$")
 
 

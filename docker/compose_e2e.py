@@ -64,17 +64,6 @@ PROJECT = os.environ.get("FEDPROMPT_E2E_PROJECT", "fedprompt-e2e")
 TAG = os.environ.get("FEDPROMPT_TAG", "dev")
 BASE = os.environ.get("FEDPROMPT_BASE_IMAGE", "fedprompt-base:bookworm")
 CLIENTS = ["client-0", "client-1", "client-2"]
-#: The identity each service holds in the mTLS overlay (None: it holds none).
-IDENTITIES: dict[str, str | None] = {
-    "coordinator": "coordinator",
-    "clusterer": "clusterer",
-    "client-0": "clinic-0",
-    "client-1": "clinic-1",
-    "client-2": "clinic-2",
-    "client-gpu": "clinic-3",
-    "prometheus": None,
-    "grafana": None,
-}
 IMAGES = {  # tag -> (build context, Dockerfile, build args, host network for the build)
     f"fedprompt-coordinator:{TAG}": (".", "services/coordinator/Dockerfile", {}, False),
     f"fedprompt-clusterer:{TAG}": (".", "services/clusterer/Dockerfile", {}, False),
@@ -189,7 +178,7 @@ def check_keys(run: Run) -> list[str]:
         view = containers.key_view(c, PROJECT)
         found = checks.check_key_isolation(
             service,
-            IDENTITIES.get(service),
+            checks.SERVICE_IDENTITIES.get(service),
             key_files=view.key_files,
             tls_volumes=view.tls_volumes,
             own_key_readable=view.own_key_readable,

@@ -21,14 +21,7 @@ COMPOSE = REPO / "docker-compose.yml"
 MTLS = REPO / "docker-compose.mtls.yml"
 CLIENTS = ["client-0", "client-1", "client-2"]
 #: The identity each service of the mTLS overlay holds (its certificate's CN, its volume).
-IDENTITIES = {
-    "coordinator": "coordinator",
-    "clusterer": "clusterer",
-    "client-0": "clinic-0",
-    "client-1": "clinic-1",
-    "client-2": "clinic-2",
-    "client-gpu": "clinic-3",
-}
+IDENTITIES: dict[str, str] = docker_module("compose_checks").SERVICE_IDENTITIES
 TLS_DIR = "/etc/fedprompt/tls"
 TLS_FLAGS = ("--tls-cert", "--tls-key", "--tls-ca", "--insecure")
 

@@ -35,6 +35,14 @@ CASES = [
 ]
 
 
+#: Every example values file of the coordinator chart, one test case each.
+COORDINATOR_VALUES = pytest.mark.parametrize(
+    "values_file",
+    sorted((CHARTS["fedprompt-coordinator"] / "ci").glob("*.yaml")),
+    ids=lambda p: p.stem,
+)
+
+
 def _case_id(case: tuple[str, Path]) -> str:
     return f"{case[0]}:{case[1].stem}"
 
@@ -109,11 +117,7 @@ def _args_parse(container: dict[str, Any], parse: Any, capsys: pytest.CaptureFix
     return parse(args)
 
 
-@pytest.mark.parametrize(
-    "values_file",
-    sorted((CHARTS["fedprompt-coordinator"] / "ci").glob("*.yaml")),
-    ids=lambda p: p.stem,
-)
+@COORDINATOR_VALUES
 def test_coordinator_chart_wires_services_probes_state_and_policy(
     values_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -256,11 +260,7 @@ def render_notes(chart: str, values: dict[str, Any], *, release: str = "fedpromp
     return str(notes)
 
 
-@pytest.mark.parametrize(
-    "values_file",
-    sorted((CHARTS["fedprompt-coordinator"] / "ci").glob("*.yaml")),
-    ids=lambda p: p.stem,
-)
+@COORDINATOR_VALUES
 def test_coordinator_notes_name_the_certificates_the_wiring_needs(
     values_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
