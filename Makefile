@@ -6,7 +6,7 @@ PROTO_SRC := proto
 STUB_DIR := libs/common/src
 
 .PHONY: setup proto proto-check lint typecheck test test-unit test-integration test-deploy demo clean \
-	bench bench-quick bench-system bench-load fuzz fuzz-deps images compose-up compose-down compose-e2e
+	bench bench-quick bench-system bench-load fuzz fuzz-deps images compose-up compose-status compose-down compose-e2e
 
 setup: $(BIN)/.installed
 
@@ -69,18 +69,27 @@ test-deploy: setup
 
 # --- containers (Docker engine: docker/start-dockerd.sh starts one if none runs) --------
 COMPOSE = $(shell $(BIN)/python -c 'import compose, os; print(os.path.dirname(compose.__file__))')/docker-compose
+# The compose federation runs with mutual TLS (the docker-compose.mtls.yml overlay) unless
+# MTLS=0 (or FEDPROMPT_COMPOSE_MTLS=0 in the environment): then docker-compose.yml alone, plaintext.
+MTLS ?= $(if $(FEDPROMPT_COMPOSE_MTLS),$(FEDPROMPT_COMPOSE_MTLS),1)
+COMPOSE_FILES = -f docker-compose.yml $(if $(filter 0 false no off,$(MTLS)),,-f docker-compose.mtls.yml)
 
 images: setup
 	$(BIN)/python docker/compose_e2e.py --build-only
 
 compose-up: images
-	$(COMPOSE) up -d --no-build silo-data clusterer coordinator client-0 client-1 client-2 prometheus
+	$(COMPOSE) $(COMPOSE_FILES) up -d --no-build silo-data clusterer coordinator client-0 client-1 client-2 prometheus
 
+# The status as the operator (mTLS: the operator certificate, copied out of the certs one-shot).
+compose-status: setup
+	FEDPROMPT_COMPOSE_MTLS=$(MTLS) $(BIN)/python docker/compose_status.py
+
+# both files: the overlay's certificate volumes go too, whichever mode ran
 compose-down:
-	$(COMPOSE) down -v --remove-orphans
+	$(COMPOSE) -f docker-compose.yml -f docker-compose.mtls.yml down -v --remove-orphans
 
 compose-e2e: setup
-	$(BIN)/python docker/compose_e2e.py
+	FEDPROMPT_COMPOSE_MTLS=$(MTLS) $(BIN)/python docker/compose_e2e.py
 
 demo: setup
 	$(BIN)/fedprompt up --clients 4 --rounds 5

@@ -9,11 +9,13 @@ A missing tool skips its tests with a loud reason instead of passing them.
 
 from __future__ import annotations
 
+import importlib
 import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -70,3 +72,13 @@ def run(cmd: Sequence[str | Path], **kwargs: object) -> subprocess.CompletedProc
         timeout=120,
         **kwargs,  # type: ignore[call-overload]
     )
+
+
+DOCKER_DIR = REPO / "docker"
+
+
+def docker_module(name: str) -> ModuleType:
+    """A module of ``docker/`` (the compose e2e's helpers import each other by plain name)."""
+    if str(DOCKER_DIR) not in sys.path:
+        sys.path.insert(0, str(DOCKER_DIR))
+    return importlib.import_module(name)

@@ -35,6 +35,14 @@ CASES = [
 ]
 
 
+#: Every example values file of the coordinator chart, one test case each.
+COORDINATOR_VALUES = pytest.mark.parametrize(
+    "values_file",
+    sorted((CHARTS["fedprompt-coordinator"] / "ci").glob("*.yaml")),
+    ids=lambda p: p.stem,
+)
+
+
 def _case_id(case: tuple[str, Path]) -> str:
     return f"{case[0]}:{case[1].stem}"
 
@@ -109,11 +117,7 @@ def _args_parse(container: dict[str, Any], parse: Any, capsys: pytest.CaptureFix
     return parse(args)
 
 
-@pytest.mark.parametrize(
-    "values_file",
-    sorted((CHARTS["fedprompt-coordinator"] / "ci").glob("*.yaml")),
-    ids=lambda p: p.stem,
-)
+@COORDINATOR_VALUES
 def test_coordinator_chart_wires_services_probes_state_and_policy(
     values_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -246,3 +250,59 @@ def test_silo_chart_refuses_incomplete_values(values: dict[str, Any], message: s
     with pytest.raises(helm.HelmError) as info:
         render("fedprompt-silo", values)
     assert message in str(info.value)
+
+
+def render_notes(chart: str, values: dict[str, Any], *, release: str = "fedprompt") -> str:
+    """The chart's NOTES.txt as an install prints it."""
+    with helm.Chart.load(str(CHARTS[chart])) as loaded:
+        out = loaded.render(values, name=release, namespace="fedprompt")
+    (notes,) = [text for name, text in out.items() if name.endswith("NOTES.txt")]
+    return str(notes)
+
+
+@COORDINATOR_VALUES
+def test_coordinator_notes_name_the_certificates_the_wiring_needs(
+    values_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    values = load_values(values_file)
+    notes = render_notes("fedprompt-coordinator", values, release="fl")
+    if not values.get("tls", {}).get("enabled", True):
+        assert "WARNING: TLS is off" in notes and "--operator" not in notes
+        return
+    docs = render("fedprompt-coordinator", values, release="fl")
+    (coordinator,) = [
+        d
+        for d in kinds(docs, "Deployment")
+        if d["metadata"]["labels"]["app.kubernetes.io/component"] == "coordinator"
+    ]
+    parsed = _args_parse(
+        coordinator["spec"]["template"]["spec"]["containers"][0], coordinator_args, capsys
+    )
+    clusterer_host = parsed.clusterer.rsplit(":", 1)[0]
+    assert f"--san {clusterer_host}" in notes  # the host the coordinator dials and verifies
+    assert "--operator" in notes and "server name `coordinator`" in notes
+    assert "read_full_status" in notes
+
+
+@pytest.mark.parametrize("server_name", ["", "fl.example.org"])
+def test_silo_agents_verify_the_coordinator_name(server_name: str) -> None:
+    values = load_values(CHARTS["fedprompt-silo"] / "ci/values-hospital-a.yaml")
+    values["tls"] = {**values["tls"], "serverName": server_name}
+    (deployment,) = kinds(render("fedprompt-silo", values), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    expected = server_name or "coordinator"
+    # empty: the agent's default, `coordinator` (fedprompt.tls.expected_server_name)
+    assert env.get("FEDPROMPT_CLIENT_TLS__SERVER_NAME", "coordinator") == expected
+    assert f"names `{expected}`" in render_notes("fedprompt-silo", values)
+    # the probe presents the silo's own certificate
+    assert env["FEDPROMPT_HEALTHCHECK_TLS_CERT"] == "/etc/fedprompt/tls/tls.crt"
+
+
+def test_a_plaintext_silo_sets_no_server_name() -> None:
+    values = load_values(CHARTS["fedprompt-silo"] / "ci/values-in-cluster-lab.yaml")
+    values["tls"] = {**values["tls"], "serverName": "ignored.example.org"}
+    (deployment,) = kinds(render("fedprompt-silo", values), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert "--insecure" in container["args"]
+    assert not [e for e in container["env"] if "TLS" in e["name"]]
