@@ -279,7 +279,10 @@ def test_coordinator_notes_name_the_certificates_the_wiring_needs(
         coordinator["spec"]["template"]["spec"]["containers"][0], coordinator_args, capsys
     )
     clusterer_host = parsed.clusterer.rsplit(":", 1)[0]
-    assert f"--san {clusterer_host}" in notes  # the host the coordinator dials and verifies
+    # the coordinator dials the clusterer's Service but verifies the name `clusterer`
+    # (clustering.server_name), which `fedprompt certs` writes: no Service name as a SAN
+    assert clusterer_host.endswith("-clusterer") and f"--san {clusterer_host}" not in notes
+    assert "`clusterer` (the coordinator verifies it whatever Service address it dials" in notes
     assert "--operator" in notes and "server name `coordinator`" in notes
     assert "read_full_status" in notes
 
@@ -295,8 +298,9 @@ def test_silo_agents_verify_the_coordinator_name(server_name: str) -> None:
     # empty: the agent's default, `coordinator` (fedprompt.tls.expected_server_name)
     assert env.get("FEDPROMPT_CLIENT_TLS__SERVER_NAME", "coordinator") == expected
     assert f"names `{expected}`" in render_notes("fedprompt-silo", values)
-    # the probe presents the silo's own certificate
+    # the probe presents the silo's own certificate and checks the same coordinator name
     assert env["FEDPROMPT_HEALTHCHECK_TLS_CERT"] == "/etc/fedprompt/tls/tls.crt"
+    assert env["FEDPROMPT_HEALTHCHECK_TLS_SERVER_NAME"] == expected
 
 
 def test_a_plaintext_silo_sets_no_server_name() -> None:

@@ -7,7 +7,10 @@ status is 0 for SERVING and 1 for anything else (not serving, unreachable, timeo
 Against an mTLS server, give the CA and this pod's own certificate and key (``--tls-ca``,
 ``--tls-cert``, ``--tls-key`` or ``FEDPROMPT_HEALTHCHECK_TLS_CA`` / ``_CERT`` / ``_KEY``):
 Kubernetes' native gRPC probes cannot present a client certificate, so the charts use this
-command as an exec probe when TLS is on.
+command as an exec probe when TLS is on. ``--tls-server-name`` (or
+``FEDPROMPT_HEALTHCHECK_TLS_SERVER_NAME``) is the name the server's certificate must carry
+whatever address ``--target`` names, as a client agent checks the coordinator's; without it
+the dialled host name is verified.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedprompt.server import channel_options, create_channel
+from fedprompt.server import create_channel
 
 TARGET_ENV = "FEDPROMPT_HEALTHCHECK_TARGET"
 TLS_ENV_PREFIX = "FEDPROMPT_HEALTHCHECK_TLS_"
@@ -35,6 +38,8 @@ class TlsFiles:
     ca: Path
     cert: Path | None = None
     key: Path | None = None
+    #: The name the server's certificate must carry (None: the dialled host name).
+    server_name: str | None = None
 
     def credentials(self) -> grpc.ChannelCredentials:
         """Channel credentials from the files (client certificate only when both are given)."""
@@ -69,7 +74,7 @@ async def check(
     channel = (
         create_channel(target)
         if tls is None
-        else grpc.aio.secure_channel(target, tls.credentials(), options=channel_options())
+        else create_channel(target, credentials=tls.credentials(), server_name=tls.server_name)
     )
     async with channel:
         stub = health_pb2_grpc.HealthStub(channel)
@@ -91,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
             default=os.environ.get(f"{TLS_ENV_PREFIX}{part.upper()}") or None,
             help=f"PEM {part} for mTLS (env {TLS_ENV_PREFIX}{part.upper()})",
         )
+    p.add_argument(
+        "--tls-server-name",
+        default=os.environ.get(f"{TLS_ENV_PREFIX}SERVER_NAME") or None,
+        help="name the server's certificate must carry, whatever the target's host "
+        f"(env {TLS_ENV_PREFIX}SERVER_NAME; default: the target's host)",
+    )
     args = p.parse_args(argv)
     if not args.target:
         print(f"fedprompt-healthcheck: give --target or set {TARGET_ENV}", file=sys.stderr)
@@ -106,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             ca=Path(args.tls_ca),
             cert=Path(args.tls_cert) if args.tls_cert else None,
             key=Path(args.tls_key) if args.tls_key else None,
+            server_name=args.tls_server_name,
         )
         if args.tls_ca
         else None

@@ -74,7 +74,9 @@ class GrpcClusteringBackend(ClusteringBackend):
         if not config.address:
             raise ValueError("GrpcClusteringBackend needs clustering.address")
         self._config = config
-        self._channel = create_channel(config.address, credentials=credentials)
+        self._channel = create_channel(
+            config.address, credentials=credentials, server_name=config.server_name or None
+        )
         self._stub = clusterer_pb2_grpc.ClustererStub(self._channel)
         #: False once the clusterer answered UNIMPLEMENTED to ClusterStream (older version).
         self._streaming = True

@@ -64,6 +64,13 @@ class ClusteringConfig(BaseModel):
         "DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED or ABORTED; after the last one (or any other "
         "failure) the round keeps the last assignment and the next round asks again.",
     )
+    server_name: str = Field(
+        default="clusterer",
+        max_length=253,
+        description="With mutual TLS: the name the clusterer's certificate must carry, whatever "
+        "address `address` names (`fedprompt certs` always puts `clusterer` in it; set it "
+        "when your certificates come from another PKI). Empty: verify the dialled host name.",
+    )
 
 
 class ContrastiveConfig(BaseModel):
