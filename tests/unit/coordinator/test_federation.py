@@ -1197,17 +1197,17 @@ async def test_stopping_the_round_loop_is_not_a_round_failure(tmp_path: Path) ->
 async def test_the_broadcast_phase_is_visible_while_round_start_models_are_encoded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import fedprompt_coordinator.federation as federation_module
+    import fedprompt_coordinator.round_models as round_models_module
 
     gate, encoding = threading.Event(), threading.Event()
-    real_encode = federation_module.encode_tensors
+    real_encode = round_models_module.encode_tensors
 
     def slow_encode(*args: Any, **kwargs: Any) -> bytes:
         encoding.set()
         gate.wait(TIMEOUT_S)
         return real_encode(*args, **kwargs)
 
-    monkeypatch.setattr(federation_module, "encode_tensors", slow_encode)
+    monkeypatch.setattr(round_models_module, "encode_tensors", slow_encode)
     async with federation(tmp_path) as h:
         run = h.start()
         clients = [FakeClient(h.fed, cid) for cid in "abc"]

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -47,12 +46,10 @@ from collections.abc import AsyncIterator, Callable, Mapping
 import numpy as np
 
 from fedprompt.client_input import check_metrics
-from fedprompt.codec import encode_tensors
 from fedprompt.errors import (
     FedPromptError,
     InvalidArgumentError,
     ModelMismatchError,
-    WrongRoundError,
 )
 from fedprompt_coordinator.aggregation.base import ClusterAggregator
 from fedprompt_coordinator.aggregation.clipping import bounds_from_summary
@@ -62,7 +59,6 @@ from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.domain import (
     FederationModel,
     FederationStatus,
-    InlineModel,
     JoinRequest,
     JoinResult,
     MetricsPhase,
@@ -79,6 +75,7 @@ from fedprompt_coordinator.domain import (
 from fedprompt_coordinator.metrics import CoordinatorMetrics
 from fedprompt_coordinator.model_store import ModelStore, PreparedSnapshot
 from fedprompt_coordinator.privacy import BudgetExhaustedError, make_budget
+from fedprompt_coordinator.round_models import RoundModels
 from fedprompt_coordinator.round_progress import (
     FETCH_MODEL,
     REPORT_METRICS,
@@ -199,8 +196,8 @@ class Federation:
         self._failure: RoundFailure | None = None
         #: The snapshot being written while clients evaluate (awaited at the checkpoint).
         self._pending_save: asyncio.Future[tuple[PreparedSnapshot, float]] | None = None
-        self._payload_cache: dict[tuple[int, ModelStage, int], bytes] = {}
-        self._inline_cache: dict[tuple[int, ModelStage, int], InlineModel | None] = {}
+        #: What the clients of the round in progress download (None between rounds).
+        self._round_models: RoundModels | None = None
         self._initial_lock = asyncio.Lock()
         self._waited_for_latecomers = False
         self._strategy = build_strategy(config)
@@ -301,63 +298,8 @@ class Federation:
         current = self._progress.require_participant(client_id, round_id, FETCH_MODEL)
         if stage not in (ModelStage.ROUND_START, ModelStage.AGGREGATED):
             raise InvalidArgumentError("model stage must be ROUND_START or AGGREGATED")
-        return self._model_payload(current, stage, current.participants[client_id])
-
-    def _model_payload(self, current: RoundInProgress, stage: ModelStage, cluster: int) -> bytes:
-        """The encoded model of a stage of the round for one cluster, encoded once."""
-        key = (current.round, stage, cluster)
-        cached = self._payload_cache.get(key)
-        if cached is not None:
-            return cached
-        if stage is ModelStage.ROUND_START:
-            model = self._model
-            assert model is not None
-            payload = self._round_start_payload(model, current, cluster)
-        else:
-            aggregated = current.aggregated
-            if aggregated is None:
-                raise WrongRoundError(f"round {current.round} has not been aggregated yet")
-            payload = encode_tensors(aggregated.for_cluster(cluster))
-        self._payload_cache[key] = payload
-        return payload
-
-    def _round_start_payload(
-        self, model: FederationModel, current: RoundInProgress, cluster: int
-    ) -> bytes:
-        """The round-start payload of one cluster: its model plus the strategy's extras."""
-        tensors = model.for_cluster(cluster)
-        clusters = sorted(set(current.participants.values()))
-        tensors.update(self._strategy.round_start_tensors(model, clusters))
-        return encode_tensors(tensors)
-
-    async def _encode_round_start(self, current: RoundInProgress) -> None:
-        """Encode the round-start payload of every participating cluster in a worker thread."""
-        model = self._model
-        assert model is not None
-        clusters = sorted(set(current.participants.values()))
-
-        def encode_all() -> dict[int, bytes]:
-            return {c: self._round_start_payload(model, current, c) for c in clusters}
-
-        for cluster, payload in (await asyncio.to_thread(encode_all)).items():
-            self._payload_cache[(current.round, ModelStage.ROUND_START, cluster)] = payload
-
-    def _inline_model(
-        self, current: RoundInProgress, stage: ModelStage, cluster: int
-    ) -> InlineModel | None:
-        """The model a task carries inline, or None when it is over the inline limit."""
-        limit = self._config.inline_model_max_bytes
-        if limit <= 0:
-            return None
-        key = (current.round, stage, cluster)
-        if key not in self._inline_cache:
-            payload = self._model_payload(current, stage, cluster)
-            self._inline_cache[key] = (
-                InlineModel(data=payload, sha256=hashlib.sha256(payload).digest())
-                if len(payload) <= limit
-                else None
-            )
-        return self._inline_cache[key]
+        assert self._round_models is not None  # set with the round in progress
+        return self._round_models.payload(stage, current.participants[client_id])
 
     async def report_metrics(
         self, client_id: str, round_id: int, phase: MetricsPhase, metrics: Mapping[str, float]
@@ -431,6 +373,7 @@ class Federation:
                 raise RoundFailedError(await self._fail_round(round_id, error)) from error
         self._progress.phase = Phase.DONE
         self._progress.current = None
+        self._round_models = None
         message = f"federation completed {self._progress.completed} rounds"
         if self._stop_reason:
             message += f"; stopped early: {self._stop_reason}"
@@ -471,14 +414,20 @@ class Federation:
             participants={c: self._assignment[c] for c in participants},
             deadline_unix=started + self._config.round_deadline_s,
         )
+        assert self._model is not None  # quorum waits for it
+        clusters = sorted(set(current.participants.values()))
+        round_models = self._round_models = RoundModels(
+            current,
+            self._model,
+            extras=self._strategy.round_start_tensors(self._model, clusters),
+            inline_limit=self._config.inline_model_max_bytes,
+        )
         self._progress.current = current
-        self._payload_cache.clear()
-        self._inline_cache.clear()
         logger.info("round %d: %d participants", round_id, len(participants))
         # BROADCAST: the round-start model of every participating cluster is encoded off the
         # event loop (for large models, seconds), then the TRAIN tasks go out together.
         t_broadcast = time.perf_counter()
-        await self._encode_round_start(current)
+        await round_models.encode_round_start()
         current.phase_seconds["broadcast_seconds"] = time.perf_counter() - t_broadcast
         self._progress.phase = Phase.TRAINING
         t_train = time.perf_counter()
@@ -496,6 +445,7 @@ class Federation:
             logger.warning("round %d %s; it will be retried", round_id, reason)
             self._reports.store(self._round_record(current, status=reason))
             self._progress.current = None
+            self._round_models = None
             self._models.drop_spool(round_id)
             return
 
@@ -535,9 +485,7 @@ class Federation:
                     round=round_id,
                     cluster_id=current.participants[cid],
                     deadline_unix_ms=int(eval_deadline * 1000),
-                    model=self._inline_model(
-                        current, ModelStage.AGGREGATED, current.participants[cid]
-                    ),
+                    model=round_models.inline(ModelStage.AGGREGATED, current.participants[cid]),
                 ),
             )
         await self._wait_until(  # the length test spares an O(n) scan on most wake-ups
@@ -564,6 +512,7 @@ class Federation:
         self._model = current.aggregated
         self._progress.completed = round_id
         self._progress.current = None
+        self._round_models = None
         self._models.drop_spool(round_id)
         self.traffic.forget_before(round_id)
         logger.info("round %d completed", round_id)
@@ -624,8 +573,7 @@ class Federation:
         except Exception:  # keep going: the failure must still be recorded
             logger.exception("round %d: could not remove its temporary files", round_id)
         self._progress.current = None
-        self._payload_cache.clear()
-        self._inline_cache.clear()
+        self._round_models = None
         self._record_failure(round_id, current, reason)
         return self._failure
 
@@ -712,10 +660,15 @@ class Federation:
             deadline_unix_ms=int(current.deadline_unix * 1000),
             training=self._strategy.configure_train(),
             expected_update=self._spec,
-            model=self._inline_model(
-                current, ModelStage.ROUND_START, current.participants[client_id]
+            model=self._current_models().inline(
+                ModelStage.ROUND_START, current.participants[client_id]
             ),
         )
+
+    def _current_models(self) -> RoundModels:
+        """The models of the round in progress (set whenever a round is)."""
+        assert self._round_models is not None
+        return self._round_models
 
     def _pending_tasks_for(self, client_id: str) -> list[Task]:
         """Tasks a (re)connecting client missed in the round in progress."""
