@@ -2,8 +2,9 @@
 
 Certificates come from the ``fedprompt certs`` code (:func:`fedprompt_cli.certs.write_certs`)
 in a temporary folder: the services, the operator and a few silos. :func:`serve_coordinator`
-wires a coordinator as ``fedprompt-coordinator`` does (mutual TLS, identity and traffic
-interceptors, the round task running) on 127.0.0.1, port 0; callers dial it as the client
+wires a coordinator as ``fedprompt-coordinator`` does (its server factory
+:func:`~fedprompt_coordinator.__main__.start_coordinator_server`: mutual TLS, identity and
+traffic interceptors, stream limits; the round task running) on 127.0.0.1, port 0; callers dial it as the client
 agents do (their certificate, the coordinator's name checked).
 """
 
@@ -20,18 +21,16 @@ from typing import Any
 import grpc
 import pytest
 
-from fedprompt.server import create_channel, start_server
+from fedprompt.server import create_channel
 from fedprompt.tls import COORDINATOR_IDENTITY, TlsConfig, channel_credentials, server_credentials
 from fedprompt.v1 import coordinator_pb2_grpc
 from fedprompt_cli.certs import write_certs
+from fedprompt_coordinator.__main__ import start_coordinator_server
 from fedprompt_coordinator.clustering_backend import make_clustering_backend
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.federation import Federation
-from fedprompt_coordinator.identity import IdentityInterceptor
 from fedprompt_coordinator.model_store import ModelStore
-from fedprompt_coordinator.servicer import CoordinatorServicer
 from fedprompt_coordinator.state_store import StateStore, make_state_store
-from fedprompt_coordinator.traffic import TrafficInterceptor
 
 #: Silo certificates of the hostile tests: two honest silos and an attacker.
 SILOS = ("honest-a", "honest-b", "mallory")
@@ -84,7 +83,8 @@ async def serve_coordinator(
     tmp_path
         Where its state lives.
     certs
-        The folder of ``fedprompt certs`` files (``coordinator.crt`` is presented).
+        The folder of ``fedprompt certs`` files (``coordinator.crt`` is presented, unless
+        ``overrides`` give another ``tls``, e.g. ``{"insecure": True}``).
     overrides
         :class:`CoordinatorConfig` fields (a one-round ``clustered`` federation of two by
         default).
@@ -109,14 +109,8 @@ async def serve_coordinator(
         models=ModelStore(config.state_dir / "models"),
         clustering=make_clustering_backend(config.clustering),
     )
-    handle = await start_server(
-        register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-            CoordinatorServicer(federation), s
-        ),
-        service_names=["fedprompt.v1.Coordinator"],
-        address=config.listen,
-        interceptors=[IdentityInterceptor(), TrafficInterceptor(federation.traffic)],
-        credentials=server_credentials(config.tls, role="coordinator"),
+    handle = await start_coordinator_server(
+        config, federation, credentials=server_credentials(config.tls, role="coordinator")
     )
     rounds = asyncio.create_task(federation.run(), name="rounds")
     try:

@@ -26,15 +26,13 @@ import numpy as np
 import pytest
 
 from fedprompt.codec import decode_tensors, encode_tensors
-from fedprompt.server import CLIENT_ID_METADATA_KEY, create_channel, start_server
+from fedprompt.server import CLIENT_ID_METADATA_KEY, create_channel
 from fedprompt.transfer import payload_messages
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
-from fedprompt_coordinator.clustering_backend import make_clustering_backend
-from fedprompt_coordinator.config import DEFAULT_MAX_UPDATE_L2_NORM, CoordinatorConfig
+from fedprompt_coordinator.config import DEFAULT_MAX_UPDATE_L2_NORM
 from fedprompt_coordinator.federation import Federation
-from fedprompt_coordinator.model_store import ModelStore
-from fedprompt_coordinator.servicer import CoordinatorServicer
-from fedprompt_coordinator.state_store import make_state_store
+
+from .conftest import serve_coordinator
 
 SERVICE = "fedprompt.v1.Coordinator"
 TIMEOUT_S = 20.0
@@ -173,45 +171,21 @@ class Coordinator:
 
 @contextlib.asynccontextmanager
 async def running_coordinator(tmp_path: Path, **overrides: Any) -> AsyncIterator[Coordinator]:
-    """A coordinator with the default aggregation settings on 127.0.0.1, port 0."""
+    """A coordinator with the default aggregation settings on 127.0.0.1, port 0, plaintext."""
     settings: dict[str, Any] = {
-        "listen": "127.0.0.1:0",
-        "state_dir": tmp_path / "state",
         "rounds": ROUNDS,
         "strategy": "clustered",  # no clusterer: every silo is in cluster 0
         "min_clients": 4,
         "expected_clients": 4,
         "quorum_wait_s": 30.0,
-        "round_deadline_s": 60.0,
-        "eval_deadline_s": 60.0,
         "tls": {"insecure": True},
     }
-    config = CoordinatorConfig(**{**settings, **overrides})
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    state = make_state_store(config.state_dir / "state.sqlite3")
-    federation = Federation(
-        config=config,
-        state=state,
-        models=ModelStore(config.state_dir / "models"),
-        clustering=make_clustering_backend(config.clustering),
-    )
-    handle = await start_server(
-        register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-            CoordinatorServicer(federation), s
-        ),
-        service_names=[SERVICE],
-        address=config.listen,
-    )
-    rounds = asyncio.create_task(federation.run(), name="rounds")
-    channel = create_channel(f"127.0.0.1:{handle.port}")
-    try:
-        yield Coordinator(federation, coordinator_pb2_grpc.CoordinatorStub(channel))
-    finally:
-        await channel.close()
-        await handle.stop(grace=0)
-        rounds.cancel()
-        await asyncio.wait({rounds}, timeout=TIMEOUT_S)
-        state.close()  # type: ignore[attr-defined]
+    async with serve_coordinator(tmp_path, tmp_path, **{**settings, **overrides}) as served:
+        channel = create_channel(f"127.0.0.1:{served.port}")
+        try:
+            yield Coordinator(served.federation, coordinator_pb2_grpc.CoordinatorStub(channel))
+        finally:
+            await channel.close()
 
 
 async def federate(coord: Coordinator, silos: list[Silo]) -> None:
