@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fedprompt_coordinator.aggregation.weighting import UNCAPPED, ShareCap, cap_shares
@@ -41,6 +41,12 @@ def test_shares_need_positive_finite_weights(bad: list[float]) -> None:
         cap_shares(bad, 0.5)
 
 
+def test_a_subnormal_rest_keeps_the_cap_exact() -> None:
+    # the threshold 0.75 * 5e-324 / 0.25 is not representable: shares are ratios instead
+    np.testing.assert_allclose(cap_shares([1.0, 5e-324], 0.75), [0.75, 0.25])
+    np.testing.assert_allclose(cap_shares([5e-324, 1.0, 5e-324], 0.5), [0.25, 0.5, 0.25])
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     weights=st.lists(
@@ -48,6 +54,8 @@ def test_shares_need_positive_finite_weights(bad: list[float]) -> None:
     ).filter(lambda w: sum(w) > 0),
     cap=st.floats(min_value=0.01, max_value=1.0),
 )
+@example(weights=[1.0, 5e-324], cap=0.75)  # a subnormal rest: found by this test
+@example(weights=[1e12, 1e-300, 5e-324], cap=0.5)
 def test_capped_shares_sum_to_one_respect_the_cap_and_keep_the_order(
     weights: list[float], cap: float
 ) -> None:

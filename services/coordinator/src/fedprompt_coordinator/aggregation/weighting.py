@@ -48,21 +48,23 @@ def cap_shares(weights: Sequence[float] | np.ndarray, max_share: float) -> np.nd
     shares: np.ndarray = w / w.sum()
     if shares.max() <= max_share:
         return shares
-    # k largest members capped at a threshold T with T = s·(k·T + rest), i.e.
-    # T = s·rest / (1 - k·s); the right k is the one where T separates capped from uncapped
+    # k largest members capped at max_share s; the others share 1 - k·s in proportion to
+    # their weights, w_i · (1 - k·s) / rest. The right k is the smallest for which the
+    # (k+1)-th largest member then stays under the cap. Shares are computed as ratios to
+    # the rest (never as an absolute threshold, which loses its precision when the rest
+    # is subnormal: [1, 5e-324] capped at 0.75 would give 0.8)
     sorted_w = np.sort(w)[::-1]
     suffix = np.cumsum(sorted_w[::-1])[::-1]  # suffix[k] = Σ of all but the k largest
     for k in range(1, n):
         rest = float(suffix[k])  # summed afresh: no cancellation against a huge weight
-        if 1.0 - k * max_share <= 0:
+        left = 1.0 - k * max_share
+        if left <= 0 or rest <= 0:  # no cap can hold but equal weights
             break
-        threshold = max_share * rest / (1.0 - k * max_share)
-        if threshold <= 0:  # everyone else weighs nothing: no cap can hold but equal weights
-            break
-        if sorted_w[k] <= threshold:
-            capped = np.minimum(w, threshold)
-            out: np.ndarray = capped / capped.sum()
-            return out
+        if left * (float(sorted_w[k]) / rest) <= max_share:
+            with np.errstate(over="ignore"):  # a capped member's ratio may overflow to inf
+                out: np.ndarray = np.minimum(left * (w / rest), max_share)
+            total = float(out.sum())
+            return out / total if total != 1.0 else out
     return np.full(n, 1.0 / n)
 
 
