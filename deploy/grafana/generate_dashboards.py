@@ -351,7 +351,8 @@ def privacy() -> dict[str, Any]:
 
 
 def system_health() -> dict[str, Any]:
-    """Targets up, CPU, memory, scrape time, failed rounds and clusterer errors."""
+    """Targets up, CPU, memory, scrape time, failed rounds, clusterer errors, the round loop
+    and the influence defences (clip bounds, clipped fractions, largest shares)."""
     return dashboard(
         "fedprompt-system-health",
         "fedprompt: system health",
@@ -413,6 +414,56 @@ def system_health() -> dict[str, Any]:
                 y=16,
                 w=8,
                 h=4,
+            ),
+            panel(
+                "Round loop serving",
+                "stat",
+                [("min(fedprompt_round_loop_serving)", "")],
+                x=0,
+                y=20,
+                w=8,
+                h=4,
+                description="0: a round failed with an unexpected error; the coordinator "
+                "reports NOT_SERVING and exits (status 3) to be restarted.",
+            ),
+            panel(
+                "Round errors by phase (1 h)",
+                "timeseries",
+                [("sum by (phase) (increase(fedprompt_round_errors_total[1h]))", "{{phase}}")],
+                x=8,
+                y=20,
+                w=16,
+                h=4,
+            ),
+            panel(
+                "Per-client clip bound per part",
+                "timeseries",
+                [("fedprompt_clip_bound", "{{part}}")],
+                x=0,
+                y=24,
+                w=8,
+                description="The L2 bound every member's update of each shared part was "
+                "clipped to in the last completed round (adaptive by default).",
+            ),
+            panel(
+                "Clipped fraction per part",
+                "timeseries",
+                [("fedprompt_clip_clipped_fraction", "{{part}}")],
+                x=8,
+                y=24,
+                w=8,
+                unit="percentunit",
+            ),
+            panel(
+                "Largest member share per level",
+                "timeseries",
+                [("fedprompt_aggregation_max_weight_share", "{{level}}")],
+                x=16,
+                y=24,
+                w=8,
+                unit="percentunit",
+                description="The largest share any one member had in a mean of the last "
+                "completed round; capped at max(1/n, min(0.5, 2/n)) by default.",
             ),
         ],
     )
