@@ -188,3 +188,39 @@ async def test_maximal_inputs_keep_every_answer_under_the_limit_and_paging_reads
         assert [c.client_id for c in record.clients] == clients
         assert dict(record.clients[0].train_metrics) == metrics
     assert {c.metadata_json for c in whole.clients} == {metadata}
+
+
+@pytest.mark.asyncio
+async def test_absurd_paging_fields_are_refused_or_clamped_and_the_page_stays_bounded(
+    serve_hostile: Any,
+) -> None:
+    """Every GetStatusRequest field at its extreme: a clear status code or a bounded page."""
+    silos = ["honest-a", "mallory"]
+    async with serve_hostile() as coordinator:
+        for silo in silos:
+            async with coordinator.channel(silo) as channel:
+                await coordinator.stub(channel).Join(_join(silo, metadata="{}"), timeout=TIMEOUT)
+        for r in range(1, 4):
+            coordinator.state.record_round(_record(r, silos, metrics={"accuracy": 0.5}))
+        async with coordinator.channel("operator") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await _status(channel, clients_after="z" * 129)
+            assert refused.value.code() == Code.INVALID_ARGUMENT
+            assert "clients_after" in (refused.value.details() or "")
+
+            huge = await _status(channel, max_clients=2**32 - 1, max_round_records=2**32 - 1)
+            assert [c.client_id for c in huge.clients] == silos  # clamped to the page size
+            assert [r.round for r in huge.rounds] == [1, 2, 3]
+            assert huge.ByteSize() < DEFAULT_MAX_MESSAGE_BYTES
+
+            beyond = await _status(channel, first_round_record=2**32 - 1)
+            assert (list(beyond.rounds), beyond.round_records_total) == ([], 3)
+            assert beyond.first_round_record == 3  # clamped to the end, not an error
+
+            past_everyone = await _status(channel, clients_after="\U0010ffff" * 128)
+            assert (list(past_everyone.clients), past_everyone.next_clients_after) == ([], "")
+
+        # the federation is unharmed: an honest silo still joins and reads its own record
+        async with coordinator.channel("honest-b") as channel:
+            await coordinator.stub(channel).Join(_join("honest-b", metadata="{}"), timeout=TIMEOUT)
+            assert [c.client_id for c in (await _status(channel)).clients] == ["honest-b"]
