@@ -137,6 +137,12 @@ def test_the_clusterer_accepts_the_coordinator_certificate_only(
         with pytest.raises(grpc.RpcError) as info:
             clusterer_pb2_grpc.ClustererStub(channel).Cluster(request, timeout=30)
         assert info.value.code() is Code.PERMISSION_DENIED
+        # nor the streamed form (a silo could otherwise keep HDBSCAN busy with 100k members)
+        with pytest.raises(grpc.RpcError) as info:
+            list(
+                clusterer_pb2_grpc.ClustererStub(channel).ClusterStream(iter([request]), timeout=30)
+            )
+        assert info.value.code() is Code.PERMISSION_DENIED
 
 
 @pytest.mark.parametrize(
