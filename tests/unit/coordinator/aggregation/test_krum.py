@@ -50,6 +50,13 @@ def test_selection_keeps_n_minus_f_and_breaks_ties_by_id() -> None:
     assert multi_krum_select(np.zeros((1, 1)), f=1, m=None, ids=["x"]) == [0]
 
 
+@pytest.mark.parametrize(("f", "m"), [(1, None), (0, 1), (3, None)])
+def test_two_members_are_both_kept_whatever_f_and_m(f: int, m: int | None) -> None:
+    # their scores are always equal: a choice would drop the same member (by id) every round
+    d = np.array([[0.0, 9.0], [9.0, 0.0]])
+    assert multi_krum_select(d, f=f, m=m, ids=["b", "a"]) == [0, 1]
+
+
 def _member(cid: str, delta: list[float], n: int = 1) -> ClientUpdate:
     return ClientUpdate(cid, 0, n, {"prompt.global": np.array(delta, np.float32)})
 

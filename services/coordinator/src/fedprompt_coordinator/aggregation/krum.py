@@ -7,8 +7,9 @@ them by the wrapped aggregator (its weights, capped, and fpl's contrastive weigh
 ``m = 1`` is Krum; the default ``m = n - f`` is multi-Krum (El Mhamdi et al., ICML 2018).
 
 Krum's guarantee needs ``n ≥ 2f + 3``. With fewer members the rule still keeps the ``m``
-most central updates (at least one neighbour is scored), and per-client clipping and the
-share cap still bound what any member can do.
+most central updates (at least one neighbour is scored), except that a level of two members
+keeps both (nothing tells which of two is the outlier); per-client clipping and the share
+cap still bound what any member can do.
 """
 
 from __future__ import annotations
@@ -69,9 +70,13 @@ def multi_krum_select(
 ) -> list[int]:
     """Indices of the ``m`` (default ``n - f``, at least 1) lowest-scored members.
 
-    Ties are broken by ``ids`` so that the choice does not depend on arrival order.
+    Ties are broken by ``ids`` so that the choice does not depend on arrival order. Of one
+    or two members all are kept: two members' scores are always equal (each is the other's
+    only neighbour), so a choice would drop one of them every round by its id alone.
     """
     n = distances.shape[0]
+    if n <= 2:  # two members are each other's only neighbour: neither is more central
+        return list(range(n))
     keep = max(1, min(n, m if m is not None else n - f))
     scores = krum_scores(distances, f)
     order = sorted(range(n), key=lambda i: (scores[i], ids[i]))
