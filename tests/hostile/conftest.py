@@ -25,12 +25,10 @@ from fedprompt.server import create_channel
 from fedprompt.tls import COORDINATOR_IDENTITY, TlsConfig, channel_credentials, server_credentials
 from fedprompt.v1 import coordinator_pb2_grpc
 from fedprompt_cli.certs import write_certs
-from fedprompt_coordinator.__main__ import start_coordinator_server
-from fedprompt_coordinator.clustering_backend import make_clustering_backend
+from fedprompt_coordinator.__main__ import open_federation, start_coordinator_server
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.federation import Federation
-from fedprompt_coordinator.model_store import ModelStore
-from fedprompt_coordinator.state_store import StateStore, make_state_store
+from fedprompt_coordinator.state_store import StateStore
 
 #: Silo certificates of the hostile tests: two honest silos and an attacker.
 SILOS = ("honest-a", "honest-b", "mallory")
@@ -101,14 +99,7 @@ async def serve_coordinator(
         "tls": tls_of(certs, COORDINATOR_IDENTITY),
     }
     config = CoordinatorConfig(**{**settings, **overrides})
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    state = make_state_store(config.state_dir / "state.sqlite3")
-    federation = Federation(
-        config=config,
-        state=state,
-        models=ModelStore(config.state_dir / "models"),
-        clustering=make_clustering_backend(config.clustering),
-    )
+    state, federation = open_federation(config)
     handle = await start_coordinator_server(
         config, federation, credentials=server_credentials(config.tls, role="coordinator")
     )

@@ -29,12 +29,10 @@ from fedprompt.server import CLIENT_ID_METADATA_KEY, MIB, create_channel, start_
 from fedprompt.transfer import payload_messages
 from fedprompt.v1 import common_pb2, coordinator_pb2, coordinator_pb2_grpc
 from fedprompt_coordinator import upload_intake as upload_intake_module
-from fedprompt_coordinator.clustering_backend import make_clustering_backend
+from fedprompt_coordinator.__main__ import open_federation
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.federation import Federation
-from fedprompt_coordinator.model_store import ModelStore
 from fedprompt_coordinator.servicer import CoordinatorServicer
-from fedprompt_coordinator.state_store import make_state_store
 from fedprompt_coordinator.traffic import TrafficInterceptor
 
 SERVICE = "fedprompt.v1.Coordinator"
@@ -254,15 +252,8 @@ async def _running_coordinator(tmp_path: Path, **overrides: Any) -> AsyncIterato
         "aggregation": PLAIN_FEDAVG,  # exact n-weighted means; clipping has its own tests
     }
     config = CoordinatorConfig(**{**settings, **overrides})
-    # Wired like fedprompt_coordinator.__main__.serve.
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    state = make_state_store(config.state_dir / "state.sqlite3")
-    federation = Federation(
-        config=config,
-        state=state,
-        models=ModelStore(config.state_dir / "models"),
-        clustering=make_clustering_backend(config.clustering),
-    )
+    # Wired like fedprompt_coordinator.__main__.serve (a plaintext server without identities).
+    state, federation = open_federation(config)
     handle = await start_server(
         register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
             CoordinatorServicer(federation), s
@@ -294,7 +285,7 @@ async def _running_coordinator(tmp_path: Path, **overrides: Any) -> AsyncIterato
         await handle.stop(grace=0)
         rounds.cancel()
         done, _ = await asyncio.wait({rounds}, timeout=RPC_TIMEOUT_S)
-        state.close()  # type: ignore[attr-defined]
+        state.close()
         assert rounds in done, "the round task ignored its cancellation"
 
 

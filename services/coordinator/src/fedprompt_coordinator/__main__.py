@@ -41,7 +41,7 @@ from fedprompt_coordinator.metrics import CoordinatorMetrics
 from fedprompt_coordinator.model_store import ModelStore
 from fedprompt_coordinator.servicer import CoordinatorServicer
 from fedprompt_coordinator.state_check import StateIntegrityError
-from fedprompt_coordinator.state_store import make_state_store
+from fedprompt_coordinator.state_store import StateStore, make_state_store
 from fedprompt_coordinator.traffic import TrafficInterceptor
 
 logger = logging.getLogger("fedprompt_coordinator")
@@ -105,6 +105,47 @@ async def start_coordinator_server(
     )
 
 
+def open_federation(
+    config: CoordinatorConfig,
+    *,
+    clustering_credentials: grpc.ChannelCredentials | None = None,
+    metrics: CoordinatorMetrics | None = None,
+) -> tuple[StateStore, Federation]:
+    """Open the state dir (database and snapshots, checked) and build the federation on it.
+
+    The caller closes the returned store when the federation is done.
+
+    Raises
+    ------
+    StateIntegrityError
+        When the database cannot be opened or the state dir fails its start-up check (the
+        store is closed first).
+    """
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    db_path = config.state_dir / "state.sqlite3"
+    try:
+        state = make_state_store(db_path)
+    except sqlite3.DatabaseError as exc:
+        raise StateIntegrityError(
+            f"cannot open the state database {db_path}: {exc}; restore the state dir from a "
+            f"backup, or move {config.state_dir} away to start a new federation"
+        ) from exc
+    try:
+        federation = Federation(
+            config=config,
+            state=state,
+            models=ModelStore(config.state_dir / "models"),
+            clustering=make_clustering_backend(
+                config.clustering, credentials=clustering_credentials
+            ),
+            metrics=metrics,
+        )
+    except BaseException:
+        state.close()
+        raise
+    return state, federation
+
+
 async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> int:
     """Serve until SIGTERM/SIGINT (or, with ``exit_when_done``, until the last round).
 
@@ -123,26 +164,9 @@ async def serve(config: CoordinatorConfig, *, exit_when_done: bool) -> int:
         if config.clustering.address
         else None
     )
-    config.state_dir.mkdir(parents=True, exist_ok=True)
-    db_path = config.state_dir / "state.sqlite3"
-    try:
-        state = make_state_store(db_path)
-    except sqlite3.DatabaseError as exc:
-        raise StateIntegrityError(
-            f"cannot open the state database {db_path}: {exc}; restore the state dir from a "
-            f"backup, or move {config.state_dir} away to start a new federation"
-        ) from exc
-    try:
-        federation = Federation(
-            config=config,
-            state=state,
-            models=ModelStore(config.state_dir / "models"),
-            clustering=make_clustering_backend(config.clustering, credentials=clusterer_creds),
-            metrics=CoordinatorMetrics(),
-        )
-    except BaseException:
-        state.close()
-        raise
+    state, federation = open_federation(
+        config, clustering_credentials=clusterer_creds, metrics=CoordinatorMetrics()
+    )
     metrics_server = serve_metrics(
         federation.metrics.registry, host=config.metrics_host, port=config.metrics_port
     )
