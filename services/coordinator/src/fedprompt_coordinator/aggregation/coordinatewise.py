@@ -112,9 +112,6 @@ class CoordinateMedian(LevelWrapper):
 
     name = "median"
 
-    def __init__(self, inner: ClusterAggregator, *, level: Level) -> None:
-        super().__init__(inner, level=level)
-
     def aggregate_level(
         self,
         base: Mapping[str, np.ndarray],

@@ -63,8 +63,8 @@ def cap_shares(weights: Sequence[float] | np.ndarray, max_share: float) -> np.nd
         if left * (float(sorted_w[k]) / rest) <= max_share:
             with np.errstate(over="ignore"):  # a capped member's ratio may overflow to inf
                 out: np.ndarray = np.minimum(left * (w / rest), max_share)
-            total = float(out.sum())
-            return out / total if total != 1.0 else out
+            normalised: np.ndarray = out / out.sum()  # 1 up to rounding: exactly 1 after
+            return normalised
     return np.full(n, 1.0 / n)
 
 
