@@ -68,6 +68,8 @@ class UpOptions:
     #: Lossy compression of the clients' uploaded deltas (none, fp16, int8; None: their
     #: config's, ``none`` unless the environment says otherwise).
     upload_compression: str | None = None
+    #: Secure aggregation inside each cluster (``--secure-aggregation`` of the coordinator).
+    secure_aggregation: bool = False
 
     def coordinator_flags(self) -> list[str]:
         """Strategy, learning-rate and privacy flags of the coordinator."""
@@ -84,6 +86,8 @@ class UpOptions:
         for flag, value in optional.items():
             if value is not None:
                 flags += [flag, str(value)]
+        if self.secure_aggregation:
+            flags.append("--secure-aggregation")
         return flags
 
     def client_flags(self) -> list[str]:
