@@ -354,8 +354,8 @@ class Task(_message.Message):
         """Secure aggregation: what the task's stage needs (SECAGG_KEYS: the group's setup;
         SECAGG_SHARES: the neighbours' public keys; TRAIN: the ciphertexts addressed to this
         member and the encoding of its masked upload; SECAGG_UNMASK: dropped and surviving
-        members). Unset: the round is not secure, or this member's group was skipped (a TRAIN
-        task without it under secure aggregation: train, upload nothing, evaluate).
+        members). Unset: the round is not secure. A TRAIN task whose `secure_aggregation` has no
+        `encoding` belongs to a group not aggregated this round: train, upload nothing, evaluate.
         """
 
     def __init__(
@@ -569,6 +569,26 @@ class SecAggEncoding(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class ClipKeysEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     CLIP_BOUNDS_FIELD_NUMBER: _builtins.int
     WEIGHTING_FIELD_NUMBER: _builtins.int
     WEIGHT_CAP_FIELD_NUMBER: _builtins.int
@@ -576,6 +596,7 @@ class SecAggEncoding(_message.Message):
     MAX_ABS_FIELD_NUMBER: _builtins.int
     TEMPERATURE_FIELD_NUMBER: _builtins.int
     GLOBAL_TENSORS_FIELD_NUMBER: _builtins.int
+    CLIP_KEYS_FIELD_NUMBER: _builtins.int
     weighting: _builtins.str
     """"examples" (w = min(n, weight_cap)), "contrastive" (the cluster level's weight is
     w·p with p the InfoNCE probability of the member's own centroid among the round-start
@@ -606,6 +627,10 @@ class SecAggEncoding(_message.Message):
     def global_tensors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Names of the global level's tensors; every other tensor of the layout is cluster-level."""
 
+    @_builtins.property
+    def clip_keys(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Tensor name -> its key in `clip_bounds`: the tensors of one key are clipped together."""
+
     def __init__(
         self,
         *,
@@ -616,10 +641,11 @@ class SecAggEncoding(_message.Message):
         max_abs: _builtins.float = ...,
         temperature: _builtins.float = ...,
         global_tensors: _abc.Iterable[_builtins.str] | None = ...,
+        clip_keys: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_bounds", b"clip_bounds", "global_tensors", b"global_tensors", "max_abs", b"max_abs", "noise_std", b"noise_std", "temperature", b"temperature", "weight_cap", b"weight_cap", "weighting", b"weighting"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_bounds", b"clip_bounds", "clip_keys", b"clip_keys", "global_tensors", b"global_tensors", "max_abs", b"max_abs", "noise_std", b"noise_std", "temperature", b"temperature", "weight_cap", b"weight_cap", "weighting", b"weighting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
