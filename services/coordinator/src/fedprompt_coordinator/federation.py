@@ -500,11 +500,13 @@ class Federation:
         t0 = time.perf_counter()
         aggregation_seconds = current.aggregation_seconds
         if secure is not None:
-            current.aggregated = secure.result
+            aggregated = secure.result
+            assert aggregated is not None  # aggregated in the secure stages
         else:
-            current.aggregated = await asyncio.to_thread(
+            aggregated = await asyncio.to_thread(
                 self._aggregator.aggregate, self._model, list(current.updates.values())
             )
+        current.aggregated = aggregated
         current.aggregation_seconds = aggregation_seconds + time.perf_counter() - t0
         if self._budget is not None:
             # account before the noised model is released to anyone; a crash after this
@@ -520,7 +522,7 @@ class Federation:
         # renamed into place after the commit. A crash in between resumes from the previous
         # round (or, after the commit, renames the folder at the next start).
         save = asyncio.ensure_future(
-            asyncio.to_thread(self._prepare_snapshot, round_id, current.aggregated)
+            asyncio.to_thread(self._prepare_snapshot, round_id, aggregated)
         )
         self._pending_save = save
         self._progress.phase = Phase.EVALUATION
@@ -723,12 +725,13 @@ class Federation:
         """KEY_EXCHANGE (keys, shares) -> TRAINING (masked uploads) -> UNMASKING -> the sums
         aggregated (:attr:`SecureRound.result`); each stage waits for its members or deadline.
         """
-        assert self._model is not None
+        model = self._model
+        assert model is not None
         secure = self._secure = SecureRound(
             round_id=current.round,
             participants=current.participants,
             spec=self._spec,
-            global_names=self._model.global_tensors,
+            global_names=model.global_tensors,
             examples={
                 c: self._sessions.require(c).num_train_examples for c in current.participants
             },
@@ -792,7 +795,7 @@ class Federation:
         self._secure_tasks = {}
         self._progress.phase = Phase.AGGREGATION
         t_agg = time.perf_counter()
-        await asyncio.to_thread(secure.aggregate, self._model, denominators=self._dp_denominator)
+        await asyncio.to_thread(secure.aggregate, model, denominators=self._dp_denominator)
         current.aggregation_seconds = time.perf_counter() - t_agg
         return secure
 

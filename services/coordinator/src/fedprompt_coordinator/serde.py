@@ -141,12 +141,12 @@ def secagg_task_to_proto(task: domain.SecAggTask) -> coordinator_pb2.SecAggTask:
 def secagg_step_from_proto(msg: coordinator_pb2.SecAggStepRequest) -> domain.SecAggStep:
     """Proto SecAggStepRequest -> domain; a request without a step is refused."""
     which = msg.WhichOneof("step")
-    base = {"client_id": msg.client_id, "round": msg.round, "group": msg.group}
+    base = (msg.client_id, msg.round, msg.group)
     if which == "keys":
         keys = msg.keys
         if keys.member and keys.member != msg.client_id:
             raise InvalidArgumentError("keys.member must be the caller's client_id")
-        return domain.SecAggStep(**base, keys=PublicKeys(c_pk=keys.c_pk, s_pk=keys.s_pk))
+        return domain.SecAggStep(*base, keys=PublicKeys(c_pk=keys.c_pk, s_pk=keys.s_pk))
     if which == "shares":
         cts: dict[str, bytes] = {}
         for c in msg.shares.ciphertexts:
@@ -155,13 +155,13 @@ def secagg_step_from_proto(msg: coordinator_pb2.SecAggStepRequest) -> domain.Sec
             if c.recipient in cts:
                 raise InvalidArgumentError(f"two ciphertexts for {c.recipient!r}")
             cts[c.recipient] = c.ciphertext
-        return domain.SecAggStep(**base, ciphertexts=cts)
+        return domain.SecAggStep(*base, ciphertexts=cts)
     if which == "unmask":
         reply = UnmaskReply(
             s_sk_shares=_shares(msg.unmask.s_sk_shares, "s_sk_shares"),
             b_shares=_shares(msg.unmask.b_shares, "b_shares"),
         )
-        return domain.SecAggStep(**base, unmask=reply)
+        return domain.SecAggStep(*base, unmask=reply)
     raise InvalidArgumentError("a SecAggStep request carries keys, shares or unmask")
 
 
