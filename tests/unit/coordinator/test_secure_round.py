@@ -281,7 +281,7 @@ def test_masked_input_must_match_the_layout() -> None:
         cid: SecureMember(cid, 3, serde.secagg_task_to_proto(t))
         for cid, t in secure.keys_tasks().items()
     }
-    for cid, m in members.items():
+    for m in members.values():
         secure.add_step(serde.secagg_step_from_proto(m.keys()))
     for cid, task in secure.open_shares().items():
         secure.add_step(
