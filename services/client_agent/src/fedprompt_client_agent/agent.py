@@ -272,7 +272,18 @@ class ClientAgent:
                 exc,
             )
             return
-        await client.secagg_step(request)
+        try:
+            await client.secagg_step(request)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _RETRYABLE or exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise  # reconnect, or a stage that closed (the task loop logs it)
+            # refused (a repeated or malformed answer): this round goes on without it
+            logger.warning(
+                "round %d: the coordinator refused a secure-aggregation answer: %s %s",
+                task.round,
+                exc.code().name,
+                exc.details(),
+            )
 
     def _secure_member(self, task: coordinator_pb2.Task) -> SecureMember:
         member = self._secure

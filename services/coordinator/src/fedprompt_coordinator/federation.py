@@ -43,10 +43,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 
 import numpy as np
 
@@ -109,6 +110,13 @@ _SETTING_STOP_REASON = "stop_reason"
 SAMPLING_RETRY_PAUSE_S = 0.5
 #: Longest exception message kept in a failed round's status.
 MAX_REASON_CHARS = 400
+
+
+def _stage_done(
+    complete: Callable[[Collection[str]], bool], alive: Callable[[], Collection[str]]
+) -> bool:
+    """Whether a secure stage is complete for the members still connected."""
+    return complete(alive())
 
 
 class RoundFailedError(Exception):
@@ -738,42 +746,33 @@ class Federation:
             plan=plan,
         )
         cfg = self._config.secure_aggregation
-        t0 = time.perf_counter()
-        self._progress.phase = Phase.KEY_EXCHANGE
-        stages: list[
-            tuple[TaskKind, Callable[[], dict[str, SecAggTask]], Callable[[], bool], float]
-        ]
-        stages = [
-            (TaskKind.SECAGG_KEYS, secure.keys_tasks, secure.keys_complete, cfg.key_deadline_s),
+        stages = (  # the task kind, its phase, what opens it, what completes it, its deadline
+            (TaskKind.SECAGG_KEYS, Phase.KEY_EXCHANGE, secure.keys_tasks, secure.keys_complete),
             (
                 TaskKind.SECAGG_SHARES,
+                Phase.KEY_EXCHANGE,
                 secure.open_shares,
                 secure.shares_complete,
-                cfg.key_deadline_s,
             ),
-            (
-                TaskKind.TRAIN,
-                secure.open_training,
-                secure.masked_complete,
-                self._config.round_deadline_s,
-            ),
-            (
-                TaskKind.SECAGG_UNMASK,
-                secure.open_unmask,
-                secure.unmask_complete,
-                cfg.unmask_deadline_s,
-            ),
-        ]
-        for kind, open_stage, complete, wait_s in stages:
-            deadline = self._clock() + wait_s
-            if kind is TaskKind.TRAIN:
-                current.phase_seconds["secagg_key_exchange_seconds"] = time.perf_counter() - t0
-                self._progress.phase = Phase.TRAINING
-                current.deadline_unix = deadline
-            elif kind is TaskKind.SECAGG_UNMASK:
-                current.phase_seconds["training_seconds"] = time.perf_counter() - t0
-                self._progress.phase = Phase.UNMASKING
-            t0 = time.perf_counter()
+            (TaskKind.TRAIN, Phase.TRAINING, secure.open_training, secure.masked_complete),
+            (TaskKind.SECAGG_UNMASK, Phase.UNMASKING, secure.open_unmask, secure.unmask_complete),
+        )
+        wait_s = {
+            TaskKind.TRAIN: self._config.round_deadline_s,
+            TaskKind.SECAGG_UNMASK: cfg.unmask_deadline_s,
+        }
+        seconds = {
+            Phase.KEY_EXCHANGE: "secagg_key_exchange_seconds",
+            Phase.TRAINING: "training_seconds",
+        }
+        t0 = time.perf_counter()
+        for kind, phase, open_stage, complete in stages:
+            if phase is not self._progress.phase and self._progress.phase in seconds:
+                current.phase_seconds[seconds[self._progress.phase]] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+            self._progress.phase = phase
+            deadline = self._clock() + wait_s.get(kind, cfg.key_deadline_s)
+            current.deadline_unix = deadline
             self._secure_tasks = {
                 cid: (
                     self._train_task(current, cid, info)
@@ -790,7 +789,9 @@ class Federation:
             }
             for cid, task in self._secure_tasks.items():
                 self._sessions.publish(cid, task)
-            await self._wait_until(complete, deadline)
+            # a member whose task stream is gone (its process died) is not waited for
+            done = functools.partial(_stage_done, complete, self._sessions.connected_ids)
+            await self._wait_until(done, deadline)
         current.phase_seconds["secagg_unmask_seconds"] = time.perf_counter() - t0
         self._secure_tasks = {}
         self._progress.phase = Phase.AGGREGATION

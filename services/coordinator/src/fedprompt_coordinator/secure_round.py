@@ -326,9 +326,10 @@ class SecureRound:
             for cid in g.members
         }
 
-    def keys_complete(self) -> bool:
-        """Whether every member of every open group sent its keys."""
-        return all(len(g.server.u1) == len(g.members) for g in self._open())
+    def keys_complete(self, alive: Collection[str] | None = None) -> bool:
+        """Whether every member of every open group sent its keys (of ``alive``, if given:
+        a member whose task stream is gone will not answer)."""
+        return all(_answered(g.members, g.server.u1, alive) for g in self._open())
 
     def open_shares(self) -> dict[str, SecAggTask]:
         """Stage 2: each member of U1 gets its neighbours' public keys."""
@@ -342,9 +343,9 @@ class SecureRound:
                 tasks[cid] = SecAggTask(group=g.setup.group, public_keys=g.server.keys_for(cid))
         return tasks
 
-    def shares_complete(self) -> bool:
-        """Whether every member of U1 of every open group sent its shares."""
-        return all(len(g.server.u2) == len(g.server.u1) for g in self._open())
+    def shares_complete(self, alive: Collection[str] | None = None) -> bool:
+        """Whether every member of U1 of every open group sent its shares (of ``alive``)."""
+        return all(_answered(g.server.u1, g.server.u2, alive) for g in self._open())
 
     def open_training(self) -> dict[str, SecAggTask]:
         """Stage 3: what each participant's TRAIN task carries.
@@ -416,9 +417,10 @@ class SecureRound:
             raise ShapeMismatchError(str(exc)) from exc
         self.bytes += sum(int(np.asarray(v).nbytes) for v in tensors.values())
 
-    def masked_complete(self) -> bool:
-        """Whether every member of U2 of every open group uploaded its masked input."""
-        return all(len(g.server.u3) == len(g.server.u2) for g in self._open())
+    def masked_complete(self, alive: Collection[str] | None = None) -> bool:
+        """Whether every member of U2 of every open group uploaded its masked input (of
+        ``alive``)."""
+        return all(_answered(g.server.u2, g.server.u3, alive) for g in self._open())
 
     def open_unmask(self) -> dict[str, SecAggTask]:
         """Stage 4: each survivor of a group with enough masked inputs gets the unmask request.
@@ -441,9 +443,10 @@ class SecureRound:
                 tasks[cid] = SecAggTask(group=g.setup.group, unmask=request)
         return tasks
 
-    def unmask_complete(self) -> bool:
-        """Whether every survivor of every open group answered the unmask request."""
-        return all(g.unmask_answered >= set(g.server.u3) for g in self._open())
+    def unmask_complete(self, alive: Collection[str] | None = None) -> bool:
+        """Whether every survivor of every open group answered the unmask request (of
+        ``alive``)."""
+        return all(_answered(g.server.u3, g.unmask_answered, alive) for g in self._open())
 
     def _advance(self, expected: str, to: str) -> None:
         if self.stage != expected:
@@ -636,3 +639,13 @@ class SecureRound:
                 for level, (z, _) in self.plan.dp.items():
                     info[f"secagg_cluster_{g.cluster}_effective_z_{level}"] = z * scale
         return info
+
+
+def _answered(
+    expected: Collection[str], answered: Collection[str], alive: Collection[str] | None
+) -> bool:
+    """Whether every expected member (still alive, when ``alive`` is given) answered."""
+    waiting = set(expected) - set(answered)
+    if alive is not None:
+        waiting &= set(alive)
+    return not waiting
