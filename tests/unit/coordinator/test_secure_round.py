@@ -182,6 +182,7 @@ def test_member_dropped_after_its_shares_is_recovered() -> None:
     _assert_models_close(secure.result, plain)
     assert secure.info()["secagg_dropped"] == 1
     assert secure.released == [0, 1]
+    assert secure.evaluators() == survivors
 
 
 def test_group_below_its_survivor_threshold_is_skipped_never_leaked() -> None:

@@ -503,7 +503,7 @@ class SecureRound:
         """Members who trained this round (masked inputs in, or a group not aggregated)."""
         out = {c for members in self._small.values() for c in members}
         for g in self._groups.values():
-            out |= set(g.server.u3) if g.outcome is None else set(g.trained)
+            out |= set(g.server.u3) if g.masking else set(g.trained)
         return sorted(out)
 
     @property
