@@ -138,6 +138,7 @@ def test_round_completes_without_a_member_killed_mid_round(federation) -> None: 
     assert summary["secagg_groups"] == 1
     assert summary["secagg_released"] == 1
     assert summary["secagg_dropped"] == 1
+    assert summary["secagg_recovered"] == 1  # it had sent its shares: its masks were removed
     assert summary["secagg_bytes"] > 0
     assert "secagg_key_exchange_seconds" in summary and "secagg_unmask_seconds" in summary
     accepted = {c.client_id: c.update_accepted for c in rounds[0].clients}

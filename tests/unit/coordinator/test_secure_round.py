@@ -8,7 +8,7 @@ messages (``serde``), so the coordinator's and the silo's halves are checked tog
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 import pytest
@@ -75,6 +75,7 @@ def _run(
     participants: Mapping[str, int] = CLUSTERS,
     drop_after_shares: Collection[str] = (),
     tamper: Mapping[str, object] | None = None,
+    denominators: Callable[[int | None], float] | None = None,
 ) -> SecureRound:
     """One secure round, every stage through the proto task messages and SecureMember."""
     secure = SecureRound(
@@ -116,7 +117,7 @@ def _run(
         step = members[cid].unmask(serde.secagg_task_to_proto(task))
         secure.add_step(serde.secagg_step_from_proto(step))
     assert secure.unmask_complete()
-    secure.aggregate(model)
+    secure.aggregate(model, denominators=denominators)
     return secure
 
 
@@ -181,6 +182,7 @@ def test_member_dropped_after_its_shares_is_recovered() -> None:
     plain = WeightedFedAvg().aggregate(model, _updates(deltas, survivors))
     _assert_models_close(secure.result, plain)
     assert secure.info()["secagg_dropped"] == 1
+    assert secure.info()["secagg_recovered"] == 1
     assert secure.released == [0, 1]
     assert secure.evaluators() == survivors
 
@@ -322,3 +324,50 @@ def test_plan_under_dp_uses_unit_weights_and_level_bounds() -> None:
     assert encoding.noise_std["global"] == pytest.approx(0.5 / np.sqrt(3))
     assert encoding.clip_keys["head.weight"] == "cluster"
     assert encoding.clip_keys["prompt.global"] == "global"
+
+
+def test_dp_release_uses_fixed_denominators_and_noise_of_the_plan() -> None:
+    rng = np.random.default_rng(7)
+    model = _model(rng)
+    deltas = _deltas(rng, CLUSTERS)
+    config = CoordinatorConfig(
+        strategy="clustered",
+        privacy={"enabled": True, "noise_multiplier": 1e-7, "clip_norm": 5.0},
+        secure_aggregation={"enabled": True},
+    )
+    plan = SecurePlan.from_config(config, noise_multiplier=1e-7)
+    denominators: dict[int | None, float] = {None: 10.0, 0: 4.0, 1: 5.0}
+    secure = _run(model, deltas, plan=plan, denominators=denominators.__getitem__)
+    result = secure.result
+    assert result is not None
+    for name, base in model.global_tensors.items():
+        total = sum(np.asarray(d[name], np.float64) for d in deltas.values())
+        np.testing.assert_allclose(result.global_tensors[name], base + total / 10.0, atol=1e-5)
+    for k in (0, 1):
+        members = [c for c, cluster in CLUSTERS.items() if cluster == k]
+        for name, base in model.cluster_tensors[k].items():
+            total = sum(np.asarray(deltas[c][name], np.float64) for c in members)
+            np.testing.assert_allclose(
+                result.cluster_tensors[k][name], base + total / denominators[k], atol=1e-5
+            )
+    info = secure.info()
+    assert info["secagg_cluster_1_effective_z_global"] == pytest.approx(1e-7 * np.sqrt(4 / 3))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"aggregation": {"cluster_rule": "median"}}, "robust rule"),
+        ({"aggregation": {"clipping": {"mode": "adaptive"}}}, "adaptive"),
+        ({"strategy": "full-fedavg"}, "too large"),
+        ({"strategy": "local"}, "aggregates nothing"),
+        ({"secure_aggregation": {"enabled": True, "clip_bound": 1e12}}, "fixed-point"),
+    ],
+)
+def test_config_refuses_what_secure_aggregation_cannot_do(
+    changes: dict[str, object], message: str
+) -> None:
+    settings: dict[str, object] = {"strategy": "clustered", "secure_aggregation": {"enabled": True}}
+    settings.update(changes)
+    with pytest.raises(ValueError, match=message):
+        CoordinatorConfig(**settings)  # type: ignore[arg-type]

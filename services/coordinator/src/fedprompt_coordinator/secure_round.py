@@ -625,6 +625,10 @@ class SecureRound:
                 len(self._small) + sum(g.outcome not in (None, "released") for g in groups)
             ),
             "secagg_dropped": float(dropped),
+            # dropped after sending shares: their pairwise masks were removed with shares
+            "secagg_recovered": float(
+                sum(len(g.server.u2 - g.server.u3) for g in groups if g.outcome == "released")
+            ),
             "secagg_bytes": float(self.bytes),
         }
         for cluster in self._small:
