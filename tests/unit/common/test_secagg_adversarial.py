@@ -533,3 +533,13 @@ def test_public_keys_are_validated() -> None:
         PublicKeys(c_pk=b"x" * 31, s_pk=b"y" * 32)
     with pytest.raises(SecAggError):
         PublicKeys(c_pk=b"x" * 32, s_pk=b"x" * 32)
+
+
+def test_server_refuses_low_order_public_keys() -> None:
+    g = Group(3)
+    good = g.members["m00"].advertise()
+    with pytest.raises(SecAggError, match="low-order"):
+        g.server.add_keys("m00", PublicKeys(c_pk=bytes(32), s_pk=good.s_pk))
+    with pytest.raises(SecAggError, match="low-order"):
+        g.server.add_keys("m00", PublicKeys(c_pk=good.c_pk, s_pk=(1).to_bytes(32, "little")))
+    g.server.add_keys("m00", good)

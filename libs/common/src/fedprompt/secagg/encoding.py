@@ -70,6 +70,8 @@ def check_layout(layout: Layout) -> None:
 def flatten(tensors: Mapping[str, np.ndarray], layout: Layout) -> np.ndarray:
     """Concatenate uint64 ``tensors`` in ``layout`` order into one new uint64 vector.
 
+    The result never shares memory with ``tensors``.
+
     Raises
     ------
     SecAggError
@@ -85,9 +87,7 @@ def flatten(tensors: Mapping[str, np.ndarray], layout: Layout) -> np.ndarray:
         if array.shape != shape:
             raise SecAggError(f"secagg tensor {name!r} has shape {array.shape}, expected {shape}")
         parts.append(array.reshape(-1))
-    if not parts:
-        return np.zeros(0, dtype=np.uint64)
-    return np.concatenate(parts).astype(np.uint64, copy=False)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 
 def unflatten(vector: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:

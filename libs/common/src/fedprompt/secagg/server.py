@@ -118,6 +118,8 @@ class SecAggServer:
         used = {b for pk in self._keys.values() for b in (pk.c_pk, pk.s_pk)}
         if keys.c_pk in used or keys.s_pk in used:
             raise SecAggError(f"{member!r} sent a public key another member already sent")
+        if not (kx.usable_public(keys.c_pk) and kx.usable_public(keys.s_pk)):
+            raise SecAggError(f"{member!r} sent an unusable (low-order) public key")
         self._keys[member] = keys
 
     def keys_for(self, member: str) -> dict[str, PublicKeys]:
@@ -189,7 +191,7 @@ class SecAggServer:
             raise SecAggError(f"{member!r} sent no secagg shares")
         if member in self._masked:
             raise SecAggError(f"{member!r} already sent its masked input")
-        self._masked[member] = flatten(masked, self._setup.layout).copy()
+        self._masked[member] = flatten(masked, self._setup.layout)  # a new array
 
     def unmask_request(self) -> UnmaskRequest:
         """Freeze ``U3`` and return the unmask request for every member of ``U3``.
