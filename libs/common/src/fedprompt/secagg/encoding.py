@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Self
 
 import numpy as np
@@ -146,11 +147,11 @@ class FixedPoint:
             raise EncodingRangeError(f"members must be a positive integer, got {members!r}")
         if not (math.isfinite(max_abs) and max_abs > 0):
             raise EncodingRangeError(f"max_abs must be positive and finite, got {max_abs!r}")
-        bound = members * max_abs
-        mantissa, exponent = math.frexp(bound)  # bound = mantissa * 2^exponent, 0.5 <= m < 1
-        # bound * 2^f <= 2^62  <=>  mantissa * 2^(exponent + f) <= 2^62
-        f = 62 - exponent + (1 if mantissa == 0.5 else 0)
-        while math.ldexp(bound, f) > SUM_BOUND:  # pragma: no cover - guard against rounding
+        bound = Fraction(max_abs) * members  # exact: no float rounding of the product
+        f = 62 - math.frexp(float(bound))[1]  # estimate, then exact correction
+        while bound * Fraction(2) ** (f + 1) <= SUM_BOUND:
+            f += 1
+        while bound * Fraction(2) ** f > SUM_BOUND:
             f -= 1
         if f < MIN_FRACTION_BITS:
             raise EncodingRangeError(

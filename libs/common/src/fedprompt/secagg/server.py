@@ -41,6 +41,10 @@ CIPHERTEXT_BYTES = kx.NONCE_BYTES + 2 * shamir.SHARE_BYTES + kx.TAG_BYTES
 class SecAggServer:
     """Aggregator of one group in one round.
 
+    Not thread-safe: a caller serving members concurrently serialises the calls (one lock
+    per group). Holds every masked input of ``U3`` (8 bytes per value and member) until
+    :meth:`result`.
+
     Parameters
     ----------
     setup
