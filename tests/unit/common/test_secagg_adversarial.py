@@ -543,3 +543,19 @@ def test_server_refuses_low_order_public_keys() -> None:
     with pytest.raises(SecAggError, match="low-order"):
         g.server.add_keys("m00", PublicKeys(c_pk=good.c_pk, s_pk=(1).to_bytes(32, "little")))
     g.server.add_keys("m00", good)
+
+
+def test_closing_stages_explicitly() -> None:
+    g = Group(10)
+    g.to_keys(skip=["m09"])
+    assert g.server.close_keys() == frozenset(g.setup.members[:9])
+    assert g.server.close_keys() == frozenset(g.setup.members[:9])  # idempotent
+    g.to_shares(skip=["m08"])
+    assert g.server.close_shares() == frozenset(g.setup.members[:8])
+    with pytest.raises(SecAggError, match="stage"):
+        g.server.close_keys()
+    short = Group(10)
+    short.to_keys(skip=short.setup.members[: 10 - short.setup.min_survivors + 1])
+    with pytest.raises(NotEnoughSharesError):
+        short.server.close_keys()
+    assert short.server.stage == "failed"
