@@ -324,3 +324,47 @@ def test_random_dropouts_give_the_exact_sum_or_nothing(n: int, data: st.DataObje
     event("unmasked")
     assert len(rnd.server.u3) >= rnd.setup.min_survivors
     assert_exact(result, rnd.expected())
+
+
+def test_no_member_ever_hands_out_both_secrets_of_one_owner() -> None:
+    rnd = Round.start(40, seed=13)
+    m = rnd.setup.members
+    rnd.keys([m[2]])
+    rnd.shares([m[4]])
+    rnd.masked([m[6], m[7]])
+    request = rnd.server.unmask_request()
+    s_owners: set[str] = set()
+    b_owners: set[str] = set()
+    for member in request.survivors:
+        reply = rnd.members[member].unmask(request)
+        s_owners |= set(reply.s_sk_shares)
+        b_owners |= set(reply.b_shares)
+        rnd.server.add_unmask(member, reply)
+    assert s_owners <= {m[6], m[7]}
+    assert b_owners <= set(request.survivors)
+    assert not s_owners & b_owners
+    assert_exact(rnd.server.result(), rnd.expected())
+
+
+def test_cost_per_member_follows_the_degree() -> None:
+    rnd = Round.start(100)
+    assert rnd.setup.degree == 20
+    rnd.keys()
+    for member in rnd.setup.members[:5]:
+        keys = rnd.server.keys_for(member)
+        assert len(keys) == rnd.setup.degree + 1
+        assert len(rnd.members[member].share_keys(keys)) == rnd.setup.degree
+
+
+def test_masks_are_fresh_each_round() -> None:
+    outputs = []
+    for _ in range(2):
+        rnd = Round.start(3, seed=1)
+        rnd.keys()
+        rnd.shares()
+        for member in rnd.setup.members:
+            rnd.members[member].receive_shares(rnd.server.shares_for(member))
+        first = rnd.setup.members[0]
+        outputs.append(rnd.members[first].mask(rnd.encoded[first]))
+    for name in SHAPES:
+        assert not np.array_equal(outputs[0][name], outputs[1][name])
