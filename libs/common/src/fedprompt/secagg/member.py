@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -74,6 +74,22 @@ class SecAggMember:
     def setup(self) -> GroupSetup:
         """The group's setup."""
         return self._setup
+
+    @property
+    def neighbours(self) -> tuple[str, ...]:
+        """This member's neighbours, recomputed from the setup (sorted)."""
+        return self._setup.neighbours(self._id)
+
+    def check_neighbours(self, listed: Sequence[str]) -> None:
+        """Refuse a neighbour list (e.g. sent in a task) that differs from its own.
+
+        Raises
+        ------
+        SecAggRefusedError
+            If ``listed`` is not exactly this member's recomputed neighbours.
+        """
+        if sorted(listed) != list(self.neighbours):
+            raise self._refuse("the neighbour list differs from its own recomputation")
 
     def _expect(self, stage: _Stage, action: str) -> None:
         if self._stage != stage:
@@ -164,7 +180,9 @@ class SecAggMember:
         Raises
         ------
         SecAggRefusedError
-            If a sender is not a neighbour whose keys it received.
+            If a sender is not a neighbour whose keys it received, or fewer than
+            ``threshold - 1`` neighbours sent shares (its own input could then be unmasked
+            from too few pairwise masks; the round could not complete anyway).
         SecAggError
             If a ciphertext fails authentication (tampered, or meant for another member)
             or holds a share for another holder. Nothing is kept then.
@@ -196,6 +214,10 @@ class SecAggMember:
                 if shamir.decode_share(share)[0] != own_x:
                     raise SecAggError(f"the shares from {sender!r} are for another holder")
             received[sender] = (s_share, b_share)
+        if len(received) + 1 < setup.threshold:
+            raise self._refuse(
+                f"only {len(received)} neighbours sent shares; {setup.threshold - 1} needed"
+            )
         self._held.update(received)
         self._u2_neighbours = frozenset(received)
         self._stage = _Stage.RECEIVED
@@ -218,7 +240,7 @@ class SecAggMember:
         """
         self._expect(_Stage.RECEIVED, "mask")
         setup = self._setup
-        total = flatten(encoded, setup.layout).copy()
+        total = flatten(encoded, setup.layout)  # a new array
         size = layout_size(setup.layout)
         total += prg.expand(self._b, size)
         for v in sorted(self._u2_neighbours):
