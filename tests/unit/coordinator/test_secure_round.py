@@ -74,6 +74,8 @@ def _run(
     plan: SecurePlan,
     participants: Mapping[str, int] = CLUSTERS,
     drop_after_shares: Collection[str] = (),
+    drop_at_keys: Collection[str] = (),
+    drop_at_shares: Collection[str] = (),
     tamper: Mapping[str, object] | None = None,
     denominators: Callable[[int | None], float] | None = None,
 ) -> SecureRound:
@@ -89,12 +91,15 @@ def _run(
     members: dict[str, SecureMember] = {}
     for cid, task in secure.keys_tasks().items():
         members[cid] = SecureMember(cid, 3, serde.secagg_task_to_proto(task))
-        secure.add_step(serde.secagg_step_from_proto(members[cid].keys()))
-    assert secure.keys_complete()
+        if cid not in drop_at_keys:
+            secure.add_step(serde.secagg_step_from_proto(members[cid].keys()))
+    alive = [c for c in participants if c not in drop_at_keys]
+    assert secure.keys_complete(alive) and not (drop_at_keys and secure.keys_complete())
     for cid, task in secure.open_shares().items():
         step = members[cid].shares(serde.secagg_task_to_proto(task))
-        secure.add_step(serde.secagg_step_from_proto(step))
-    assert secure.shares_complete()
+        if cid not in drop_at_shares:
+            secure.add_step(serde.secagg_step_from_proto(step))
+    assert secure.shares_complete([c for c in alive if c not in drop_at_shares])
     centroids = {
         k: centroid(model.for_cluster(k)["prompt.cluster"]).astype(np.float32)
         for k in sorted(set(participants.values()))
@@ -185,6 +190,21 @@ def test_member_dropped_after_its_shares_is_recovered() -> None:
     assert secure.info()["secagg_recovered"] == 1
     assert secure.released == [0, 1]
     assert secure.evaluators() == survivors
+
+
+@pytest.mark.parametrize("stage", ["keys", "shares"])
+def test_member_dropped_before_training_is_left_out(stage: str) -> None:
+    rng = np.random.default_rng(8)
+    model = _model(rng)
+    deltas = _deltas(rng, CLUSTERS)
+    drop = {"drop_at_keys" if stage == "keys" else "drop_at_shares": {"b4"}}
+    secure = _run(model, deltas, plan=_plan(), **drop)  # type: ignore[arg-type]
+    assert secure.result is not None
+    plain = WeightedFedAvg().aggregate(model, _updates(deltas, [c for c in CLUSTERS if c != "b4"]))
+    _assert_models_close(secure.result, plain)
+    info = secure.info()
+    assert info["secagg_dropped"] == 1 and info["secagg_recovered"] == 0
+    assert "b4" not in secure.evaluators()
 
 
 def test_group_below_its_survivor_threshold_is_skipped_never_leaked() -> None:

@@ -336,10 +336,12 @@ class SecureRound:
         self._advance("keys", "shares")
         tasks: dict[str, SecAggTask] = {}
         for g in self._open():
-            if len(g.server.u1) < g.setup.min_survivors:
+            try:
+                u1 = g.server.close_keys()
+            except NotEnoughSharesError:
                 self._skip(g, f"{len(g.server.u1)} members sent keys, fewer than needed")
                 continue
-            for cid in sorted(g.server.u1):
+            for cid in sorted(u1):
                 tasks[cid] = SecAggTask(group=g.setup.group, public_keys=g.server.keys_for(cid))
         return tasks
 
@@ -360,8 +362,11 @@ class SecureRound:
             for cid in members:
                 tasks[cid] = SecAggTask(group=group_name(cluster))
         for g in self._groups.values():
-            if g.outcome is None and len(g.server.u2) < g.setup.min_survivors:
-                self._skip(g, f"{len(g.server.u2)} members sent shares, fewer than needed")
+            if g.outcome is None:
+                try:
+                    g.server.close_shares()
+                except NotEnoughSharesError:
+                    self._skip(g, f"{len(g.server.u2)} members sent shares, fewer than needed")
             if g.outcome is not None:
                 g.trained = frozenset(g.server.u2 if g.server.u2 else g.server.u1)
                 for cid in sorted(g.trained):
