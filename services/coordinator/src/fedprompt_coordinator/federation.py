@@ -488,13 +488,17 @@ class Federation:
             )
             current.phase_seconds["training_seconds"] = time.perf_counter() - t_train
             evaluators = sorted(current.updates)
-        if len(current.updates) < self._config.min_clients or (secure and not secure.released):
+        # a secure round completes when any group's sum was released (its quorum is each
+        # group's min_survivors); a plain one when the quorum of updates arrived
+        if (secure is None and len(current.updates) < self._config.min_clients) or (
+            secure is not None and not secure.released
+        ):
             reason = (
                 f"failed: {len(current.updates)} of {len(current.participants)} updates by the "
                 f"deadline, quorum is {self._config.min_clients}"
+                if secure is None
+                else "failed: no secure-aggregation group could be released"
             )
-            if secure is not None and len(current.updates) >= self._config.min_clients:
-                reason = "failed: no secure-aggregation group could be released"
             logger.warning("round %d %s; it will be retried", round_id, reason)
             self._reports.store(self._round_record(current, status=reason))
             self._progress.current = None
