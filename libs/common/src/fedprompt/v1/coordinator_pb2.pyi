@@ -986,7 +986,11 @@ class SecAggShares(_message.Message):
 
     CIPHERTEXTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def ciphertexts(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggCiphertext]: ...
+    def ciphertexts(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggCiphertext]:
+        """One per neighbour in the task's public_keys (sender: this member; recipient: the
+        neighbour), each holding that neighbour's Shamir shares of this member's two secrets.
+        """
+
     def __init__(
         self,
         *,
@@ -1034,6 +1038,12 @@ Global___SecAggUnmaskReply: _TypeAlias = SecAggUnmaskReply  # noqa: Y015
 
 @_typing.final
 class SecAggStepRequest(_message.Message):
+    """A member's answer to one secure-aggregation task. Status codes: INVALID_ARGUMENT for a
+    malformed, repeated or inconsistent answer; FAILED_PRECONDITION when the round or the
+    stage is not the one in progress (e.g. after its deadline) or the caller is not a member
+    of the group; PERMISSION_DENIED when client_id is not the caller's certificate identity.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CLIENT_ID_FIELD_NUMBER: _builtins.int
@@ -1043,6 +1053,7 @@ class SecAggStepRequest(_message.Message):
     SHARES_FIELD_NUMBER: _builtins.int
     UNMASK_FIELD_NUMBER: _builtins.int
     client_id: _builtins.str
+    """The member answering (must match its certificate's identity under mutual TLS)."""
     round: _builtins.int
     """The round of the task answered."""
     group: _builtins.str
