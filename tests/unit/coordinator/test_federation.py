@@ -795,8 +795,11 @@ async def test_dp_budget_stops_the_federation_before_the_round_that_would_exceed
 ) -> None:
     from fedprompt_coordinator.privacy import RDPAccountant
 
-    one_round = RDPAccountant.epsilon_of([(1.0, 1.0, 1)], 1e-5)
-    two_rounds = RDPAccountant.epsilon_of([(1.0, 1.0, 2)], 1e-5)
+    # fpl: DP on the global, cluster and head levels, z = 1 each: one mechanism of
+    # z_eq = 1/√3 per client and round (the composed ε, which the halt enforces)
+    z_eq = 3**-0.5
+    one_round = RDPAccountant.epsilon_of([(z_eq, 1.0, 1)], 1e-5)
+    two_rounds = RDPAccountant.epsilon_of([(z_eq, 1.0, 2)], 1e-5)
     privacy = {
         "enabled": True,
         "noise_multiplier": 1.0,
@@ -810,6 +813,10 @@ async def test_dp_budget_stops_the_federation_before_the_round_that_would_exceed
         assert status.completed_rounds == 1
         assert status.epsilon == pytest.approx(one_round)
         assert status.epsilon <= privacy["epsilon_budget"]
+        level_eps = RDPAccountant.epsilon_of([(1.0, 1.0, 1)], 1e-5)
+        assert status.epsilon_by_level == pytest.approx(
+            dict.fromkeys(["global", "cluster", "head"], level_eps)
+        )
         assert "round 2 would raise" in status.stop_reason
         finished = clients["a"].tasks[-1]
         assert "stopped early" in finished.message and "budget" in finished.message
@@ -842,8 +849,8 @@ async def test_a_sampling_draw_below_quorum_fails_at_once_and_is_redrawn(tmp_pat
         trained = [c for c in clients.values() if c.trained_rounds == [1]]
         assert len(trained) >= 2  # the round that ran had at least the quorum
         # only the round that released a model was accounted
-        assert h.fed.status().epsilon == pytest.approx(
-            RDPAccountantForTest.epsilon_of([(1.0, 0.5, 1)], 1e-5)
+        assert h.fed.status().epsilon == pytest.approx(  # fpl: three levels composed
+            RDPAccountantForTest.epsilon_of([(3**-0.5, 0.5, 1)], 1e-5)
         )
 
 
