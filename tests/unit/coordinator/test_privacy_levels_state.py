@@ -322,3 +322,59 @@ def test_the_old_keys_and_one_level_configs_still_load() -> None:
     assert budget is not None
     assert budget.noise_multiplier == 1.0
     assert budget.mechanisms == {"global": LevelMechanism(0.5, 1.0)}
+
+
+@pytest.mark.asyncio
+async def test_a_silo_sees_the_federations_epsilon_but_no_per_cluster_dp_keys(
+    state: SqliteStateStore, join_clients: Any
+) -> None:
+    import numpy as np
+
+    from fedprompt_coordinator.domain import ClientUpdate, StatusQuery, StatusView
+    from fedprompt_coordinator.round_progress import RoundInProgress, RoundProgress
+    from fedprompt_coordinator.round_reports import RoundReports
+    from fedprompt_coordinator.traffic import TrafficMeter
+
+    sessions = await join_clients({"a": 1, "b": 1, "c": 1})
+    budget = three_levels()
+    budget.record_round()
+    reports = RoundReports(
+        total_rounds=3,
+        strategy="fpl",
+        state=state,
+        metrics=CoordinatorMetrics(),
+        sessions=sessions,
+        progress=RoundProgress(phase=Phase.EVALUATION, completed=0),
+        traffic=TrafficMeter(lambda: 1),
+        budget=budget,
+        clock=lambda: 100.0,
+    )
+    current = RoundInProgress(round=1, started_unix=50.0, participants={"a": 0, "b": 0, "c": 1})
+    for cid in "abc":
+        current.updates[cid] = ClientUpdate(cid, 0, 1, {"x": np.zeros(1, np.float32)})
+    info = {
+        "dp_cluster_1_skipped": 1.0,
+        "dp_cluster_0_expected_participants": 2.0,
+        "dp_cluster_0_head_clipped_fraction": 0.5,
+        "dp_cluster_clipped_fraction": 0.5,  # round-wide: a federation aggregate
+    }
+    reports.store(
+        reports.round_record(
+            current, status="completed", clustering_degraded=False, aggregation_info=info
+        )
+    )
+    full = reports.status(StatusQuery(), assignment={}, stop_reason="")
+    assert full.epsilon_by_level == pytest.approx(budget.epsilon_by_level)
+    assert {**info}.items() <= full.rounds[0].summary.items()
+    silo = reports.status(
+        StatusQuery(view=StatusView.SILO, caller="a"), assignment={}, stop_reason=""
+    )
+    assert silo.epsilon == pytest.approx(budget.epsilon)
+    assert silo.epsilon_by_level == pytest.approx(budget.epsilon_by_level)
+    summary = silo.rounds[0].summary
+    assert summary["dp_epsilon_head"] == pytest.approx(budget.epsilon_by_level["head"])
+    assert summary["dp_cluster_clipped_fraction"] == 0.5
+    assert not any(k.startswith("dp_cluster_") and k[11].isdigit() for k in summary)
+    gauges = reports.gauges()
+    assert gauges.epsilon_by_level == pytest.approx(budget.epsilon_by_level)
+    assert gauges.noise_multiplier_by_level == {"global": 1.0, "cluster": 1.0, "head": 1.0}

@@ -42,6 +42,8 @@ from fedprompt_coordinator.traffic import TrafficMeter
 
 #: Prefix of the round summary keys that describe one cluster (left out of the silo view).
 CLUSTER_SUMMARY_PREFIX = "cluster_"
+#: Prefix of DP-FedAvg's per-cluster keys (``dp_cluster_<k>_skipped``, ...), per-cluster too.
+DP_CLUSTER_SUMMARY_PREFIX = "dp_cluster_"
 
 
 class RoundReports:
@@ -278,6 +280,15 @@ def privacy_summary(budget: PrivacyBudget) -> dict[str, float]:
     return out
 
 
+def _per_cluster(key: str) -> bool:
+    """Whether a summary key is about one cluster (``cluster_<k>_...``, ``dp_cluster_<k>_...``:
+    sizes, skips, clipping), which a silo's view leaves out."""
+    if key.startswith(CLUSTER_SUMMARY_PREFIX):
+        return True
+    rest = key.removeprefix(DP_CLUSTER_SUMMARY_PREFIX)
+    return rest != key and rest[:1].isdigit()
+
+
 def _page(asked: int, configured: int) -> int:
     """A page size: the configured one unless the caller asked for fewer (0: not asked)."""
     return configured if asked <= 0 else min(asked, configured)
@@ -299,5 +310,5 @@ def _round_view(record: RoundRecord, clients: frozenset[str], view: StatusView) 
     kept: Sequence[ClientRoundRecord] = [c for c in record.clients if c.client_id in clients]
     summary = record.summary
     if view is StatusView.SILO:
-        summary = {k: v for k, v in summary.items() if not k.startswith(CLUSTER_SUMMARY_PREFIX)}
+        summary = {k: v for k, v in summary.items() if not _per_cluster(k)}
     return dataclasses.replace(record, clients=tuple(kept), summary=summary)
