@@ -75,7 +75,11 @@ from fedprompt_coordinator.domain import (
 )
 from fedprompt_coordinator.metrics import CoordinatorMetrics
 from fedprompt_coordinator.model_store import ModelStore, PreparedSnapshot
-from fedprompt_coordinator.privacy import BudgetExhaustedError, make_budget
+from fedprompt_coordinator.privacy import (
+    BudgetExhaustedError,
+    expected_participants,
+    make_budget,
+)
 from fedprompt_coordinator.round_models import RoundModels
 from fedprompt_coordinator.round_progress import (
     FETCH_MODEL,
@@ -274,13 +278,13 @@ class Federation:
             # m_k: the cluster's expected participants among the joined clients
             joined = self._sessions.ids()
             members = sum(1 for c, k in self._assignment.items() if k == cluster_id and c in joined)
-            return max(1.0, q * members)
+            return expected_participants(q, members)
 
         return DPLevels(
             inner,
             mechanisms=self._budget.mechanisms,
             # fixed denominator: the expected number of participants, q · N
-            expected_global=lambda: max(1.0, q * len(self._sessions)),
+            expected_global=lambda: expected_participants(q, len(self._sessions)),
             expected_cluster=expected_cluster,
             server_learning_rate=cfg.server_learning_rate,
             rng=self._rng,  # one generator for client sampling and noise, as before

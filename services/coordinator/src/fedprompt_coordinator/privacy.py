@@ -269,6 +269,12 @@ def level_mechanisms(
     }
 
 
+def expected_participants(sample_rate: float, members: int) -> float:
+    """The fixed denominator of an aggregate: max(1, q·members) (the global level: members =
+    joined clients; cluster k: its joined members, m_k)."""
+    return max(1.0, sample_rate * members)
+
+
 #: Key of the composed accountant in the saved state (the federation's ε).
 COMPOSED = "composed"
 
@@ -473,6 +479,7 @@ __all__ = [
     "RDPAccountant",
     "calibrate_noise_multiplier",
     "composed_noise_multiplier",
+    "expected_participants",
     "level_mechanisms",
     "level_noise_multipliers",
     "make_accountant",
