@@ -360,12 +360,13 @@ class AggregationConfig(BaseModel):
     global_rule: AggregationRule = Field(
         default=AggregationRule.MEAN,
         description="Rule of the global level: mean, trimmed-mean, median or multi-krum "
-        "(with privacy.enabled only mean).",
+        "(with privacy.enabled on the global level only mean).",
     )
     cluster_rule: AggregationRule = Field(
         default=AggregationRule.MEAN,
         description="Rule of each cluster (clustered and fpl only; with fpl's contrastive "
-        "weights not trimmed-mean or median).",
+        "weights not trimmed-mean or median; with privacy.enabled on the cluster or head "
+        "level only mean).",
     )
     trim_fraction: float = Field(
         default=0.2,
@@ -402,7 +403,7 @@ class AggregationConfig(BaseModel):
     clipping: ClippingConfig = Field(
         default_factory=ClippingConfig,
         description="Per-client L2 clipping of every shared part (with privacy.enabled, "
-        "DP-FedAvg's clip_norm clips the global level instead).",
+        "DP-FedAvg's clip_norm / clip_norms clip each DP level instead).",
     )
 
 

@@ -15,7 +15,7 @@ branches on a strategy's name:
 
 Each name of the registry in :mod:`fedprompt.strategies` has one class here
 (:func:`register_strategy`). DP-FedAvg is not a strategy: it wraps a strategy's aggregator
-(:class:`~fedprompt_coordinator.aggregation.dp_fedavg.DPFedAvgGlobal`).
+(:class:`~fedprompt_coordinator.aggregation.dp_levels.DPLevels`, every DP level).
 """
 
 from __future__ import annotations
