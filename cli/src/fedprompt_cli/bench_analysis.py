@@ -109,6 +109,15 @@ class VariantResult:
             statistics.fmean(r.cumulative_bytes_by_round[i] for r in self.runs) for i in range(n)
         ]
 
+    def epsilon_by_level(self) -> dict[str, Spread]:
+        """Client-level ε of each DP level alone, mean ± std over seeds (empty: no DP or
+        runs from before per-level accounting)."""
+        levels = sorted({lv for r in self.runs for lv in r.epsilon_by_level})
+        return {
+            lv: spread(r.epsilon_by_level[lv] for r in self.runs if lv in r.epsilon_by_level)
+            for lv in levels
+        }
+
     def per_group(self) -> dict[str, Spread]:
         """Per true group (cluster) accuracy, mean ± std over seeds."""
         groups = sorted({g for r in self.runs for g in r.per_group})

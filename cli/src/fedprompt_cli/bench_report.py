@@ -112,18 +112,19 @@ def _privacy_table(base: Sequence[VariantResult], private: Sequence[VariantResul
     if not private:
         return ["No private runs in this plan."]
     lines = [
-        "| task | variant | client-level ε (DP-FedAvg) | record-level ε (DP-SGD) | mean acc % | "
-        "worst acc % | macro-F1 % |",
-        "|" + "---|" * 7,
+        "| task | variant | client-level ε (DP-FedAvg) | ε per level | record-level ε (DP-SGD) "
+        "| mean acc % | worst acc % | macro-F1 % |",
+        "|" + "---|" * 8,
     ]
     tasks = {r.task for r in private}
     rows = [r for r in base if r.strategy == METHOD and r.task in tasks] + list(private)
     for r in sorted(rows, key=lambda r: (r.task, r.variant)):
         eps = r.stat("epsilon")
         sgd = r.stat("dp_sgd_epsilon")
+        per_level = ", ".join(f"{lv} {e.fmt(1, 2)}" for lv, e in r.epsilon_by_level().items())
         lines.append(
             f"| {r.task} | {r.variant} | {eps.fmt(1, 2) if eps.mean > 0 else '∞'} | "
-            f"{sgd.fmt(1, 2) if sgd.mean > 0 else '∞'} | {r.stat('accuracy_mean').fmt(100)} | "
+            f"{per_level or '-'} | {sgd.fmt(1, 2) if sgd.mean > 0 else '∞'} | {r.stat('accuracy_mean').fmt(100)} | "
             f"{r.stat('accuracy_worst').fmt(100)} | {r.stat('macro_f1').fmt(100)} |"
         )
     return lines

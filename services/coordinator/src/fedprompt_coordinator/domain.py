@@ -266,6 +266,8 @@ class FederationStatus:
     strategy: str = ""
     epsilon: float = 0.0
     delta: float = 0.0
+    #: ε of each DP level alone (``epsilon`` is their per-client composition); empty when off.
+    epsilon_by_level: dict[str, float] = field(default_factory=dict)
     stop_reason: str = ""
     view: StatusView = StatusView.FULL
     #: Clients that have joined, and those with an open task stream (whatever the page).
