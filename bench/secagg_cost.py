@@ -398,7 +398,7 @@ def _b(n: float) -> str:
 
 
 def _ms(s: float) -> str:
-    return f"{1000 * s:.1f}"
+    return f"{1000 * s:.2f}"
 
 
 def print_tables(results: Sequence[CaseResult]) -> None:
