@@ -28,6 +28,13 @@ Dropouts: the given fraction of members (chosen by a seeded generator) drops aft
 i.e. during training: they are in U2, not in U3, and the coordinator recovers their pairwise
 masks from the survivors' shares. Per-member figures are the mean over the survivors.
 
+Each configuration runs ``--repeats`` rounds (seeds ``seed``, ``seed + 1``, ...: other drops,
+other neighbour graph); "unmasked" counts those the coordinator could reconstruct, the others
+end in ``NotEnoughSharesError`` (the cluster's aggregate is skipped, as designed). "P(skip)"
+estimates how often that happens: the share of ``--trials`` uniformly random drop sets of the
+same size for which some secret has fewer than ``t`` surviving holders, on the first round's
+neighbour graph (drops during the unmask stage itself not modelled).
+
 Every run checks its own result: the unmasked sum equals the sum of the survivors'
 fixed-point inputs bit for bit (uint64, mod 2^64) and, decoded, the float64 sum of their
 weighted updates within the encoding's rounding.
@@ -161,6 +168,12 @@ class CaseResult:
     plain_coord_s: float = 0.0
     #: Whether the result was reconstructed (False: fewer than t shares, cluster skipped).
     completed: bool = True
+    #: Rounds run (one seed each: other drops, other neighbour graph) and reconstructed.
+    rounds: int = 1
+    rounds_completed: int = 1
+    #: Estimated probability that a round with this many drops is skipped (Monte Carlo
+    #: over uniformly random drop sets on the round's neighbour graph); None: not estimated.
+    skip_rate: float | None = None
     #: Largest |decoded - float64 sum| over all entries.
     max_decode_error: float = 0.0
 
@@ -198,6 +211,31 @@ def _weighted(update: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return vec
 
 
+def skip_rate(setup: GroupSetup, drops: int, *, trials: int, rng: np.random.Generator) -> float:
+    """Share of random drop sets (``drops`` members of U2 never upload) the server cannot unmask.
+
+    A dropped member's ``s_sk`` needs ``t`` shares from its surviving neighbours; a survivor's
+    ``b`` needs ``t`` from its surviving holders (its neighbours and itself). Drops during
+    the unmask stage are not modelled.
+    """
+    n = len(setup.members)
+    if drops == 0:
+        return 0.0
+    index = {m: i for i, m in enumerate(setup.members)}
+    adjacency = np.zeros((n, n), np.int32)
+    for m in setup.members:
+        for v in setup.neighbours(m):
+            adjacency[index[m], index[v]] = 1
+    alive = np.ones((trials, n), np.int32)
+    for row in alive:
+        row[rng.choice(n, size=drops, replace=False)] = 0
+    from_neighbours = alive @ adjacency.T  # surviving neighbours of each member
+    holders = from_neighbours + alive  # + itself when alive
+    dropped_short = (alive == 0) & (from_neighbours < setup.threshold)
+    alive_short = (alive == 1) & (holders < setup.threshold)
+    return float(np.mean(np.any(dropped_short | alive_short, axis=1)))
+
+
 def _one_round(
     label: str,
     shapes: Shapes,
@@ -205,6 +243,7 @@ def _one_round(
     members: int,
     dropout: float,
     seed: int,
+    trials: int = 0,
 ) -> CaseResult:
     rng = np.random.default_rng(seed)
     ids = [f"client-{i:04d}" for i in range(members)]
@@ -235,6 +274,10 @@ def _one_round(
         fraction_bits=setup.fraction_bits,
         plain_upload=len(encode_tensors(plain[ids[0]])),
     )
+    if trials:
+        res.skip_rate = skip_rate(
+            setup, n_drop, trials=trials, rng=np.random.default_rng([seed, 1])
+        )
     sent = {m: dict.fromkeys(("keys", "shares", "masked", "unmask"), 0) for m in ids}
     recv = {m: dict.fromkeys(("setup", "keys", "shares", "ids"), 0) for m in ids}
     m_s = {m: dict.fromkeys(("keys", "shares", "mask", "unmask"), 0.0) for m in ids}
@@ -303,6 +346,7 @@ def _one_round(
         total = server.result()
     except NotEnoughSharesError:
         res.completed = False
+        res.rounds_completed = 0
         total = {}
     decoded = {k: fp.decode(v) for k, v in total.items()}
     c_unmask = time.perf_counter() - t0
@@ -373,13 +417,24 @@ def run_case(
     dropout: float,
     repeats: int = 1,
     seed: int = 0,
+    trials: int = 0,
 ) -> CaseResult:
-    """One configuration: ``repeats`` rounds; bytes of the first, median seconds."""
+    """One configuration: ``repeats`` rounds (seeds ``seed``, ``seed + 1``, ...).
+
+    Bytes are those of the first reconstructed round (else the first), seconds the medians
+    over all rounds; ``trials`` > 0 also estimates the skip rate (see :func:`skip_rate`).
+    """
     runs = [
-        _one_round(label, shapes, members=members, dropout=dropout, seed=seed)
-        for _ in range(repeats)
+        _one_round(
+            label, shapes, members=members, dropout=dropout, seed=seed + i, trials=trials * (i == 0)
+        )
+        for i in range(repeats)
     ]
-    first = runs[0]
+    first = next((r for r in runs if r.completed), runs[0])
+    first.skip_rate = runs[0].skip_rate
+    first.rounds = len(runs)
+    first.rounds_completed = sum(r.completed for r in runs)
+    first.max_decode_error = max(r.max_decode_error for r in runs)
     for key in first.member_s:
         first.member_s[key] = statistics.median(r.member_s[key] for r in runs)
     for key in first.coord_s:
@@ -405,21 +460,23 @@ def print_tables(results: Sequence[CaseResult]) -> None:
     """Markdown tables: bytes per round, then seconds per round."""
     print("\nBytes per round (member: mean over survivors; coordinator: whole group)\n")
     print(
-        "| update | n | drop | k | t | mode | member sent: keys / shares / masked / unmask "
-        "= total | member recv | × plain | coord recv | coord sent |"
+        "| update | n | drop | k | t | mode | unmasked | P(skip) | member sent: keys / shares / "
+        "masked / unmask = total | member recv | × plain | coord recv | coord sent |"
     )
-    print("|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|---:|")
     for r in results:
         survivors = r.members - r.dropped
         head = f"| {r.label} | {r.members} | {r.dropout:.0%} ({r.dropped})"
         print(
-            f"{head} | - | - | plain | {_b(r.plain_upload)} | 0 B | 1.00 "
+            f"{head} | - | - | plain | | | {_b(r.plain_upload)} | 0 B | 1.00 "
             f"| {_b(survivors * r.plain_upload)} | 0 B |"
         )
         s = r.member_sent
-        status = "" if r.completed else " (skipped: < t shares)"
+        status = "" if r.completed else " (every round skipped: < t shares)"
+        p_skip = "" if r.skip_rate is None else f"{r.skip_rate:.1%}"
         print(
             f"{head} | {r.degree} | {r.threshold} | secagg{status} "
+            f"| {r.rounds_completed}/{r.rounds} | {p_skip} "
             f"| {_b(s['keys'])} / {_b(s['shares'])} / {_b(s['masked'])} / {_b(s['unmask'])} "
             f"= {_b(s['total'])} | {_b(r.member_recv['total'])} | {r.expansion:.2f} "
             f"| {_b(r.coord_recv)} | {_b(r.coord_sent)} |"
@@ -453,6 +510,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--large-members", type=int, default=10)
     p.add_argument("--repeats", type=int, default=3, help="rounds per configuration")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--trials", type=int, default=2000, help="random drop sets for the skip-rate estimate"
+    )
     args = p.parse_args(argv)
     hidden, source = text_hidden_size()
     text = fpl_text_shapes(hidden)
@@ -468,7 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"Weights: examples in [50, {WEIGHT_CAP}], per-part clip {CLIP_NORM}; "
         f"max_abs {WEIGHT_CAP * max(CLIP_NORM, 1.0):g}. One group, one process, members "
-        f"simulated sequentially; {args.repeats} rounds per row (bytes of one, median times)."
+        f"simulated sequentially; {args.repeats} rounds per row (bytes of one, median times); "
+        f"P(skip) over {args.trials} random drop sets."
     )
     print(
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python "
@@ -480,12 +541,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     for label, shapes, n in cases:
         for d in args.dropouts:
             results.append(
-                run_case(label, shapes, members=n, dropout=d, repeats=args.repeats, seed=args.seed)
+                run_case(
+                    label,
+                    shapes,
+                    members=n,
+                    dropout=d,
+                    repeats=args.repeats,
+                    seed=args.seed,
+                    trials=args.trials,
+                )
             )
     print_tables(results)
     done = [r for r in results if r.completed]
+    rounds = sum(r.rounds for r in results)
     print(
-        f"\nChecked: {len(done)}/{len(results)} rounds reconstructed, unmasked sum == plain "
+        f"\nChecked: {sum(r.rounds_completed for r in results)}/{rounds} rounds reconstructed "
+        "(the others skipped with NotEnoughSharesError, as designed); in each, unmasked sum == plain "
         "fixed-point sum bit for bit (uint64); decoded vs float64 sum: max error "
         f"{max((r.max_decode_error for r in done), default=0.0):.2e} "
         f"(fraction bits {', '.join(sorted({str(r.fraction_bits) for r in results}))}; "

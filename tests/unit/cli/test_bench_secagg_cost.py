@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from bench.secagg_cost import (
@@ -9,7 +10,9 @@ from bench.secagg_cost import (
     fpl_text_shapes,
     main,
     run_case,
+    skip_rate,
 )
+from fedprompt.secagg import GroupSetup, layout_of
 
 TINY = {"prompt.global": (2, 4), "head.bias": (3,)}
 
@@ -52,3 +55,15 @@ def test_fpl_text_shapes_and_the_cli_prints_both_modes(capsys: pytest.CaptureFix
     assert main(["--members", "3", "--dropouts", "0", "--large-floats", "0", "--repeats", "1"]) == 0
     out = capsys.readouterr().out
     assert "| plain |" in out and "| secagg |" in out and "1/1 rounds reconstructed" in out
+
+
+def test_skip_rate_counts_drop_sets_below_the_threshold() -> None:
+    members = [f"m{i}" for i in range(8)]
+    layout = layout_of({"x": np.zeros(2)})
+    setup = GroupSetup.create(round=1, group="g", members=members, layout=layout, max_abs=1.0)
+    rng = np.random.default_rng(0)
+    assert setup.degree == 7  # complete graph: every holder set is the whole group
+    survivable = len(members) - setup.threshold
+    assert skip_rate(setup, 0, trials=50, rng=rng) == 0.0
+    assert skip_rate(setup, survivable, trials=50, rng=rng) == 0.0
+    assert skip_rate(setup, survivable + 1, trials=50, rng=rng) == 1.0
