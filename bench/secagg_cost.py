@@ -458,7 +458,10 @@ def _ms(s: float) -> str:
 
 def print_tables(results: Sequence[CaseResult]) -> None:
     """Markdown tables: bytes per round, then seconds per round."""
-    print("\nBytes per round (member: mean over survivors; coordinator: whole group)\n")
+    print(
+        "\nProtocol bytes per round (member: mean over survivors; coordinator: whole group; "
+        "the round's model download, the same in both modes, not counted)\n"
+    )
     print(
         "| update | n | drop | k | t | mode | unmasked | P(skip) | member sent: keys / shares / "
         "masked / unmask = total | member recv | × plain | coord recv | coord sent |"
@@ -508,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dropouts", type=float, nargs="+", default=[0.0, 0.1, 0.3])
     p.add_argument("--large-floats", type=int, default=1 << 20, help="0: no large update")
     p.add_argument("--large-members", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=3, help="rounds per configuration")
+    p.add_argument("--repeats", type=int, default=5, help="rounds per configuration")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--trials", type=int, default=2000, help="random drop sets for the skip-rate estimate"
