@@ -63,6 +63,7 @@ from fedprompt.secagg import (
     NotEnoughSharesError,
     PublicKeys,
     SecAggMember,
+    SecAggRefusedError,
     SecAggServer,
     UnmaskReply,
     UnmaskRequest,
@@ -171,6 +172,8 @@ class CaseResult:
     #: Rounds run (one seed each: other drops, other neighbour graph) and reconstructed.
     rounds: int = 1
     rounds_completed: int = 1
+    #: Unmask requests members refused (fewer than t of their holders survive), all rounds.
+    refusals: int = 0
     #: Estimated probability that a round with this many drops is skipped (Monte Carlo
     #: over uniformly random drop sets on the round's neighbour graph); None: not estimated.
     skip_rate: float | None = None
@@ -211,29 +214,36 @@ def _weighted(update: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return vec
 
 
-def skip_rate(setup: GroupSetup, drops: int, *, trials: int, rng: np.random.Generator) -> float:
-    """Share of random drop sets (``drops`` members of U2 never upload) the server cannot unmask.
-
-    A dropped member's ``s_sk`` needs ``t`` shares from its surviving neighbours; a survivor's
-    ``b`` needs ``t`` from its surviving holders (its neighbours and itself). Drops during
-    the unmask stage are not modelled.
+def unrecoverable(setup: GroupSetup, alive: np.ndarray) -> np.ndarray:
+    """For each row of ``alive`` (0/1 per member of ``setup.members``, U3 among U2): whether
+    the server cannot unmask: fewer survivors than ``min_survivors`` (members refuse), or
+    some secret the server needs has fewer than ``t`` surviving holders (a dropped member's
+    ``s_sk`` needs ``t`` shares from its surviving neighbours; a survivor's ``b`` needs ``t``
+    from its surviving holders, its neighbours and itself).
     """
     n = len(setup.members)
-    if drops == 0:
-        return 0.0
     index = {m: i for i, m in enumerate(setup.members)}
     adjacency = np.zeros((n, n), np.int32)
     for m in setup.members:
         for v in setup.neighbours(m):
             adjacency[index[m], index[v]] = 1
-    alive = np.ones((trials, n), np.int32)
-    for row in alive:
-        row[rng.choice(n, size=drops, replace=False)] = 0
+    alive = np.atleast_2d(alive).astype(np.int32)
     from_neighbours = alive @ adjacency.T  # surviving neighbours of each member
     holders = from_neighbours + alive  # + itself when alive
     dropped_short = (alive == 0) & (from_neighbours < setup.threshold)
     alive_short = (alive == 1) & (holders < setup.threshold)
-    return float(np.mean(np.any(dropped_short | alive_short, axis=1)))
+    too_few = alive.sum(axis=1) < setup.min_survivors
+    return np.asarray(np.any(dropped_short | alive_short, axis=1) | too_few)
+
+
+def skip_rate(setup: GroupSetup, drops: int, *, trials: int, rng: np.random.Generator) -> float:
+    """Share of random drop sets (``drops`` members of U2 never upload) the server cannot unmask
+    (see :func:`unrecoverable`); drops during the unmask stage itself are not modelled."""
+    n = len(setup.members)
+    alive = np.ones((trials, n), np.int32)
+    for row in alive:
+        row[rng.choice(n, size=drops, replace=False)] = 0
+    return float(np.mean(unrecoverable(setup, alive)))
 
 
 def _one_round(
@@ -328,28 +338,42 @@ def _one_round(
         t0 = time.perf_counter()
         server.add_masked(m, decode_tensors(payload))
         c_route += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    request: UnmaskRequest = server.unmask_request()
-    c_route += time.perf_counter() - t0
     survivors = sorted(set(ids) - dropped)
-    for m in survivors:  # stage 4: dropped/survivors down, shares up
-        recv[m]["ids"] += _ids(request.dropped) + _ids(request.survivors)
+    total: dict[str, np.ndarray] = {}
+    decoded: dict[str, np.ndarray] = {}
+    c_unmask = 0.0
+    try:  # NotEnoughSharesError: too few uploads, or a secret short of t shares
         t0 = time.perf_counter()
-        reply = agents[m].unmask(request)
-        m_s[m]["unmask"] += time.perf_counter() - t0
-        sent[m]["unmask"] = _reply_bytes(reply)
-        t0 = time.perf_counter()
-        server.add_unmask(m, reply)
+        request: UnmaskRequest = server.unmask_request()
         c_route += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    try:
+        for m in survivors:  # stage 4: dropped/survivors down, shares up
+            recv[m]["ids"] += _ids(request.dropped) + _ids(request.survivors)
+            t0 = time.perf_counter()
+            try:
+                reply = agents[m].unmask(request)
+            except SecAggRefusedError:  # too few of its own holders survive
+                res.refusals += 1
+                continue
+            finally:
+                m_s[m]["unmask"] += time.perf_counter() - t0
+            sent[m]["unmask"] = _reply_bytes(reply)
+            t0 = time.perf_counter()
+            server.add_unmask(m, reply)
+            c_route += time.perf_counter() - t0
+        t0 = time.perf_counter()
         total = server.result()
+        decoded = {k: fp.decode(v) for k, v in total.items()}
+        c_unmask = time.perf_counter() - t0
     except NotEnoughSharesError:
         res.completed = False
         res.rounds_completed = 0
-        total = {}
-    decoded = {k: fp.decode(v) for k, v in total.items()}
-    c_unmask = time.perf_counter() - t0
+    expected_skip = bool(
+        unrecoverable(setup, np.array([m not in dropped for m in setup.members]))[0]
+    )
+    # the library skips exactly the rounds whose share counts fall short: never unmasks more
+    assert res.completed != expected_skip, (
+        f"round unmasked: {res.completed}, but some secret short of t holders: {expected_skip}"
+    )
     if res.completed:
         res.max_decode_error = _check(
             total,
@@ -434,6 +458,7 @@ def run_case(
     first.skip_rate = runs[0].skip_rate
     first.rounds = len(runs)
     first.rounds_completed = sum(r.completed for r in runs)
+    first.refusals = sum(r.refusals for r in runs)
     first.max_decode_error = max(r.max_decode_error for r in runs)
     for key in first.member_s:
         first.member_s[key] = statistics.median(r.member_s[key] for r in runs)
@@ -477,9 +502,10 @@ def print_tables(results: Sequence[CaseResult]) -> None:
         s = r.member_sent
         status = "" if r.completed else " (every round skipped: < t shares)"
         p_skip = "" if r.skip_rate is None else f"{r.skip_rate:.1%}"
+        refused = f" ({r.refusals} refusals)" if r.refusals else ""
         print(
             f"{head} | {r.degree} | {r.threshold} | secagg{status} "
-            f"| {r.rounds_completed}/{r.rounds} | {p_skip} "
+            f"| {r.rounds_completed}/{r.rounds}{refused} | {p_skip} "
             f"| {_b(s['keys'])} / {_b(s['shares'])} / {_b(s['masked'])} / {_b(s['unmask'])} "
             f"= {_b(s['total'])} | {_b(r.member_recv['total'])} | {r.expansion:.2f} "
             f"| {_b(r.coord_recv)} | {_b(r.coord_sent)} |"

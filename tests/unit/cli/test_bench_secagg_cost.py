@@ -63,7 +63,14 @@ def test_skip_rate_counts_drop_sets_below_the_threshold() -> None:
     setup = GroupSetup.create(round=1, group="g", members=members, layout=layout, max_abs=1.0)
     rng = np.random.default_rng(0)
     assert setup.degree == 7  # complete graph: every holder set is the whole group
-    survivable = len(members) - setup.threshold
+    survivable = len(members) - max(setup.threshold, setup.min_survivors)
     assert skip_rate(setup, 0, trials=50, rng=rng) == 0.0
     assert skip_rate(setup, survivable, trials=50, rng=rng) == 0.0
     assert skip_rate(setup, survivable + 1, trials=50, rng=rng) == 1.0
+
+
+def test_a_round_short_of_survivors_is_skipped_not_unmasked() -> None:
+    # 4 of 8 survive, under min_survivors: members refuse, the bench checks it expected that
+    lost = _case(8, dropout=0.5)
+    assert not lost.completed and lost.rounds_completed == 0
+    assert lost.skip_rate is None and lost.min_survivors > 4
