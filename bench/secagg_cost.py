@@ -537,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--dropouts", type=float, nargs="+", default=[0.0, 0.1, 0.3])
     p.add_argument("--large-floats", type=int, default=1 << 20, help="0: no large update")
     p.add_argument("--large-members", type=int, default=10)
-    p.add_argument("--repeats", type=int, default=5, help="rounds per configuration")
+    p.add_argument("--repeats", type=int, default=10, help="rounds per configuration")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--trials", type=int, default=2000, help="random drop sets for the skip-rate estimate"
