@@ -533,3 +533,29 @@ def test_public_keys_are_validated() -> None:
         PublicKeys(c_pk=b"x" * 31, s_pk=b"y" * 32)
     with pytest.raises(SecAggError):
         PublicKeys(c_pk=b"x" * 32, s_pk=b"x" * 32)
+
+
+def test_server_refuses_low_order_public_keys() -> None:
+    g = Group(3)
+    good = g.members["m00"].advertise()
+    with pytest.raises(SecAggError, match="low-order"):
+        g.server.add_keys("m00", PublicKeys(c_pk=bytes(32), s_pk=good.s_pk))
+    with pytest.raises(SecAggError, match="low-order"):
+        g.server.add_keys("m00", PublicKeys(c_pk=good.c_pk, s_pk=(1).to_bytes(32, "little")))
+    g.server.add_keys("m00", good)
+
+
+def test_closing_stages_explicitly() -> None:
+    g = Group(10)
+    g.to_keys(skip=["m09"])
+    assert g.server.close_keys() == frozenset(g.setup.members[:9])
+    assert g.server.close_keys() == frozenset(g.setup.members[:9])  # idempotent
+    g.to_shares(skip=["m08"])
+    assert g.server.close_shares() == frozenset(g.setup.members[:8])
+    with pytest.raises(SecAggError, match="stage"):
+        g.server.close_keys()
+    short = Group(10)
+    short.to_keys(skip=short.setup.members[: 10 - short.setup.min_survivors + 1])
+    with pytest.raises(NotEnoughSharesError):
+        short.server.close_keys()
+    assert short.server.stage == "failed"

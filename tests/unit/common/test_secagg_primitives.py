@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import deque
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -50,12 +51,14 @@ def test_layout_is_sorted_with_shapes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("members", "max_abs"), [(1, 1.0), (10, 1.0), (100, 0.5), (3, 1e3), (1000, 7.3)]
+    ("members", "max_abs"),
+    [(1, 1.0), (10, 1.0), (100, 0.5), (3, 1e3), (1000, 7.3), (3, 1 / 3), (7, 1e-9), (1, 2.0**46)],
 )
 def test_for_sum_picks_the_largest_safe_fraction_bits(members: int, max_abs: float) -> None:
     f = FixedPoint.for_sum(members=members, max_abs=max_abs).fraction_bits
-    assert members * max_abs * 2**f <= 2**62
-    assert members * max_abs * 2 ** (f + 1) > 2**62
+    bound = Fraction(max_abs) * members  # exact
+    assert bound * Fraction(2) ** f <= 2**62
+    assert bound * Fraction(2) ** (f + 1) > 2**62
 
 
 def test_for_sum_at_a_power_of_two() -> None:

@@ -7,12 +7,16 @@ sum at all.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from fedprompt.errors import InvalidArgumentError
 from fedprompt.secagg import (
@@ -20,6 +24,7 @@ from fedprompt.secagg import (
     Layout,
     NotEnoughSharesError,
     SecAggMember,
+    SecAggRefusedError,
     SecAggServer,
     layout_of,
 )
@@ -215,3 +220,151 @@ def test_too_few_unmask_replies_raise_and_return_nothing() -> None:
     assert rnd.server.stage == "failed"
     with pytest.raises(InvalidArgumentError):
         rnd.server.result()
+
+
+def test_two_members_need_both() -> None:
+    rnd = Round.start(2)
+    assert (rnd.setup.degree, rnd.setup.threshold, rnd.setup.min_survivors) == (1, 2, 2)
+    assert_exact(rnd.run(), rnd.expected())
+    with pytest.raises(NotEnoughSharesError):
+        Round.start(2).run(training=[ids(2)[0]])
+
+
+def test_three_members_with_a_dropout_allowed() -> None:
+    setup = GroupSetup.create(
+        round=0, group="g", members=ids(3), layout=make_layout(), max_abs=MAX_ABS, max_dropout=0.4
+    )
+    assert (setup.degree, setup.threshold, setup.min_survivors) == (2, 2, 2)
+    rnd = Round.start(3)
+    rnd.setup = setup
+    rnd.server = SecAggServer(setup)
+    rnd.members = {m: SecAggMember(m, setup) for m in setup.members}
+    result = rnd.run(training=[ids(3)[1]])
+    assert rnd.server.u3 == {ids(3)[0], ids(3)[2]}
+    assert_exact(result, rnd.expected())
+
+
+def test_setup_fields_are_exactly_the_spec() -> None:
+    setup = make_setup(5)
+    assert [f.name for f in dataclasses.fields(setup)] == [
+        "round",
+        "group",
+        "members",
+        "seed",
+        "degree",
+        "threshold",
+        "min_survivors",
+        "layout",
+        "fraction_bits",
+    ]
+    assert setup == make_setup(5)
+    assert (
+        GroupSetup.create(
+            round=3,
+            group="cluster-1",
+            members=list(reversed(ids(5))),
+            layout=make_layout(),
+            max_abs=MAX_ABS,
+            seed=bytes(range(32)),
+        )
+        == setup
+    )
+    with pytest.raises(InvalidArgumentError):
+        GroupSetup.create(
+            round=3, group="g", members=["a", "a", "b"], layout=make_layout(), max_abs=1.0
+        )
+    assert (
+        len(
+            GroupSetup.create(
+                round=0, group="g", members=ids(3), layout=make_layout(), max_abs=1.0
+            ).seed
+        )
+        == 32
+    )
+
+
+def _drive_with_refusals(rnd: Round, drops: dict[str, set[str]]) -> dict[str, np.ndarray]:
+    """Run a round where members drop where told and refusing members count as dropped."""
+    server = rnd.server
+    for m, member in rnd.members.items():
+        if m not in drops["keys"]:
+            server.add_keys(m, member.advertise())
+    for m in sorted(server.u1 - drops["shares"]):
+        with contextlib.suppress(SecAggRefusedError):
+            server.add_shares(m, rnd.members[m].share_keys(server.keys_for(m)))
+    for m in sorted(server.u2 - drops["masked"]):
+        try:
+            rnd.members[m].receive_shares(server.shares_for(m))
+        except SecAggRefusedError:
+            continue
+        server.add_masked(m, rnd.members[m].mask(rnd.encoded[m]))
+    request = server.unmask_request()
+    for m in request.survivors:
+        if m not in drops["unmask"]:
+            with contextlib.suppress(SecAggRefusedError):
+                server.add_unmask(m, rnd.members[m].unmask(request))
+    return server.result()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(2, 30), data=st.data())
+def test_random_dropouts_give_the_exact_sum_or_nothing(n: int, data: st.DataObject) -> None:
+    rnd = Round.start(n, seed=n)
+    stages = ("keys", "shares", "masked", "unmask")
+    drops = {
+        stage: set(data.draw(st.lists(st.sampled_from(ids(n)), max_size=max(1, n // 4))))
+        for stage in stages
+    }
+    try:
+        result = _drive_with_refusals(rnd, drops)
+    except NotEnoughSharesError:
+        assert rnd.server.stage == "failed"
+        event("skipped")
+        return
+    event("unmasked")
+    assert len(rnd.server.u3) >= rnd.setup.min_survivors
+    assert_exact(result, rnd.expected())
+
+
+def test_no_member_ever_hands_out_both_secrets_of_one_owner() -> None:
+    rnd = Round.start(40, seed=13)
+    m = rnd.setup.members
+    rnd.keys([m[2]])
+    rnd.shares([m[4]])
+    rnd.masked([m[6], m[7]])
+    request = rnd.server.unmask_request()
+    s_owners: set[str] = set()
+    b_owners: set[str] = set()
+    for member in request.survivors:
+        reply = rnd.members[member].unmask(request)
+        s_owners |= set(reply.s_sk_shares)
+        b_owners |= set(reply.b_shares)
+        rnd.server.add_unmask(member, reply)
+    assert s_owners <= {m[6], m[7]}
+    assert b_owners <= set(request.survivors)
+    assert not s_owners & b_owners
+    assert_exact(rnd.server.result(), rnd.expected())
+
+
+def test_cost_per_member_follows_the_degree() -> None:
+    rnd = Round.start(100)
+    assert rnd.setup.degree == 20
+    rnd.keys()
+    for member in rnd.setup.members[:5]:
+        keys = rnd.server.keys_for(member)
+        assert len(keys) == rnd.setup.degree + 1
+        assert len(rnd.members[member].share_keys(keys)) == rnd.setup.degree
+
+
+def test_masks_are_fresh_each_round() -> None:
+    outputs = []
+    for _ in range(2):
+        rnd = Round.start(3, seed=1)
+        rnd.keys()
+        rnd.shares()
+        for member in rnd.setup.members:
+            rnd.members[member].receive_shares(rnd.server.shares_for(member))
+        first = rnd.setup.members[0]
+        outputs.append(rnd.members[first].mask(rnd.encoded[first]))
+    for name in SHAPES:
+        assert not np.array_equal(outputs[0][name], outputs[1][name])

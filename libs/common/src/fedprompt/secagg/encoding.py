@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Self
 
 import numpy as np
@@ -70,6 +71,8 @@ def check_layout(layout: Layout) -> None:
 def flatten(tensors: Mapping[str, np.ndarray], layout: Layout) -> np.ndarray:
     """Concatenate uint64 ``tensors`` in ``layout`` order into one new uint64 vector.
 
+    The result never shares memory with ``tensors``.
+
     Raises
     ------
     SecAggError
@@ -85,9 +88,7 @@ def flatten(tensors: Mapping[str, np.ndarray], layout: Layout) -> np.ndarray:
         if array.shape != shape:
             raise SecAggError(f"secagg tensor {name!r} has shape {array.shape}, expected {shape}")
         parts.append(array.reshape(-1))
-    if not parts:
-        return np.zeros(0, dtype=np.uint64)
-    return np.concatenate(parts).astype(np.uint64, copy=False)
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 
 def unflatten(vector: np.ndarray, layout: Layout) -> dict[str, np.ndarray]:
@@ -146,11 +147,11 @@ class FixedPoint:
             raise EncodingRangeError(f"members must be a positive integer, got {members!r}")
         if not (math.isfinite(max_abs) and max_abs > 0):
             raise EncodingRangeError(f"max_abs must be positive and finite, got {max_abs!r}")
-        bound = members * max_abs
-        mantissa, exponent = math.frexp(bound)  # bound = mantissa * 2^exponent, 0.5 <= m < 1
-        # bound * 2^f <= 2^62  <=>  mantissa * 2^(exponent + f) <= 2^62
-        f = 62 - exponent + (1 if mantissa == 0.5 else 0)
-        while math.ldexp(bound, f) > SUM_BOUND:  # pragma: no cover - guard against rounding
+        bound = Fraction(max_abs) * members  # exact: no float rounding of the product
+        f = 62 - math.frexp(float(bound))[1]  # estimate, then exact correction
+        while bound * Fraction(2) ** (f + 1) <= SUM_BOUND:
+            f += 1
+        while bound * Fraction(2) ** f > SUM_BOUND:
             f -= 1
         if f < MIN_FRACTION_BITS:
             raise EncodingRangeError(

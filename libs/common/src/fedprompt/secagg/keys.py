@@ -64,6 +64,19 @@ def check_public(raw: bytes) -> X25519PublicKey:
     return X25519PublicKey.from_public_bytes(raw)
 
 
+def usable_public(raw: bytes) -> bool:
+    """Return whether ``raw`` is a public key an agreement can use (not of low order).
+
+    A low-order key makes every agreement with it fail; the server refuses such keys so
+    that one member cannot make its neighbours' key sharing fail.
+    """
+    try:
+        generate_private().exchange(check_public(raw))
+    except (ValueError, SecAggError):
+        return False
+    return True
+
+
 def agreement_info(purpose: str, round_: int, group: str, a: str, b: str) -> bytes:
     """Return the HKDF info string of a pair (order of ``a``/``b`` irrelevant)."""
     low, high = sorted((a, b))

@@ -240,7 +240,7 @@ class SecAggMember:
         """
         self._expect(_Stage.RECEIVED, "mask")
         setup = self._setup
-        total = flatten(encoded, setup.layout).copy()
+        total = flatten(encoded, setup.layout)  # a new array
         size = layout_size(setup.layout)
         total += prg.expand(self._b, size)
         for v in sorted(self._u2_neighbours):

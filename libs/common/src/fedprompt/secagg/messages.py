@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Self
 
@@ -71,7 +71,6 @@ class GroupSetup:
     min_survivors: int
     layout: Layout
     fraction_bits: int
-    _indices: dict[str, int] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.round, int) or self.round < 0:
@@ -102,7 +101,6 @@ class GroupSetup:
             raise SecAggError(f"secagg min_survivors {self.min_survivors} is out of range")
         check_layout(self.layout)
         FixedPoint(self.fraction_bits)
-        object.__setattr__(self, "_indices", {m: i + 1 for i, m in enumerate(members)})
 
     @classmethod
     def create(
@@ -153,6 +151,10 @@ class GroupSetup:
     def graph(self) -> dict[str, tuple[str, ...]]:
         """Every member's neighbours (the Harary ring of ``degree`` ordered by ``seed``)."""
         return harary_neighbours(self.members, degree=self.degree, seed=self.seed)
+
+    @cached_property
+    def _indices(self) -> dict[str, int]:
+        return {m: i + 1 for i, m in enumerate(self.members)}
 
     @property
     def fixed_point(self) -> FixedPoint:

@@ -3,11 +3,12 @@
 Stages (each set is frozen by the first call of the next stage):
 
 ``keys``
-    :meth:`SecAggServer.add_keys` collects public keys. The first
-    :meth:`~SecAggServer.keys_for` freezes ``U1`` (stage ``shares``).
+    :meth:`SecAggServer.add_keys` collects public keys. :meth:`~SecAggServer.close_keys`
+    or the first :meth:`~SecAggServer.keys_for` freezes ``U1`` (stage ``shares``).
 ``shares``
     :meth:`~SecAggServer.add_shares` collects each member's ciphertexts, one per neighbour
-    in ``U1``. The first :meth:`~SecAggServer.shares_for` freezes ``U2`` (stage ``masked``).
+    in ``U1``. :meth:`~SecAggServer.close_shares` or the first
+    :meth:`~SecAggServer.shares_for` freezes ``U2`` (stage ``masked``).
 ``masked``
     :meth:`~SecAggServer.add_masked` collects masked inputs of ``U2`` members.
     :meth:`~SecAggServer.unmask_request` freezes ``U3`` (stage ``unmask``).
@@ -40,6 +41,10 @@ CIPHERTEXT_BYTES = kx.NONCE_BYTES + 2 * shamir.SHARE_BYTES + kx.TAG_BYTES
 
 class SecAggServer:
     """Aggregator of one group in one round.
+
+    Not thread-safe: a caller serving members concurrently serialises the calls (one lock
+    per group). Holds every masked input of ``U3`` (8 bytes per value and member) until
+    :meth:`result`.
 
     Parameters
     ----------
@@ -118,7 +123,24 @@ class SecAggServer:
         used = {b for pk in self._keys.values() for b in (pk.c_pk, pk.s_pk)}
         if keys.c_pk in used or keys.s_pk in used:
             raise SecAggError(f"{member!r} sent a public key another member already sent")
+        if not (kx.usable_public(keys.c_pk) and kx.usable_public(keys.s_pk)):
+            raise SecAggError(f"{member!r} sent an unusable (low-order) public key")
         self._keys[member] = keys
+
+    def close_keys(self) -> frozenset[str]:
+        """Freeze and return ``U1`` (stage ``shares``); the first :meth:`keys_for` does it too.
+
+        Raises
+        ------
+        NotEnoughSharesError
+            If ``U1`` is smaller than ``min_survivors`` (stage ``failed``).
+        """
+        if self._stage == KEYS:
+            self._u1 = frozenset(self._keys)
+            self._stage = SHARES
+            self._fail_if_short(self._u1, "sent keys")
+        self._expect(SHARES, "close the keys stage")
+        return self._u1
 
     def keys_for(self, member: str) -> dict[str, PublicKeys]:
         """Return the keys of ``member``'s neighbours in ``U1`` and its own.
@@ -132,9 +154,7 @@ class SecAggServer:
         """
         self._member(member)
         if self._stage == KEYS:
-            self._u1 = frozenset(self._keys)
-            self._stage = SHARES
-            self._fail_if_short(self._u1, "sent keys")
+            self.close_keys()
         self._expect(SHARES, "hand out keys")
         if member not in self._u1:
             raise SecAggError(f"{member!r} sent no secagg keys")
@@ -157,6 +177,21 @@ class SecAggServer:
                 raise SecAggError(f"{member!r} sent a malformed share ciphertext")
         self._ciphertexts[member] = dict(ciphertexts)
 
+    def close_shares(self) -> frozenset[str]:
+        """Freeze and return ``U2`` (stage ``masked``); the first :meth:`shares_for` does it too.
+
+        Raises
+        ------
+        NotEnoughSharesError
+            If ``U2`` is smaller than ``min_survivors`` (stage ``failed``).
+        """
+        if self._stage == SHARES:
+            self._u2 = frozenset(self._ciphertexts)
+            self._stage = MASKED
+            self._fail_if_short(self._u2, "sent shares")
+        self._expect(MASKED, "close the shares stage")
+        return self._u2
+
     def shares_for(self, member: str) -> dict[str, bytes]:
         """Return the ciphertexts addressed to ``member`` (sender -> ciphertext).
 
@@ -169,9 +204,7 @@ class SecAggServer:
         """
         self._member(member)
         if self._stage == SHARES:
-            self._u2 = frozenset(self._ciphertexts)
-            self._stage = MASKED
-            self._fail_if_short(self._u2, "sent shares")
+            self.close_shares()
         self._expect(MASKED, "hand out shares")
         if member not in self._u2:
             raise SecAggError(f"{member!r} sent no secagg shares")
@@ -189,7 +222,7 @@ class SecAggServer:
             raise SecAggError(f"{member!r} sent no secagg shares")
         if member in self._masked:
             raise SecAggError(f"{member!r} already sent its masked input")
-        self._masked[member] = flatten(masked, self._setup.layout).copy()
+        self._masked[member] = flatten(masked, self._setup.layout)  # a new array
 
     def unmask_request(self) -> UnmaskRequest:
         """Freeze ``U3`` and return the unmask request for every member of ``U3``.
