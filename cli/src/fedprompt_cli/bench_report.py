@@ -29,10 +29,17 @@ from fedprompt_cli.bench_analysis import (
     privacy_results,
     targets,
     variant_of,
-    verdicts,
 )
 from fedprompt_cli.bench_metrics import run_metrics
 from fedprompt_cli.bench_plan import METHOD, BenchPlan
+from fedprompt_cli.bench_stats import (
+    MARGIN,
+    METRICS,
+    POWER_FACTOR,
+    RESAMPLES,
+    PairedComparison,
+    paired_comparisons,
+)
 from fedprompt_cli.plots import write_plots
 
 __all__ = ["REPRODUCE", "write_report"]
@@ -87,6 +94,35 @@ def _headline_table(
             f"{_mib(r.stat('bytes_down_per_client_round').mean)} | {_ratio(ratios.get((r.task, r.variant)))} | "
             f"{to_target} | {r.stat('round_seconds').fmt(1, 1)} | "
             f"{r.stat('client_train_seconds').fmt(1, 2)} |"
+        )
+    return lines
+
+
+def _paired_section(comparisons: Sequence[PairedComparison]) -> list[str]:
+    """The method against each baseline: paired differences, intervals, p, power, verdict."""
+    if not comparisons:
+        return [f"No baseline ran next to {METHOD} on the same seeds: nothing to compare."]
+    lines = [
+        f"{METHOD} minus each baseline, paired: mean accuracy pairs each client of each seed "
+        "with itself under the other strategy (the same silo, test split, initial prompt and "
+        "head, and data order) and pools the pairs of all seeds; worst-client accuracy pairs "
+        f"each seed's worst clients. 95 % CI: percentile bootstrap ({RESAMPLES:,} resamples "
+        "of the clients within each seed, seeded); p: Wilcoxon signed-rank, two-sided. "
+        f"Verdicts come from the interval: above 0 beats, below 0 loses, inside "
+        f"±{100 * MARGIN:g} point(s) ties, otherwise cannot tell with this data. Detectable: "
+        f"the smallest difference this design finds with 80 % power at alpha = 0.05 "
+        f"({POWER_FACTOR:.1f} × the bootstrap standard error).",
+        "",
+        f"| task | {METHOD} vs | metric | difference (points) | 95 % CI | Wilcoxon p | pairs | "
+        "detectable (points) | verdict |",
+        "|" + "---|" * 9,
+    ]
+    for c in comparisons:
+        p = "-" if c.p_value is None else f"{c.p_value:.3g}"
+        lines.append(
+            f"| {c.task} | {c.baseline} | {METRICS[c.metric]} | {100 * c.difference:+.1f} | "
+            f"{100 * c.ci_low:+.1f} to {100 * c.ci_high:+.1f} | {p} | {c.pairs} | "
+            f"{100 * c.detectable:.1f} | {c.verdict} |"
         )
     return lines
 
@@ -320,6 +356,7 @@ def write_report(
     base = headline(records, chosen)
     private = privacy_results(records)
     compressed = compression_comparisons(records)
+    paired = paired_comparisons(base)
     ratios = communication_ratios(base)
     target = targets(base, plan.target_fraction)
     _write_raw(out, records, [*base, *private, *(c.compressed for c in compressed)])
@@ -360,9 +397,13 @@ def write_report(
         "## What the numbers say",
         "",
         *(
-            [f"- {line}" for line in [*identical_groups(base), *verdicts(base)]]
+            [f"- {line}" for line in [*identical_groups(base), *(c.sentence() for c in paired)]]
             or ["- One strategy per task in this plan: there is nothing to compare it with."]
         ),
+        "",
+        "## Paired comparisons",
+        "",
+        *_paired_section(paired),
         "",
         "## Per-cluster accuracy",
         "",
@@ -398,7 +439,24 @@ def write_report(
             {
                 "chosen_learning_rates": {f"{t}/{s}": lr for (t, s), lr in chosen.items()},
                 "targets": target,
-                "verdicts": verdicts(base),
+                "verdicts": [c.sentence() for c in paired],
+                "paired": [
+                    {
+                        "task": c.task,
+                        "method": c.method,
+                        "baseline": c.baseline,
+                        "metric": c.metric,
+                        "seeds": list(c.seeds),
+                        "client_pairs": c.clients,
+                        "difference": c.difference,
+                        "ci95": [c.ci_low, c.ci_high],
+                        "wilcoxon_p": c.p_value,
+                        "detectable": c.detectable,
+                        "margin": c.margin,
+                        "verdict": c.verdict,
+                    }
+                    for c in paired
+                ],
                 "upload_compression": [
                     {
                         "task": c.task,
