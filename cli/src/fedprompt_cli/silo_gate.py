@@ -61,13 +61,16 @@ def checked_data_root(
     if not problems:
         console.print(
             f"silo folders in {root}: {len(check.silos)} {check.modality} silos "
-            f"(task {check.task}), {len(check.labels)} labels, no problem found"
+            f"(task {check.task}), {len(check.labels)} labels, no problem found",
+            soft_wrap=True,
+            highlight=False,
         )
         return check
     silos = len({p.silo for p in problems if p.silo})
     console.print(
         f"[bold red]{len(problems)} problem(s) in {silos} silo folder(s) under {escape(str(root))}"
-        "[/]: nothing was started; fix them and run again."
+        "[/]: nothing was started; fix them and run again.",
+        soft_wrap=True,
     )
     if console.is_terminal:
         table = Table(show_lines=True)
