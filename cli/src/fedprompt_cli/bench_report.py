@@ -39,6 +39,7 @@ from fedprompt_cli.bench_stats import (
     RESAMPLES,
     PairedComparison,
     paired_comparisons,
+    points,
 )
 from fedprompt_cli.plots import write_plots
 
@@ -120,8 +121,8 @@ def _paired_section(comparisons: Sequence[PairedComparison]) -> list[str]:
     for c in comparisons:
         p = "-" if c.p_value is None else f"{c.p_value:.3g}"
         lines.append(
-            f"| {c.task} | {c.baseline} | {METRICS[c.metric]} | {100 * c.difference:+.1f} | "
-            f"{100 * c.ci_low:+.1f} to {100 * c.ci_high:+.1f} | {p} | {c.pairs} | "
+            f"| {c.task} | {c.baseline} | {METRICS[c.metric]} | {points(c.difference)} | "
+            f"{points(c.ci_low)} to {points(c.ci_high)} | {p} | {c.pairs} | "
             f"{100 * c.detectable:.1f} | {c.verdict} |"
         )
     return lines

@@ -61,6 +61,7 @@ __all__ = [
     "compare",
     "paired_comparisons",
     "paired_runs",
+    "points",
     "wilcoxon_p",
 ]
 
@@ -218,19 +219,19 @@ class PairedComparison:
     def interval(self) -> str:
         """``+1.2 points (95 % CI -0.3 to +2.8)``."""
         return (
-            f"{_points(self.difference)} points (95 % CI {_points(self.ci_low)} to "
-            f"{_points(self.ci_high)})"
+            f"{points(self.difference)} points (95 % CI {points(self.ci_low)} to "
+            f"{points(self.ci_high)})"
         )
 
     def evidence(self) -> str:
         """The test and the size of the design, in words."""
-        p = "-" if self.p_value is None else _p(self.p_value)
+        p = "= -" if self.p_value is None else _p(self.p_value)
         seeds = len(self.seeds)
         if self.metric == "accuracy_mean":
             size = f"{self.clients} client pairs over {seeds} seed{'s' * (seeds != 1)}"
         else:
             size = f"{seeds} seed pair{'s' * (seeds != 1)} of {self.clients} clients"
-        return f"Wilcoxon p = {p}, {size}"
+        return f"Wilcoxon p {p}, {size}"
 
     def sentence(self) -> str:
         """The verdict as a sentence, with the interval, the test and the power."""
@@ -260,12 +261,13 @@ class PairedComparison:
         return f"{head}: {self.interval()}; {self.evidence()}; {power}."
 
 
-def _points(value: float) -> str:
-    return f"{round(value * 100, 1) + 0.0:+.1f}"
+def points(value: float) -> str:
+    """A difference in accuracy points, signed, one decimal (``-0.0``: below 0, not 0)."""
+    return "+0.0" if value == 0 else f"{value * 100:+.1f}"
 
 
 def _p(value: float) -> str:
-    return "< 0.001" if value < 0.001 else f"{value:.3f}" if value < 0.1 else f"{value:.2f}"
+    return "< 0.001" if value < 0.001 else f"= {value:.3f}" if value < 0.1 else f"= {value:.2f}"
 
 
 def compare(
