@@ -11,13 +11,16 @@ splits), from the same initial prompt and head and with the same data order (see
 - **worst-client accuracy**: one pair per seed: the method's worst client minus the
   baseline's worst client (each side's own worst); the estimate is their mean over seeds.
 
-**Interval**: a percentile bootstrap (:data:`RESAMPLES` resamples, seeded with
-:data:`BOOTSTRAP_SEED`, so a report is reproducible). Each resample draws the clients of
-every seed with replacement *within that seed* (stratified by seed: the seeds stay fixed,
-the same drawn clients on both sides of the pair) and recomputes the estimate; the 95 %
-interval is the 2.5th to 97.5th percentile. The interval therefore covers the client (and
-test-example) sampling of the design; seeds are strata, so a design with few seeds says
-nothing about seed-to-seed training noise beyond what those seeds show.
+**Interval**: a two-stage (hierarchical) percentile bootstrap (:data:`RESAMPLES`
+resamples, seeded with :data:`BOOTSTRAP_SEED`, so a report is reproducible). Each resample
+draws the seeds with replacement, then the clients of each drawn seed with replacement
+*within that seed* (the same drawn clients on both sides of the pair), and recomputes the
+estimate; the 95 % interval is its 2.5th to 97.5th percentile. The interval so carries both
+the client (and test-example) sampling and the seed-to-seed variation of training (and, for
+the bundled tasks, of the partition); with one seed it is the client bootstrap alone. With
+few seeds the seed stage is coarse (3 seeds give 10 distinct seed draws), and the worst
+client of a resample is never worse than the worst client observed, so worst-client
+intervals lean towards the observed difference: read them with their Wilcoxon p.
 
 **Wilcoxon signed-rank p-value** (two-sided, ``scipy.stats.wilcoxon``, zero differences
 dropped): over the pooled client pairs for mean accuracy, over the per-seed pairs for
@@ -33,7 +36,8 @@ practice), and "cannot tell with this data" otherwise.
 **Power**: the smallest difference the design could have detected is
 ``(z_0.975 + z_0.80) · SE ≈ 2.8 · SE`` (:data:`POWER_FACTOR`), with SE the bootstrap
 standard error of the estimate: a true difference that large is found (the interval
-excludes 0) with about 80 % probability at alpha = 0.05. It shrinks as 1/√(pairs).
+excludes 0) with about 80 % probability at alpha = 0.05. It shrinks as 1/√(clients) while
+the clients dominate the error, and as 1/√(seeds) once the seed-to-seed variation does.
 """
 
 from __future__ import annotations
@@ -143,17 +147,30 @@ def _estimate(pairs: SeedPairs, metric: Metric) -> float:
 
 
 def _bootstrap(pairs: SeedPairs, metric: Metric, resamples: int, seed: int) -> np.ndarray:
-    """The estimate on ``resamples`` resamples of clients drawn within each seed."""
+    """The estimate on ``resamples`` two-stage resamples: seeds, then clients within each.
+
+    Stage 1 draws as many seeds as there are, with replacement; stage 2 draws the clients of
+    each drawn seed with replacement (the same clients on both sides of the pair). The
+    estimate of a resample is the mean of its client differences (mean accuracy) or the
+    mean over its drawn seeds of their worst-client differences.
+    """
     rng = np.random.default_rng(seed)
-    total = sum(len(a) for a, _ in pairs.values())
-    sums = np.zeros(resamples)
-    for a, b in pairs.values():
+    # per seed and resample: the sum of the drawn clients' differences, or the drawn
+    # clients' worst-client difference
+    within = np.empty((len(pairs), resamples))
+    counts = np.empty(len(pairs))
+    for k, (a, b) in enumerate(pairs.values()):
         idx = rng.integers(0, len(a), size=(resamples, len(a)))
+        counts[k] = len(a)
         if metric == "accuracy_mean":
-            sums += (a - b)[idx].sum(axis=1)
+            within[k] = (a - b)[idx].sum(axis=1)
         else:
-            sums += a[idx].min(axis=1) - b[idx].min(axis=1)
-    return sums / (total if metric == "accuracy_mean" else len(pairs))
+            within[k] = a[idx].min(axis=1) - b[idx].min(axis=1)
+    drawn = rng.integers(0, len(pairs), size=(resamples, len(pairs)))
+    picked = within[drawn, np.arange(resamples)[:, None]]  # [resamples, drawn seeds]
+    if metric == "accuracy_mean":
+        return np.asarray(picked.sum(axis=1) / counts[drawn].sum(axis=1))
+    return np.asarray(picked.mean(axis=1))
 
 
 @dataclass(frozen=True)
