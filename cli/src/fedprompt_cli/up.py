@@ -186,7 +186,11 @@ def _phase_name(phase: common_pb2.RoundPhase.ValueType) -> str:
 
 def _silo_dirs(options: UpOptions, console: Console) -> list[Path]:
     if options.data_root is not None:
-        silos = sorted(p for p in options.data_root.iterdir() if (p / "metadata.json").exists())
+        silos = sorted(
+            p
+            for p in options.data_root.iterdir()
+            if not p.name.startswith(".") and (p / "metadata.json").exists()
+        )
         if len(silos) < options.clients:
             raise ChildFailedError(
                 f"{options.data_root} holds {len(silos)} silo folders, {options.clients} needed"
