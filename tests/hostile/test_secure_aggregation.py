@@ -59,7 +59,7 @@ async def test_curious_coordinator_gets_neither_secret_twice() -> None:
         spec=SPEC,
         global_names=("prompt.global",),
         examples=dict.fromkeys(MEMBERS, 5),
-        plan=SecurePlan.from_config(config, noise_multiplier=None),
+        plan=SecurePlan.from_config(config, mechanisms=None),
     )
     agents = {c: ClientAgent(_Runtime(c), coordinator="127.0.0.1:1") for c in MEMBERS}  # type: ignore[arg-type]
     client = _RecordingClient()

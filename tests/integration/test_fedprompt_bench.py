@@ -83,3 +83,33 @@ def test_ctrl_c_stops_the_bench_without_retrying_the_run(tmp_path: Path) -> None
             os.kill(pid, 0)
             state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
             assert state == "Z", f"child {pid} still running"
+
+
+@pytest.mark.timeout(900)  # two federations of 3 silos, one round each: ~1-2 min when idle
+def test_bench_on_the_users_own_silos(tmp_path: Path) -> None:
+    silos = tmp_path / "my-silos"
+    made = subprocess.run(
+        [console_script("fedprompt-make-silos"), "--num-silos", "3", "--seed", "5",
+         "--out", str(silos)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr[-3000:]
+    proc = subprocess.run(
+        [console_script("fedprompt"), "bench", "--tiny", "--data-root", str(silos),
+         "--seeds", "0", "--skip-privacy", "--reports", str(tmp_path), "--tag", "own"],
+        capture_output=True, text=True, timeout=850, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "3 text silos (task text)" in proc.stdout
+    out = tmp_path / "own"
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["data_root"] == str(silos) and plan["clients"] == 3
+    assert not (out / "work" / "silos").exists()  # nothing was generated: the user's silos ran
+    rows = list(csv.DictReader((out / "runs.csv").open()))
+    assert sorted(r["variant"] for r in rows) == ["fpl", "local"]
+    report = (out / "report.md").read_text()
+    assert f"the silo folders in `{silos}`" in report
+    assert "## Paired comparisons" in report and "| text | local | mean accuracy |" in report
+    head = json.loads((out / "headline.json").read_text())
+    assert {c["verdict"] for c in head["paired"]} <= {"beats", "loses", "ties", "cannot tell"}
+    assert all(c["client_pairs"] == 3 for c in head["paired"])

@@ -19,6 +19,7 @@ from fedprompt_cli.bench_plan import (
     quick_plan,
     tiny_plan,
 )
+from fedprompt_cli.silo_gate import BAD_SILOS, checked_data_root
 from fedprompt_cli.up import UpOptions, run_up
 
 
@@ -45,7 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=StrategyName.FPL.value,
         help=f"federated strategy (default: %(default)s): {strategies_help()}",
     )
-    up.add_argument("--task", choices=TASKS, default="text", help="bundled task")
+    up.add_argument(
+        "--task", choices=TASKS, default="text", help="bundled task (--data-root: read from it)"
+    )
     up.add_argument("--learning-rate", type=float, help="default depends on strategy and task")
     up.add_argument("--head-learning-rate", type=float)
     up.add_argument("--contrastive-weight", type=float, help=f"λ of the client InfoNCE ({METHOD})")
@@ -125,6 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--strategies", nargs="+", help="only these strategies of the plan")
     bench.add_argument("--tasks", nargs="+", help="only these tasks of the plan (text, vision)")
     bench.add_argument(
+        "--data-root",
+        type=Path,
+        help="your own silo folders (text or image; the task is read from them): the same "
+        "plan, stages and report on them, every seed on the same silos; checked first",
+    )
+    bench.add_argument(
         "--merge",
         type=Path,
         nargs="+",
@@ -186,6 +195,12 @@ def run_certs(args: argparse.Namespace, console: Console) -> int:
 def _bench(args: argparse.Namespace, console: Console) -> int:
     from fedprompt_cli.bench import plan_with_overrides, run_bench
 
+    data = None
+    if args.data_root is not None:
+        data = checked_data_root(args.data_root, console)
+        if data is None:
+            return BAD_SILOS
+
     plan = (
         tiny_plan()
         if args.tiny
@@ -207,6 +222,7 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
             skip_compression=args.skip_compression,
             strategies=tuple(args.strategies) if args.strategies else None,
             insecure=args.insecure,
+            data_root=None if data is None else (args.data_root, data.task or "", len(data.silos)),
         )
     except ValueError as exc:
         console.print(f"[red]{exc}[/]")
@@ -237,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.clients < 1 or args.rounds < 1:
             console.print("[red]--clients and --rounds must be at least 1[/]")
             return 2
+        task = args.task
+        if args.data_root is not None:  # checked before anything starts; the task is theirs
+            data = checked_data_root(args.data_root, console, needed=args.clients)
+            if data is None:
+                return BAD_SILOS
+            task = data.task or task
         run_dir = args.run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
         options = UpOptions(
             clients=args.clients,
@@ -252,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout_s=args.timeout_s,
             torch_threads=args.torch_threads,
             strategy=args.strategy,
-            task=args.task,
+            task=task,
             learning_rate=args.learning_rate,
             head_learning_rate=args.head_learning_rate,
             contrastive_weight=args.contrastive_weight,

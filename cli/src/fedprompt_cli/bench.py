@@ -44,7 +44,12 @@ class BenchFailedError(RuntimeError):
 
 
 def _make_silos(task: str, seed: int, plan: BenchPlan, out: Path) -> Path:
-    """Write the silos of one (task, seed) once; every strategy of that seed reuses them."""
+    """Write the silos of one (task, seed) once; every strategy of that seed reuses them.
+
+    A plan on the user's own silos (``data_root``) makes none: every run reads those.
+    """
+    if plan.data_root is not None:
+        return plan.data_root
     if out.is_dir() and any((p / "metadata.json").exists() for p in out.iterdir()):
         return out
     settings = plan.tasks[task]
@@ -295,11 +300,34 @@ def plan_with_overrides(
     skip_compression: bool = False,
     strategies: tuple[str, ...] | None = None,
     insecure: bool = False,
+    data_root: tuple[Path, str, int] | None = None,
 ) -> BenchPlan:
     """The plan with the command line's ``--seeds`` / ``--silos`` / ``--tasks`` applied.
 
     ``skip_privacy`` and ``skip_compression`` each leave out only their own stage.
+    ``data_root`` is ``(folder, task, silos)`` of the user's own (checked) silo folders:
+    the plan keeps only that task, with as many clients as silos (``clients``: the first
+    that many, by name).
     """
+    if data_root is not None:
+        root, task, count = data_root
+        if task not in plan.tasks:
+            raise ValueError(
+                f"the silos in {root} are a {task} task, which the {plan.mode} plan does not "
+                f"run (it runs {', '.join(plan.tasks)})"
+            )
+        if tasks and task not in tasks:
+            raise ValueError(f"the silos in {root} are a {task} task, not {', '.join(tasks)}")
+        if clients and clients > count:
+            raise ValueError(f"--silos {clients}: {root} holds {count} silo folders")
+        plan = replace(
+            plan,
+            tasks={task: plan.tasks[task]},
+            data_root=root,
+            clients=clients or count,
+            clients_per_process=max(plan.clients_per_process, clients or count),
+        )
+        clients = None
     if tasks:
         unknown = set(tasks) - set(plan.tasks)
         if unknown:

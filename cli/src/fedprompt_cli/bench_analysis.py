@@ -3,8 +3,8 @@
 Pure functions and frozen dataclasses over the records ``fedprompt bench`` keeps: they
 write no file and draw nothing (:mod:`fedprompt_cli.bench_report` and
 :mod:`fedprompt_cli.plots` render them). Every sentence that compares strategies is
-generated from the numbers (see :func:`verdicts`); nothing here is hard-coded about who
-wins.
+generated from the numbers (the paired verdicts are :mod:`fedprompt_cli.bench_stats`'s);
+nothing here is hard-coded about who wins.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from fedprompt.strategies import StrategyName
 from fedprompt_cli.bench_metrics import RunMetrics, Spread, run_metrics, spread
-from fedprompt_cli.bench_plan import METHOD, RunSpec
+from fedprompt_cli.bench_plan import RunSpec
 
 __all__ = [
     "COMMUNICATION_REFERENCE",
@@ -33,7 +33,6 @@ __all__ = [
     "privacy_results",
     "targets",
     "variant_of",
-    "verdicts",
 ]
 
 #: The strategy whose bytes every communication ratio divides by (every weight travels).
@@ -108,6 +107,15 @@ class VariantResult:
         return [
             statistics.fmean(r.cumulative_bytes_by_round[i] for r in self.runs) for i in range(n)
         ]
+
+    def epsilon_by_level(self) -> dict[str, Spread]:
+        """Client-level ε of each DP level alone, mean ± std over seeds (empty: no DP or
+        runs from before per-level accounting)."""
+        levels = sorted({lv for r in self.runs for lv in r.epsilon_by_level})
+        return {
+            lv: spread(r.epsilon_by_level[lv] for r in self.runs if lv in r.epsilon_by_level)
+            for lv in levels
+        }
 
     def per_group(self) -> dict[str, Spread]:
         """Per true group (cluster) accuracy, mean ± std over seeds."""
@@ -199,7 +207,7 @@ class CompressionComparison:
         """What the compression did to the upload bytes and the accuracy, from the numbers.
 
         A change of mean accuracy is "within the seed spread" when it is no larger than the
-        larger of the two sample stds over seeds (as in :func:`verdicts`).
+        larger of the two sample stds over seeds.
         """
         who = f"{self.task}: {self.method} uploads"
         strategy = self.compressed.strategy
@@ -296,53 +304,6 @@ def targets(results: Sequence[VariantResult], fraction: float) -> dict[str, floa
     for r in results:
         best[r.task] = max(best.get(r.task, 0.0), r.stat("accuracy_mean").mean)
     return {task: fraction * acc for task, acc in best.items()}
-
-
-def verdicts(results: Sequence[VariantResult], method: str = METHOD) -> list[str]:
-    """Plain sentences comparing ``method`` with every baseline, per task, from the numbers.
-
-    ``method`` beats a baseline when its mean accuracy over seeds is higher by more than the
-    larger of the two seed spreads; a smaller lead is called "within the seed spread", and
-    a lower mean is a loss. Worst-client accuracy is compared the same way.
-    """
-    lines = []
-    by_task: dict[str, dict[str, VariantResult]] = {}
-    for r in results:
-        by_task.setdefault(r.task, {})[r.strategy] = r
-    for task, by_strategy in sorted(by_task.items()):
-        ours = by_strategy.get(method)
-        if ours is None:
-            continue
-        for name, other in sorted(by_strategy.items()):
-            if name == method:
-                continue
-            for field, what in (
-                ("accuracy_mean", "mean accuracy"),
-                ("accuracy_worst", "worst-client accuracy"),
-            ):
-                a, b = ours.stat(field), other.stat(field)
-                diff = (a.mean - b.mean) * 100
-                noise = max(a.std, b.std) * 100
-                figures = f"{a.fmt(100)} % vs {b.fmt(100)} %"
-                if abs(diff) < 0.05:
-                    lines.append(
-                        f"**{task}: {method} does not beat {name}** on {what}: a tie ({figures})."
-                    )
-                elif diff < 0:
-                    lines.append(
-                        f"**{task}: {method} does not beat {name}** on {what} ({figures}, "
-                        f"{diff:+.1f} points)."
-                    )
-                elif diff <= noise:
-                    lines.append(
-                        f"{task}: {method} is ahead of {name} on {what} by {diff:.1f} points, "
-                        f"within the seed spread ({figures}): not a clear win."
-                    )
-                else:
-                    lines.append(
-                        f"{task}: {method} beats {name} on {what} by {diff:.1f} points ({figures})."
-                    )
-    return lines
 
 
 def identical_groups(results: Sequence[VariantResult]) -> list[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedprompt.fairness import jain_index
@@ -61,6 +61,8 @@ class RunMetrics:
     #: final test accuracy per client (by client id) and per true group
     per_client: dict[str, float]
     per_group: dict[str, float]
+    #: client-level ε of each DP level alone (``epsilon``: all levels composed)
+    epsilon_by_level: dict[str, float] = field(default_factory=dict)
 
     def bytes_to_reach(self, target: float) -> float | None:
         """Total bytes on the wire until the mean accuracy first reached ``target``."""
@@ -149,6 +151,9 @@ def run_metrics(record: Mapping[str, Any]) -> RunMetrics:
         num_clusters=max((int(r.get("num_clusters", 0)) for r in summary["rounds"]), default=0),
         per_client=per_client,
         per_group={g: statistics.fmean(v) for g, v in sorted(by_group.items())},
+        epsilon_by_level={
+            str(k): float(v) for k, v in dict(summary.get("epsilon_by_level", {})).items()
+        },
     )
 
 

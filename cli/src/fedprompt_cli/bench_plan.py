@@ -21,6 +21,7 @@ The plan has four stages, in this order:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from fedprompt.compression import Compression
 from fedprompt.strategies import STRATEGY_NAMES, StrategyName, strategy_spec
@@ -130,6 +131,9 @@ class BenchPlan:
     compression_seeds: int | None = None
     #: Tasks of the compression stage (None: all).
     compression_tasks: tuple[str, ...] | None = None
+    #: The user's own silo folders (``fedprompt bench --data-root``): every run of every
+    #: seed reads them (None: the bundled task's silos, made per seed).
+    data_root: Path | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -241,6 +245,7 @@ class BenchPlan:
                 for t in self.tasks
                 if self.compression_tasks is None or t in self.compression_tasks
             ],
+            "data_root": None if self.data_root is None else str(self.data_root),
             "total_runs": self.total_runs(),
         }
 

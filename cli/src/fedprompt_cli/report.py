@@ -50,6 +50,7 @@ def summarize(status: coordinator_pb2.GetStatusResponse) -> dict[str, Any]:
     return {
         "strategy": status.strategy,
         "epsilon": status.epsilon,
+        "epsilon_by_level": dict(sorted(status.epsilon_by_level.items())),
         "delta": status.delta,
         "stop_reason": status.stop_reason,
         "completed_rounds": status.completed_rounds,

@@ -190,7 +190,11 @@ def _phase_name(phase: common_pb2.RoundPhase.ValueType) -> str:
 
 def _silo_dirs(options: UpOptions, console: Console) -> list[Path]:
     if options.data_root is not None:
-        silos = sorted(p for p in options.data_root.iterdir() if (p / "metadata.json").exists())
+        silos = sorted(
+            p
+            for p in options.data_root.iterdir()
+            if not p.name.startswith(".") and (p / "metadata.json").exists()
+        )
         if len(silos) < options.clients:
             raise ChildFailedError(
                 f"{options.data_root} holds {len(silos)} silo folders, {options.clients} needed"
@@ -388,7 +392,11 @@ def _run_federation(
         if status.stop_reason:
             console.print(f"[yellow]stopped early[/]: {status.stop_reason}")
         if status.epsilon > 0:
-            console.print(f"client-level privacy: ε={status.epsilon:.3f} at δ={status.delta:g}")
+            levels = ", ".join(f"{k} ε={v:.3f}" for k, v in sorted(status.epsilon_by_level.items()))
+            console.print(
+                f"client-level privacy: ε={status.epsilon:.3f} at δ={status.delta:g}"
+                + (f" (all levels composed; each alone: {levels})" if levels else "")
+            )
         console.print(
             f"[bold green]done[/]: {summary['completed_rounds']} rounds in "
             f"{summary['wall_seconds']:.1f} s; summary in {options.run_dir / 'summary.json'}"

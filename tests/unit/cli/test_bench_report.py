@@ -38,6 +38,7 @@ def test_write_report_writes_tables_plots_and_raw_files(
     for heading in (
         "## Headline",
         "## What the numbers say",
+        "## Paired comparisons",
         "## Per-cluster accuracy",
         "## Privacy",
         "## Learning-rate selection (validation)",
@@ -59,6 +60,14 @@ def test_write_report_writes_tables_plots_and_raw_files(
     assert (tmp_path / "summary.csv").exists()
     head = json.loads((tmp_path / "headline.json").read_text())
     assert {r["variant"] for r in head["results"]} == set(plan.strategies)
+    # the same accuracies on every pair: fpl ties with local, on both metrics, and says so
+    assert [(c["baseline"], c["metric"], c["verdict"]) for c in head["paired"]] == [
+        ("local", "accuracy_mean", "ties"),
+        ("local", "accuracy_worst", "ties"),
+    ]
+    assert head["paired"][0]["client_pairs"] == 6 and head["paired"][0]["ci95"] == [0.0, 0.0]
+    assert "text: fpl ties with local on mean accuracy" in text
+    assert "| text | local | mean accuracy | +0.0 | +0.0 to +0.0 | 1 | 6 | 0.0 | ties |" in text
 
 
 def test_write_report_has_an_upload_compression_section(

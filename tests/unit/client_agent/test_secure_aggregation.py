@@ -101,7 +101,7 @@ def test_encoding_weighs_adds_noise_and_refuses_out_of_range_values() -> None:
     assert decoded[WEIGHT_GLOBAL][0] == pytest.approx(4.0)
     noisy = encode_update(
         _delta(0.01),
-        _encoding(noise_std={"global": 0.5}),
+        _encoding(noise_std={"global_prompt": 0.5}),
         setup,
         num_examples=4,
         cluster_id=0,

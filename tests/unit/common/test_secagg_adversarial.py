@@ -26,6 +26,7 @@ from fedprompt.secagg import (
     UnmaskReply,
     UnmaskRequest,
     layout_of,
+    secagg_plus_degree,
     shamir,
 )
 from fedprompt.secagg import keys as kx
@@ -42,6 +43,7 @@ def make_setup(n: int, *, round_: int = 1, seed: bytes = bytes(32)) -> GroupSetu
         layout=LAYOUT,
         max_abs=MAX_ABS,
         seed=seed,
+        degree=secagg_plus_degree(n),  # the sparse privacy floor, not the dropout degree
     )
 
 

@@ -18,6 +18,7 @@ from fedprompt.secagg import (
     FixedPoint,
     NotEnoughSharesError,
     SecAggError,
+    degree_for_dropout,
     harary_neighbours,
     layout_of,
     min_survivors,
@@ -131,6 +132,29 @@ def test_sum_of_encodings_wraps_and_decodes_exactly(values: list[list[float]]) -
 
 
 # --- graph --------------------------------------------------------------------------
+
+
+def test_dropout_degree_keeps_rounds_recoverable() -> None:
+    # the union bound over members: n · P[Bin(k, 1-p) < t] <= 1 %, checked by simulation
+    rng = np.random.default_rng(0)
+    for n, p in ((100, 0.3), (200, 0.1), (1000, 0.3)):
+        k = degree_for_dropout(n, max_dropout=p)
+        assert secagg_plus_degree(n) <= k < n - 1
+        assert k % 2 == 0
+        alive = rng.binomial(k, 1 - p, size=2_000_000)
+        assert np.mean(alive < share_threshold(k)) * n <= 0.012
+        smaller = k - 2  # the next sparser ring would not do (when above the privacy floor)
+        if smaller >= secagg_plus_degree(n):
+            alive = rng.binomial(smaller, 1 - p, size=2_000_000)
+            assert np.mean(alive < share_threshold(smaller)) * n > 0.008
+    assert (
+        degree_for_dropout(1000, max_dropout=0.3) < 4 * degree_for_dropout(10, max_dropout=0.3) * 10
+    )
+    assert (
+        degree_for_dropout(10_000, max_dropout=0.3) - degree_for_dropout(1000, max_dropout=0.3) < 40
+    )
+    with pytest.raises(SecAggError):
+        degree_for_dropout(10, max_dropout=1.0)
 
 
 def test_degree_grows_like_log_n() -> None:

@@ -27,6 +27,7 @@ from fedprompt.secagg import (
     SecAggRefusedError,
     SecAggServer,
     layout_of,
+    secagg_plus_degree,
 )
 
 MAX_ABS = 4.0
@@ -41,7 +42,14 @@ def make_layout() -> Layout:
     return layout_of({name: np.zeros(shape) for name, shape in SHAPES.items()})
 
 
-def make_setup(n: int, *, round_: int = 3, seed: bytes | None = None) -> GroupSetup:
+def make_setup(
+    n: int,
+    *,
+    round_: int = 3,
+    seed: bytes | None = None,
+    max_dropout: float = 0.3,
+    sparse: bool = True,
+) -> GroupSetup:
     return GroupSetup.create(
         round=round_,
         group="cluster-1",
@@ -49,6 +57,8 @@ def make_setup(n: int, *, round_: int = 3, seed: bytes | None = None) -> GroupSe
         layout=make_layout(),
         max_abs=MAX_ABS,
         seed=seed if seed is not None else bytes(range(32)),
+        max_dropout=max_dropout,
+        degree=secagg_plus_degree(n) if sparse else None,
     )
 
 
@@ -344,6 +354,14 @@ def test_no_member_ever_hands_out_both_secrets_of_one_owner() -> None:
     assert b_owners <= set(request.survivors)
     assert not s_owners & b_owners
     assert_exact(rnd.server.result(), rnd.expected())
+
+
+def test_degree_grows_with_the_tolerated_dropout() -> None:
+    # 30 % random dropouts need more holders per secret than 10 % for the same skip rate
+    dense = make_setup(100, sparse=False)
+    assert dense.degree > make_setup(100, max_dropout=0.1, sparse=False).degree
+    assert dense.degree > make_setup(100).degree == secagg_plus_degree(100)
+    assert make_setup(40, sparse=False).degree == 39  # the complete graph
 
 
 def test_cost_per_member_follows_the_degree() -> None:

@@ -29,6 +29,8 @@ def test_defaults_bound_every_members_influence() -> None:
 
 
 DP = {"enabled": True, "noise_multiplier": 1.0}
+#: DP of the global level only: the cluster level keeps issue 12's defences (robust rules).
+DP_GLOBAL = {**DP, "levels": ["global"]}
 
 
 @pytest.mark.parametrize(
@@ -36,6 +38,7 @@ DP = {"enabled": True, "noise_multiplier": 1.0}
     [
         ({"privacy": DP, "aggregation": {"global_rule": "median"}}, "cannot be combined"),
         ({"privacy": DP, "aggregation": {"global_rule": "multi-krum"}}, "privacy.enabled"),
+        ({"privacy": DP, "aggregation": {"cluster_rule": "multi-krum"}}, "cluster and head"),
         ({"strategy": "fedavg", "aggregation": {"cluster_rule": "median"}}, "no cluster level"),
         ({"strategy": "local", "aggregation": {"global_rule": "median"}}, "aggregates nothing"),
         ({"aggregation": {"cluster_rule": "median"}}, "contrastive alignment weights"),
@@ -60,8 +63,12 @@ def test_invalid_combinations_are_refused_at_load_with_the_reason(
 @pytest.mark.parametrize(
     "settings",
     [
-        {"privacy": DP, "aggregation": {"cluster_rule": "median"}, "strategy": "clustered"},
-        {"privacy": DP, "aggregation": {"cluster_rule": "multi-krum"}},
+        {
+            "privacy": DP_GLOBAL,
+            "aggregation": {"cluster_rule": "median"},
+            "strategy": "clustered",
+        },
+        {"privacy": DP_GLOBAL, "aggregation": {"cluster_rule": "multi-krum"}},
         {"aggregation": {"cluster_rule": "multi-krum"}},  # fpl: keeps the alignment weights
         {
             "aggregation": {"cluster_rule": "median"},

@@ -795,8 +795,11 @@ async def test_dp_budget_stops_the_federation_before_the_round_that_would_exceed
 ) -> None:
     from fedprompt_coordinator.privacy import RDPAccountant
 
-    one_round = RDPAccountant.epsilon_of([(1.0, 1.0, 1)], 1e-5)
-    two_rounds = RDPAccountant.epsilon_of([(1.0, 1.0, 2)], 1e-5)
+    # clustered: DP on the global, cluster and head levels, z = 1 each: one mechanism of
+    # z_eq = 1/√3 per client and round (the composed ε, which the halt enforces)
+    z_eq = 3**-0.5
+    one_round = RDPAccountant.epsilon_of([(z_eq, 1.0, 1)], 1e-5)
+    two_rounds = RDPAccountant.epsilon_of([(z_eq, 1.0, 2)], 1e-5)
     privacy = {
         "enabled": True,
         "noise_multiplier": 1.0,
@@ -810,11 +813,22 @@ async def test_dp_budget_stops_the_federation_before_the_round_that_would_exceed
         assert status.completed_rounds == 1
         assert status.epsilon == pytest.approx(one_round)
         assert status.epsilon <= privacy["epsilon_budget"]
+        level_eps = RDPAccountant.epsilon_of([(1.0, 1.0, 1)], 1e-5)
+        assert status.epsilon_by_level == pytest.approx(
+            dict.fromkeys(["global", "cluster", "head"], level_eps)
+        )
         assert "round 2 would raise" in status.stop_reason
         finished = clients["a"].tasks[-1]
         assert "stopped early" in finished.message and "budget" in finished.message
         assert [r.round for r in h.state.rounds()] == [1]  # round 2 never opened
-        assert h.state.rounds()[0].summary["epsilon"] == pytest.approx(one_round)
+        summary = h.state.rounds()[0].summary
+        assert summary["epsilon"] == summary["dp_epsilon"] == pytest.approx(one_round)
+        assert summary["dp_epsilon_head"] == pytest.approx(level_eps)
+        # m_k counts the joined members of each cluster: {a, b} is released, {c} is not
+        assert summary["dp_cluster_0_expected_participants"] == 2.0
+        assert "dp_cluster_0_skipped" not in summary
+        assert summary["dp_cluster_1_skipped"] == 1.0
+        assert summary["dp_global_expected_participants"] == 3.0
         # the global level was noised: not the plain weighted mean [2.5, 3.5]
         glob = clients["a"].fetched[(1, ModelStage.AGGREGATED)]["prompt.global"]
         assert not np.allclose(glob, [2.5, 3.5])
@@ -842,8 +856,8 @@ async def test_a_sampling_draw_below_quorum_fails_at_once_and_is_redrawn(tmp_pat
         trained = [c for c in clients.values() if c.trained_rounds == [1]]
         assert len(trained) >= 2  # the round that ran had at least the quorum
         # only the round that released a model was accounted
-        assert h.fed.status().epsilon == pytest.approx(
-            RDPAccountantForTest.epsilon_of([(1.0, 0.5, 1)], 1e-5)
+        assert h.fed.status().epsilon == pytest.approx(  # three levels composed
+            RDPAccountantForTest.epsilon_of([(3**-0.5, 0.5, 1)], 1e-5)
         )
 
 

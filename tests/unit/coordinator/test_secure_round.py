@@ -26,6 +26,7 @@ from fedprompt_coordinator.domain import (
     SecAggStep,
     TensorSpec,
 )
+from fedprompt_coordinator.privacy import LevelMechanism, level_mechanisms
 from fedprompt_coordinator.secure_round import SecurePlan, SecureRound
 
 TOKENS, WIDTH = 4, 6
@@ -64,7 +65,12 @@ def _deltas(rng: np.random.Generator, clients: Collection[str]) -> dict[str, dic
 
 def _plan(**changes: object) -> SecurePlan:
     config = CoordinatorConfig(strategy="clustered", secure_aggregation={"enabled": True})
-    return dataclasses.replace(SecurePlan.from_config(config, noise_multiplier=None), **changes)
+    return dataclasses.replace(SecurePlan.from_config(config, mechanisms=None), **changes)
+
+
+def _mechanisms(config: CoordinatorConfig) -> dict[str, LevelMechanism]:
+    levels = config.privacy.dp_levels(clustered=config.strategy.value != "fedavg")
+    return level_mechanisms(config.privacy, levels=levels, rounds=config.rounds)
 
 
 def _run(
@@ -328,9 +334,9 @@ def test_plan_under_dp_uses_unit_weights_and_level_bounds() -> None:
         privacy={"enabled": True, "noise_multiplier": 1.0, "clip_norm": 0.5},
         secure_aggregation={"enabled": True},
     )
-    plan = SecurePlan.from_config(config, noise_multiplier=1.0)
+    plan = SecurePlan.from_config(config, mechanisms=_mechanisms(config))
     assert plan.weighting == "unit"
-    assert dict(plan.clip_bounds) == {"global": 0.5, "cluster": 0.5}
+    assert dict(plan.clip_bounds) == {"global": 0.5, "cluster": 0.5, "head": 0.5}
     secure = SecureRound(
         round_id=1,
         participants=CLUSTERS,
@@ -342,8 +348,10 @@ def test_plan_under_dp_uses_unit_weights_and_level_bounds() -> None:
     encoding = secure.encoding(1)
     # z·S/sqrt(min_survivors): 4 members, min_survivors 3
     assert encoding.noise_std["global"] == pytest.approx(0.5 / np.sqrt(3))
-    assert encoding.clip_keys["head.weight"] == "cluster"
+    assert encoding.clip_keys["head.weight"] == "head"
+    assert encoding.clip_keys["prompt.cluster"] == "cluster"
     assert encoding.clip_keys["prompt.global"] == "global"
+    assert set(encoding.noise_std) == {"global", "cluster", "head"}
 
 
 def test_dp_release_uses_fixed_denominators_and_noise_of_the_plan() -> None:
@@ -355,7 +363,7 @@ def test_dp_release_uses_fixed_denominators_and_noise_of_the_plan() -> None:
         privacy={"enabled": True, "noise_multiplier": 1e-7, "clip_norm": 5.0},
         secure_aggregation={"enabled": True},
     )
-    plan = SecurePlan.from_config(config, noise_multiplier=1e-7)
+    plan = SecurePlan.from_config(config, mechanisms=_mechanisms(config))
     denominators: dict[int | None, float] = {None: 10.0, 0: 4.0, 1: 5.0}
     secure = _run(model, deltas, plan=plan, denominators=denominators.__getitem__)
     result = secure.result
@@ -382,6 +390,10 @@ def test_dp_release_uses_fixed_denominators_and_noise_of_the_plan() -> None:
         ({"strategy": "full-fedavg"}, "too large"),
         ({"strategy": "local"}, "aggregates nothing"),
         ({"secure_aggregation": {"enabled": True, "clip_bound": 1e12}}, "fixed-point"),
+        (
+            {"privacy": {"enabled": True, "noise_multiplier": 1.0, "levels": ["global"]}},
+            "every level",
+        ),
     ],
 )
 def test_config_refuses_what_secure_aggregation_cannot_do(

@@ -162,9 +162,8 @@ def encode_update(
     rng = rng if rng is not None else np.random.default_rng(secrets.randbits(128))
     values: dict[str, np.ndarray] = {}
     for name, x in clipped.items():
-        level = "global" if name in encoding.global_tensors else "cluster"
-        weighted = x * (w_global if level == "global" else w_cluster)
-        std = encoding.noise_std.get(level, 0.0)
+        weighted = x * (w_global if name in encoding.global_tensors else w_cluster)
+        std = encoding.noise_std.get(encoding.clip_keys[name], 0.0)
         if std > 0:
             weighted = weighted + rng.normal(0.0, std, size=weighted.shape)
         values[name] = weighted

@@ -98,18 +98,59 @@ class AccountantName(enum.StrEnum):
     PLD = "pld"
 
 
+class DPLevel(enum.StrEnum):
+    """A shared level that DP-FedAvg can release with its own clip bound and noise.
+
+    ``global``: the tensors of the global level (for a strategy without a cluster level,
+    every shared tensor). ``cluster``: each cluster's tensors except its head (the cluster
+    prompt; LoRA, backbone or other cluster-level parts). ``head``: each cluster's head.
+    """
+
+    GLOBAL = "global"
+    CLUSTER = "cluster"
+    HEAD = "head"
+
+
+def default_dp_levels(*, clustered: bool) -> tuple[DPLevel, ...]:
+    """Every level that travels: all three for clustered strategies, else only ``global``."""
+    return tuple(DPLevel) if clustered else (DPLevel.GLOBAL,)
+
+
 class PrivacyConfig(BaseModel):
-    """Client-level DP-FedAvg of the global level, with an accountant and a budget."""
+    """Client-level DP-FedAvg of every shared level, with per-level accountants and a budget."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    enabled: bool = Field(default=False, description="Apply DP-FedAvg to the global level.")
-    clip_norm: float = Field(default=1.0, gt=0, description="S: per-client L2 clip bound.")
+    enabled: bool = Field(default=False, description="Apply DP-FedAvg to the shared levels.")
+    clip_norm: float = Field(
+        default=1.0, gt=0, description="S: per-client L2 clip bound of each DP level."
+    )
+    clip_norms: dict[DPLevel, float] = Field(
+        default_factory=dict,
+        description="S_l by level (global, cluster, head), overriding clip_norm for that level.",
+    )
+    levels: tuple[DPLevel, ...] | None = Field(
+        default=None,
+        description="DP levels (global, cluster, head); None: every level that travels for "
+        "the strategy (global, cluster and head for clustered and fpl; global otherwise).",
+    )
+    min_cluster_members: float = Field(
+        default=2,
+        ge=1,
+        description="A cluster whose expected participants m_k = q·|members| is below this is "
+        "not released that round (its cluster and head tensors keep their value): the noise "
+        "of a smaller cluster is relative to fewer updates than the guarantee presumes useful.",
+    )
     noise_multiplier: float | None = Field(
-        default=None, gt=0, description="z: noise std is z·S; give this or target_epsilon."
+        default=None,
+        gt=0,
+        description="z_l of every DP level: noise std z_l·S_l; give this or target_epsilon.",
     )
     target_epsilon: float | None = Field(
-        default=None, gt=0, description="Calibrate z so that all rounds spend at most this ε."
+        default=None,
+        gt=0,
+        description="Calibrate the noise so that all rounds spend at most this ε per client, "
+        "all levels composed (z_l = z_eq·√L over L levels).",
     )
     delta: float = Field(default=1e-5, gt=0, lt=1, description="δ of the reported (ε, δ).")
     accountant: AccountantName = Field(default=AccountantName.RDP, description="rdp or pld.")
@@ -136,7 +177,29 @@ class PrivacyConfig(BaseModel):
             raise ValueError(
                 "privacy.enabled needs exactly one of noise_multiplier, target_epsilon"
             )
+        if self.levels is not None:
+            if not self.levels:
+                raise ValueError(
+                    "privacy.levels is empty: name at least one of global, cluster, head "
+                    "(or set privacy.enabled: false)"
+                )
+            if len(set(self.levels)) != len(self.levels):
+                raise ValueError(f"privacy.levels lists a level twice: {list(self.levels)}")
+        if any(not (s > 0 and s < float("inf")) for s in self.clip_norms.values()):
+            raise ValueError("privacy.clip_norms must be positive and finite")
         return self
+
+    def dp_levels(self, *, clustered: bool) -> tuple[DPLevel, ...]:
+        """The DP levels of a strategy with (or without) a cluster level, in DPLevel order
+        (empty when DP is off)."""
+        if not self.enabled:
+            return ()
+        chosen = set(self.levels) if self.levels is not None else set(DPLevel)
+        return tuple(level for level in default_dp_levels(clustered=clustered) if level in chosen)
+
+    def clip_norm_of(self, level: DPLevel) -> float:
+        """S_l: the level's entry in clip_norms, else clip_norm."""
+        return self.clip_norms.get(level, self.clip_norm)
 
 
 GIB = 1024**3
@@ -297,12 +360,13 @@ class AggregationConfig(BaseModel):
     global_rule: AggregationRule = Field(
         default=AggregationRule.MEAN,
         description="Rule of the global level: mean, trimmed-mean, median or multi-krum "
-        "(with privacy.enabled only mean).",
+        "(with privacy.enabled on the global level only mean).",
     )
     cluster_rule: AggregationRule = Field(
         default=AggregationRule.MEAN,
         description="Rule of each cluster (clustered and fpl only; with fpl's contrastive "
-        "weights not trimmed-mean or median).",
+        "weights not trimmed-mean or median; with privacy.enabled on the cluster or head "
+        "level only mean).",
     )
     trim_fraction: float = Field(
         default=0.2,
@@ -339,7 +403,7 @@ class AggregationConfig(BaseModel):
     clipping: ClippingConfig = Field(
         default_factory=ClippingConfig,
         description="Per-client L2 clipping of every shared part (with privacy.enabled, "
-        "DP-FedAvg's clip_norm clips the global level instead).",
+        "DP-FedAvg's clip_norm / clip_norms clip each DP level instead).",
     )
 
 
@@ -546,12 +610,23 @@ def check_aggregation(config: CoordinatorConfig) -> None:
     agg = config.aggregation
     spec = strategy_spec(config.strategy)
     mean = AggregationRule.MEAN
-    if agg.global_rule is not mean and config.privacy.enabled:
+    check_privacy(config)
+    dp = config.privacy.dp_levels(clustered=spec.clustered)
+    if agg.global_rule is not mean and DPLevel.GLOBAL in dp:
         raise ValueError(
             f"aggregation.global_rule {agg.global_rule.value!r} cannot be combined with "
-            "privacy.enabled: DP-FedAvg calibrates its noise to the unweighted sum of clipped "
-            "updates (sensitivity clip_norm), which a robust rule no longer is; keep "
-            "global_rule: mean (DP-FedAvg clips the global level) and choose a cluster_rule"
+            "privacy.enabled on the global level: DP-FedAvg calibrates its noise to the "
+            "unweighted sum of clipped updates (sensitivity clip_norm), which a robust rule no "
+            "longer is; keep global_rule: mean (DP-FedAvg clips the global level) or leave "
+            "global out of privacy.levels"
+        )
+    on_cluster = [level.value for level in dp if level is not DPLevel.GLOBAL]
+    if agg.cluster_rule is not mean and on_cluster:
+        raise ValueError(
+            f"aggregation.cluster_rule {agg.cluster_rule.value!r} cannot be combined with "
+            f"privacy.enabled on the {' and '.join(on_cluster)} level: DP-FedAvg calibrates its "
+            "noise to the unweighted sum of clipped updates (sensitivity clip_norm), which a "
+            "robust rule no longer is; keep cluster_rule: mean or set privacy.levels: [global]"
         )
     if agg.global_rule is not mean and not spec.shares_tensors:
         raise ValueError(
@@ -574,6 +649,34 @@ def check_aggregation(config: CoordinatorConfig) -> None:
             "mean to use it, or cluster_rule: multi-krum (which keeps the weights of the "
             "members it selects)"
         )
+
+
+def check_privacy(config: CoordinatorConfig) -> None:
+    """Refuse privacy settings that name levels the strategy does not have.
+
+    Raises
+    ------
+    ValueError
+        With the reason and what to set instead.
+    """
+    privacy = config.privacy
+    spec = strategy_spec(config.strategy)
+    has = default_dp_levels(clustered=spec.clustered)
+    named = {*(privacy.levels or ()), *privacy.clip_norms}
+    missing = sorted(level.value for level in named if level not in has)
+    if missing:
+        raise ValueError(
+            f"privacy names level(s) {', '.join(missing)} that strategy {spec.name.value!r} "
+            f"does not have (its levels: {', '.join(level.value for level in has)}; an "
+            "unclustered strategy shares every tensor, its head included, at the global level)"
+        )
+    if privacy.levels is not None:
+        unused = sorted(level.value for level in privacy.clip_norms if level not in privacy.levels)
+        if unused:
+            raise ValueError(
+                f"privacy.clip_norms sets a bound for {', '.join(unused)}, which is not in "
+                "privacy.levels (no DP there: the bound would be ignored)"
+            )
 
 
 def check_secure_aggregation(config: CoordinatorConfig) -> None:
@@ -617,10 +720,22 @@ def check_secure_aggregation(config: CoordinatorConfig) -> None:
             "aggregation.weighting uniform is not supported with secure_aggregation "
             "(weights are the members' example counts, capped by max_weight)"
         )
-    largest = max(
-        [secure.bound_of(p, config.privacy.clip_norm) for p in Part]
-        + list(secure.clip_bounds.values())
-    )
+    privacy = config.privacy
+    if privacy.enabled:
+        levels = privacy.dp_levels(clustered=spec.clustered)
+        every = default_dp_levels(clustered=spec.clustered)
+        if set(levels) != set(every):
+            raise ValueError(
+                "secure_aggregation with privacy.enabled needs DP on every level the strategy "
+                f"shares ({', '.join(level.value for level in every)}): members add the noise "
+                "and the unit weights of DP to the whole vector; unset privacy.levels"
+            )
+        largest = max(privacy.clip_norm_of(level) for level in levels)
+    else:
+        largest = max(
+            [secure.bound_of(p, privacy.clip_norm) for p in Part]
+            + list(secure.clip_bounds.values())
+        )
     weight = 1.0 if config.privacy.enabled else secure.max_weight
     if weight * largest > SECAGG_MAX_ABS:
         raise ValueError(

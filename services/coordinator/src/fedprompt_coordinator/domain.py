@@ -140,7 +140,8 @@ class SecAggEncoding:
     weight_cap
         The largest weight of one member.
     noise_std
-        Per-coordinate noise each member adds, by level (distributed DP; empty: none).
+        Per-coordinate noise each member adds, by clip key (under DP the keys are the DP
+        levels; empty: none).
     max_abs
         The largest |value| of an encoded coordinate.
     temperature
@@ -349,6 +350,8 @@ class FederationStatus:
     strategy: str = ""
     epsilon: float = 0.0
     delta: float = 0.0
+    #: ε of each DP level alone (``epsilon`` is their per-client composition); empty when off.
+    epsilon_by_level: dict[str, float] = field(default_factory=dict)
     stop_reason: str = ""
     view: StatusView = StatusView.FULL
     #: Clients that have joined, and those with an open task stream (whatever the page).

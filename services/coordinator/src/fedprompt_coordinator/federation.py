@@ -22,9 +22,9 @@ participants, deadlines, the model of each round and its checkpoint.
 - :mod:`~fedprompt_coordinator.round_reports`: round records, status and gauges;
 - :mod:`~fedprompt_coordinator.strategies`: what the configured strategy does (levels,
   initial-model check, train settings, round-start extras, its aggregator);
-- :func:`~fedprompt_coordinator.privacy.make_budget`: the DP-FedAvg budget, whose noise
-  wraps the strategy's aggregator
-  (:class:`~fedprompt_coordinator.aggregation.dp_fedavg.DPFedAvgGlobal`).
+- :func:`~fedprompt_coordinator.privacy.make_budget`: the DP-FedAvg budget (per-level
+  accountants and their composition), whose mechanisms wrap the strategy's aggregator
+  (:class:`~fedprompt_coordinator.aggregation.dp_levels.DPLevels`).
 
 State is durable at the end of every round (tensor files written and hashed first, then one
 SQLite transaction with their SHA-256, then the folder renamed into place), so a restarted
@@ -58,11 +58,12 @@ from fedprompt.errors import (
     ModelMismatchError,
     WrongRoundError,
 )
+from fedprompt.strategies import strategy_spec
 from fedprompt_coordinator.aggregation.base import ClusterAggregator
 from fedprompt_coordinator.aggregation.clipping import bounds_from_summary
-from fedprompt_coordinator.aggregation.dp_fedavg import DPFedAvgGlobal
+from fedprompt_coordinator.aggregation.dp_levels import DPLevels
 from fedprompt_coordinator.clustering_backend import ClusteringBackend
-from fedprompt_coordinator.config import CoordinatorConfig
+from fedprompt_coordinator.config import CoordinatorConfig, DPLevel
 from fedprompt_coordinator.domain import (
     FederationModel,
     FederationStatus,
@@ -83,7 +84,11 @@ from fedprompt_coordinator.domain import (
 )
 from fedprompt_coordinator.metrics import CoordinatorMetrics
 from fedprompt_coordinator.model_store import ModelStore, PreparedSnapshot
-from fedprompt_coordinator.privacy import BudgetExhaustedError, make_budget
+from fedprompt_coordinator.privacy import (
+    BudgetExhaustedError,
+    expected_participants,
+    make_budget,
+)
 from fedprompt_coordinator.round_models import RoundModels
 from fedprompt_coordinator.round_progress import (
     FETCH_MODEL,
@@ -241,10 +246,14 @@ class Federation:
             notify=self._notify,
             secure=lambda: self._secure,
         )
+        self._dp_levels = config.privacy.dp_levels(
+            clustered=strategy_spec(config.strategy).clustered
+        )
         self._budget = make_budget(
             config.privacy,
             rounds=config.rounds,
             saved_accountant=state.get_setting(_SETTING_ACCOUNTANT),
+            levels=self._dp_levels,
         )
         self._reports = RoundReports(
             total_rounds=config.rounds,
@@ -265,7 +274,7 @@ class Federation:
         self._secure_plan = (
             SecurePlan.from_config(
                 config,
-                noise_multiplier=self._budget.noise_multiplier if self._budget else None,
+                mechanisms=self._budget.mechanisms if self._budget else None,
             )
             if config.secure_aggregation.enabled
             else None
@@ -278,26 +287,38 @@ class Federation:
 
     def _make_aggregator(self) -> ClusterAggregator:
         """The strategy's aggregator (capped weights, level rules, per-client clipping),
-        wrapped in DP-FedAvg of the global level when DP is on (its clipping replaces the
-        global level's). Adaptive clip bounds resume from the last completed round's record.
+        wrapped in DP-FedAvg of every DP level when DP is on (its clipping replaces that
+        level's). Adaptive clip bounds resume from the last completed round's record.
         """
         completed = [r for r in self._state.rounds() if r.status == "completed"]
+        levels = self._dp_levels
         inner = self._strategy.make_aggregator(
-            clip_global=self._budget is None,
+            clip_global=DPLevel.GLOBAL not in levels,
+            # the cluster level's clipping is replaced only when DP covers all of it
+            clip_cluster=not {DPLevel.CLUSTER, DPLevel.HEAD} <= set(levels),
             rounds_completed=lambda: self._progress.completed,
             restored_bounds=bounds_from_summary(completed[-1].summary) if completed else None,
         )
         if self._budget is None:
             return inner
         cfg = self._config.privacy
-        return DPFedAvgGlobal(
+        q = cfg.client_sampling_rate
+
+        def expected_cluster(cluster_id: int) -> float:
+            # m_k: the cluster's expected participants among the joined clients
+            joined = self._sessions.ids()
+            members = sum(1 for c, k in self._assignment.items() if k == cluster_id and c in joined)
+            return expected_participants(q, members)
+
+        return DPLevels(
             inner,
-            clip_norm=cfg.clip_norm,
-            noise_multiplier=self._budget.noise_multiplier,
+            mechanisms=self._budget.mechanisms,
             # fixed denominator: the expected number of participants, q · N
-            expected_participants=lambda: max(1.0, cfg.client_sampling_rate * len(self._sessions)),
+            expected_global=lambda: expected_participants(q, len(self._sessions)),
+            expected_cluster=expected_cluster,
             server_learning_rate=cfg.server_learning_rate,
             rng=self._rng,  # one generator for client sampling and noise, as before
+            min_cluster_members=cfg.min_cluster_members,
         )
 
     # ------------------------------------------------------------------ client calls
@@ -524,9 +545,7 @@ class Federation:
             # account before the noised model is released to anyone; a crash after this
             # point may count the round twice (safe), never zero times
             self._budget.record_round()
-            self._state.set_setting(
-                _SETTING_ACCOUNTANT, json.dumps(self._budget.accountant.state_dict())
-            )
+            self._state.set_setting(_SETTING_ACCOUNTANT, self._budget.state_json())
 
         # The aggregate is final: write its tensor files (under a temporary name) while
         # clients evaluate it. The round only counts as completed once the SQLite record

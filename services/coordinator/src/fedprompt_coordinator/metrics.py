@@ -18,7 +18,7 @@ cluster ids are few and stable, so they are labels.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -28,6 +28,7 @@ from fedprompt.fairness import fairness_summary
 from fedprompt.telemetry import new_registry
 from fedprompt_coordinator.aggregation.clipping import BOUND_KEY, CLIPPED_FRACTION_KEY
 from fedprompt_coordinator.aggregation.parts import Part
+from fedprompt_coordinator.config import DPLevel
 from fedprompt_coordinator.domain import Phase, RoundRecord
 
 #: Round durations span seconds (tiny demo) to hours (large models on slow silos).
@@ -42,8 +43,8 @@ def clip_figures(summary: Mapping[str, float]) -> dict[str, tuple[float, float]]
     """(bound, clipped fraction) of every part a round summary reports, by part label.
 
     Per-client clipping reports ``clip_<part>_bound`` and ``clip_<part>_clipped_fraction``;
-    DP-FedAvg reports its clip norm S and clipped fraction of the global level
-    (``dp_global``).
+    DP-FedAvg reports its clip norm S_l and the round's clipped fraction of each DP level
+    (``dp_global``, ``dp_cluster``, ``dp_head``).
     """
     out = {}
     for part in Part:
@@ -53,6 +54,11 @@ def clip_figures(summary: Mapping[str, float]) -> dict[str, tuple[float, float]]
             out[part.value] = (bound, fraction)
     if "dp_clip_norm" in summary and "dp_clipped_fraction" in summary:
         out[DP_GLOBAL_PART] = (summary["dp_clip_norm"], summary["dp_clipped_fraction"])
+    for level in DPLevel:
+        bound = summary.get(f"dp_clip_norm_{level.value}")
+        fraction = summary.get(f"dp_{level.value}_clipped_fraction")
+        if bound is not None and fraction is not None:
+            out[f"dp_{level.value}"] = (bound, fraction)
     return out
 
 
@@ -83,6 +89,9 @@ class FederationGauges:
     epsilon: float
     epsilon_budget: float
     delta: float
+    #: ε of each DP level alone, and its noise multiplier z_l (empty when DP is off).
+    epsilon_by_level: Mapping[str, float] = field(default_factory=dict)
+    noise_multiplier_by_level: Mapping[str, float] = field(default_factory=dict)
 
 
 class FederationCollector(Collector):
@@ -122,7 +131,7 @@ class FederationCollector(Collector):
             ),
             (
                 "fedprompt_privacy_epsilon",
-                "ε spent by DP-FedAvg so far (0 when DP is off).",
+                "ε spent by DP-FedAvg so far, per client, all DP levels composed (0 when off).",
                 g.epsilon,
             ),
             ("fedprompt_privacy_delta", "δ of the reported (ε, δ) (0 when DP is off).", g.delta),
@@ -135,6 +144,22 @@ class FederationCollector(Collector):
             value=g.epsilon_budget,
         )
         yield budget
+        by_level = GaugeMetricFamily(
+            "fedprompt_privacy_level_epsilon",
+            "ε spent by each DP level alone (fedprompt_privacy_epsilon: all levels composed).",
+            labels=["level"],
+        )
+        for level, value in sorted(g.epsilon_by_level.items()):
+            by_level.add_metric([level], float(value))
+        yield by_level
+        noise = GaugeMetricFamily(
+            "fedprompt_privacy_level_noise_multiplier",
+            "z_l of each DP level: noise std z_l·S_l on the sum of its clipped updates.",
+            labels=["level"],
+        )
+        for level, value in sorted(g.noise_multiplier_by_level.items()):
+            noise.add_metric([level], float(value))
+        yield noise
         phase = GaugeMetricFamily(
             "fedprompt_phase", "1 for the round state machine's current phase.", labels=["phase"]
         )
@@ -253,7 +278,7 @@ class CoordinatorMetrics:
         self.clip_bound = Gauge(
             "fedprompt_clip_bound",
             "Per-client L2 clip bound of each shared part in the last completed round "
-            "(part dp_global: DP-FedAvg's S of the global level).",
+            "(parts dp_global, dp_cluster, dp_head: DP-FedAvg's S_l of each DP level).",
             ["part"],
             registry=r,
         )

@@ -42,6 +42,8 @@ from fedprompt_coordinator.traffic import TrafficMeter
 
 #: Prefix of the round summary keys that describe one cluster (left out of the silo view).
 CLUSTER_SUMMARY_PREFIX = "cluster_"
+#: Prefix of DP-FedAvg's per-cluster keys (``dp_cluster_<k>_skipped``, ...), per-cluster too.
+DP_CLUSTER_SUMMARY_PREFIX = "dp_cluster_"
 
 
 class RoundReports:
@@ -129,7 +131,7 @@ class RoundReports:
         summary["updates_accepted"] = float(len(current.updates))
         summary["round_seconds"] = self._clock() - current.started_unix
         if self._budget is not None:
-            summary["epsilon"] = self._budget.epsilon
+            summary.update(privacy_summary(self._budget))
         if clustering_degraded:
             summary["clustering_degraded"] = 1.0
         summary.update(aggregation_info)
@@ -222,6 +224,7 @@ class RoundReports:
             strategy=self._strategy,
             epsilon=budget.epsilon if budget else 0.0,
             delta=budget.delta if budget else 0.0,
+            epsilon_by_level=budget.epsilon_by_level if budget else {},
             stop_reason=stop_reason,
             view=query.view,
             clients_total=len(sessions),
@@ -245,7 +248,45 @@ class RoundReports:
             epsilon=budget.epsilon if budget is not None else 0.0,
             epsilon_budget=budget.epsilon_budget if budget is not None else 0.0,
             delta=budget.delta if budget is not None else 0.0,
+            epsilon_by_level=budget.epsilon_by_level if budget is not None else {},
+            noise_multiplier_by_level=(
+                {k: m.noise_multiplier for k, m in budget.mechanisms.items()}
+                if budget is not None
+                else {}
+            ),
         )
+
+
+def privacy_summary(budget: PrivacyBudget) -> dict[str, float]:
+    """The privacy figures of a round summary, after the round was accounted.
+
+    ``epsilon`` and ``dp_epsilon``: the composed per-client ε (all levels; the budget halt's
+    figure); ``dp_delta``; ``dp_noise_multiplier``: z_eq; per DP level ``dp_epsilon_<level>``
+    (that level alone), ``dp_noise_multiplier_<level>`` and ``dp_clip_norm_<level>``.
+    """
+    eps = budget.epsilon
+    out = {
+        "epsilon": eps,
+        "dp_epsilon": eps,
+        "dp_delta": budget.delta,
+        "dp_noise_multiplier": budget.noise_multiplier,
+        "dp_sample_rate": budget.sample_rate,
+    }
+    for level, level_eps in budget.epsilon_by_level.items():
+        mech = budget.mechanisms[level]
+        out[f"dp_epsilon_{level}"] = level_eps
+        out[f"dp_noise_multiplier_{level}"] = mech.noise_multiplier
+        out[f"dp_clip_norm_{level}"] = mech.clip_norm
+    return out
+
+
+def _per_cluster(key: str) -> bool:
+    """Whether a summary key is about one cluster (``cluster_<k>_...``, ``dp_cluster_<k>_...``:
+    sizes, skips, clipping), which a silo's view leaves out."""
+    if key.startswith(CLUSTER_SUMMARY_PREFIX):
+        return True
+    rest = key.removeprefix(DP_CLUSTER_SUMMARY_PREFIX)
+    return rest != key and rest[:1].isdigit()
 
 
 def _page(asked: int, configured: int) -> int:
@@ -269,5 +310,5 @@ def _round_view(record: RoundRecord, clients: frozenset[str], view: StatusView) 
     kept: Sequence[ClientRoundRecord] = [c for c in record.clients if c.client_id in clients]
     summary = record.summary
     if view is StatusView.SILO:
-        summary = {k: v for k, v in summary.items() if not k.startswith(CLUSTER_SUMMARY_PREFIX)}
+        summary = {k: v for k, v in summary.items() if not _per_cluster(k)}
     return dataclasses.replace(record, clients=tuple(kept), summary=summary)

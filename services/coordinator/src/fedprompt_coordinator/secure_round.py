@@ -51,8 +51,9 @@ from fedprompt.secagg import (
     secagg_plus_degree,
     share_threshold,
 )
+from fedprompt_coordinator.aggregation.dp_levels import cluster_dp_level
 from fedprompt_coordinator.aggregation.parts import Part, part_of
-from fedprompt_coordinator.config import CoordinatorConfig, PrivacyConfig
+from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.domain import (
     FederationModel,
     SecAggEncoding,
@@ -60,6 +61,7 @@ from fedprompt_coordinator.domain import (
     SecAggTask,
     TensorSpec,
 )
+from fedprompt_coordinator.privacy import LevelMechanism
 from fedprompt_coordinator.validation import validate_update
 
 logger = logging.getLogger(__name__)
@@ -67,8 +69,8 @@ logger = logging.getLogger(__name__)
 #: Weight entries of every member's vector (shape (1,)).
 WEIGHT_GLOBAL = "secagg.weight.global"
 WEIGHT_CLUSTER = "secagg.weight.cluster"
-#: Levels of the weights and of the distributed noise.
-GLOBAL, CLUSTER = "global", "cluster"
+#: The global level's clip key under DP.
+GLOBAL = "global"
 #: Encoding range allowance for a member's noise, in standard deviations (per coordinate).
 ENCODE_NOISE_SIGMAS = 10.0
 #: Post-unmask bound check allowance for the summed noise: 6·σ·sqrt(dim).
@@ -84,15 +86,14 @@ def group_name(cluster: int) -> str:
     return f"cluster-{cluster}"
 
 
-def dp_levels(noise_multiplier: float, privacy: PrivacyConfig) -> dict[str, tuple[float, float]]:
-    """(z, S) of each level's distributed noise under DP: the one place that decides them.
+def dp_levels(mechanisms: Mapping[str, LevelMechanism]) -> dict[str, tuple[float, float]]:
+    """(z_l, S_l) of each DP level's distributed noise: the one place that decides them.
 
-    For now every level uses the federation's noise multiplier and ``privacy.clip_norm``.
+    ``mechanisms`` are the privacy budget's (:func:`~fedprompt_coordinator.privacy.
+    level_mechanisms`): each member adds N(0, (z_l·S_l)² / min_survivors) to the coordinates
+    of level l, so that a released sum of at least min_survivors members carries z_l·S_l.
     """
-    return {
-        GLOBAL: (noise_multiplier, privacy.clip_norm),
-        CLUSTER: (noise_multiplier, privacy.clip_norm),
-    }
+    return {level: (m.noise_multiplier, m.clip_norm) for level, m in mechanisms.items()}
 
 
 @dataclass(frozen=True)
@@ -130,14 +131,18 @@ class SecurePlan:
 
     @classmethod
     def from_config(
-        cls, config: CoordinatorConfig, *, noise_multiplier: float | None
+        cls, config: CoordinatorConfig, *, mechanisms: Mapping[str, LevelMechanism] | None
     ) -> SecurePlan:
-        """The plan of ``config`` (``noise_multiplier``: the budget's z, None without DP)."""
+        """The plan of ``config`` (``mechanisms``: the budget's (S_l, z_l), None without DP).
+
+        Under DP the clip keys are the DP levels (``global``, ``cluster``, ``head``), every
+        level is noised (the configuration refuses DP on some levels only) and weights are 1.
+        """
         secure = config.secure_aggregation
         privacy = config.privacy
         dp = None
-        if noise_multiplier is not None:
-            dp = dp_levels(noise_multiplier, privacy)
+        if mechanisms is not None:
+            dp = dp_levels(mechanisms)
             bounds = {level: s for level, (_, s) in dp.items()}
             weighting = "unit"
         else:
@@ -258,8 +263,9 @@ class SecureRound:
     # ------------------------------------------------------------------ plan helpers
 
     def _clip_key(self, name: str) -> str:
+        """The part of a tensor, or under DP its DP level (global, cluster or head)."""
         if self.plan.dp is not None:
-            return GLOBAL if name in self._global else CLUSTER
+            return GLOBAL if name in self._global else cluster_dp_level(name).value
         return part_of(name).value
 
     def _noise_std(self, members: int) -> dict[str, float]:
@@ -608,8 +614,7 @@ class SecureRound:
             dim = sum(int(decoded[n].size) for n in names)
             limit = w_max * self.plan.clip_bounds[key]
             if g.noise_std:
-                level = GLOBAL if names[0] in self._global else CLUSTER
-                sigma = g.noise_std.get(level, 0.0) * math.sqrt(len(survivors))
+                sigma = g.noise_std.get(key, 0.0) * math.sqrt(len(survivors))
                 limit += CHECK_NOISE_SIGMAS * sigma * math.sqrt(dim)
             limit = limit * (1 + CHECK_SLACK) + tol
             if not math.sqrt(sq) <= limit:

@@ -308,6 +308,7 @@ def status_to_proto(
         strategy=status.strategy,
         epsilon=status.epsilon,
         delta=status.delta,
+        epsilon_by_level=status.epsilon_by_level,
         stop_reason=status.stop_reason,
         view=_VIEW_TO_PROTO[status.view],
         clients_total=status.clients_total,

@@ -15,7 +15,7 @@ branches on a strategy's name:
 
 Each name of the registry in :mod:`fedprompt.strategies` has one class here
 (:func:`register_strategy`). DP-FedAvg is not a strategy: it wraps a strategy's aggregator
-(:class:`~fedprompt_coordinator.aggregation.dp_fedavg.DPFedAvgGlobal`).
+(:class:`~fedprompt_coordinator.aggregation.dp_levels.DPLevels`, every DP level).
 """
 
 from __future__ import annotations
@@ -109,6 +109,7 @@ class Strategy:
         self,
         *,
         clip_global: bool = True,
+        clip_cluster: bool = True,
         rounds_completed: Callable[[], int] | None = None,
         restored_bounds: Mapping[Part, float] | None = None,
     ) -> ClusterAggregator:
@@ -121,6 +122,8 @@ class Strategy:
         ----------
         clip_global
             Clip the global level (False under DP-FedAvg, whose own clipping replaces it).
+        clip_cluster
+            Clip the cluster level (False when DP-FedAvg covers all its parts).
         rounds_completed
             Completed rounds, for adaptive clipping's durable state (None: every
             aggregation counts as a completed round).
@@ -136,7 +139,11 @@ class Strategy:
         aggregator = with_level_rule(
             aggregator, agg.cluster_rule.value, level=Level.CLUSTER, options=options
         )
-        levels = [Level.GLOBAL, Level.CLUSTER] if clip_global else [Level.CLUSTER]
+        levels = [
+            level
+            for level, clip in ((Level.GLOBAL, clip_global), (Level.CLUSTER, clip_cluster))
+            if clip
+        ]
         return with_clipping(
             aggregator,
             clip_policy(agg.clipping),

@@ -344,3 +344,22 @@ def test_vision_lora_baseline(digit_silo: ImageSiloData) -> None:
     assert all(torch.equal(v, base[k]) for k, v in model.base_parameters().items())
     model.train()
     assert model.training and not model.backbone.training  # BatchNorm statistics frozen
+
+
+# --------------------------------------------------------------------------- paired starts
+
+
+def test_every_family_starts_a_seed_from_the_same_head() -> None:
+    """A seed's strategies are compared paired: prompt, LoRA and full share the initial head."""
+    from fedprompt_client_agent.models.visual_prompt import build_visual_prompt_classifier
+
+    prompt, _ = build_prompt_classifier(num_labels=3, seed=7, device="cpu")
+    lora, _ = build_lora_classifier(num_labels=3, seed=7, device="cpu")
+    head = prompt.shared_state()["head.weight"]
+    assert np.array_equal(head, lora.shared_state()["head.weight"])
+    rings = build_visual_prompt_classifier(num_labels=3, seed=7, device="cpu")
+    adapters = build_vision_adapter_classifier(num_labels=3, mode="lora", seed=7, device="cpu")
+    full = build_vision_adapter_classifier(num_labels=3, mode="full", seed=7, device="cpu")
+    vision_head = rings.shared_state()["head.weight"]
+    assert np.array_equal(vision_head, adapters.shared_state()["head.weight"])
+    assert np.array_equal(vision_head, full.shared_state()["head.weight"])

@@ -28,6 +28,7 @@ from fedprompt.secagg.errors import (
     SecAggRefusedError,
 )
 from fedprompt.secagg.graph import (
+    degree_for_dropout,
     harary_neighbours,
     min_survivors,
     secagg_plus_degree,
@@ -50,6 +51,7 @@ __all__ = [
     "SecAggServer",
     "UnmaskReply",
     "UnmaskRequest",
+    "degree_for_dropout",
     "harary_neighbours",
     "layout_of",
     "min_survivors",

@@ -12,6 +12,7 @@ from fedprompt.secagg.encoding import FixedPoint, Layout, check_layout
 from fedprompt.secagg.errors import SecAggError
 from fedprompt.secagg.graph import (
     SEED_BYTES,
+    degree_for_dropout,
     harary_neighbours,
     min_survivors,
     secagg_plus_degree,
@@ -113,6 +114,7 @@ class GroupSetup:
         max_abs: float,
         seed: bytes | None = None,
         max_dropout: float = 0.3,
+        degree: int | None = None,
     ) -> Self:
         """Return the setup of a group, with the design's degree, threshold and encoding.
 
@@ -125,7 +127,12 @@ class GroupSetup:
         seed
             Ring seed; a fresh random one when ``None``.
         max_dropout
-            Fraction of the group that may drop out (sets ``min_survivors``).
+            Fraction of the group that may drop out at random (sets ``min_survivors`` and
+            the degree, :func:`~fedprompt.secagg.graph.degree_for_dropout`).
+        degree
+            A sparser (or denser) graph than ``max_dropout`` asks for, at least the privacy
+            floor :func:`~fedprompt.secagg.graph.secagg_plus_degree` (checked with the
+            fields); None: the dropout-driven degree.
         """
         ordered = tuple(sorted(members))
         if len(set(ordered)) != len(ordered):
@@ -133,7 +140,10 @@ class GroupSetup:
         n = len(ordered)
         if n < MIN_GROUP_SIZE:
             raise SecAggError(f"secure aggregation needs at least {MIN_GROUP_SIZE} members")
-        degree = secagg_plus_degree(n)
+        if degree is None:
+            degree = degree_for_dropout(n, max_dropout=max_dropout)
+        else:
+            degree = min(degree, n - 1)
         threshold = share_threshold(degree)
         return cls(
             round=round,

@@ -613,14 +613,16 @@ class SecAggEncoding(_message.Message):
     @_builtins.property
     def clip_bounds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Per-client L2 bounds: a key is a part name (global_prompt, cluster_prompt, head, lora,
-        backbone, other: that part's tensors are clipped together) or, under DP, a level name
-        (global, cluster: the level's tensors are clipped together). Every tensor is under one key.
+        backbone, other: that part's tensors are clipped together) or, under DP, a DP level
+        (global, cluster, head: the level's tensors are clipped together). Every tensor is under
+        one key.
         """
 
     @_builtins.property
     def noise_std(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
-        """Standard deviation of the Gaussian noise each member adds per coordinate, by level
-        (global, cluster); 0 or absent: none (distributed DP).
+        """Standard deviation of the Gaussian noise each member adds per coordinate, by key of
+        `clip_bounds` (under DP the DP levels global, cluster, head); 0 or absent: none
+        (distributed DP).
         """
 
     @_builtins.property
@@ -1423,6 +1425,26 @@ class GetStatusResponse(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class EpsilonByLevelEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     CURRENT_ROUND_FIELD_NUMBER: _builtins.int
     TOTAL_ROUNDS_FIELD_NUMBER: _builtins.int
     COMPLETED_ROUNDS_FIELD_NUMBER: _builtins.int
@@ -1443,6 +1465,7 @@ class GetStatusResponse(_message.Message):
     ROUND_RECORDS_TOTAL_FIELD_NUMBER: _builtins.int
     FIRST_ROUND_RECORD_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
+    EPSILON_BY_LEVEL_FIELD_NUMBER: _builtins.int
     ROUND_FAILURE_FIELD_NUMBER: _builtins.int
     current_round: _builtins.int
     total_rounds: _builtins.int
@@ -1480,6 +1503,13 @@ class GetStatusResponse(_message.Message):
     @_builtins.property
     def setup_bytes_down(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]: ...
     @_builtins.property
+    def epsilon_by_level(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """ε of each DP level alone ("global", "cluster", "head") at `delta`; `epsilon` is their
+        per-client composition (all levels together), which the budget halt enforces. Empty
+        when DP is off.
+        """
+
+    @_builtins.property
     def round_failure(self) -> Global___RoundFailure:
         """Set while the coordinator is failing: the round attempt that ended with an unexpected
         error (the coordinator exits shortly after, to be restarted). Numbered apart from other
@@ -1509,11 +1539,12 @@ class GetStatusResponse(_message.Message):
         round_records_total: _builtins.int = ...,
         first_round_record: _builtins.int = ...,
         truncated: _builtins.bool = ...,
+        epsilon_by_level: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         round_failure: Global___RoundFailure | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["round_failure", b"round_failure"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "clients_connected", b"clients_connected", "clients_total", b"clients_total", "completed_rounds", b"completed_rounds", "current_round", b"current_round", "delta", b"delta", "epsilon", b"epsilon", "first_round_record", b"first_round_record", "model_fingerprint", b"model_fingerprint", "next_clients_after", b"next_clients_after", "phase", b"phase", "round_failure", b"round_failure", "round_records_total", b"round_records_total", "rounds", b"rounds", "setup_bytes_down", b"setup_bytes_down", "setup_bytes_up", b"setup_bytes_up", "stop_reason", b"stop_reason", "strategy", b"strategy", "total_rounds", b"total_rounds", "truncated", b"truncated", "view", b"view"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clients", b"clients", "clients_connected", b"clients_connected", "clients_total", b"clients_total", "completed_rounds", b"completed_rounds", "current_round", b"current_round", "delta", b"delta", "epsilon", b"epsilon", "epsilon_by_level", b"epsilon_by_level", "first_round_record", b"first_round_record", "model_fingerprint", b"model_fingerprint", "next_clients_after", b"next_clients_after", "phase", b"phase", "round_failure", b"round_failure", "round_records_total", b"round_records_total", "rounds", b"rounds", "setup_bytes_down", b"setup_bytes_down", "setup_bytes_up", b"setup_bytes_up", "stop_reason", b"stop_reason", "strategy", b"strategy", "total_rounds", b"total_rounds", "truncated", b"truncated", "view", b"view"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

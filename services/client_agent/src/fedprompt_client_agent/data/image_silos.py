@@ -38,15 +38,19 @@ from fedprompt_client_agent.data.silo_files import (
 )
 
 __all__ = [
+    "IMAGE_SPLIT_SUFFIX",
     "ImageSiloData",
     "ImageSplit",
     "load_image_silo_dir",
+    "read_image_labels",
+    "read_image_split",
     "write_image_silo_dir",
 ]
 
 logger = logging.getLogger(__name__)
 
-_SPLIT_SUFFIX: Final = ".npz"
+#: The file type of an image split.
+IMAGE_SPLIT_SUFFIX: Final = ".npz"
 
 
 # --------------------------------------------------------------------------- in-memory types
@@ -209,7 +213,7 @@ def write_image_silo_dir(silo: ImageSiloData, path: str | Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for name in SPLIT_NAMES:
         split = silo.split(name)
-        with (root / f"{name}{_SPLIT_SUFFIX}").open("wb") as handle:
+        with (root / f"{name}{IMAGE_SPLIT_SUFFIX}").open("wb") as handle:
             np.savez_compressed(handle, images=split.images, labels=split.labels)
     write_metadata_and_labels(root, metadata_text, silo.labels)
     return root
@@ -241,16 +245,16 @@ def load_image_silo_dir(path: str | Path, *, split_seed: int = 0) -> ImageSiloDa
     root = Path(path)
     if not root.is_dir():
         raise ValueError(f"{root}: not a directory")
-    train_file = root / f"train{_SPLIT_SUFFIX}"
+    train_file = root / f"train{IMAGE_SPLIT_SUFFIX}"
     if not train_file.is_file():
-        raise ValueError(f"{train_file}: missing; every image silo needs train{_SPLIT_SUFFIX}")
+        raise ValueError(f"{train_file}: missing; every image silo needs train{IMAGE_SPLIT_SUFFIX}")
     metadata = read_metadata(root / METADATA_FILE, flat=True)
-    labels = _read_labels(root / LABELS_FILE)
+    labels = read_image_labels(root / LABELS_FILE)
     splits: dict[str, ImageSplit] = {}
     for name in SPLIT_NAMES:
-        file = root / f"{name}{_SPLIT_SUFFIX}"
+        file = root / f"{name}{IMAGE_SPLIT_SUFFIX}"
         if file.is_file():
-            splits[name] = _read_split(file, num_labels=len(labels))
+            splits[name] = read_image_split(file, num_labels=len(labels))
     if len(splits["train"]) == 0:
         raise ValueError(f"{train_file}: no training images")
     shapes = {name: split.image_shape for name, split in splits.items() if len(split)}
@@ -281,8 +285,8 @@ def load_image_silo_dir(path: str | Path, *, split_seed: int = 0) -> ImageSiloDa
     return silo
 
 
-def _read_split(file: Path, *, num_labels: int) -> ImageSplit:
-    """Read and validate one ``.npz`` split file."""
+def read_image_split(file: Path, *, num_labels: int) -> ImageSplit:
+    """Read and validate one ``.npz`` split file (label ids below ``num_labels``)."""
     try:
         loaded = np.load(file, allow_pickle=False)
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
@@ -311,8 +315,8 @@ def _read_split(file: Path, *, num_labels: int) -> ImageSplit:
     return split
 
 
-def _read_labels(file: Path) -> tuple[str, ...]:
-    """Read the ordered label names from labels.json."""
+def read_image_labels(file: Path) -> tuple[str, ...]:
+    """Read the ordered label names from labels.json, which image silos must have."""
     if not file.is_file():
         raise ValueError(f"{file}: missing; image silos name their labels in {LABELS_FILE}")
     return read_label_names(file)

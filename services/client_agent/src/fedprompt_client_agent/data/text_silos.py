@@ -37,15 +37,24 @@ from fedprompt_client_agent.data.silo_files import (
 )
 
 __all__ = [
+    "SPLIT_SUFFIXES",
+    "RawRow",
     "SiloData",
     "TextExample",
     "load_silo_dir",
+    "resolve_labels",
+    "scan_rows",
+    "split_file_candidates",
     "write_silo_dir",
 ]
 
 logger = logging.getLogger(__name__)
 
-_SUFFIXES: Final = (".jsonl", ".csv")
+#: The file types of a text split, in the order they are looked for.
+SPLIT_SUFFIXES: Final = (".jsonl", ".csv")
+
+#: A record as parsed from one line, or the error of that line.
+_Record = Mapping[str, Any] | ValueError
 
 
 @dataclass(frozen=True)
@@ -117,7 +126,7 @@ class SiloData:
 
 
 @dataclass(frozen=True)
-class _RawRow:
+class RawRow:
     """A row as read from disk, before label names are mapped to ids."""
 
     text: str
@@ -170,7 +179,7 @@ def load_silo_dir(
     if not raw["train"]:
         raise ValueError(f"{train_file}: no training rows")
     metadata = read_metadata(root / METADATA_FILE)
-    labels = _resolve_labels(root / LABELS_FILE, raw)
+    labels = resolve_labels(root / LABELS_FILE, raw)
     index = {name: i for i, name in enumerate(labels)}
     splits = {name: _to_examples(rows, index) for name, rows in raw.items()}
     splits = fill_missing_splits(
@@ -226,7 +235,7 @@ def write_silo_dir(silo: SiloData, path: str | Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     metadata_text = metadata_json(silo.name, silo.metadata)
     for split in SPLIT_NAMES:
-        for stale in _SUFFIXES:
+        for stale in SPLIT_SUFFIXES:
             (root / f"{split}{stale}").unlink(missing_ok=True)
         lines = [_example_to_json(ex, silo.labels) for ex in silo.split(split)]
         (root / f"{split}.jsonl").write_text(
@@ -243,18 +252,40 @@ def _example_to_json(example: TextExample, labels: Sequence[str]) -> str:
     return json.dumps({"text": example.text, "label": labels[example.label]}, ensure_ascii=False)
 
 
+def split_file_candidates(root: Path, split: str) -> list[Path]:
+    """Every data file of one split in a silo folder (``.jsonl`` then ``.csv``).
+
+    More than one is an error of the folder (see :func:`load_silo_dir`); the silo-folder
+    check (:mod:`fedprompt_client_agent.data.silo_check`) reports it with the others.
+    """
+    return [
+        root / f"{split}{suffix}"
+        for suffix in SPLIT_SUFFIXES
+        if (root / f"{split}{suffix}").is_file()
+    ]
+
+
 def _find_split_file(root: Path, split: str) -> Path | None:
     """Return the single data file for a split, or None when there is none."""
-    found = [
-        root / f"{split}{suffix}" for suffix in _SUFFIXES if (root / f"{split}{suffix}").is_file()
-    ]
+    found = split_file_candidates(root, split)
     if len(found) > 1:
         raise ValueError(f"{root}: both {found[0].name} and {found[1].name} exist; keep one")
     return found[0] if found else None
 
 
-def _read_rows(file: Path, *, text_column: str, label_column: str) -> Iterator[_RawRow]:
-    """Read and validate the rows of one JSONL or CSV file."""
+def scan_rows(file: Path, *, text_column: str, label_column: str) -> Iterator[RawRow | ValueError]:
+    """Read one JSONL or CSV split file, row by row, without stopping at a bad row.
+
+    Yields a :class:`RawRow` per valid row and a ``ValueError`` (naming the file and line)
+    per malformed one, in file order. The loader raises the first error; the silo-folder
+    check lists them all.
+
+    Raises
+    ------
+    ValueError
+        For a problem of the whole file: unreadable, not UTF-8, a CSV header without the
+        columns, or CSV that cannot be parsed past some line.
+    """
     try:
         content = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -266,13 +297,27 @@ def _read_rows(file: Path, *, text_column: str, label_column: str) -> Iterator[_
         else _csv_records(file, content, required=required)
     )
     for where, record in records:
-        yield _validate_record(
-            record, where=where, text_column=text_column, label_column=label_column
-        )
+        if isinstance(record, ValueError):
+            yield record
+            continue
+        try:
+            yield _validate_record(
+                record, where=where, text_column=text_column, label_column=label_column
+            )
+        except ValueError as exc:
+            yield exc
 
 
-def _jsonl_records(file: Path, content: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """Yield ``(location, object)`` for each non-blank JSONL line."""
+def _read_rows(file: Path, *, text_column: str, label_column: str) -> Iterator[RawRow]:
+    """Read and validate the rows of one JSONL or CSV file; the first bad row raises."""
+    for row in scan_rows(file, text_column=text_column, label_column=label_column):
+        if isinstance(row, ValueError):
+            raise row
+        yield row
+
+
+def _jsonl_records(file: Path, content: str) -> Iterator[tuple[str, _Record]]:
+    """Yield ``(location, object or error)`` for each non-blank JSONL line."""
     for lineno, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
@@ -280,16 +325,18 @@ def _jsonl_records(file: Path, content: str) -> Iterator[tuple[str, Mapping[str,
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{where}: invalid JSON: {exc.msg}") from exc
+            yield where, ValueError(f"{where}: invalid JSON: {exc.msg}")
+            continue
         if not isinstance(record, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            yield where, ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            continue
         yield where, record
 
 
 def _csv_records(
     file: Path, content: str, *, required: Sequence[str]
-) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """Yield ``(location, row)`` for each CSV data row after checking the header (line 1)."""
+) -> Iterator[tuple[str, _Record]]:
+    """Yield ``(location, row or error)`` for each CSV data row after checking the header."""
     reader = csv.DictReader(content.splitlines(keepends=True))
     try:
         header = reader.fieldnames
@@ -299,16 +346,18 @@ def _csv_records(
         if missing:
             raise ValueError(f"{file}:1: missing column(s) {missing} in header {list(header)}")
         for row in reader:
+            where = f"{file}:{reader.line_num}"
             if None in row:
-                raise ValueError(f"{file}:{reader.line_num}: more fields than the header has")
-            yield f"{file}:{reader.line_num}", row
+                yield where, ValueError(f"{where}: more fields than the header has")
+                continue
+            yield where, row
     except csv.Error as exc:
         raise ValueError(f"{file}:{reader.line_num}: malformed CSV: {exc}") from exc
 
 
 def _validate_record(
     record: Mapping[str, Any], *, where: str, text_column: str, label_column: str
-) -> _RawRow:
+) -> RawRow:
     """Check one record's columns and types and return it as a raw row."""
     missing = [col for col in (text_column, label_column) if col not in record]
     if missing:
@@ -325,17 +374,17 @@ def _validate_record(
     label_name = str(label).strip()
     if not label_name:
         raise ValueError(f"{where}: empty label in column {label_column!r}")
-    return _RawRow(text=text, label=label_name, where=where)
+    return RawRow(text=text, label=label_name, where=where)
 
 
-def _resolve_labels(file: Path, raw: Mapping[str, Sequence[_RawRow]]) -> tuple[str, ...]:
+def resolve_labels(file: Path, raw: Mapping[str, Sequence[RawRow]]) -> tuple[str, ...]:
     """Return the label names from labels.json, or the sorted union of the data's labels."""
     if not file.is_file():
         return tuple(sorted({row.label for rows in raw.values() for row in rows}))
     return read_label_names(file)
 
 
-def _to_examples(rows: Sequence[_RawRow], index: Mapping[str, int]) -> tuple[TextExample, ...]:
+def _to_examples(rows: Sequence[RawRow], index: Mapping[str, int]) -> tuple[TextExample, ...]:
     """Map label names to ids, rejecting names outside the label set."""
     examples = []
     for row in rows:

@@ -265,8 +265,14 @@ class PromptClassifier(PromptStateMixin, nn.Module):
     # ----------------------------------------------------------------- internals
 
     def _initialise(self, *, seed: int, prompt_init: str, init_token_ids: tuple[int, ...]) -> None:
-        """Set prompt rows and head from one seeded CPU generator (device-independent)."""
+        """Set head and prompt rows from one seeded CPU generator (device-independent).
+
+        The head is the generator's first draw, as in every model family
+        (:meth:`~fedprompt_client_agent.models.headed.HeadedClassifier._finish`), so that
+        strategies of different families start a seed from the same head.
+        """
         generator = torch.Generator().manual_seed(seed)
+        init_linear_head(self.head, generator)
         ctx = PromptInitContext(
             word_embeddings=self.backbone.get_input_embeddings(),
             num_rows=self.spec.total,
@@ -277,7 +283,6 @@ class PromptClassifier(PromptStateMixin, nn.Module):
         rows = PROMPT_INITIALISERS[prompt_init](ctx)
         with torch.no_grad():
             self.prompt_embedding.weight.copy_(rows)
-        init_linear_head(self.head, generator)
 
 
 def _wrap_with_peft(backbone: PreTrainedModel, *, num_virtual_tokens: int) -> PeftModel:

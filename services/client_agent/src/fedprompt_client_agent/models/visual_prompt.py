@@ -434,13 +434,17 @@ class VisualPromptClassifier(PromptStateMixin, nn.Module):
     # ----------------------------------------------------------------- internals
 
     def _initialise(self, *, seed: int) -> None:
-        """Set rings and head from one seeded CPU generator (device-independent)."""
+        """Set head and rings from one seeded CPU generator (device-independent).
+
+        The head is the generator's first draw, as in every model family, so that
+        strategies of different families start a seed from the same head.
+        """
         generator = torch.Generator().manual_seed(seed)
+        init_linear_head(self.head, generator)
         with torch.no_grad():
             for name in self.prompt.segments:
                 ring = self.prompt.segment(name)
                 ring.copy_(torch.randn(ring.shape, generator=generator) * self.spec.init_std)
-        init_linear_head(self.head, generator)
 
 
 def build_visual_prompt_classifier(

@@ -9,12 +9,15 @@ client's influence exceed S/m.
 :class:`DPFedAvgGlobal` wraps any aggregator (as Flower's
 ``DifferentialPrivacyServerSideFixedClipping`` wraps a strategy): it replaces the global
 level's aggregation by this mechanism and leaves the cluster level to the wrapped one.
+The coordinator now uses :class:`~fedprompt_coordinator.aggregation.dp_levels.DPLevels`,
+which applies :func:`dp_fedavg` to every DP level (global, cluster, head); with
+``privacy.levels: [global]`` it is this wrapper.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,6 +41,8 @@ class DPFedAvgResult:
     clipped_fraction: float
     mean_update_norm: float
     noise_std: float
+    #: Each participant's L2 norm of its delta (before clipping).
+    norms: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 def global_l2_norm(tensors: Mapping[str, np.ndarray]) -> float:
@@ -111,6 +116,7 @@ def dp_fedavg(
         clipped_fraction=float(np.mean(norms > clip_norm)) if len(norms) else 0.0,
         mean_update_norm=float(np.mean(norms)) if len(norms) else 0.0,
         noise_std=std,
+        norms=norms,
     )
 
 

@@ -1,0 +1,148 @@
+"""What DP on every shared level and secure aggregation cost an honest federation in accuracy.
+
+Usage: ``.venv/bin/python -m bench.privacy_accuracy [--tasks text vision] [--seeds 0 1 2]
+[--variants plain dp8 ...] [--rounds 5] [--local-steps 10] [--clients 4]
+[--out runs/privacy] [--reuse]``
+
+Runs real ``fedprompt up`` federations (strategy ``fpl``, the bundled silos of each task,
+mutual TLS, the same seeds for every variant) and prints, per task and variant, the
+aggregated model's mean and worst client accuracy after the last round over the seeds
+(mean ± std, with the per-seed values), the paired difference to the ``plain`` run of the
+same seed, and the ε spent (per level where the summary has it):
+
+- ``plain``: the coordinator's defaults (no DP, no secure aggregation);
+- ``dp1``, ``dp4``, ``dp8``: client-level DP on every shared level (global, cluster, head)
+  calibrated to ε = 1, 4, 8 over the run at δ = 1e-5;
+- ``dp8-global``: ε = 8 on the global level only (``privacy.levels: [global]``, what DP
+  covered before issue 13; the cluster segments and heads travel without noise);
+- ``secagg``: secure aggregation inside each cluster, no noise (must equal ``plain`` up to
+  the fixed-point encoding and float summation order);
+- ``secagg-dp8``: secure aggregation with distributed noise at ε = 8.
+
+``--reuse`` reads finished runs from ``--out`` instead of running them again (a ``plain``
+run of an earlier bench with the same settings can be linked there). Prints figures;
+asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from fedprompt.strategies import StrategyName
+
+#: ``fedprompt up`` flags of each variant.
+VARIANTS: dict[str, list[str]] = {
+    "plain": [],
+    "dp1": ["--dp-epsilon", "1"],
+    "dp4": ["--dp-epsilon", "4"],
+    "dp8": ["--dp-epsilon", "8"],
+    "dp8-global": ["--dp-epsilon", "8"],
+    "secagg": ["--secure-aggregation"],
+    "secagg-dp8": ["--secure-aggregation", "--dp-epsilon", "8"],
+}
+#: Coordinator environment of a variant (``fedprompt up`` passes it to the processes).
+ENVIRONMENT: dict[str, dict[str, str]] = {
+    "dp8-global": {"FEDPROMPT_COORDINATOR_PRIVACY__LEVELS": '["global"]'},
+}
+
+
+def _run(args: argparse.Namespace, task: str, seed: int, variant: str) -> dict[str, float]:
+    """One federation (or its saved summary): final accuracy, ε, wall seconds."""
+    run_dir = args.out / f"{task}-{variant}-s{seed}"
+    started = time.monotonic()
+    if not (args.reuse and (run_dir / "summary.json").exists()):
+        command = [
+            str(Path(sys.executable).parent / "fedprompt"), "up",
+            "--clients", str(args.clients), "--rounds", str(args.rounds),
+            "--local-steps", str(args.local_steps), "--strategy", StrategyName.FPL.value,
+            "--task", task, "--seed", str(seed), "--max-length", "64",
+            "--clients-per-process", str(args.clients), "--run-dir", str(run_dir),
+            *VARIANTS[variant],
+        ]  # fmt: skip
+        proc = subprocess.run(
+            command,
+            env={**os.environ, **ENVIRONMENT.get(variant, {})},
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"{run_dir.name} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
+            )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    last = summary["rounds"][-1]["summary"]
+    out = {
+        "mean": float(last["accuracy_mean"]),
+        "worst": float(last["accuracy_worst"]),
+        "epsilon": float(summary.get("epsilon", 0.0)),
+        "seconds": float(summary.get("wall_seconds", time.monotonic() - started)),
+    }
+    for key, value in last.items():
+        if key.startswith("dp_epsilon_"):
+            out[key.removeprefix("dp_")] = float(value)
+    return out
+
+
+def _spread(values: list[float]) -> str:
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * std:.1f}"
+
+
+def _epsilons(runs: list[dict[str, float]]) -> str:
+    first = runs[0]
+    if not first["epsilon"]:
+        return "∞ (no DP)"
+    levels = ", ".join(
+        f"{k.removeprefix('epsilon_')} {v:.2f}"
+        for k, v in sorted(first.items())
+        if k.startswith("epsilon_")
+    )
+    return f"{first['epsilon']:.2f}" + (f" ({levels})" if levels else "")
+
+
+def main() -> int:
+    """Run (or reuse) every federation and print the table."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--tasks", nargs="+", default=["text", "vision"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--local-steps", type=int, default=10)
+    p.add_argument("--clients", type=int, default=4)
+    p.add_argument("--out", type=Path, default=Path("runs/privacy"))
+    p.add_argument("--reuse", action="store_true")
+    args = p.parse_args()
+    print(
+        f"fpl, {args.clients} clients, {args.rounds} rounds x {args.local_steps} local steps, "
+        f"seeds {args.seeds}; accuracy in % after the last round (mean ± std over seeds)"
+    )
+    print("| task | variant | mean acc | worst acc | Δ mean vs plain (per seed) | ε | wall s/run |")
+    print("|---|---|---|---|---|---|---|")
+    for task in args.tasks:
+        results = {v: [_run(args, task, s, v) for s in args.seeds] for v in args.variants}
+        for variant, runs in results.items():
+            delta = ""
+            if "plain" in results and variant != "plain":
+                diffs = [
+                    100 * (r["mean"] - b["mean"])
+                    for r, b in zip(runs, results["plain"], strict=True)
+                ]
+                delta = f"{statistics.fmean(diffs):+.1f} ({', '.join(f'{d:+.1f}' for d in diffs)})"
+            print(
+                f"| {task} | {variant} | {_spread([r['mean'] for r in runs])} | "
+                f"{_spread([r['worst'] for r in runs])} | {delta} | {_epsilons(runs)} | "
+                f"{statistics.fmean(r['seconds'] for r in runs):.0f} |",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
