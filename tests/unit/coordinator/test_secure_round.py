@@ -380,6 +380,13 @@ def test_dp_release_uses_fixed_denominators_and_noise_of_the_plan() -> None:
             )
     info = secure.info()
     assert info["secagg_cluster_1_effective_z_global"] == pytest.approx(1e-7 * np.sqrt(4 / 3))
+    # a cluster expecting fewer than min_cluster_members (2) keeps its tensors under DP
+    few: dict[int | None, float] = {None: 10.0, 0: 1.5, 1: 5.0}
+    secure = _run(model, deltas, plan=plan, denominators=few.__getitem__)
+    assert secure.result is not None
+    for name, value in model.cluster_tensors[0].items():
+        np.testing.assert_array_equal(secure.result.cluster_tensors[0][name], value)
+    assert secure.info()["dp_cluster_0_skipped"] == 1
 
 
 @pytest.mark.parametrize(

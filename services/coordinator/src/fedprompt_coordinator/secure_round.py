@@ -116,6 +116,9 @@ class SecurePlan:
         τ of the members' InfoNCE probability.
     dp
         (z, S) by level under DP (None: no noise).
+    min_cluster_members
+        Under DP, clusters whose expected participants are fewer are not released (their
+        members' sums still count towards the global level).
     server_learning_rate
         η applied to the averaged deltas under DP.
     """
@@ -128,6 +131,8 @@ class SecurePlan:
     temperature: float = 0.5
     dp: Mapping[str, tuple[float, float]] | None = None
     server_learning_rate: float = 1.0
+    #: Under DP: a cluster whose expected participants m_k are fewer keeps its tensors.
+    min_cluster_members: float = 0.0
 
     @classmethod
     def from_config(
@@ -159,6 +164,7 @@ class SecurePlan:
             temperature=config.contrastive.temperature,
             dp=dp,
             server_learning_rate=privacy.server_learning_rate if dp is not None else 1.0,
+            min_cluster_members=privacy.min_cluster_members if dp is not None else 0.0,
         )
 
 
@@ -227,6 +233,8 @@ class SecureRound:
         self.masked_spec = tuple(TensorSpec(n, "U64", shape) for n, shape in self.layout)
         self.stage = STAGES[0]
         self.bytes = 0
+        #: Clusters whose cluster tensors DP did not release (too few expected members).
+        self.dp_skipped: list[int] = []
         #: The aggregated model, once :meth:`aggregate` ran.
         self.result: FederationModel | None = None
         self._groups: dict[int, _Group] = {}
@@ -566,7 +574,16 @@ class SecureRound:
                 if self.plan.dp is not None and denominators is not None
                 else float(decoded[WEIGHT_CLUSTER][0])
             )
-            if base and den > 0:
+            if self.plan.dp is not None and den < self.plan.min_cluster_members:
+                self.dp_skipped.append(cluster)
+                logger.info(
+                    "round %d: cluster %d expects %.3g participants, fewer than "
+                    "privacy.min_cluster_members: its tensors are not released",
+                    self.round,
+                    cluster,
+                    den,
+                )
+            elif base and den > 0:
                 cluster_tensors[cluster] = {
                     name: (np.asarray(t, dtype=np.float64) + eta * decoded[name] / den).astype(
                         t.dtype
@@ -643,6 +660,8 @@ class SecureRound:
         }
         for cluster in self._small:
             info[f"secagg_cluster_{cluster}_skipped"] = 1.0
+        for cluster in self.dp_skipped:
+            info[f"dp_cluster_{cluster}_skipped"] = 1.0
         for g in groups:
             if g.outcome not in (None, "released"):
                 info[f"secagg_cluster_{g.cluster}_skipped"] = 1.0
