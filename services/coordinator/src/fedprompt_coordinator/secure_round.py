@@ -47,8 +47,8 @@ from fedprompt.secagg import (
     NotEnoughSharesError,
     SecAggError,
     SecAggServer,
+    degree_for_dropout,
     min_survivors,
-    secagg_plus_degree,
     share_threshold,
 )
 from fedprompt_coordinator.aggregation.dp_levels import cluster_dp_level
@@ -264,6 +264,8 @@ class SecureRound:
                 seed=seed(32),
                 max_dropout=plan.max_dropout,
             )
+            if noise and setup.min_survivors != self._min_survivors(len(members)):
+                raise RuntimeError("the noise shares were sized for another min_survivors")
             self._groups[cluster] = _Group(
                 cluster, tuple(setup.members), setup, SecAggServer(setup), noise
             )
@@ -276,14 +278,16 @@ class SecureRound:
             return GLOBAL if name in self._global else cluster_dp_level(name).value
         return part_of(name).value
 
+    def _min_survivors(self, members: int) -> int:
+        """The group's min_survivors, as :meth:`GroupSetup.create` will set it."""
+        degree = degree_for_dropout(members, max_dropout=self.plan.max_dropout)
+        return min_survivors(members, share_threshold(degree), max_dropout=self.plan.max_dropout)
+
     def _noise_std(self, members: int) -> dict[str, float]:
         """Per-member noise std by level: z·S / sqrt(min_survivors) (none without DP)."""
         if self.plan.dp is None:
             return {}
-        degree = secagg_plus_degree(members)
-        survivors = min_survivors(
-            members, share_threshold(degree), max_dropout=self.plan.max_dropout
-        )
+        survivors = self._min_survivors(members)
         return {lvl: z * s / math.sqrt(survivors) for lvl, (z, s) in self.plan.dp.items()}
 
     def _max_abs(self, noise: Mapping[str, float]) -> float:
