@@ -151,7 +151,7 @@ class SecurePlan:
             bounds = {level: s for level, (_, s) in dp.items()}
             weighting = "unit"
         else:
-            bounds = {p.value: secure.bound_of(p, privacy.clip_norm) for p in Part}
+            bounds = {p.value: secure.bound_of(p) for p in Part}
             fpl = config.strategy.value == "fpl"
             contrastive = fpl and config.contrastive.server_weighting == "contrastive"
             weighting = "contrastive" if contrastive else "examples"
