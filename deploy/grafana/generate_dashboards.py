@@ -301,7 +301,8 @@ def clusters_and_silos() -> dict[str, Any]:
 
 
 def privacy() -> dict[str, Any]:
-    """Privacy budget: DP-FedAvg ε against its budget, DP-SGD ε per silo."""
+    """Privacy budget: DP-FedAvg ε against its budget and per level, DP-SGD ε per silo,
+    secure-aggregation groups by outcome."""
     return dashboard(
         "fedprompt-privacy",
         "fedprompt: privacy budget",
@@ -345,6 +346,28 @@ def privacy() -> dict[str, Any]:
                 [("fedprompt_client_dp_sgd_epsilon", "{{silo}}")],
                 x=12,
                 y=4,
+            ),
+            panel(
+                "ε per DP level (client-level)",
+                "timeseries",
+                [("fedprompt_privacy_level_epsilon", "{{level}}")],
+                x=0,
+                y=12,
+                description="Each DP level's accountant (global, cluster, head); the composed ε "
+                "above is the per-client guarantee the budget halt enforces.",
+            ),
+            panel(
+                "Secure aggregation: groups by outcome",
+                "timeseries",
+                [
+                    ("increase(fedprompt_secagg_groups_total[5m])", "{{outcome}}"),
+                    ("increase(fedprompt_secagg_recovered_members_total[5m])", "recovered members"),
+                ],
+                x=12,
+                y=12,
+                description="One group per cluster and round: released; skipped (too few "
+                "members, masked uploads or shares: nothing computed); rejected (the unmasked sum "
+                "was larger than honest members can make: a poisoned input, not applied).",
             ),
         ],
     )

@@ -153,3 +153,29 @@ def test_clipping_and_weight_shares_of_a_round_become_gauges_per_part_and_level(
     assert value("fedprompt_clip_bound", {"part": "cluster_prompt"}) is None
     assert value("fedprompt_aggregation_max_weight_share", {"level": "global"}) == 0.5
     assert value("fedprompt_aggregation_max_weight_share", {"level": "cluster"}) == 1.0
+
+
+def test_secure_aggregation_groups_are_counted_by_outcome() -> None:
+    from dataclasses import replace
+
+    m = CoordinatorMetrics()
+    v = m.registry.get_sample_value
+    m.observe_round(_record())  # no secure aggregation: nothing counted
+    assert v("fedprompt_secagg_groups_total", {"outcome": "released"}) == 0
+    secure = {
+        "secagg_groups": 4.0,
+        "secagg_released": 2.0,
+        "secagg_skipped": 2.0,  # one too small, one poisoned
+        "secagg_recovered": 1.0,
+        "secagg_cluster_1_skipped": 1.0,
+        "secagg_cluster_3_skipped": 1.0,
+        "secagg_cluster_3_rejected": 1.0,
+    }
+    m.observe_round(replace(_record(), summary={**_record().summary, **secure}))
+    m.observe_round(
+        replace(_record("failed: no group"), summary={"secagg_groups": 1.0, "secagg_skipped": 1.0})
+    )
+    assert v("fedprompt_secagg_groups_total", {"outcome": "released"}) == 2
+    assert v("fedprompt_secagg_groups_total", {"outcome": "rejected"}) == 1
+    assert v("fedprompt_secagg_groups_total", {"outcome": "skipped"}) == 2
+    assert v("fedprompt_secagg_recovered_members_total") == 1

@@ -295,6 +295,23 @@ class CoordinatorMetrics:
             ["level"],
             registry=r,
         )
+        self.secagg_groups = Counter(
+            "fedprompt_secagg_groups",
+            "Secure-aggregation groups (one per cluster and round) by outcome: released (the "
+            "sum was unmasked and applied), skipped (too few members, masked uploads or shares: "
+            "nothing computed), rejected (the unmasked sum was over what honest members can "
+            "produce: a poisoned input; not applied).",
+            ["outcome"],
+            registry=r,
+        )
+        self.secagg_recovered = Counter(
+            "fedprompt_secagg_recovered_members",
+            "Members that dropped out after sending their shares and whose masks were removed "
+            "with the others' shares.",
+            registry=r,
+        )
+        for outcome in ("released", "skipped", "rejected"):
+            self.secagg_groups.labels(outcome=outcome)
         for direction in ("up", "down"):
             self.traffic.labels(direction=direction)
         for status in ("completed", "failed"):
@@ -319,6 +336,22 @@ class CoordinatorMetrics:
         self.round_errors.labels(phase=phase.name.lower()).inc()
         self.serving.set(0)
 
+    def _observe_secagg(self, summary: Mapping[str, float]) -> None:
+        """Count a round's secure-aggregation groups by outcome (none without it)."""
+        if "secagg_groups" not in summary:
+            return
+        rejected = sum(
+            1
+            for k, v in summary.items()
+            if k.startswith("secagg_cluster_") and k.endswith("_rejected") and v
+        )
+        self.secagg_groups.labels(outcome="released").inc(summary.get("secagg_released", 0.0))
+        self.secagg_groups.labels(outcome="rejected").inc(rejected)
+        self.secagg_groups.labels(outcome="skipped").inc(
+            max(0.0, summary.get("secagg_skipped", 0.0) - rejected)
+        )
+        self.secagg_recovered.inc(summary.get("secagg_recovered", 0.0))
+
     def observe_round(self, record: RoundRecord) -> None:
         """Record a round attempt that ended (completed or failed)."""
         completed = record.status == "completed"
@@ -336,6 +369,7 @@ class CoordinatorMetrics:
             sizes[client.cluster_id] = sizes.get(client.cluster_id, 0) + 1
         for cluster, size in sizes.items():
             self.cluster_members.labels(cluster=str(cluster)).set(size)
+        self._observe_secagg(record.summary)
         if not completed:
             return
         self.aggregation_duration.observe(record.summary.get("aggregation_seconds", 0.0))
