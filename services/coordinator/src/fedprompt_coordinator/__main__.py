@@ -69,6 +69,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, help="client prompt (or adapter) learning rate")
     p.add_argument("--head-learning-rate", type=float)
     p.add_argument("--contrastive-weight", type=float, help="λ of the client InfoNCE term")
+    p.add_argument(
+        "--server-weighting",
+        choices=["contrastive", "mean"],
+        help="fpl's cluster weights: contrastive alignment, or mean (FedAvg's; an ablation)",
+    )
     p.add_argument("--dp-epsilon", type=float, help="enable DP-FedAvg with this target ε")
     p.add_argument("--dp-noise-multiplier", type=float, help="enable DP-FedAvg with this z")
     p.add_argument("--dp-clip-norm", type=float, help="S of DP-FedAvg")
@@ -245,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 "training.head_learning_rate": args.head_learning_rate,
                 "strategy": args.strategy,
                 "contrastive.weight": args.contrastive_weight,
+                "contrastive.server_weighting": args.server_weighting,
                 "privacy.enabled": (
                     True if args.dp_epsilon is not None or args.dp_noise_multiplier else None
                 ),
