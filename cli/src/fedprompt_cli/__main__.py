@@ -17,6 +17,7 @@ from fedprompt_cli.bench_plan import (
     full_plan,
     gpu_plan,
     quick_plan,
+    scenario_plan,
     tiny_plan,
 )
 from fedprompt_cli.silo_gate import BAD_SILOS, checked_data_root
@@ -115,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"{METHOD} with exact, fp16 and int8 uploads, 5 rounds x 10 steps (about 1 h on 2 cores)",
     )
+    mode.add_argument(
+        "--scenarios",
+        action="store_true",
+        help=f"text: the hard scenarios (many small clinics, misleading metadata, concept "
+        f"shift) and the ablations of {METHOD}, paired with full {METHOD} (30 runs, 30-60 min "
+        "on 2 cores); the GPU plan holds the whole scenario x ablation matrix",
+    )
     bench.add_argument("--tag", help="report folder name under --reports (default: the mode)")
     bench.add_argument("--reports", type=Path, default=Path("reports"))
     bench.add_argument("--work-dir", type=Path, help="run folders (default: <report>/work)")
@@ -205,6 +213,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         if args.gpu
         else compression_plan()
         if args.compression
+        else scenario_plan()
+        if args.scenarios
         else full_plan()
     )
     try:
