@@ -97,6 +97,12 @@ class UpOptions:
                 flags += [flag, str(value)]
         return flags
 
+    def clusterer_flags(self, port: int | None) -> list[str]:
+        """The coordinator's ``--clusterer`` (none without clustering: one cluster)."""
+        if not self.clustering or port is None:
+            return []
+        return ["--clusterer", f"127.0.0.1:{port}"]
+
     def client_flags(self) -> list[str]:
         """Strategy, prompt layout, record-level DP and upload-compression flags of every
         client agent."""
@@ -319,9 +325,7 @@ def _run_federation(
         clients = _start_hosts(options, silos, wanted_port, logs, certs) if hosted else []
         children.extend(clients)
         clusterer_port = clusterer.wait_for_port() if clusterer is not None else None
-        clustering = (
-            ["--clusterer", f"127.0.0.1:{clusterer_port}"] if clusterer_port is not None else []
-        )
+        clustering = options.clusterer_flags(clusterer_port)
         coordinator = Child(
             "coordinator",
             [
