@@ -137,12 +137,12 @@ def _paired_section(comparisons: Sequence[PairedComparison]) -> list[str]:
 
 #: What each hard scenario is, for the report (``fedprompt-make-silos --scenario``).
 SCENARIO_TEXT = {
-    "many-small": "many small clinics (24 text silos of ~18 reviews, 30 image silos of ~100 "
+    "many-small": "Many small clinics (24 text silos of ~18 reviews, 30 image silos of ~100 "
     "images): local training starves and one global model is pulled apart",
-    "misleading-metadata": "a third of the silos (0.33) publish the metadata of a silo of "
+    "misleading-metadata": "A third of the silos (0.33 by default) publish the metadata of a silo of "
     "another group; their data is their own. The truth (scenario.json beside the silos) "
     "never reached the coordinator; per-group accuracy below is by the true group",
-    "concept-shift": "in one group, the two labels its silos see most often swap meaning "
+    "concept-shift": "In one group, the two labels its silos see most often swap meaning "
     "(every split); its metadata is unchanged, so a single global prompt and head must "
     "fail that group or the others",
 }

@@ -128,7 +128,7 @@ def test_report_has_a_section_per_scenario_and_an_ablation_table(
     scenarios = text[text.index("## Scenarios") : text.index("## Ablations of fpl")]
     ablations = text[text.index("## Ablations of fpl") : text.index("## Per-cluster accuracy")]
     assert "### text, concept-shift" in scenarios and "### text, misleading-metadata" in scenarios
-    assert "two labels its silos see most often swap meaning" in scenarios
+    assert "In one group, the two labels its silos see most often swap meaning" in scenarios
     assert "**text, concept-shift: fpl beats local** on mean accuracy" in scenarios
     assert "text, misleading-metadata: fpl ties with local on mean accuracy" in scenarios
     assert "truth-a 64.0 ± 0.5" in scenarios  # per *true* group, from the sidecar's truth
