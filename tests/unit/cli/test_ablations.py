@@ -99,3 +99,15 @@ def test_segment_ablations_drop_that_segment_only(name: str, field: str, tmp_pat
     assert getattr(config, field) == 0
     others = {"n_global", "n_cluster", "n_local"} - {field}
     assert all(getattr(config, f) is None for f in others)  # the model's default sizes
+
+
+def test_fedprompt_up_takes_every_ablation_knob() -> None:
+    from fedprompt_cli.__main__ import build_parser
+
+    args = build_parser().parse_args(
+        ["up", "--server-weighting", "mean", "--n-global", "0", "--n-local", "0", "--no-clustering"]
+    )
+    assert (args.server_weighting, args.n_global, args.n_local, args.no_clustering) == (
+        "mean", 0, 0, True
+    )  # fmt: skip
+    assert build_parser().parse_args(["up"]).no_clustering is False
