@@ -17,7 +17,10 @@ same seed, and the ε spent (per level where the summary has it):
   covered before issue 13; the cluster segments and heads travel without noise);
 - ``secagg``: secure aggregation inside each cluster, no noise (must equal ``plain`` up to
   the fixed-point encoding and float summation order);
-- ``secagg-dp8``: secure aggregation with distributed noise at ε = 8.
+- ``secagg-dp8``: secure aggregation with distributed noise at ε = 8;
+- ``plain-raw`` and ``secagg-raw``: the same arithmetic without and with masks (no clipping,
+  no weight caps): their accuracies must agree up to the fixed-point rounding (2^-38 of the
+  range) and the float summation order.
 
 ``--reuse`` reads finished runs from ``--out`` instead of running them again (a ``plain``
 run of an earlier bench with the same settings can be linked there). Prints figures;
@@ -46,10 +49,21 @@ VARIANTS: dict[str, list[str]] = {
     "dp8-global": ["--dp-epsilon", "8"],
     "secagg": ["--secure-aggregation"],
     "secagg-dp8": ["--secure-aggregation", "--dp-epsilon", "8"],
+    "plain-raw": [],
+    "secagg-raw": ["--secure-aggregation"],
 }
+_AGG = "FEDPROMPT_COORDINATOR_AGGREGATION__"
 #: Coordinator environment of a variant (``fedprompt up`` passes it to the processes).
 ENVIRONMENT: dict[str, dict[str, str]] = {
     "dp8-global": {"FEDPROMPT_COORDINATOR_PRIVACY__LEVELS": '["global"]'},
+    # the same arithmetic with and without masks: no clipping (the secure bound is the hard
+    # max_update_l2_norm, never reached) and no weight caps (a masked sum has none)
+    "plain-raw": {
+        f"{_AGG}CLIPPING__MODE": "off",
+        f"{_AGG}MAX_WEIGHT_SHARE": "1.0",
+        f"{_AGG}MAX_WEIGHT_MULTIPLE": "1000000",
+    },
+    "secagg-raw": {"FEDPROMPT_COORDINATOR_SECURE_AGGREGATION__CLIP_BOUND": "1000"},
 }
 
 

@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--dp-epsilon", type=float, help="client-level DP-FedAvg with target ε")
     up.add_argument("--dp-noise-multiplier", type=float, help="client-level DP-FedAvg z")
     up.add_argument("--dp-sgd-epsilon", type=float, help="record-level DP-SGD target ε (text)")
+    up.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        help="secure aggregation inside each cluster (SecAgg+): the coordinator sees only sums",
+    )
     up.add_argument("--max-images", type=int, help="cap on digit images (vision)")
     up.add_argument(
         "--upload-compression",
@@ -306,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             insecure=args.insecure,
             clients_per_process=max(1, args.clients_per_process),
             upload_compression=args.upload_compression,
+            secure_aggregation=args.secure_aggregation,
         )
         return run_up(options, console)
     if args.command == "bench":

@@ -136,6 +136,7 @@ def _options(spec: RunSpec, plan: BenchPlan, work: Path, silos: Path) -> UpOptio
         max_images=settings.max_images,
         clients_per_process=plan.clients_per_process,
         upload_compression=spec.upload_compression,
+        secure_aggregation=spec.secure_aggregation,
     )
     return with_ablation(options, spec.ablation)
 

@@ -43,8 +43,13 @@ COMMUNICATION_REFERENCE = StrategyName.FULL_FEDAVG
 
 
 def is_private(spec: Mapping[str, Any]) -> bool:
-    """Whether a record's spec ran under client-level DP-FedAvg or record-level DP-SGD."""
-    return spec.get("dp_epsilon") is not None or spec.get("dp_sgd_epsilon") is not None
+    """Whether a record's spec ran under client-level DP-FedAvg, secure aggregation or
+    record-level DP-SGD (the privacy stage's runs: never in the headline)."""
+    return (
+        spec.get("dp_epsilon") is not None
+        or spec.get("dp_sgd_epsilon") is not None
+        or bool(spec.get("secure_aggregation"))
+    )
 
 
 def _compression(spec: Mapping[str, Any]) -> str | None:

@@ -8,10 +8,11 @@ The plan has four stages, in this order:
 2. ``eval``: the chosen learning rate runs on the remaining seeds. The first seed's
    tuning run with the chosen rate is reused as that seed's result (its choice looked
    at validation accuracy only), so every headline figure has all seeds.
-3. ``privacy``: ``fpl`` with the chosen rate under client-level DP-FedAvg at each ε of
-   ``dp_epsilons`` (ε = ∞ is the non-private ``fpl`` run) and with record-level DP-SGD
-   at each ε of ``dp_sgd_epsilons`` (text only: DP-SGD is implemented for text silos),
-   on every seed.
+3. ``privacy``: ``fpl`` with the chosen rate under client-level DP-FedAvg on every shared
+   level at each ε of ``dp_epsilons`` (ε = ∞ is the non-private ``fpl`` run), with secure
+   aggregation inside each cluster at each ε of ``secure_aggregation_epsilons`` (None: no
+   noise, the same arithmetic as ``fpl`` behind masks) and with record-level DP-SGD at each ε
+   of ``dp_sgd_epsilons`` (text only: DP-SGD is implemented for text silos), on every seed.
 4. ``compression``: ``fpl`` with the chosen rate and each lossy upload compression of
    ``upload_compressions`` (``fp16``, ``int8``) on the first ``compression_seeds`` seeds of
    the ``compression_tasks``. The uncompressed baseline is the plain ``fpl`` run of the
@@ -143,6 +144,8 @@ class RunSpec:
     dp_sgd_epsilon: float | None = None
     #: Lossy compression of the clients' uploads (``fp16``, ``int8``; None: uncompressed).
     upload_compression: str | None = None
+    #: Secure aggregation inside each cluster (SecAgg+).
+    secure_aggregation: bool = False
     #: The silos' scenario (``fedprompt-make-silos --scenario``).
     scenario: str = DEFAULT_SCENARIO
     #: The part of fpl taken away (a key of :data:`ABLATIONS`; None: full fpl).
@@ -154,6 +157,8 @@ class RunSpec:
         ``fpl upload int8`` or ``fpl no-global`` (the scenario is not part of it: results are
         grouped by task, scenario and variant)."""
         parts = [self.strategy]
+        if self.secure_aggregation:
+            parts.append("secagg")
         if self.ablation is not None:
             parts.append(self.ablation)
         if self.dp_epsilon is not None:
@@ -168,6 +173,8 @@ class RunSpec:
     def name(self) -> str:
         """A unique folder-safe name of the run."""
         parts = [self.task, self.strategy, f"lr{self.learning_rate:g}", f"s{self.seed}"]
+        if self.secure_aggregation:
+            parts.append("secagg")
         if self.dp_epsilon is not None:
             parts.append(f"dpfedavg{self.dp_epsilon:g}")
         if self.dp_sgd_epsilon is not None:
@@ -201,6 +208,8 @@ class BenchPlan:
     #: run at their default rate only.
     tuned_strategies: tuple[str, ...] | None = None
     dp_epsilons: tuple[float, ...] = (1.0, 4.0, 8.0)
+    #: Secure-aggregation runs of the privacy stage, by DP ε (None: without noise).
+    secure_aggregation_epsilons: tuple[float | None, ...] = (None, 8.0)
     dp_sgd_epsilons: tuple[float, ...] = (8.0,)
     clients_per_process: int = 6
     torch_threads: int = 2
@@ -334,6 +343,13 @@ class BenchPlan:
             lr = chosen[(task, METHOD)]
             for eps in self.dp_epsilons:
                 runs += [RunSpec("privacy", task, METHOD, s, lr, dp_epsilon=eps) for s in seeds]
+            for sec_eps in self.secure_aggregation_epsilons:
+                runs += [
+                    RunSpec(
+                        "privacy", task, METHOD, s, lr, dp_epsilon=sec_eps, secure_aggregation=True
+                    )
+                    for s in seeds
+                ]
             if task == "text":
                 for eps in self.dp_sgd_epsilons:
                     runs += [
@@ -421,6 +437,7 @@ class BenchPlan:
             "lr_factors": list(self.lr_factors),
             "tuned_strategies": list(self.tuned_strategies or self.strategies),
             "dp_epsilons": list(self.dp_epsilons),
+            "secure_aggregation_epsilons": list(self.secure_aggregation_epsilons),
             "dp_sgd_epsilons": list(self.dp_sgd_epsilons),
             "clients_per_process": self.clients_per_process,
             "torch_threads": self.torch_threads,
@@ -578,6 +595,7 @@ def quick_plan() -> BenchPlan:
         },
         lr_factors=(1.0,),
         dp_epsilons=(1.0,),
+        secure_aggregation_epsilons=(None,),
         upload_compressions=("int8",),
         compression_seeds=1,
     )
@@ -597,6 +615,7 @@ def tiny_plan() -> BenchPlan:
         strategies=(StrategyName.LOCAL, METHOD),
         lr_factors=(1.0,),
         dp_epsilons=(4.0,),
+        secure_aggregation_epsilons=(),
         dp_sgd_epsilons=(),
         privacy_seeds=1,
         upload_compressions=(),

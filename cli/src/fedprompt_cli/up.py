@@ -78,6 +78,8 @@ class UpOptions:
     #: Start the clusterer and group clients by their metadata (False: every client in one
     #: cluster, the coordinator without a clusterer).
     clustering: bool = True
+    #: Secure aggregation inside each cluster (``--secure-aggregation`` of the coordinator).
+    secure_aggregation: bool = False
 
     def coordinator_flags(self) -> list[str]:
         """Strategy, learning-rate, fpl and privacy flags of the coordinator."""
@@ -95,6 +97,8 @@ class UpOptions:
         for flag, value in optional.items():
             if value is not None:
                 flags += [flag, str(value)]
+        if self.secure_aggregation:
+            flags.append("--secure-aggregation")
         return flags
 
     def clusterer_flags(self, port: int | None) -> list[str]:

@@ -45,7 +45,12 @@ def test_stages_cover_every_strategy_seed_and_privacy_level() -> None:
     assert {r.seed for r in evals} == set(plan.seeds[1:])
     assert all(r.learning_rate == 0.5 for r in evals)
     privacy = plan.privacy_runs(chosen)
-    assert {r.dp_epsilon for r in privacy if r.dp_epsilon} == set(plan.dp_epsilons)
+    assert {r.dp_epsilon for r in privacy if r.dp_epsilon and not r.secure_aggregation} == set(
+        plan.dp_epsilons
+    )
+    secure = [r for r in privacy if r.secure_aggregation]
+    assert {r.dp_epsilon for r in secure} == set(plan.secure_aggregation_epsilons) == {None, 8.0}
+    assert all(r.strategy == "fpl" and r.dp_sgd_epsilon is None for r in secure)
     assert {r.task for r in privacy if r.dp_sgd_epsilon} == {"text"}  # DP-SGD: text silos only
     compression = plan.compression_runs(chosen)
     assert {r.upload_compression for r in compression} == set(plan.upload_compressions)
@@ -154,6 +159,22 @@ def test_run_variants_name_the_privacy_and_compression_settings() -> None:
     spec = RunSpec("compression", "vision", "fpl", 2, 0.03, upload_compression="fp16")
     assert (spec.variant, spec.name) == ("fpl upload fp16", "vision-fpl-lr0.03-s2-up-fp16")
     assert RunSpec("eval", "text", "local", 0, 0.03).variant == "local"
+    spec = RunSpec("privacy", "text", "fpl", 0, 0.03, dp_epsilon=8.0, secure_aggregation=True)
+    assert (spec.variant, spec.name) == (
+        "fpl secagg dp-fedavg ε=8",
+        "text-fpl-lr0.03-s0-secagg-dpfedavg8",
+    )
+
+
+def test_secure_aggregation_runs_are_private_and_never_in_the_headline() -> None:
+    from dataclasses import asdict
+
+    from fedprompt_cli.bench_analysis import is_private, variant_of
+
+    spec = asdict(RunSpec("privacy", "text", "fpl", 0, 0.03, secure_aggregation=True))
+    assert is_private(spec) and variant_of(spec) == "fpl secagg"
+    assert not is_private(asdict(RunSpec("eval", "text", "fpl", 0, 0.03)))
+    assert tiny_plan().secure_aggregation_epsilons == ()  # the integration test stays short
 
 
 def test_unknown_or_exact_upload_compressions_are_refused() -> None:
@@ -198,7 +219,7 @@ def test_full_plan_budget_is_unchanged_and_has_no_scenario_or_ablation_stage() -
     plan = full_plan()
     assert plan.scenarios == () and plan.ablations == ()
     assert plan.scenario_runs(_chosen(plan)) == [] and plan.ablation_runs(_chosen(plan)) == []
-    assert plan.total_runs() == 46  # as before scenarios and ablations existed
+    assert plan.total_runs() == 48  # as on main without scenarios and ablations
 
 
 def test_scenario_names_match_make_silos() -> None:

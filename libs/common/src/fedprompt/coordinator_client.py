@@ -276,3 +276,11 @@ class CoordinatorClient:
             metadata=self._metadata,
             timeout=self._call_timeout_s,
         )
+
+    async def secagg_step(self, request: coordinator_pb2.SecAggStepRequest) -> None:
+        """Send a secure-aggregation answer (keys, shares or unmasking shares) of this client.
+
+        ``request.client_id`` is set to this client's id.
+        """
+        request.client_id = self.client_id
+        await self._stub.SecAggStep(request, metadata=self._metadata, timeout=self._call_timeout_s)

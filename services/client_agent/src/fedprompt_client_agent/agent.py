@@ -1,7 +1,9 @@
 """The client agent's federation loop: join, receive tasks, fetch, train, upload, report.
 
 The silo only dials out. Tasks arrive on a server stream as soon as a round opens; every
-tensor transfer is a chunked safetensors payload. The learning itself is behind
+tensor transfer is a chunked safetensors payload. Under secure aggregation the round adds
+SECAGG_KEYS, SECAGG_SHARES and SECAGG_UNMASK tasks, answered with SecAggStep, and the TRAIN
+task's delta travels masked (:mod:`~fedprompt_client_agent.secure_aggregation`). The learning itself is behind
 :class:`LearningRuntime`, so this loop carries no torch code.
 """
 
@@ -23,11 +25,13 @@ import numpy as np
 from fedprompt.codec import encode_tensors
 from fedprompt.compression import Compression, compress_tensors
 from fedprompt.coordinator_client import CoordinatorClient, UploadStatusLostError
+from fedprompt.secagg import SecAggError
 from fedprompt.server import create_channel
 from fedprompt.tensor_names import split_centroids
 from fedprompt.tls import COORDINATOR_IDENTITY
 from fedprompt.v1 import common_pb2, coordinator_pb2
 from fedprompt_client_agent.metrics import ClientMetrics
+from fedprompt_client_agent.secure_aggregation import Encoding, SecureMember
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +42,14 @@ _RETRYABLE = (
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.ABORTED,
+)
+
+
+#: Secure-aggregation stages answered with SecAggStep.
+_SECAGG_KINDS = (
+    coordinator_pb2.TASK_KIND_SECAGG_KEYS,
+    coordinator_pb2.TASK_KIND_SECAGG_SHARES,
+    coordinator_pb2.TASK_KIND_SECAGG_UNMASK,
 )
 
 
@@ -136,6 +148,8 @@ class ClientAgent:
         # (digest of the shared tensors last evaluated, their metrics): the round-start model
         # of round t is the aggregate that was evaluated at the end of round t-1.
         self._last_eval: tuple[bytes, dict[str, float]] | None = None
+        #: This silo's secure-aggregation member of the round in progress, if any.
+        self._secure: SecureMember | None = None
 
     def open_channel(self) -> grpc.aio.Channel:
         """A channel to the coordinator: this silo's certificate, the coordinator's name checked."""
@@ -205,6 +219,8 @@ class ClientAgent:
                     await self._train(client, task)
                 elif task.kind == coordinator_pb2.TASK_KIND_EVALUATE:
                     await self._evaluate(client, task)
+                elif task.kind in _SECAGG_KINDS:
+                    await self._secagg_step(client, task)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
                     raise
@@ -231,8 +247,55 @@ class ClientAgent:
             "task stream closed",
         )
 
+    async def _secagg_step(self, client: CoordinatorClient, task: coordinator_pb2.Task) -> None:
+        """Answer a SECAGG_KEYS / SHARES / UNMASK task; refuse (answer nothing) what the
+        library refuses."""
+        info = task.secure_aggregation
+        try:
+            if task.kind == coordinator_pb2.TASK_KIND_SECAGG_KEYS:
+                self._secure = None
+                member = SecureMember(self._runtime.client_id, task.round, info)
+                request = member.keys()
+                self._secure = member
+            else:
+                member = self._secure_member(task)
+                if task.kind == coordinator_pb2.TASK_KIND_SECAGG_SHARES:
+                    request = member.shares(info)
+                else:
+                    request = member.unmask(info)
+                    self._secure = None  # answered once; nothing of this round is kept
+        except SecAggError as exc:
+            logger.warning(
+                "round %d: refused a secure-aggregation task (%s): %s",
+                task.round,
+                coordinator_pb2.TaskKind.Name(task.kind),
+                exc,
+            )
+            return
+        try:
+            await client.secagg_step(request)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _RETRYABLE or exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                raise  # reconnect, or a stage that closed (the task loop logs it)
+            # refused (a repeated or malformed answer): this round goes on without it
+            logger.warning(
+                "round %d: the coordinator refused a secure-aggregation answer: %s %s",
+                task.round,
+                exc.code().name,
+                exc.details(),
+            )
+
+    def _secure_member(self, task: coordinator_pb2.Task) -> SecureMember:
+        member = self._secure
+        if member is None or member.round != task.round:
+            raise SecAggError(f"no secure-aggregation member for round {task.round}")
+        return member
+
     async def _train(self, client: CoordinatorClient, task: coordinator_pb2.Task) -> None:
         rt = self._runtime
+        secure: tuple[SecureMember, Encoding] | None = None
+        if task.HasField("secure_aggregation"):
+            secure = self._secure_train(task)
         payload = await client.task_model(task, coordinator_pb2.MODEL_STAGE_ROUND_START)
         centroids, received = split_centroids(payload)
         digest = tensor_digest(received)
@@ -261,10 +324,30 @@ class ClientAgent:
         metrics = {f"pre_{k}": v for k, v in before.items()}
         metrics.update({f"post_{k}": v for k, v in after.items()})
         metrics.update({f"train_{k}": v for k, v in train_metrics.items()})
+        kind = coordinator_pb2.UPDATE_KIND_DELTA
+        if task.HasField("secure_aggregation"):
+            if secure is None:  # a group not aggregated this round, or a refused task
+                logger.info("round %d: trained; nothing to upload this round", task.round)
+                self.rounds_trained.append(task.round)
+                return
+            member, encoding = secure
+            try:
+                delta = await asyncio.to_thread(
+                    member.mask,
+                    delta,
+                    encoding,
+                    num_examples=rt.num_train_examples,
+                    cluster_id=task.cluster_id,
+                    centroids=centroids,
+                )
+            except SecAggError as exc:
+                logger.warning("round %d: refused to mask the update: %s", task.round, exc)
+                return
+            kind = coordinator_pb2.UPDATE_KIND_MASKED
         await self._upload(  # the training metrics travel in the upload's header
             client,
             round_id=task.round,
-            kind=coordinator_pb2.UPDATE_KIND_DELTA,
+            kind=kind,
             tensors=delta,
             num_examples=rt.num_train_examples,
             train_metrics=metrics,
@@ -277,6 +360,18 @@ class ClientAgent:
             before.get("accuracy", float("nan")),
             after.get("accuracy", float("nan")),
         )
+
+    def _secure_train(self, task: coordinator_pb2.Task) -> tuple[SecureMember, Encoding] | None:
+        """The member and encoding of a secure TRAIN task (None: train, upload nothing)."""
+        info = task.secure_aggregation
+        if not info.HasField("encoding"):
+            return None
+        try:
+            member = self._secure_member(task)
+            return member, member.receive(info)
+        except SecAggError as exc:
+            logger.warning("round %d: refused the secure TRAIN task: %s", task.round, exc)
+            return None
 
     async def _evaluate(self, client: CoordinatorClient, task: coordinator_pb2.Task) -> None:
         rt = self._runtime

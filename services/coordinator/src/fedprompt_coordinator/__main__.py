@@ -78,6 +78,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dp-epsilon", type=float, help="enable DP-FedAvg with this target ε")
     p.add_argument("--dp-noise-multiplier", type=float, help="enable DP-FedAvg with this z")
     p.add_argument("--dp-clip-norm", type=float, help="S of DP-FedAvg")
+    p.add_argument(
+        "--secure-aggregation",
+        action="store_true",
+        help="aggregate each cluster securely (SecAgg+): the coordinator sees only sums",
+    )
     p.add_argument("--exit-when-done", action="store_true", help="stop after the last round")
     p.add_argument("--log-level")
     add_tls_arguments(p)
@@ -265,6 +270,7 @@ def config_from_args(
             "privacy.noise_multiplier": args.dp_noise_multiplier,
             "privacy.clip_norm": args.dp_clip_norm,
             "round_deadline_s": args.round_deadline_s,
+            "secure_aggregation.enabled": True if args.secure_aggregation else None,
             "log_level": args.log_level,
             **tls_overrides(args),
             "metrics_port": args.metrics_port,

@@ -407,6 +407,75 @@ class AggregationConfig(BaseModel):
     )
 
 
+#: Largest per-coordinate magnitude of an encoded secure-aggregation input (weight times clip
+#: bound) for which groups of up to 1000 members keep 16 fraction bits: 2^62 / (1000 · 2^16).
+SECAGG_MAX_ABS = 2.0**62 / (1000 * 2.0**16)
+
+
+class SecureAggregationConfig(BaseModel):
+    """Secure aggregation inside each cluster (SecAgg+): the coordinator learns each cluster's
+    weighted sum, never an individual update.
+
+    Members clip each part of their delta to a fixed bound, weigh it, (under DP) add their
+    share of the noise, encode it in fixed point modulo 2^64 and mask it with pairwise and
+    self masks; dropouts are recovered from Shamir shares. Robust rules and adaptive clipping
+    need single updates and are refused with it; the weight caps of ``aggregation``
+    (``max_weight_share``, ``max_weight_multiple``) cannot be applied to a masked sum and
+    ``max_weight`` bounds a member's weight instead.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = Field(default=False, description="Aggregate each cluster securely.")
+    min_group_size: int = Field(
+        default=2,
+        ge=2,
+        description="Clusters with fewer participants in a round are not aggregated that "
+        "round (their members train, upload nothing and evaluate; the summary says so).",
+    )
+    max_dropout: float = Field(
+        default=0.3,
+        ge=0,
+        lt=1,
+        description="Fraction of a group's members that may drop out before its sum is "
+        "withheld (the release needs max(t, ⌈(1-max_dropout)·n⌉) masked uploads).",
+    )
+    clip_bound: float = Field(
+        default=10.0,
+        gt=0,
+        description="Without DP: the per-client L2 bound of every part without an entry in "
+        "`clip_bounds`, applied by each member to its own delta (the coordinator cannot clip a "
+        "masked update). 10 is above every honest part norm measured on the bundled tasks "
+        "(largest 8.25, bench.honest_update_norms), so honest updates pass unchanged. Under DP "
+        "each level's privacy clip norm applies instead.",
+    )
+    clip_bounds: dict[Part, float] = Field(
+        default_factory=dict, description="Bounds by part, overriding `clip_bound`."
+    )
+    max_weight: float = Field(
+        default=10_000.0,
+        gt=0,
+        description="Largest weight of one member (w = min(n, max_weight)); bounds its "
+        "influence and, with the clip bounds, the fixed-point range.",
+    )
+    key_deadline_s: float = Field(
+        default=30.0, gt=0, description="Deadline of each of the key and share stages."
+    )
+    unmask_deadline_s: float = Field(
+        default=30.0, gt=0, description="Deadline of the unmasking stage."
+    )
+
+    @model_validator(mode="after")
+    def _positive_bounds(self) -> SecureAggregationConfig:
+        if any(not v > 0 for v in self.clip_bounds.values()):
+            raise ValueError("secure_aggregation.clip_bounds must be positive")
+        return self
+
+    def bound_of(self, part: Part) -> float:
+        """The clip bound of ``part`` without DP."""
+        return self.clip_bounds.get(part, self.clip_bound)
+
+
 class CoordinatorConfig(BaseModel):
     """Everything the coordinator process needs."""
 
@@ -497,6 +566,10 @@ class CoordinatorConfig(BaseModel):
         description="Weights, per-client clipping and rules of each level: what bounds the "
         "influence of any one member.",
     )
+    secure_aggregation: SecureAggregationConfig = Field(
+        default_factory=SecureAggregationConfig,
+        description="Secure aggregation inside each cluster (SecAgg+; off by default).",
+    )
     log_level: LogLevel = Field(LogLevel.INFO, description="Python logging level.")
     metrics_port: int = Field(
         0, ge=0, le=65535, description="Port of the Prometheus /metrics endpoint (0: none)."
@@ -518,6 +591,7 @@ class CoordinatorConfig(BaseModel):
                 f"upload ({largest} bytes): raise it or lower max_update_bytes"
             )
         check_aggregation(self)
+        check_secure_aggregation(self)
         return self
 
     @property
@@ -605,3 +679,66 @@ def check_privacy(config: CoordinatorConfig) -> None:
                 f"privacy.clip_norms sets a bound for {', '.join(unused)}, which is not in "
                 "privacy.levels (no DP there: the bound would be ignored)"
             )
+
+
+def check_secure_aggregation(config: CoordinatorConfig) -> None:
+    """Refuse what secure aggregation cannot do: the coordinator never sees a single update.
+
+    Raises
+    ------
+    ValueError
+        With the reason and what to set instead.
+    """
+    secure = config.secure_aggregation
+    if not secure.enabled:
+        return
+    spec = strategy_spec(config.strategy)
+    if not spec.shares_tensors:
+        raise ValueError(f"secure_aggregation: strategy {spec.name.value!r} aggregates nothing")
+    if spec.name is StrategyName.FULL_FEDAVG:
+        raise ValueError(
+            "secure_aggregation: strategy 'full_fedavg' shares the whole model, too large to "
+            "mask (one keystream per neighbour per member per round); use a prompt or LoRA "
+            "strategy"
+        )
+    agg = config.aggregation
+    for level, rule in (("global_rule", agg.global_rule), ("cluster_rule", agg.cluster_rule)):
+        if rule is not AggregationRule.MEAN:
+            raise ValueError(
+                f"aggregation.{level} {rule.value!r} cannot be combined with "
+                "secure_aggregation: a robust rule needs every single update, and the "
+                "coordinator only learns each cluster's sum; keep the rule `mean` "
+                "(members clip to secure_aggregation.clip_bound(s) themselves)"
+            )
+    clipping_set = "mode" in agg.clipping.model_fields_set
+    if clipping_set and agg.clipping.mode is ClipMode.ADAPTIVE:
+        raise ValueError(
+            "aggregation.clipping.mode adaptive cannot be combined with secure_aggregation: "
+            "the bound follows the norms of single updates, which the coordinator does not "
+            "see; members clip to the fixed secure_aggregation.clip_bound(s)"
+        )
+    if agg.weighting is Weighting.UNIFORM and not config.privacy.enabled:
+        raise ValueError(
+            "aggregation.weighting uniform is not supported with secure_aggregation "
+            "(weights are the members' example counts, capped by max_weight)"
+        )
+    privacy = config.privacy
+    if privacy.enabled:
+        levels = privacy.dp_levels(clustered=spec.clustered)
+        every = default_dp_levels(clustered=spec.clustered)
+        if set(levels) != set(every):
+            raise ValueError(
+                "secure_aggregation with privacy.enabled needs DP on every level the strategy "
+                f"shares ({', '.join(level.value for level in every)}): members add the noise "
+                "and the unit weights of DP to the whole vector; unset privacy.levels"
+            )
+        largest = max(privacy.clip_norm_of(level) for level in levels)
+    else:
+        largest = max([secure.bound_of(p) for p in Part] + list(secure.clip_bounds.values()))
+    weight = 1.0 if config.privacy.enabled else secure.max_weight
+    if weight * largest > SECAGG_MAX_ABS:
+        raise ValueError(
+            f"secure_aggregation: max_weight x clip bound ({weight} x {largest}) exceeds the "
+            f"fixed-point range ({SECAGG_MAX_ABS:.3g} for 16 fraction bits in groups of up to "
+            "1000 members); lower secure_aggregation.max_weight or the clip bounds"
+        )

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedprompt.secagg import GroupSetup, PublicKeys, UnmaskReply, UnmaskRequest
 from fedprompt.tensor_names import CLUSTER_PROMPT, centroid
 
 
@@ -21,6 +23,11 @@ class Phase(enum.Enum):
     EVALUATION = 6
     CHECKPOINT = 7
     DONE = 8
+    #: Secure aggregation: key and share exchange of each cluster's group (before TRAINING).
+    KEY_EXCHANGE = 9
+    #: Secure aggregation: survivors send the shares that remove the masks (before
+    #: AGGREGATION).
+    UNMASKING = 10
 
 
 class TaskKind(enum.Enum):
@@ -29,6 +36,9 @@ class TaskKind(enum.Enum):
     TRAIN = 1
     EVALUATE = 2
     FINISHED = 3
+    SECAGG_KEYS = 4
+    SECAGG_SHARES = 5
+    SECAGG_UNMASK = 6
 
 
 class ModelStage(enum.Enum):
@@ -43,6 +53,8 @@ class UpdateKind(enum.Enum):
 
     INITIAL = 1
     DELTA = 2
+    #: A masked secure-aggregation input (uint64 tensors of the group's layout).
+    MASKED = 3
 
 
 class MetricsPhase(enum.Enum):
@@ -114,6 +126,76 @@ class InlineModel:
 
 
 @dataclass(frozen=True)
+class SecAggEncoding:
+    """How a secure-aggregation member encodes its delta (see ``SecAggEncoding`` in the proto).
+
+    Attributes
+    ----------
+    clip_bounds
+        L2 bound by part name, or by level name (``global``, ``cluster``) under DP.
+    clip_keys
+        Tensor name -> its key in ``clip_bounds`` (tensors of one key are clipped together).
+    weighting
+        ``examples``, ``contrastive`` or ``unit``.
+    weight_cap
+        The largest weight of one member.
+    noise_std
+        Per-coordinate noise each member adds, by clip key (under DP the keys are the DP
+        levels; empty: none).
+    max_abs
+        The largest |value| of an encoded coordinate.
+    temperature
+        τ of the InfoNCE probability (contrastive weighting).
+    global_tensors
+        Names of the global level's tensors.
+    """
+
+    clip_bounds: Mapping[str, float]
+    clip_keys: Mapping[str, str]
+    weighting: str
+    weight_cap: float
+    noise_std: Mapping[str, float]
+    max_abs: float
+    temperature: float
+    global_tensors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SecAggTask:
+    """The secure-aggregation part of a task; which fields are set depends on its kind.
+
+    A TRAIN task whose ``encoding`` is None belongs to a group that is not aggregated this
+    round: the member trains, uploads nothing and evaluates.
+    """
+
+    group: str
+    #: SECAGG_KEYS: the group's public parameters and this member's neighbours.
+    setup: GroupSetup | None = None
+    neighbours: tuple[str, ...] = ()
+    #: SECAGG_SHARES: public keys of the member's neighbours in U1 (and its own).
+    public_keys: Mapping[str, PublicKeys] = field(default_factory=dict)
+    #: TRAIN: sender -> ciphertext addressed to this member; U2; the encoding.
+    ciphertexts: Mapping[str, bytes] = field(default_factory=dict)
+    shared: tuple[str, ...] = ()
+    encoding: SecAggEncoding | None = None
+    #: SECAGG_UNMASK: dropped and surviving members.
+    unmask: UnmaskRequest | None = None
+
+
+@dataclass(frozen=True)
+class SecAggStep:
+    """A member's answer to a secure-aggregation task: exactly one of the three is set."""
+
+    client_id: str
+    round: int
+    group: str
+    keys: PublicKeys | None = None
+    #: recipient -> ciphertext of shares.
+    ciphertexts: Mapping[str, bytes] | None = None
+    unmask: UnmaskReply | None = None
+
+
+@dataclass(frozen=True)
 class Task:
     """A unit of work for one client."""
 
@@ -126,6 +208,8 @@ class Task:
     message: str = ""
     #: The task's model when it is small enough to travel inline; None: FetchModel it.
     model: InlineModel | None = None
+    #: Secure aggregation: what the task's stage needs (None: not a secure round).
+    secure_aggregation: SecAggTask | None = None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,11 @@ metrics, status; uploads go to its :attr:`~Federation.uploads` intake) and
     waiting for quorum -> clustering -> broadcast -> training (deadline) -> aggregation
     -> evaluation (deadline) -> checkpoint -> next round ... -> done
 
+With secure aggregation (``secure_aggregation.enabled``) training is wrapped in the stages of
+:class:`~fedprompt_coordinator.secure_round.SecureRound`: broadcast -> key exchange (keys,
+then shares; deadlines) -> training (masked uploads) -> unmasking (deadline) -> aggregation
+from each cluster's unmasked sum.
+
 It wires the rooms around it and owns what none of them does: the phases, quorum,
 participants, deadlines, the model of each round and its checkpoint.
 
@@ -38,10 +43,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 
 import numpy as np
 
@@ -50,6 +56,7 @@ from fedprompt.errors import (
     FedPromptError,
     InvalidArgumentError,
     ModelMismatchError,
+    WrongRoundError,
 )
 from fedprompt.strategies import strategy_spec
 from fedprompt_coordinator.aggregation.base import ClusterAggregator
@@ -67,6 +74,8 @@ from fedprompt_coordinator.domain import (
     Phase,
     RoundFailure,
     RoundRecord,
+    SecAggStep,
+    SecAggTask,
     StatusQuery,
     StatusView,
     Task,
@@ -88,6 +97,7 @@ from fedprompt_coordinator.round_progress import (
     RoundProgress,
 )
 from fedprompt_coordinator.round_reports import RoundReports
+from fedprompt_coordinator.secure_round import SecurePlan, SecureRound
 from fedprompt_coordinator.sessions import ClientSessions
 from fedprompt_coordinator.state_check import StateIntegrityError, verify_state
 from fedprompt_coordinator.state_store import StateStore
@@ -105,6 +115,13 @@ _SETTING_STOP_REASON = "stop_reason"
 SAMPLING_RETRY_PAUSE_S = 0.5
 #: Longest exception message kept in a failed round's status.
 MAX_REASON_CHARS = 400
+
+
+def _stage_done(
+    complete: Callable[[Collection[str]], bool], alive: Callable[[], Collection[str]]
+) -> bool:
+    """Whether a secure stage is complete for the members still connected."""
+    return complete(alive())
 
 
 class RoundFailedError(Exception):
@@ -206,6 +223,10 @@ class Federation:
         self._initial_lock = asyncio.Lock()
         self._waited_for_latecomers = False
         self._strategy = build_strategy(config)
+        #: The secure round in progress (None: none, or secure aggregation is off), and the
+        #: task of its current stage per member (sent again to a member that reconnects).
+        self._secure: SecureRound | None = None
+        self._secure_tasks: dict[str, Task] = {}
         #: Where uploads are checked and accepted into the round in progress.
         self.uploads = UploadIntake(
             sessions=self._sessions,
@@ -223,6 +244,7 @@ class Federation:
             has_model=lambda: self._model is not None,
             accept_initial=self._accept_initial,
             notify=self._notify,
+            secure=lambda: self._secure,
         )
         self._dp_levels = config.privacy.dp_levels(
             clustered=strategy_spec(config.strategy).clustered
@@ -249,6 +271,14 @@ class Federation:
         self.metrics.watch(self._reports.gauges)
         self._rng = np.random.default_rng(config.privacy.seed)
         self._aggregator = self._make_aggregator()
+        self._secure_plan = (
+            SecurePlan.from_config(
+                config,
+                mechanisms=self._budget.mechanisms if self._budget else None,
+            )
+            if config.secure_aggregation.enabled
+            else None
+        )
         self._stop_reason = state.get_setting(_SETTING_STOP_REASON) or ""
         if self._progress.completed:
             logger.info("resuming after completed round %d", self._progress.completed)
@@ -331,6 +361,21 @@ class Federation:
         current = self._progress.require_participant(client_id, round_id, REPORT_METRICS)
         target = current.train_metrics if phase is MetricsPhase.TRAIN else current.eval_metrics
         target[client_id] = checked
+        await self._notify()
+
+    async def secagg_step(self, step: SecAggStep) -> None:
+        """Record a member's answer to a secure-aggregation task of the round in progress.
+
+        Raises
+        ------
+        WrongRoundError
+            When no secure round is in progress for ``step.round``, or it is at another stage.
+        """
+        self._sessions.require(step.client_id)
+        secure = self._secure
+        if secure is None or secure.round != step.round:
+            raise WrongRoundError(f"round {step.round} has no secure aggregation in progress")
+        secure.add_step(step)
         await self._notify()
 
     def status(self, query: StatusQuery | None = None) -> FederationStatus:
@@ -450,33 +495,52 @@ class Federation:
         t_broadcast = time.perf_counter()
         await round_models.encode_round_start()
         current.phase_seconds["broadcast_seconds"] = time.perf_counter() - t_broadcast
-        self._progress.phase = Phase.TRAINING
-        t_train = time.perf_counter()
-        for cid in participants:
-            self._sessions.publish(cid, self._train_task(current, cid))
-        await self._wait_until(
-            lambda: len(current.updates) == len(current.participants), current.deadline_unix
-        )
-        current.phase_seconds["training_seconds"] = time.perf_counter() - t_train
-        if len(current.updates) < self._config.min_clients:
+        if self._secure_plan is not None:
+            secure = await self._secure_stages(current, self._secure_plan)
+            evaluators = secure.evaluators()
+        else:
+            secure = None
+            self._progress.phase = Phase.TRAINING
+            t_train = time.perf_counter()
+            for cid in participants:
+                self._sessions.publish(cid, self._train_task(current, cid))
+            await self._wait_until(
+                lambda: len(current.updates) == len(current.participants), current.deadline_unix
+            )
+            current.phase_seconds["training_seconds"] = time.perf_counter() - t_train
+            evaluators = sorted(current.updates)
+        # a secure round completes when any group's sum was released (its quorum is each
+        # group's min_survivors); a plain one when the quorum of updates arrived
+        if (secure is None and len(current.updates) < self._config.min_clients) or (
+            secure is not None and not secure.released
+        ):
             reason = (
                 f"failed: {len(current.updates)} of {len(current.participants)} updates by the "
                 f"deadline, quorum is {self._config.min_clients}"
+                if secure is None
+                else "failed: no secure-aggregation group could be released"
             )
             logger.warning("round %d %s; it will be retried", round_id, reason)
             self._reports.store(self._round_record(current, status=reason))
             self._progress.current = None
             self._round_models = None
+            self._secure = None
             self._models.drop_spool(round_id)
             return
 
         self._progress.phase = Phase.AGGREGATION
         assert self._model is not None
         t0 = time.perf_counter()
-        current.aggregated = await asyncio.to_thread(
-            self._aggregator.aggregate, self._model, list(current.updates.values())
-        )
-        current.aggregation_seconds = time.perf_counter() - t0
+        aggregation_seconds = current.aggregation_seconds
+        if secure is not None:
+            aggregated = secure.result
+            assert aggregated is not None  # aggregated in the secure stages
+        else:
+            aggregated = await asyncio.to_thread(
+                self._aggregator.aggregate, self._model, list(current.updates.values())
+            )
+        current.aggregated = aggregated
+        current.aggregation_seconds = aggregation_seconds + time.perf_counter() - t0
         if self._budget is not None:
             # account before the noised model is released to anyone; a crash after this
             # point may count the round twice (safe), never zero times
@@ -489,13 +553,12 @@ class Federation:
         # renamed into place after the commit. A crash in between resumes from the previous
         # round (or, after the commit, renames the folder at the next start).
         save = asyncio.ensure_future(
-            asyncio.to_thread(self._prepare_snapshot, round_id, current.aggregated)
+            asyncio.to_thread(self._prepare_snapshot, round_id, aggregated)
         )
         self._pending_save = save
         self._progress.phase = Phase.EVALUATION
         t_eval = time.perf_counter()
         eval_deadline = self._clock() + self._config.eval_deadline_s
-        evaluators = sorted(current.updates)
         for cid in evaluators:
             self._sessions.publish(
                 cid,
@@ -532,6 +595,7 @@ class Federation:
         self._progress.completed = round_id
         self._progress.current = None
         self._round_models = None
+        self._secure = None
         self._models.drop_spool(round_id)
         self.traffic.forget_before(round_id)
         logger.info("round %d completed", round_id)
@@ -593,6 +657,7 @@ class Federation:
             logger.exception("round %d: could not remove its temporary files", round_id)
         self._progress.current = None
         self._round_models = None
+        self._secure = None
         self._record_failure(round_id, current, reason)
         return self._failure
 
@@ -671,7 +736,9 @@ class Federation:
         self._assignment = assignment
         self._state.set_assignment(assignment)
 
-    def _train_task(self, current: RoundInProgress, client_id: str) -> Task:
+    def _train_task(
+        self, current: RoundInProgress, client_id: str, secure: SecAggTask | None = None
+    ) -> Task:
         return Task(
             kind=TaskKind.TRAIN,
             round=current.round,
@@ -682,7 +749,87 @@ class Federation:
             model=self._current_models().inline(
                 ModelStage.ROUND_START, current.participants[client_id]
             ),
+            secure_aggregation=secure,
         )
+
+    async def _secure_stages(self, current: RoundInProgress, plan: SecurePlan) -> SecureRound:
+        """KEY_EXCHANGE (keys, shares) -> TRAINING (masked uploads) -> UNMASKING -> the sums
+        aggregated (:attr:`SecureRound.result`); each stage waits for its members or deadline.
+        """
+        model = self._model
+        assert model is not None
+        secure = self._secure = SecureRound(
+            round_id=current.round,
+            participants=current.participants,
+            spec=self._spec,
+            global_names=model.global_tensors,
+            examples={
+                c: self._sessions.require(c).num_train_examples for c in current.participants
+            },
+            plan=plan,
+        )
+        cfg = self._config.secure_aggregation
+        stages = (  # the task kind, its phase, what opens it, what completes it, its deadline
+            (TaskKind.SECAGG_KEYS, Phase.KEY_EXCHANGE, secure.keys_tasks, secure.keys_complete),
+            (
+                TaskKind.SECAGG_SHARES,
+                Phase.KEY_EXCHANGE,
+                secure.open_shares,
+                secure.shares_complete,
+            ),
+            (TaskKind.TRAIN, Phase.TRAINING, secure.open_training, secure.masked_complete),
+            (TaskKind.SECAGG_UNMASK, Phase.UNMASKING, secure.open_unmask, secure.unmask_complete),
+        )
+        wait_s = {
+            TaskKind.TRAIN: self._config.round_deadline_s,
+            TaskKind.SECAGG_UNMASK: cfg.unmask_deadline_s,
+        }
+        seconds = {
+            Phase.KEY_EXCHANGE: "secagg_key_exchange_seconds",
+            Phase.TRAINING: "training_seconds",
+        }
+        t0 = time.perf_counter()
+        for kind, phase, open_stage, complete in stages:
+            if phase is not self._progress.phase and self._progress.phase in seconds:
+                current.phase_seconds[seconds[self._progress.phase]] = time.perf_counter() - t0
+                t0 = time.perf_counter()
+            self._progress.phase = phase
+            deadline = self._clock() + wait_s.get(kind, cfg.key_deadline_s)
+            current.deadline_unix = deadline
+            self._secure_tasks = {
+                cid: (
+                    self._train_task(current, cid, info)
+                    if kind is TaskKind.TRAIN
+                    else Task(
+                        kind=kind,
+                        round=current.round,
+                        cluster_id=current.participants[cid],
+                        deadline_unix_ms=int(deadline * 1000),
+                        secure_aggregation=info,
+                    )
+                )
+                for cid, info in open_stage().items()
+            }
+            for cid, task in self._secure_tasks.items():
+                self._sessions.publish(cid, task)
+            # a member whose task stream is gone (its process died) is not waited for
+            done = functools.partial(_stage_done, complete, self._sessions.connected_ids)
+            await self._wait_until(done, deadline)
+        current.phase_seconds["secagg_unmask_seconds"] = time.perf_counter() - t0
+        self._secure_tasks = {}
+        self._progress.phase = Phase.AGGREGATION
+        t_agg = time.perf_counter()
+        await asyncio.to_thread(secure.aggregate, model, denominators=self._dp_denominator)
+        current.aggregation_seconds = time.perf_counter() - t_agg
+        return secure
+
+    def _dp_denominator(self, cluster: int | None) -> float:
+        """Expected participants under DP: q·N (global, ``None``), q·|members of k| (cluster)."""
+        q = self._config.privacy.client_sampling_rate
+        if cluster is None:
+            return max(1.0, q * len(self._sessions))
+        members = sum(1 for c in self._sessions.ids() if self._assignment.get(c) == cluster)
+        return max(1.0, q * members)
 
     def _current_models(self) -> RoundModels:
         """The models of the round in progress (set whenever a round is)."""
@@ -702,6 +849,12 @@ class Federation:
         current = self._progress.current
         if current is None or client_id not in current.participants:
             return []
+        if self._secure is not None:
+            task = self._secure_tasks.get(client_id)
+            resend = task is not None and (
+                task.kind is not TaskKind.TRAIN or client_id not in current.updates
+            )
+            return [task] if task is not None and resend else []
         if self._progress.phase is Phase.TRAINING and client_id not in current.updates:
             return [self._train_task(current, client_id)]
         return []
@@ -747,7 +900,13 @@ class Federation:
             current,
             status=status,
             clustering_degraded=self._clustering_degraded,
-            aggregation_info=self._aggregator.last_info if current.aggregated is not None else {},
+            aggregation_info=(
+                self._secure.info()
+                if self._secure is not None
+                else self._aggregator.last_info
+                if current.aggregated is not None
+                else {}
+            ),
         )
 
     def _draw_participants(self) -> list[str]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from fedprompt.errors import InvalidArgumentError
+from fedprompt.secagg import PublicKeys, UnmaskReply
 from fedprompt.server import DEFAULT_MAX_MESSAGE_BYTES
 from fedprompt.v1 import common_pb2, coordinator_pb2
 from fedprompt_coordinator import domain
@@ -68,6 +71,8 @@ def task_to_proto(task: domain.Task) -> coordinator_pb2.Task:
     if task.model is not None:
         msg.model.data = task.model.data
         msg.model.sha256 = task.model.sha256
+    if task.secure_aggregation is not None:
+        msg.secure_aggregation.CopyFrom(secagg_task_to_proto(task.secure_aggregation))
     if task.training is not None:
         msg.training.CopyFrom(
             coordinator_pb2.TrainingSettings(
@@ -80,6 +85,93 @@ def task_to_proto(task: domain.Task) -> coordinator_pb2.Task:
             )
         )
     return msg
+
+
+def secagg_task_to_proto(task: domain.SecAggTask) -> coordinator_pb2.SecAggTask:
+    """Domain SecAggTask -> proto."""
+    msg = coordinator_pb2.SecAggTask(
+        group=task.group,
+        public_keys=[
+            coordinator_pb2.SecAggPublicKeys(member=m, c_pk=k.c_pk, s_pk=k.s_pk)
+            for m, k in sorted(task.public_keys.items())
+        ],
+        ciphertexts=[
+            coordinator_pb2.SecAggCiphertext(sender=sender, ciphertext=ct)
+            for sender, ct in sorted(task.ciphertexts.items())
+        ],
+        shared=list(task.shared),
+    )
+    if task.setup is not None:
+        setup = task.setup
+        msg.setup.CopyFrom(
+            coordinator_pb2.SecAggSetup(
+                members=list(setup.members),
+                seed=setup.seed,
+                degree=setup.degree,
+                threshold=setup.threshold,
+                min_survivors=setup.min_survivors,
+                layout=[
+                    common_pb2.TensorSpec(name=n, dtype="U64", shape=list(shape))
+                    for n, shape in setup.layout
+                ],
+                fraction_bits=setup.fraction_bits,
+                neighbours=list(task.neighbours),
+            )
+        )
+    if task.encoding is not None:
+        enc = task.encoding
+        msg.encoding.CopyFrom(
+            coordinator_pb2.SecAggEncoding(
+                clip_bounds=dict(enc.clip_bounds),
+                weighting=enc.weighting,
+                weight_cap=enc.weight_cap,
+                noise_std=dict(enc.noise_std),
+                max_abs=enc.max_abs,
+                temperature=enc.temperature,
+                global_tensors=list(enc.global_tensors),
+                clip_keys=dict(enc.clip_keys),
+            )
+        )
+    if task.unmask is not None:
+        msg.dropped.extend(task.unmask.dropped)
+        msg.survivors.extend(task.unmask.survivors)
+    return msg
+
+
+def secagg_step_from_proto(msg: coordinator_pb2.SecAggStepRequest) -> domain.SecAggStep:
+    """Proto SecAggStepRequest -> domain; a request without a step is refused."""
+    which = msg.WhichOneof("step")
+    base = (msg.client_id, msg.round, msg.group)
+    if which == "keys":
+        keys = msg.keys
+        if keys.member and keys.member != msg.client_id:
+            raise InvalidArgumentError("keys.member must be the caller's client_id")
+        return domain.SecAggStep(*base, keys=PublicKeys(c_pk=keys.c_pk, s_pk=keys.s_pk))
+    if which == "shares":
+        cts: dict[str, bytes] = {}
+        for c in msg.shares.ciphertexts:
+            if c.sender and c.sender != msg.client_id:
+                raise InvalidArgumentError("shares.ciphertexts[].sender must be the caller")
+            if c.recipient in cts:
+                raise InvalidArgumentError(f"two ciphertexts for {c.recipient!r}")
+            cts[c.recipient] = c.ciphertext
+        return domain.SecAggStep(*base, ciphertexts=cts)
+    if which == "unmask":
+        reply = UnmaskReply(
+            s_sk_shares=_shares(msg.unmask.s_sk_shares, "s_sk_shares"),
+            b_shares=_shares(msg.unmask.b_shares, "b_shares"),
+        )
+        return domain.SecAggStep(*base, unmask=reply)
+    raise InvalidArgumentError("a SecAggStep request carries keys, shares or unmask")
+
+
+def _shares(shares: Iterable[coordinator_pb2.SecAggShare], field: str) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for share in shares:
+        if share.owner in out:
+            raise InvalidArgumentError(f"unmask.{field} names {share.owner!r} twice")
+        out[share.owner] = share.share
+    return out
 
 
 def model_stage_from_proto(stage: int) -> domain.ModelStage:
@@ -97,7 +189,11 @@ def update_kind_from_proto(kind: int) -> domain.UpdateKind:
         return domain.UpdateKind.INITIAL
     if kind == coordinator_pb2.UPDATE_KIND_DELTA:
         return domain.UpdateKind.DELTA
-    raise InvalidArgumentError("kind must be UPDATE_KIND_INITIAL or UPDATE_KIND_DELTA")
+    if kind == coordinator_pb2.UPDATE_KIND_MASKED:
+        return domain.UpdateKind.MASKED
+    raise InvalidArgumentError(
+        "kind must be UPDATE_KIND_INITIAL, UPDATE_KIND_DELTA or UPDATE_KIND_MASKED"
+    )
 
 
 def metrics_phase_from_proto(phase: int) -> domain.MetricsPhase:

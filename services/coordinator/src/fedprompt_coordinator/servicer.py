@@ -150,6 +150,18 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         )
         return coordinator_pb2.ReportMetricsResponse()
 
+    async def SecAggStep(  # noqa: N802 - gRPC method name
+        self,
+        request: coordinator_pb2.SecAggStepRequest,
+        context: grpc.aio.ServicerContext[
+            coordinator_pb2.SecAggStepRequest, coordinator_pb2.SecAggStepResponse
+        ],
+    ) -> coordinator_pb2.SecAggStepResponse:
+        """Record a member's keys, shares or unmasking shares for its secure round."""
+        check_caller(context, request.client_id)
+        await self._federation.secagg_step(serde.secagg_step_from_proto(request))
+        return coordinator_pb2.SecAggStepResponse(accepted=True)
+
     async def GetStatus(  # noqa: N802 - gRPC method name
         self,
         request: coordinator_pb2.GetStatusRequest,

@@ -21,6 +21,12 @@ with the upload. Initial models come only from clients the coordinator asked (Jo
 ``initial_model_requested``), at most ``max_initial_model_bytes``, and only before the
 federation's model exists; after that an asked client may send one late, idempotent
 duplicate, bounded by the model's own size.
+
+In a secure round (:class:`~fedprompt_coordinator.secure_round.SecureRound`) deltas are
+refused and masked inputs (``UpdateKind.MASKED``) accepted from the members that expect to
+send one: uint64 tensors of the group's layout, checked for names, shapes and dtype only
+(masked values look uniformly random: there is no norm to check; the bound is checked on
+the unmasked sum).
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from fedprompt.errors import (
 from fedprompt_coordinator.domain import ClientUpdate, Phase, TensorSpec, UpdateKind
 from fedprompt_coordinator.model_store import ModelStore
 from fedprompt_coordinator.round_progress import UPLOAD_UPDATE, RoundProgress
+from fedprompt_coordinator.secure_round import SecureRound
 from fedprompt_coordinator.sessions import ClientSessions
 from fedprompt_coordinator.validation import check_update_size, validate_update
 
@@ -184,6 +191,8 @@ class UploadIntake:
         Called (and awaited) after a delta is accepted, to wake the round state machine.
     max_examples
         Largest example count a header may declare (``max_client_examples``).
+    secure
+        The secure round in progress, if any (None: deltas as usual).
     """
 
     def __init__(
@@ -199,7 +208,9 @@ class UploadIntake:
         accept_initial: Callable[[str, dict[str, np.ndarray]], Awaitable[bool]],
         notify: Callable[[], Awaitable[None]],
         max_examples: int = DEFAULT_MAX_EXAMPLES,
+        secure: Callable[[], SecureRound | None] = lambda: None,
     ) -> None:
+        self._secure = secure
         self._sessions = sessions
         self._progress = progress
         self._models = models
@@ -268,11 +279,28 @@ class UploadIntake:
             max_bytes = self._limits.max_initial_model_bytes
         elif kind is UpdateKind.DELTA:
             self._progress.require_participant(client_id, round_id, UPLOAD_UPDATE)
+            if self._secure() is not None:
+                raise WrongRoundError(
+                    f"round {round_id} aggregates securely: deltas travel masked "
+                    "(UPDATE_KIND_MASKED)"
+                )
             check_count(num_examples, field="num_examples", maximum=self._max_examples)
             max_bytes = self._limits.max_update_bytes
             check_update_size(info.total_bytes, self._spec(), max_update_bytes=max_bytes)
+        elif kind is UpdateKind.MASKED:
+            self._progress.require_participant(client_id, round_id, UPLOAD_UPDATE)
+            secure = self._secure()
+            if secure is None or secure.round != round_id:
+                raise WrongRoundError(f"round {round_id} does not aggregate securely")
+            if not secure.expects_masked(client_id):
+                raise NotParticipantError(
+                    f"client {client_id!r} has no masked input to send in round {round_id}"
+                )
+            check_count(num_examples, field="num_examples", maximum=self._max_examples, minimum=0)
+            max_bytes = self._limits.max_update_bytes
+            check_update_size(info.total_bytes, secure.masked_spec, max_update_bytes=max_bytes)
         else:
-            raise InvalidArgumentError("update kind must be INITIAL or DELTA")
+            raise InvalidArgumentError("update kind must be INITIAL, DELTA or MASKED")
         assembler, path, sink = self._assembler(client_id, round_id, info, max_bytes=max_bytes)
         upload = Upload(
             client_id,
@@ -416,6 +444,8 @@ class UploadIntake:
                 f"client {upload.client_id!r} already submitted a different update for round "
                 f"{upload.round}"
             )
+        if upload.kind is UpdateKind.MASKED:
+            return await self._accept_masked(upload, tensors)
         spec = self._spec()
         if upload.spool_path is None:
             validate_update(tensors, spec, max_l2_norm=self._max_update_l2_norm)
@@ -457,5 +487,33 @@ class UploadIntake:
             len(current.updates),
             len(current.participants),
         )
+        await self._notify()
+        return False
+
+    async def _accept_masked(self, upload: Upload, tensors: Mapping[str, np.ndarray]) -> bool:
+        """Hand a masked input to the secure round (layout checked there, no norm check)."""
+        current = self._progress.current
+        secure = self._secure()
+        assert current is not None  # checked by the caller
+        if secure is None or secure.round != upload.round:
+            raise WrongRoundError(f"round {upload.round} does not aggregate securely")
+        try:
+            secure.add_masked(
+                upload.client_id, {k: np.array(v, copy=True) for k, v in tensors.items()}
+            )
+        finally:
+            upload.close_spool(delete=True)  # the group's server holds its own copies
+        current.updates[upload.client_id] = ClientUpdate(
+            client_id=upload.client_id,
+            cluster_id=current.participants[upload.client_id],
+            num_examples=min(
+                upload.num_examples, self._sessions.require(upload.client_id).num_train_examples
+            ),
+            tensors={},
+        )
+        current.digests[upload.client_id] = upload.info.sha256
+        if upload.train_metrics:
+            current.train_metrics[upload.client_id] = upload.train_metrics
+        logger.info("round %d: masked input from %s accepted", upload.round, upload.client_id)
         await self._notify()
         return False

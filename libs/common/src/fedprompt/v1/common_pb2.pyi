@@ -34,6 +34,14 @@ class _RoundPhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RoundPhase
     ROUND_PHASE_EVALUATION: _RoundPhase.ValueType  # 6
     ROUND_PHASE_CHECKPOINT: _RoundPhase.ValueType  # 7
     ROUND_PHASE_DONE: _RoundPhase.ValueType  # 8
+    ROUND_PHASE_KEY_EXCHANGE: _RoundPhase.ValueType  # 9
+    """Secure aggregation only: the members of each cluster's group exchange public keys, then
+    encrypted Shamir shares of their mask secrets (before TRAINING).
+    """
+    ROUND_PHASE_UNMASKING: _RoundPhase.ValueType  # 10
+    """Secure aggregation only: the surviving members send the shares that remove the masks of
+    the round's masked uploads (after TRAINING, before AGGREGATION).
+    """
 
 class RoundPhase(_RoundPhase, metaclass=_RoundPhaseEnumTypeWrapper):
     """Phases of the coordinator's round state machine."""
@@ -47,6 +55,14 @@ ROUND_PHASE_AGGREGATION: RoundPhase.ValueType  # 5
 ROUND_PHASE_EVALUATION: RoundPhase.ValueType  # 6
 ROUND_PHASE_CHECKPOINT: RoundPhase.ValueType  # 7
 ROUND_PHASE_DONE: RoundPhase.ValueType  # 8
+ROUND_PHASE_KEY_EXCHANGE: RoundPhase.ValueType  # 9
+"""Secure aggregation only: the members of each cluster's group exchange public keys, then
+encrypted Shamir shares of their mask secrets (before TRAINING).
+"""
+ROUND_PHASE_UNMASKING: RoundPhase.ValueType  # 10
+"""Secure aggregation only: the surviving members send the shares that remove the masks of
+the round's masked uploads (after TRAINING, before AGGREGATION).
+"""
 Global___RoundPhase: _TypeAlias = RoundPhase  # noqa: Y015
 
 @_typing.final

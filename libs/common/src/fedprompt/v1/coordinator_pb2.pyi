@@ -37,6 +37,19 @@ class _TaskKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskKind.Val
     """
     TASK_KIND_FINISHED: _TaskKind.ValueType  # 3
     """The federation is over; close the stream and exit."""
+    TASK_KIND_SECAGG_KEYS: _TaskKind.ValueType  # 4
+    """Secure aggregation, stage 1: create this round's key pairs and mask secret for the
+    group in `secure_aggregation.setup`, answer SecAggStep with `keys`.
+    """
+    TASK_KIND_SECAGG_SHARES: _TaskKind.ValueType  # 5
+    """Secure aggregation, stage 2: encrypt Shamir shares of the mask secrets for each
+    neighbour in `secure_aggregation.public_keys`, answer SecAggStep with `shares`.
+    """
+    TASK_KIND_SECAGG_UNMASK: _TaskKind.ValueType  # 6
+    """Secure aggregation, stage 4: answer SecAggStep with `unmask` (the shares that remove the
+    masks of `secure_aggregation.dropped` and `survivors`), or nothing when the request is
+    one a member must refuse (e.g. both secrets of one member).
+    """
 
 class TaskKind(_TaskKind, metaclass=_TaskKindEnumTypeWrapper): ...
 
@@ -51,6 +64,19 @@ report metrics.
 """
 TASK_KIND_FINISHED: TaskKind.ValueType  # 3
 """The federation is over; close the stream and exit."""
+TASK_KIND_SECAGG_KEYS: TaskKind.ValueType  # 4
+"""Secure aggregation, stage 1: create this round's key pairs and mask secret for the
+group in `secure_aggregation.setup`, answer SecAggStep with `keys`.
+"""
+TASK_KIND_SECAGG_SHARES: TaskKind.ValueType  # 5
+"""Secure aggregation, stage 2: encrypt Shamir shares of the mask secrets for each
+neighbour in `secure_aggregation.public_keys`, answer SecAggStep with `shares`.
+"""
+TASK_KIND_SECAGG_UNMASK: TaskKind.ValueType  # 6
+"""Secure aggregation, stage 4: answer SecAggStep with `unmask` (the shares that remove the
+masks of `secure_aggregation.dropped` and `survivors`), or nothing when the request is
+one a member must refuse (e.g. both secrets of one member).
+"""
 Global___TaskKind: _TypeAlias = TaskKind  # noqa: Y015
 
 class _ModelStage:
@@ -85,6 +111,11 @@ class _UpdateKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UpdateKind
     """Initial shared tensors (round 0), asked for by JoinResponse."""
     UPDATE_KIND_DELTA: _UpdateKind.ValueType  # 2
     """Deltas (trained minus received) for a TRAIN task."""
+    UPDATE_KIND_MASKED: _UpdateKind.ValueType  # 3
+    """A masked secure-aggregation input for a TRAIN task with `secure_aggregation`: uint64
+    tensors ("U64") with exactly the names and shapes of the group's layout; only the
+    group's sum is ever decoded. `num_examples` is informational.
+    """
 
 class UpdateKind(_UpdateKind, metaclass=_UpdateKindEnumTypeWrapper): ...
 
@@ -93,6 +124,11 @@ UPDATE_KIND_INITIAL: UpdateKind.ValueType  # 1
 """Initial shared tensors (round 0), asked for by JoinResponse."""
 UPDATE_KIND_DELTA: UpdateKind.ValueType  # 2
 """Deltas (trained minus received) for a TRAIN task."""
+UPDATE_KIND_MASKED: UpdateKind.ValueType  # 3
+"""A masked secure-aggregation input for a TRAIN task with `secure_aggregation`: uint64
+tensors ("U64") with exactly the names and shapes of the group's layout; only the
+group's sum is ever decoded. `num_examples` is informational.
+"""
 Global___UpdateKind: _TypeAlias = UpdateKind  # noqa: Y015
 
 class _MetricsPhase:
@@ -286,6 +322,7 @@ class Task(_message.Message):
     EXPECTED_UPDATE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
+    SECURE_AGGREGATION_FIELD_NUMBER: _builtins.int
     kind: Global___TaskKind.ValueType
     round: _builtins.int
     cluster_id: _builtins.int
@@ -312,6 +349,15 @@ class Task(_message.Message):
         client two calls per round.
         """
 
+    @_builtins.property
+    def secure_aggregation(self) -> Global___SecAggTask:
+        """Secure aggregation: what the task's stage needs (SECAGG_KEYS: the group's setup;
+        SECAGG_SHARES: the neighbours' public keys; TRAIN: the ciphertexts addressed to this
+        member and the encoding of its masked upload; SECAGG_UNMASK: dropped and surviving
+        members). Unset: the round is not secure. A TRAIN task whose `secure_aggregation` has no
+        `encoding` belongs to a group not aggregated this round: train, upload nothing, evaluate.
+        """
+
     def __init__(
         self,
         *,
@@ -323,14 +369,359 @@ class Task(_message.Message):
         expected_update: _abc.Iterable[_common_pb2.TensorSpec] | None = ...,
         message: _builtins.str = ...,
         model: Global___InlineModel | None = ...,
+        secure_aggregation: Global___SecAggTask | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "training", b"training"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "secure_aggregation", b"secure_aggregation", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "deadline_unix_ms", b"deadline_unix_ms", "expected_update", b"expected_update", "kind", b"kind", "message", b"message", "model", b"model", "round", b"round", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "deadline_unix_ms", b"deadline_unix_ms", "expected_update", b"expected_update", "kind", b"kind", "message", b"message", "model", b"model", "round", b"round", "secure_aggregation", b"secure_aggregation", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Task: _TypeAlias = Task  # noqa: Y015
+
+@_typing.final
+class SecAggSetup(_message.Message):
+    """The public parameters of one secure-aggregation group (one cluster of one round)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    SEED_FIELD_NUMBER: _builtins.int
+    DEGREE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    MIN_SURVIVORS_FIELD_NUMBER: _builtins.int
+    LAYOUT_FIELD_NUMBER: _builtins.int
+    FRACTION_BITS_FIELD_NUMBER: _builtins.int
+    NEIGHBOURS_FIELD_NUMBER: _builtins.int
+    seed: _builtins.bytes
+    """32 random bytes of the coordinator: the permutation of the SecAgg+ neighbour graph."""
+    degree: _builtins.int
+    """k, the degree of the neighbour graph (each member's neighbour count)."""
+    threshold: _builtins.int
+    """t, the Shamir threshold over a member's k+1 share holders (a strict majority)."""
+    min_survivors: _builtins.int
+    """The fewest masked uploads for which the group's sum is released."""
+    fraction_bits: _builtins.int
+    """f of the fixed-point encoding x -> round(x * 2^f) mod 2^64."""
+    @_builtins.property
+    def members(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The group's members (the cluster's participants), sorted."""
+
+    @_builtins.property
+    def layout(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.TensorSpec]:
+        """The flattened vector every member masks: names (sorted) and shapes, dtype "U64"."""
+
+    @_builtins.property
+    def neighbours(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """This member's neighbours as the coordinator computed them; the member recomputes them
+        from (members, seed, degree) and refuses a setup where they differ.
+        """
+
+    def __init__(
+        self,
+        *,
+        members: _abc.Iterable[_builtins.str] | None = ...,
+        seed: _builtins.bytes = ...,
+        degree: _builtins.int = ...,
+        threshold: _builtins.int = ...,
+        min_survivors: _builtins.int = ...,
+        layout: _abc.Iterable[_common_pb2.TensorSpec] | None = ...,
+        fraction_bits: _builtins.int = ...,
+        neighbours: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["degree", b"degree", "fraction_bits", b"fraction_bits", "layout", b"layout", "members", b"members", "min_survivors", b"min_survivors", "neighbours", b"neighbours", "seed", b"seed", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggSetup: _TypeAlias = SecAggSetup  # noqa: Y015
+
+@_typing.final
+class SecAggPublicKeys(_message.Message):
+    """A member's two X25519 public keys (raw 32 bytes each)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBER_FIELD_NUMBER: _builtins.int
+    C_PK_FIELD_NUMBER: _builtins.int
+    S_PK_FIELD_NUMBER: _builtins.int
+    member: _builtins.str
+    """Whose keys (a group member's client id)."""
+    c_pk: _builtins.bytes
+    """Key agreement for the encryption of shares."""
+    s_pk: _builtins.bytes
+    """Key agreement for the pairwise mask seeds."""
+    def __init__(
+        self,
+        *,
+        member: _builtins.str = ...,
+        c_pk: _builtins.bytes = ...,
+        s_pk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["c_pk", b"c_pk", "member", b"member", "s_pk", b"s_pk"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggPublicKeys: _TypeAlias = SecAggPublicKeys  # noqa: Y015
+
+@_typing.final
+class SecAggCiphertext(_message.Message):
+    """One encrypted message of shares between two members (ChaCha20-Poly1305)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDER_FIELD_NUMBER: _builtins.int
+    RECIPIENT_FIELD_NUMBER: _builtins.int
+    CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    sender: _builtins.str
+    """The member who made the shares."""
+    recipient: _builtins.str
+    """The member who holds them."""
+    ciphertext: _builtins.bytes
+    """Nonce and ciphertext, opaque to the coordinator."""
+    def __init__(
+        self,
+        *,
+        sender: _builtins.str = ...,
+        recipient: _builtins.str = ...,
+        ciphertext: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "recipient", b"recipient", "sender", b"sender"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggCiphertext: _TypeAlias = SecAggCiphertext  # noqa: Y015
+
+@_typing.final
+class SecAggShare(_message.Message):
+    """One Shamir share of another member's secret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OWNER_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    owner: _builtins.str
+    """Whose secret it is a share of."""
+    share: _builtins.bytes
+    """The share's bytes."""
+    def __init__(
+        self,
+        *,
+        owner: _builtins.str = ...,
+        share: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["owner", b"owner", "share", b"share"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggShare: _TypeAlias = SecAggShare  # noqa: Y015
+
+@_typing.final
+class SecAggEncoding(_message.Message):
+    """How a member turns its trained delta into the vector it masks (TRAIN task)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ClipBoundsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class NoiseStdEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class ClipKeysEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CLIP_BOUNDS_FIELD_NUMBER: _builtins.int
+    WEIGHTING_FIELD_NUMBER: _builtins.int
+    WEIGHT_CAP_FIELD_NUMBER: _builtins.int
+    NOISE_STD_FIELD_NUMBER: _builtins.int
+    MAX_ABS_FIELD_NUMBER: _builtins.int
+    TEMPERATURE_FIELD_NUMBER: _builtins.int
+    GLOBAL_TENSORS_FIELD_NUMBER: _builtins.int
+    CLIP_KEYS_FIELD_NUMBER: _builtins.int
+    weighting: _builtins.str
+    """"examples" (w = min(n, weight_cap)), "contrastive" (the cluster level's weight is
+    w·p with p the InfoNCE probability of the member's own centroid among the round-start
+    centroids; the global level's is w), or "unit" (w = 1, under DP).
+    """
+    weight_cap: _builtins.float
+    """The largest weight of one member (examples)."""
+    max_abs: _builtins.float
+    """The largest |value| any encoded coordinate may have (weights included); a member whose
+    value is larger refuses to encode (nothing is clamped).
+    """
+    temperature: _builtins.float
+    """τ of the InfoNCE probability (contrastive weighting)."""
+    @_builtins.property
+    def clip_bounds(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Per-client L2 bounds: a key is a part name (global_prompt, cluster_prompt, head, lora,
+        backbone, other: that part's tensors are clipped together) or, under DP, a DP level
+        (global, cluster, head: the level's tensors are clipped together). Every tensor is under
+        one key.
+        """
+
+    @_builtins.property
+    def noise_std(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Standard deviation of the Gaussian noise each member adds per coordinate, by key of
+        `clip_bounds` (under DP the DP levels global, cluster, head); 0 or absent: none
+        (distributed DP).
+        """
+
+    @_builtins.property
+    def global_tensors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the global level's tensors; every other tensor of the layout is cluster-level."""
+
+    @_builtins.property
+    def clip_keys(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Tensor name -> its key in `clip_bounds`: the tensors of one key are clipped together."""
+
+    def __init__(
+        self,
+        *,
+        clip_bounds: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        weighting: _builtins.str = ...,
+        weight_cap: _builtins.float = ...,
+        noise_std: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        max_abs: _builtins.float = ...,
+        temperature: _builtins.float = ...,
+        global_tensors: _abc.Iterable[_builtins.str] | None = ...,
+        clip_keys: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clip_bounds", b"clip_bounds", "clip_keys", b"clip_keys", "global_tensors", b"global_tensors", "max_abs", b"max_abs", "noise_std", b"noise_std", "temperature", b"temperature", "weight_cap", b"weight_cap", "weighting", b"weighting"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggEncoding: _TypeAlias = SecAggEncoding  # noqa: Y015
+
+@_typing.final
+class SecAggTask(_message.Message):
+    """What a secure-aggregation task carries; which fields are set depends on the task's kind."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    SETUP_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEYS_FIELD_NUMBER: _builtins.int
+    CIPHERTEXTS_FIELD_NUMBER: _builtins.int
+    SHARED_FIELD_NUMBER: _builtins.int
+    ENCODING_FIELD_NUMBER: _builtins.int
+    DROPPED_FIELD_NUMBER: _builtins.int
+    SURVIVORS_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """The group, "cluster-<k>"."""
+    @_builtins.property
+    def setup(self) -> Global___SecAggSetup:
+        """SECAGG_KEYS: the group's public parameters."""
+
+    @_builtins.property
+    def public_keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggPublicKeys]:
+        """SECAGG_SHARES: the public keys of the member's neighbours that answered stage 1 (U1),
+        and its own.
+        """
+
+    @_builtins.property
+    def ciphertexts(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggCiphertext]:
+        """TRAIN: the ciphertexts addressed to this member, from members that sent shares (U2)."""
+
+    @_builtins.property
+    def shared(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """TRAIN: the members that sent shares (U2), group-wide."""
+
+    @_builtins.property
+    def encoding(self) -> Global___SecAggEncoding:
+        """TRAIN: how to encode the masked upload."""
+
+    @_builtins.property
+    def dropped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """SECAGG_UNMASK: members of U2 whose masked upload did not arrive (their pairwise masks
+        are removed with shares of their mask-agreement key).
+        """
+
+    @_builtins.property
+    def survivors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """SECAGG_UNMASK: members whose masked upload arrived (their self masks are removed with
+        shares of their self-mask seed).
+        """
+
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        setup: Global___SecAggSetup | None = ...,
+        public_keys: _abc.Iterable[Global___SecAggPublicKeys] | None = ...,
+        ciphertexts: _abc.Iterable[Global___SecAggCiphertext] | None = ...,
+        shared: _abc.Iterable[_builtins.str] | None = ...,
+        encoding: Global___SecAggEncoding | None = ...,
+        dropped: _abc.Iterable[_builtins.str] | None = ...,
+        survivors: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["encoding", b"encoding", "setup", b"setup"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertexts", b"ciphertexts", "dropped", b"dropped", "encoding", b"encoding", "group", b"group", "public_keys", b"public_keys", "setup", b"setup", "shared", b"shared", "survivors", b"survivors"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggTask: _TypeAlias = SecAggTask  # noqa: Y015
 
 @_typing.final
 class InlineModel(_message.Message):
@@ -588,6 +979,138 @@ class ReportMetricsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportMetricsResponse: _TypeAlias = ReportMetricsResponse  # noqa: Y015
+
+@_typing.final
+class SecAggShares(_message.Message):
+    """A member's stage-2 answer: one ciphertext per neighbour."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CIPHERTEXTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ciphertexts(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggCiphertext]:
+        """One per neighbour in the task's public_keys (sender: this member; recipient: the
+        neighbour), each holding that neighbour's Shamir shares of this member's two secrets.
+        """
+
+    def __init__(
+        self,
+        *,
+        ciphertexts: _abc.Iterable[Global___SecAggCiphertext] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertexts", b"ciphertexts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggShares: _TypeAlias = SecAggShares  # noqa: Y015
+
+@_typing.final
+class SecAggUnmaskReply(_message.Message):
+    """A member's stage-4 answer: its shares of the dropped members' mask-agreement keys and of
+    the survivors' self-mask seeds.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    S_SK_SHARES_FIELD_NUMBER: _builtins.int
+    B_SHARES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def s_sk_shares(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggShare]:
+        """Shares of s_sk of dropped neighbours."""
+
+    @_builtins.property
+    def b_shares(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecAggShare]:
+        """Shares of b of surviving neighbours (and of itself)."""
+
+    def __init__(
+        self,
+        *,
+        s_sk_shares: _abc.Iterable[Global___SecAggShare] | None = ...,
+        b_shares: _abc.Iterable[Global___SecAggShare] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["b_shares", b"b_shares", "s_sk_shares", b"s_sk_shares"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggUnmaskReply: _TypeAlias = SecAggUnmaskReply  # noqa: Y015
+
+@_typing.final
+class SecAggStepRequest(_message.Message):
+    """A member's answer to one secure-aggregation task. Status codes: INVALID_ARGUMENT for a
+    malformed, repeated or inconsistent answer; FAILED_PRECONDITION when the round or the
+    stage is not the one in progress (e.g. after its deadline) or the caller is not a member
+    of the group; PERMISSION_DENIED when client_id is not the caller's certificate identity.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    ROUND_FIELD_NUMBER: _builtins.int
+    GROUP_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    SHARES_FIELD_NUMBER: _builtins.int
+    UNMASK_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    """The member answering (must match its certificate's identity under mutual TLS)."""
+    round: _builtins.int
+    """The round of the task answered."""
+    group: _builtins.str
+    """The group of the task answered, "cluster-<k>"."""
+    @_builtins.property
+    def keys(self) -> Global___SecAggPublicKeys:
+        """Stage 1 (SECAGG_KEYS): the member's public keys (`member` = client_id)."""
+
+    @_builtins.property
+    def shares(self) -> Global___SecAggShares:
+        """Stage 2 (SECAGG_SHARES)."""
+
+    @_builtins.property
+    def unmask(self) -> Global___SecAggUnmaskReply:
+        """Stage 4 (SECAGG_UNMASK)."""
+
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        round: _builtins.int = ...,
+        group: _builtins.str = ...,
+        keys: Global___SecAggPublicKeys | None = ...,
+        shares: Global___SecAggShares | None = ...,
+        unmask: Global___SecAggUnmaskReply | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "shares", b"shares", "step", b"step", "unmask", b"unmask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "group", b"group", "keys", b"keys", "round", b"round", "shares", b"shares", "step", b"step", "unmask", b"unmask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_step: _TypeAlias = _typing.Literal["keys", "shares", "unmask"]  # noqa: Y015
+    _WhichOneofArgType_step: _TypeAlias = _typing.Literal["step", b"step"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_step) -> _WhichOneofReturnType_step | None: ...
+
+Global___SecAggStepRequest: _TypeAlias = SecAggStepRequest  # noqa: Y015
+
+@_typing.final
+class SecAggStepResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.bool
+    """True once the step is recorded."""
+    def __init__(
+        self,
+        *,
+        accepted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SecAggStepResponse: _TypeAlias = SecAggStepResponse  # noqa: Y015
 
 @_typing.final
 class GetStatusRequest(_message.Message):

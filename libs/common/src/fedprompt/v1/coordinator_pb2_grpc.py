@@ -64,6 +64,11 @@ class CoordinatorStub:
                 request_serializer=fedprompt_dot_v1_dot_coordinator__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=fedprompt_dot_v1_dot_coordinator__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.SecAggStep = channel.unary_unary(
+                '/fedprompt.v1.Coordinator/SecAggStep',
+                request_serializer=fedprompt_dot_v1_dot_coordinator__pb2.SecAggStepRequest.SerializeToString,
+                response_deserializer=fedprompt_dot_v1_dot_coordinator__pb2.SecAggStepResponse.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -114,6 +119,15 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SecAggStep(self, request, context):
+        """Secure aggregation: a member's answer to a TASK_KIND_SECAGG_KEYS, TASK_KIND_SECAGG_SHARES
+        or TASK_KIND_SECAGG_UNMASK task (its public keys, its encrypted shares, its unmasking
+        shares). Unary; the silo still only dials out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -146,6 +160,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=fedprompt_dot_v1_dot_coordinator__pb2.GetStatusRequest.FromString,
                     response_serializer=fedprompt_dot_v1_dot_coordinator__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'SecAggStep': grpc.unary_unary_rpc_method_handler(
+                    servicer.SecAggStep,
+                    request_deserializer=fedprompt_dot_v1_dot_coordinator__pb2.SecAggStepRequest.FromString,
+                    response_serializer=fedprompt_dot_v1_dot_coordinator__pb2.SecAggStepResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +329,33 @@ class Coordinator:
             '/fedprompt.v1.Coordinator/GetStatus',
             fedprompt_dot_v1_dot_coordinator__pb2.GetStatusRequest.SerializeToString,
             fedprompt_dot_v1_dot_coordinator__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SecAggStep(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedprompt.v1.Coordinator/SecAggStep',
+            fedprompt_dot_v1_dot_coordinator__pb2.SecAggStepRequest.SerializeToString,
+            fedprompt_dot_v1_dot_coordinator__pb2.SecAggStepResponse.FromString,
             options,
             channel_credentials,
             insecure,

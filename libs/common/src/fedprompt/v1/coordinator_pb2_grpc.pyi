@@ -49,6 +49,11 @@ class CoordinatorStub:
     """The federation's state: rounds, phase, clients, metrics, traffic; one page at a time,
     as much as the caller's certificate may see (see StatusView).
     """
+    SecAggStep: _grpc.UnaryUnaryMultiCallable[_coordinator_pb2.SecAggStepRequest, _coordinator_pb2.SecAggStepResponse]
+    """Secure aggregation: a member's answer to a TASK_KIND_SECAGG_KEYS, TASK_KIND_SECAGG_SHARES
+    or TASK_KIND_SECAGG_UNMASK task (its public keys, its encrypted shares, its unmasking
+    shares). Unary; the silo still only dials out.
+    """
 
 @_typing.type_check_only
 class CoordinatorAsyncStub(CoordinatorStub):
@@ -70,6 +75,11 @@ class CoordinatorAsyncStub(CoordinatorStub):
     GetStatus: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.GetStatusRequest, _coordinator_pb2.GetStatusResponse]  # type: ignore[assignment]
     """The federation's state: rounds, phase, clients, metrics, traffic; one page at a time,
     as much as the caller's certificate may see (see StatusView).
+    """
+    SecAggStep: _aio.UnaryUnaryMultiCallable[_coordinator_pb2.SecAggStepRequest, _coordinator_pb2.SecAggStepResponse]  # type: ignore[assignment]
+    """Secure aggregation: a member's answer to a TASK_KIND_SECAGG_KEYS, TASK_KIND_SECAGG_SHARES
+    or TASK_KIND_SECAGG_UNMASK task (its public keys, its encrypted shares, its unmasking
+    shares). Unary; the silo still only dials out.
     """
 
 class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
@@ -125,6 +135,17 @@ class CoordinatorServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_coordinator_pb2.GetStatusResponse, _abc.Awaitable[_coordinator_pb2.GetStatusResponse]]:
         """The federation's state: rounds, phase, clients, metrics, traffic; one page at a time,
         as much as the caller's certificate may see (see StatusView).
+        """
+
+    @_abc_1.abstractmethod
+    def SecAggStep(
+        self,
+        request: _coordinator_pb2.SecAggStepRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_coordinator_pb2.SecAggStepResponse, _abc.Awaitable[_coordinator_pb2.SecAggStepResponse]]:
+        """Secure aggregation: a member's answer to a TASK_KIND_SECAGG_KEYS, TASK_KIND_SECAGG_SHARES
+        or TASK_KIND_SECAGG_UNMASK task (its public keys, its encrypted shares, its unmasking
+        shares). Unary; the silo still only dials out.
         """
 
 def add_CoordinatorServicer_to_server(servicer: CoordinatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,6 +9,8 @@ the alignment weights are the softmax of s_i over the members of k, and the aggr
 weights are w_i ∝ n_i · a_i, capped per member like every mean's weights
 (:mod:`~fedprompt_coordinator.aggregation.weighting`). A member whose proposal looks like
 another cluster counts less. With ``mean`` weighting (the ablation) a_i is uniform.
+The score itself is :func:`fedprompt.alignment.alignment_scores`, shared with the client
+agent, which computes its own score under secure aggregation.
 """
 
 from __future__ import annotations
@@ -17,36 +19,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from fedprompt.alignment import alignment_scores
 from fedprompt.tensor_names import CLUSTER_PROMPT, centroid
 from fedprompt_coordinator.aggregation.fedavg import WeightedFedAvg
 from fedprompt_coordinator.aggregation.weighting import UNCAPPED, ShareCap
 from fedprompt_coordinator.domain import ClientUpdate, FederationModel
-
-
-def alignment_scores(
-    proposals: Sequence[np.ndarray],
-    *,
-    own: int,
-    centroids: Mapping[int, np.ndarray],
-    temperature: float,
-) -> np.ndarray:
-    """InfoNCE log-probability of the own centroid for each proposed segment."""
-    if temperature <= 0:
-        raise ValueError("temperature must be positive")
-    ids = sorted(centroids)
-    if not proposals:
-        return np.zeros(0, dtype=np.float64)
-    # vectorised over members: token-means, cosines to every centroid, log-softmax
-    means = np.stack([centroid(p) for p in proposals])
-    mus = np.stack([np.asarray(centroids[j], dtype=np.float64) for j in ids])
-    mean_norms = np.linalg.norm(means, axis=1, keepdims=True)
-    mu_norms = np.linalg.norm(mus, axis=1, keepdims=True)
-    unit_means = np.divide(means, mean_norms, out=np.zeros_like(means), where=mean_norms > 0)
-    unit_mus = np.divide(mus, mu_norms, out=np.zeros_like(mus), where=mu_norms > 0)
-    logits = unit_means @ unit_mus.T / temperature
-    log_norm = np.logaddexp.reduce(logits, axis=1)
-    out: np.ndarray = logits[:, ids.index(own)] - log_norm
-    return out
 
 
 def alignment_weights(scores: np.ndarray) -> np.ndarray:
