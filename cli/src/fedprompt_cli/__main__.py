@@ -17,6 +17,7 @@ from fedprompt_cli.bench_plan import (
     full_plan,
     gpu_plan,
     quick_plan,
+    scenario_plan,
     tiny_plan,
 )
 from fedprompt_cli.silo_gate import BAD_SILOS, checked_data_root
@@ -52,6 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--learning-rate", type=float, help="default depends on strategy and task")
     up.add_argument("--head-learning-rate", type=float)
     up.add_argument("--contrastive-weight", type=float, help=f"λ of the client InfoNCE ({METHOD})")
+    up.add_argument(
+        "--server-weighting",
+        choices=["contrastive", "mean"],
+        help=f"{METHOD}'s cluster weights: contrastive alignment (default) or mean (an ablation)",
+    )
+    up.add_argument("--n-global", type=int, help="global prompt segment of every client (0: none)")
+    up.add_argument("--n-local", type=int, help="local prompt segment of every client (0: none)")
+    up.add_argument(
+        "--no-clustering",
+        action="store_true",
+        help="no clusterer: every client in one cluster (an ablation)",
+    )
     up.add_argument("--dp-epsilon", type=float, help="client-level DP-FedAvg with target ε")
     up.add_argument("--dp-noise-multiplier", type=float, help="client-level DP-FedAvg z")
     up.add_argument("--dp-sgd-epsilon", type=float, help="record-level DP-SGD target ε (text)")
@@ -119,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--compression",
         action="store_true",
         help=f"{METHOD} with exact, fp16 and int8 uploads, 5 rounds x 10 steps (about 1 h on 2 cores)",
+    )
+    mode.add_argument(
+        "--scenarios",
+        action="store_true",
+        help=f"text: the hard scenarios (many small clinics, misleading metadata, concept "
+        f"shift) and the ablations of {METHOD}, paired with full {METHOD} (30 runs, 30-60 min "
+        "on 2 cores); the GPU plan holds the whole scenario x ablation matrix",
     )
     bench.add_argument("--tag", help="report folder name under --reports (default: the mode)")
     bench.add_argument("--reports", type=Path, default=Path("reports"))
@@ -210,6 +230,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         if args.gpu
         else compression_plan()
         if args.compression
+        else scenario_plan()
+        if args.scenarios
         else full_plan()
     )
     try:
@@ -278,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
             learning_rate=args.learning_rate,
             head_learning_rate=args.head_learning_rate,
             contrastive_weight=args.contrastive_weight,
+            server_weighting=args.server_weighting,
+            n_global=args.n_global,
+            n_local=args.n_local,
+            clustering=not args.no_clustering,
             dp_epsilon=args.dp_epsilon,
             dp_noise_multiplier=args.dp_noise_multiplier,
             dp_sgd_epsilon=args.dp_sgd_epsilon,

@@ -3,8 +3,8 @@
 Every run is a real ``fedprompt up`` federation on loopback (clusterer, coordinator and the
 client agents as separate processes; several agents may share one host process, each
 still its own gRPC client), with bytes counted on the wire by the coordinator. Silos are
-made once per (task, seed) and reused by every strategy of that seed, so all strategies
-of a seed see exactly the same data. Finished runs are kept in ``runs.jsonl`` inside the
+made once per (task, scenario, seed) and reused by every strategy and ablation of that
+seed, so all of them see exactly the same data. Finished runs are kept in ``runs.jsonl`` inside the
 report folder; a re-started bench skips them (``--resume`` is the default).
 """
 
@@ -29,7 +29,15 @@ from rich.progress import (
 )
 
 from fedprompt_cli.bench_analysis import choose_learning_rates
-from fedprompt_cli.bench_plan import BenchPlan, RunSpec, lr_grid
+from fedprompt_cli.bench_plan import (
+    ABLATIONS,
+    DEFAULT_SCENARIO,
+    METHOD,
+    SCENARIO_SILOS,
+    BenchPlan,
+    RunSpec,
+    lr_grid,
+)
 from fedprompt_cli.bench_report import write_report
 from fedprompt_cli.processes import ChildFailedError, console_script
 from fedprompt_cli.up import INTERRUPTED, UpOptions, run_up
@@ -37,14 +45,42 @@ from fedprompt_cli.up import INTERRUPTED, UpOptions, run_up
 __all__ = ["BenchFailedError", "run_bench"]
 
 RUNS_FILE = "runs.jsonl"
+#: A scenario's truth beside its silo folders (``fedprompt_client_agent.tools.scenarios``).
+SIDECAR = "scenario.json"
 
 
 class BenchFailedError(RuntimeError):
     """A federation of the plan failed; the message says which and why."""
 
 
-def _make_silos(task: str, seed: int, plan: BenchPlan, out: Path) -> Path:
-    """Write the silos of one (task, seed) once; every strategy of that seed reuses them.
+def silos_folder(work: Path, spec: RunSpec) -> Path:
+    """Where the silos of a run's (task, scenario, seed) are written, once for all its runs."""
+    suffix = "" if spec.scenario == DEFAULT_SCENARIO else f"-{spec.scenario}"
+    return work / "silos" / f"{spec.task}{suffix}-s{spec.seed}"
+
+
+def make_silos_argv(spec: RunSpec, plan: BenchPlan, out: Path) -> list[str]:
+    """``fedprompt-make-silos`` of a run's silos: its task, scenario, seed and silo count.
+
+    ``many-small`` sets its own sizes, so the task's ``max_images`` is not passed to it.
+    """
+    settings = plan.tasks[spec.task]
+    argv = [
+        console_script("fedprompt-make-silos"),
+        "--task", spec.task,
+        "--num-silos", str(plan.clients_of(spec)),
+        "--seed", str(spec.seed),
+        "--out", str(out),
+    ]  # fmt: skip
+    if spec.scenario != DEFAULT_SCENARIO:
+        argv += ["--scenario", spec.scenario]
+    if settings.max_images is not None and spec.scenario not in SCENARIO_SILOS:
+        argv += ["--max-images", str(settings.max_images)]
+    return argv
+
+
+def _make_silos(spec: RunSpec, plan: BenchPlan, out: Path) -> Path:
+    """Write the silos of one (task, scenario, seed) once; every run of it reuses them.
 
     A plan on the user's own silos (``data_root``) makes none: every run reads those.
     """
@@ -52,26 +88,34 @@ def _make_silos(task: str, seed: int, plan: BenchPlan, out: Path) -> Path:
         return plan.data_root
     if out.is_dir() and any((p / "metadata.json").exists() for p in out.iterdir()):
         return out
-    settings = plan.tasks[task]
-    argv = [
-        console_script("fedprompt-make-silos"),
-        "--task", task,
-        "--num-silos", str(plan.clients),
-        "--seed", str(seed),
-        "--out", str(out),
-    ]  # fmt: skip
-    if settings.max_images is not None:
-        argv += ["--max-images", str(settings.max_images)]
+    task, seed = spec.task, spec.seed
+    argv = make_silos_argv(spec, plan, out)
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
-        raise BenchFailedError(f"making {task} silos (seed {seed}) failed:\n{proc.stderr}")
+        raise BenchFailedError(
+            f"making {task} silos ({spec.scenario}, seed {seed}) failed:\n{proc.stderr}"
+        )
     return out
+
+
+def true_groups(silos: Path) -> dict[str, str] | None:
+    """Each silo's true group from a scenario's ``scenario.json`` (None: no sidecar).
+
+    The sidecar lies beside the silo folders, which is never where a client or the
+    coordinator looks; the report groups accuracies by it (a misleading silo's metadata
+    names another group).
+    """
+    path = silos / SIDECAR
+    if not path.is_file():
+        return None
+    truth = json.loads(path.read_text())
+    return {name: str(t["true_group"]) for name, t in truth.get("silos", {}).items()}
 
 
 def _options(spec: RunSpec, plan: BenchPlan, work: Path, silos: Path) -> UpOptions:
     settings = plan.tasks[spec.task]
-    return UpOptions(
-        clients=plan.clients,
+    options = UpOptions(
+        clients=plan.clients_of(spec),
         rounds=settings.rounds,
         local_steps=settings.local_steps,
         batch_size=settings.batch_size,
@@ -93,6 +137,27 @@ def _options(spec: RunSpec, plan: BenchPlan, work: Path, silos: Path) -> UpOptio
         clients_per_process=plan.clients_per_process,
         upload_compression=spec.upload_compression,
         secure_aggregation=spec.secure_aggregation,
+    )
+    return with_ablation(options, spec.ablation)
+
+
+def with_ablation(options: UpOptions, ablation: str | None) -> UpOptions:
+    """The options with one part of fpl taken away (:data:`ABLATIONS`; None: full fpl).
+
+    Every ablation goes through a knob that ``fedprompt up`` passes on: λ and the server
+    weighting to the coordinator, the prompt segment sizes to every client agent, and no
+    clusterer (every client in cluster 0).
+    """
+    if ablation is None:
+        return options
+    knobs = ABLATIONS[ablation]
+    return replace(
+        options,
+        contrastive_weight=knobs.contrastive_weight,
+        server_weighting=knobs.server_weighting,
+        n_global=knobs.n_global,
+        n_local=knobs.n_local,
+        clustering=knobs.clustering,
     )
 
 
@@ -156,9 +221,7 @@ class _Runner:
         key = spec.name
         if key in self.done:
             return self.done[key]
-        silos = _make_silos(
-            spec.task, spec.seed, self.plan, self.work / "silos" / f"{spec.task}-s{spec.seed}"
-        )
+        silos = _make_silos(spec, self.plan, silos_folder(self.work, spec))
         options = _options(spec, self.plan, self.work, silos)
         self.log_console.rule(f"{spec.stage}: {spec.name}")
         started = time.monotonic()
@@ -182,11 +245,14 @@ class _Runner:
         # (full-fedavg writes ~90 MB per round and cluster); the logs stay.
         for bulky in ("coordinator", "clients"):
             shutil.rmtree(options.run_dir / bulky, ignore_errors=True)
-        record = {
+        record: dict[str, Any] = {
             "spec": {**asdict(spec), "name": spec.name},
             "wall_seconds": wall,
             "summary": summary,
         }
+        truth = true_groups(silos)
+        if truth is not None:  # the scenario's truth, which no federation process saw
+            record["true_groups"] = truth
         with self.runs_path.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
         self.done[key] = record
@@ -212,7 +278,8 @@ def run_bench(
     privacy_only: bool = False,
     compression_only: bool = False,
 ) -> int:
-    """Run the whole plan (tune, eval, privacy, compression) and write the report into ``out``.
+    """Run the whole plan (tune, eval, privacy, compression, scenarios, ablations) and write
+    the report into ``out``.
 
     ``privacy_only`` and ``compression_only`` run just those stages (both: both), which
     needs a plan without a learning-rate grid: there is no choice to make.
@@ -257,6 +324,8 @@ def run_bench(
                     plan.eval_runs(chosen)
                     + plan.privacy_runs(chosen)
                     + plan.compression_runs(chosen)
+                    + plan.scenario_runs(chosen)
+                    + plan.ablation_runs(chosen)
                 )
             records = tune + runner.run_all(rest, progress, bar)
     except (BenchFailedError, ChildFailedError) as exc:
@@ -325,6 +394,10 @@ def plan_with_overrides(
             plan,
             tasks={task: plan.tasks[task]},
             data_root=root,
+            # the user's silos are the only scenario: ablations run on them, and nothing
+            # of the bundled tasks' hard scenarios applies
+            scenarios=(),
+            ablation_scenarios=(DEFAULT_SCENARIO,),
             clients=clients or count,
             clients_per_process=max(plan.clients_per_process, clients or count),
         )
@@ -337,7 +410,11 @@ def plan_with_overrides(
     if seeds:
         plan = replace(plan, seeds=seeds)
     if strategies:
-        plan = replace(plan, strategies=strategies)
+        plan = replace(
+            plan,
+            strategies=strategies,
+            ablations=plan.ablations if METHOD in strategies else (),
+        )
     if skip_privacy:
         plan = replace(plan, privacy_seeds=0)
     if skip_compression:

@@ -17,12 +17,13 @@ from typing import Any
 
 from fedprompt.strategies import StrategyName
 from fedprompt_cli.bench_metrics import RunMetrics, Spread, run_metrics, spread
-from fedprompt_cli.bench_plan import RunSpec
+from fedprompt_cli.bench_plan import DEFAULT_SCENARIO, RunSpec
 
 __all__ = [
     "COMMUNICATION_REFERENCE",
     "CompressionComparison",
     "VariantResult",
+    "ablation_results",
     "choose_learning_rates",
     "communication_ratios",
     "compression_comparisons",
@@ -31,6 +32,8 @@ __all__ = [
     "identical_groups",
     "is_private",
     "privacy_results",
+    "scenario_of",
+    "scenario_results",
     "targets",
     "variant_of",
 ]
@@ -55,9 +58,26 @@ def _compression(spec: Mapping[str, Any]) -> str | None:
     return None if method in (None, "none") else str(method)
 
 
+def scenario_of(spec: Mapping[str, Any]) -> str:
+    """The run's scenario (records from before scenarios ran on the clinics)."""
+    return str(spec.get("scenario") or DEFAULT_SCENARIO)
+
+
+def _ablation(spec: Mapping[str, Any]) -> str | None:
+    """The part of fpl the run took away (None: none)."""
+    value = spec.get("ablation")
+    return None if value is None else str(value)
+
+
+def _is_full(spec: Mapping[str, Any]) -> bool:
+    """Neither private, nor compressed, nor ablated (any scenario)."""
+    return not is_private(spec) and _compression(spec) is None and _ablation(spec) is None
+
+
 def _is_plain(spec: Mapping[str, Any]) -> bool:
-    """Neither private nor compressed: a run that may enter the headline."""
-    return not is_private(spec) and _compression(spec) is None
+    """Neither private, compressed nor ablated, on the clinics: a run that may enter the
+    headline."""
+    return _is_full(spec) and scenario_of(spec) == DEFAULT_SCENARIO
 
 
 def choose_learning_rates(tune: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], float]:
@@ -90,6 +110,8 @@ class VariantResult:
     learning_rate: float
     seeds: tuple[int, ...]
     runs: tuple[RunMetrics, ...]
+    #: The silos' scenario (``fedprompt-make-silos --scenario``).
+    scenario: str = DEFAULT_SCENARIO
 
     def stat(self, field: str) -> Spread:
         """Mean ± std over seeds of one RunMetrics field."""
@@ -139,13 +161,13 @@ class VariantResult:
 
 
 def _group(records: Sequence[Mapping[str, Any]]) -> list[VariantResult]:
-    grouped: dict[tuple[str, str, float], list[Mapping[str, Any]]] = {}
+    grouped: dict[tuple[str, str, str, float], list[Mapping[str, Any]]] = {}
     for record in records:
         spec = record["spec"]
-        variant = variant_of(spec)
-        grouped.setdefault((spec["task"], variant, float(spec["learning_rate"])), []).append(record)
+        key = (spec["task"], scenario_of(spec), variant_of(spec), float(spec["learning_rate"]))
+        grouped.setdefault(key, []).append(record)
     results = []
-    for (task, variant, lr), group in grouped.items():
+    for (task, scenario, variant, lr), group in grouped.items():
         group = sorted(group, key=lambda r: int(r["spec"]["seed"]))
         results.append(
             VariantResult(
@@ -155,6 +177,7 @@ def _group(records: Sequence[Mapping[str, Any]]) -> list[VariantResult]:
                 learning_rate=lr,
                 seeds=tuple(int(r["spec"]["seed"]) for r in group),
                 runs=tuple(run_metrics(r) for r in group),
+                scenario=scenario,
             )
         )
     return results
@@ -179,6 +202,41 @@ def headline(
         == float(r["spec"]["learning_rate"])
     ]
     return _group(kept)
+
+
+def _at_chosen_rate(record: Mapping[str, Any], chosen: Mapping[tuple[str, str], float]) -> bool:
+    spec = record["spec"]
+    return chosen.get((spec["task"], spec["strategy"])) == float(spec["learning_rate"])
+
+
+def scenario_results(
+    records: Sequence[Mapping[str, Any]], chosen: Mapping[tuple[str, str], float]
+) -> list[VariantResult]:
+    """Every strategy on each hard scenario (not ``clinics``: the headline's), at the chosen
+    rate, neither private, compressed nor ablated; one result per (task, scenario, strategy)."""
+    kept = [
+        r
+        for r in records
+        if _is_full(r["spec"])
+        and scenario_of(r["spec"]) != DEFAULT_SCENARIO
+        and _at_chosen_rate(r, chosen)
+    ]
+    return sorted(_group(kept), key=lambda r: (r.task, r.scenario, r.variant))
+
+
+def ablation_results(
+    records: Sequence[Mapping[str, Any]], chosen: Mapping[tuple[str, str], float]
+) -> list[VariantResult]:
+    """The ablated fpl runs at fpl's chosen rate, one result per (task, scenario, ablation)."""
+    kept = [
+        r
+        for r in records
+        if _ablation(r["spec"]) is not None
+        and not is_private(r["spec"])
+        and _compression(r["spec"]) is None
+        and _at_chosen_rate(r, chosen)
+    ]
+    return sorted(_group(kept), key=lambda r: (r.task, r.scenario, r.variant))
 
 
 def privacy_results(records: Sequence[Mapping[str, Any]]) -> list[VariantResult]:

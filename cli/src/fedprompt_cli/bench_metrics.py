@@ -115,6 +115,9 @@ def run_metrics(record: Mapping[str, Any]) -> RunMetrics:
     per_client: dict[str, float] = {}
     f1s, vals = [], []
     by_group: dict[str, list[float]] = {}
+    # a scenario's truth (``fedprompt bench`` reads it beside the silos): a misleading
+    # silo's metadata names another group than its own
+    truth: Mapping[str, str] = record.get("true_groups") or {}
     dp_sgd = 0.0
     for cid, c in clients.items():
         per_round = _rounds(c)
@@ -127,7 +130,8 @@ def run_metrics(record: Mapping[str, Any]) -> RunMetrics:
         per_client[cid] = acc
         f1s.append(float(entry["eval"].get("macro_f1", float("nan"))))
         vals.append(float(entry["eval"].get("val_accuracy", float("nan"))))
-        by_group.setdefault(group_of_client(c.get("metadata", {})), []).append(acc)
+        group = truth.get(cid) or group_of_client(c.get("metadata", {}))
+        by_group.setdefault(group, []).append(acc)
     if not per_client:
         raise ValueError(f"run {record['spec'].get('name')}: no client evaluated the last round")
     accs = list(per_client.values())

@@ -17,6 +17,18 @@ The plan has four stages, in this order:
    ``upload_compressions`` (``fp16``, ``int8``) on the first ``compression_seeds`` seeds of
    the ``compression_tasks``. The uncompressed baseline is the plain ``fpl`` run of the
    same seeds, so this stage adds one run per (task, method, seed) and nothing else.
+5. ``scenario``: every strategy of ``scenario_strategies`` (None: all) at its chosen rate
+   on each hard scenario of ``scenarios`` (``fedprompt-make-silos --scenario``: many small
+   clinics, misleading metadata, a concept shift), on the first ``scenario_seeds`` seeds
+   of the ``scenario_tasks``. The default scenario (``clinics``) is the tune and eval
+   stages' own. Within a (task, scenario, seed) every strategy runs on the same silos.
+6. ``ablation``: ``fpl`` with one part taken away (:data:`ABLATIONS`: no client InfoNCE,
+   mean instead of contrastive weights, no global segment, no local segment, no
+   clustering) on each scenario of ``ablation_scenarios``, at fpl's chosen rate, on the
+   first ``ablation_seeds`` seeds of the ``ablation_tasks``. Its reference, full ``fpl``
+   of the same task, scenario and seed (:meth:`BenchPlan.reference_of`), runs in the
+   tune/eval stages (clinics) or the scenario stage: the same seed and the same silos, so
+   every ablation is paired with full fpl.
 """
 
 from __future__ import annotations
@@ -28,8 +40,13 @@ from fedprompt.compression import Compression
 from fedprompt.strategies import STRATEGY_NAMES, StrategyName, strategy_spec
 
 __all__ = [
+    "ABLATIONS",
+    "DEFAULT_SCENARIO",
     "METHOD",
+    "SCENARIOS",
+    "SCENARIO_SILOS",
     "STRATEGIES",
+    "Ablation",
     "BenchPlan",
     "RunSpec",
     "TaskSettings",
@@ -38,6 +55,7 @@ __all__ = [
     "gpu_plan",
     "lr_grid",
     "quick_plan",
+    "scenario_plan",
     "tiny_plan",
 ]
 
@@ -46,6 +64,60 @@ STRATEGIES: tuple[str, ...] = STRATEGY_NAMES
 
 #: The method: what the privacy and compression stages run and the verdicts judge.
 METHOD = StrategyName.FPL
+
+#: ``fedprompt-make-silos --scenario`` names (``fedprompt_client_agent.tools.scenarios``),
+#: the default first: the bundled clinics, which the tune and eval stages run.
+SCENARIOS: tuple[str, ...] = ("clinics", "many-small", "misleading-metadata", "concept-shift")
+DEFAULT_SCENARIO = SCENARIOS[0]
+#: Silos per task of a scenario that fixes its own number (else the plan's ``clients``).
+SCENARIO_SILOS: dict[str, dict[str, int]] = {"many-small": {"text": 24, "vision": 30}}
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """fpl with one part taken away, through the knobs ``fedprompt up`` passes on.
+
+    Attributes
+    ----------
+    name : str
+        Folder-safe name (``no-infonce``).
+    removes : str
+        What is taken away, in words.
+    contrastive_weight : float, optional
+        λ of the client InfoNCE term (coordinator ``--contrastive-weight``).
+    server_weighting : str, optional
+        fpl's cluster weights (coordinator ``--server-weighting``).
+    n_global, n_local : int, optional
+        Prompt segment sizes of every client (client ``--n-global`` / ``--n-local``; 0:
+        no such segment, the prompt is that much shorter).
+    clustering : bool
+        False: no clusterer, every client in one cluster.
+    """
+
+    name: str
+    removes: str
+    contrastive_weight: float | None = None
+    server_weighting: str | None = None
+    n_global: int | None = None
+    n_local: int | None = None
+    clustering: bool = True
+
+
+#: The ablations of fpl, by name.
+ABLATIONS: dict[str, Ablation] = {
+    a.name: a
+    for a in (
+        Ablation("no-infonce", "the client InfoNCE term (λ = 0)", contrastive_weight=0.0),
+        Ablation(
+            "mean-weights",
+            "the contrastive cluster weights (FedAvg's weights instead)",
+            server_weighting="mean",
+        ),
+        Ablation("no-global", "the global prompt segment", n_global=0),
+        Ablation("no-local", "the local prompt segment", n_local=0),
+        Ablation("no-clustering", "the clustering (one cluster of every client)", clustering=False),
+    )
+}
 
 
 @dataclass(frozen=True)
@@ -74,13 +146,21 @@ class RunSpec:
     upload_compression: str | None = None
     #: Secure aggregation inside each cluster (SecAgg+).
     secure_aggregation: bool = False
+    #: The silos' scenario (``fedprompt-make-silos --scenario``).
+    scenario: str = DEFAULT_SCENARIO
+    #: The part of fpl taken away (a key of :data:`ABLATIONS`; None: full fpl).
+    ablation: str | None = None
 
     @property
     def variant(self) -> str:
-        """``strategy`` plus its privacy and compression settings, e.g. ``fpl upload int8``."""
+        """``strategy`` plus its ablation, privacy and compression settings, e.g.
+        ``fpl upload int8`` or ``fpl no-global`` (the scenario is not part of it: results are
+        grouped by task, scenario and variant)."""
         parts = [self.strategy]
         if self.secure_aggregation:
             parts.append("secagg")
+        if self.ablation is not None:
+            parts.append(self.ablation)
         if self.dp_epsilon is not None:
             parts.append(f"dp-fedavg ε={self.dp_epsilon:g}")
         if self.dp_sgd_epsilon is not None:
@@ -101,7 +181,16 @@ class RunSpec:
             parts.append(f"dpsgd{self.dp_sgd_epsilon:g}")
         if self.upload_compression is not None:
             parts.append(f"up-{self.upload_compression}")
+        if self.scenario != DEFAULT_SCENARIO:
+            parts.append(self.scenario)
+        if self.ablation is not None:
+            parts.append(self.ablation)
         return "-".join(parts)
+
+    @property
+    def silos_key(self) -> tuple[str, str, int]:
+        """(task, scenario, seed): runs with equal keys run on the same silos."""
+        return (self.task, self.scenario, self.seed)
 
 
 @dataclass(frozen=True)
@@ -143,6 +232,22 @@ class BenchPlan:
     #: The user's own silo folders (``fedprompt bench --data-root``): every run of every
     #: seed reads them (None: the bundled task's silos, made per seed).
     data_root: Path | None = None
+    #: Hard scenarios of the scenario stage (not ``clinics``: the tune and eval stages').
+    scenarios: tuple[str, ...] = ()
+    #: Strategies of the scenario stage (None: all of ``strategies``).
+    scenario_strategies: tuple[str, ...] | None = None
+    #: Seeds of the scenario stage: the first ``scenario_seeds`` (None: all).
+    scenario_seeds: int | None = None
+    #: Tasks of the scenario stage (None: all).
+    scenario_tasks: tuple[str, ...] | None = None
+    #: Ablations of fpl (keys of :data:`ABLATIONS`; ``()``: no such stage).
+    ablations: tuple[str, ...] = ()
+    #: Scenarios the ablations run on (``clinics`` and any of ``scenarios``).
+    ablation_scenarios: tuple[str, ...] = (DEFAULT_SCENARIO,)
+    #: Seeds of the ablation stage: the first ``ablation_seeds`` (None: all).
+    ablation_seeds: int | None = None
+    #: Tasks of the ablation stage (None: all).
+    ablation_tasks: tuple[str, ...] | None = None
     extra: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -161,6 +266,46 @@ class BenchPlan:
                 f"upload compressions must be among {sorted(lossy)} (none is the plain {METHOD} "
                 f"run), got {list(self.upload_compressions)}"
             )
+        self._check_scenarios()
+
+    def _check_scenarios(self) -> None:
+        """Refuse unknown scenarios and ablations, and ablations without their reference."""
+        hard = set(SCENARIOS) - {DEFAULT_SCENARIO}
+        if not set(self.scenarios) <= hard:
+            raise ValueError(
+                f"scenarios must be among {sorted(hard)} (clinics is the eval stage's), "
+                f"got {list(self.scenarios)}"
+            )
+        if not set(self.ablations) <= set(ABLATIONS):
+            raise ValueError(
+                f"ablations must be among {sorted(ABLATIONS)}, got {list(self.ablations)}"
+            )
+        if not self.ablations:
+            return
+        if METHOD not in self.strategies:
+            raise ValueError(f"ablations of {METHOD} need {METHOD} among the strategies")
+        for scenario in self.ablation_scenarios:
+            if scenario == DEFAULT_SCENARIO:
+                continue
+            if scenario not in self.scenarios:
+                raise ValueError(
+                    f"ablations on {scenario} need it among the scenarios (full {METHOD} runs "
+                    "there in the scenario stage)"
+                )
+        if set(self.ablation_scenarios) - {DEFAULT_SCENARIO}:
+            if METHOD not in (self.scenario_strategies or self.strategies):
+                raise ValueError(f"ablations on hard scenarios need {METHOD} in the scenario stage")
+            if len(self.seeds[: self.ablation_seeds]) > len(self.seeds[: self.scenario_seeds]):
+                raise ValueError("ablation_seeds must not exceed scenario_seeds")
+            if not set(self._tasks(self.ablation_tasks)) <= set(self._tasks(self.scenario_tasks)):
+                raise ValueError("ablation_tasks must be among scenario_tasks")
+
+    def _tasks(self, chosen: tuple[str, ...] | None) -> list[str]:
+        return [t for t in self.tasks if chosen is None or t in chosen]
+
+    def clients_of(self, spec: RunSpec) -> int:
+        """Silos of one run: the scenario's own number, else the plan's ``clients``."""
+        return SCENARIO_SILOS.get(spec.scenario, {}).get(spec.task, self.clients)
 
     def tune_runs(self) -> list[RunSpec]:
         """Stage 1: every candidate learning rate on the first seed."""
@@ -225,6 +370,50 @@ class BenchPlan:
             for m in self.upload_compressions
         ]
 
+    def scenario_runs(self, chosen: dict[tuple[str, str], float]) -> list[RunSpec]:
+        """Stage 5: the scenario strategies at their chosen rates on each hard scenario."""
+        strategies = [
+            s
+            for s in self.strategies
+            if self.scenario_strategies is None or s in self.scenario_strategies
+        ]
+        return [  # seed by seed, like the eval stage
+            RunSpec("scenario", task, strategy, seed, chosen[(task, strategy)], scenario=scenario)
+            for seed in self.seeds[: self.scenario_seeds]
+            for task in self._tasks(self.scenario_tasks)
+            for scenario in self.scenarios
+            for strategy in strategies
+        ]
+
+    def ablation_runs(self, chosen: dict[tuple[str, str], float]) -> list[RunSpec]:
+        """Stage 6: fpl without each part, on the ablation scenarios, at fpl's chosen rate."""
+        return [
+            RunSpec(
+                "ablation",
+                task,
+                METHOD,
+                seed,
+                chosen[(task, METHOD)],
+                scenario=scenario,
+                ablation=ablation,
+            )
+            for seed in self.seeds[: self.ablation_seeds]
+            for task in self._tasks(self.ablation_tasks)
+            for scenario in self.ablation_scenarios
+            for ablation in self.ablations
+        ]
+
+    def reference_of(self, spec: RunSpec) -> RunSpec:
+        """The full-fpl run an ablation is paired with: same task, scenario, seed and rate."""
+        stage = (
+            "scenario"
+            if spec.scenario != DEFAULT_SCENARIO
+            else ("tune" if spec.seed == self.seeds[0] else "eval")
+        )
+        return RunSpec(
+            stage, spec.task, METHOD, spec.seed, spec.learning_rate, scenario=spec.scenario
+        )
+
     def total_runs(self) -> int:
         """How many federations the whole plan runs."""
         chosen = {(t, s): 0.0 for t in self.tasks for s in self.strategies}
@@ -233,6 +422,8 @@ class BenchPlan:
             + len(self.eval_runs(chosen))
             + len(self.privacy_runs(chosen))
             + len(self.compression_runs(chosen))
+            + len(self.scenario_runs(chosen))
+            + len(self.ablation_runs(chosen))
         )
 
     def describe(self) -> dict[str, object]:
@@ -263,6 +454,14 @@ class BenchPlan:
                 if self.compression_tasks is None or t in self.compression_tasks
             ],
             "data_root": None if self.data_root is None else str(self.data_root),
+            "scenarios": list(self.scenarios),
+            "scenario_strategies": list(self.scenario_strategies or self.strategies),
+            "scenario_seeds": list(self.seeds[: self.scenario_seeds]),
+            "scenario_tasks": self._tasks(self.scenario_tasks),
+            "ablations": list(self.ablations),
+            "ablation_scenarios": list(self.ablation_scenarios),
+            "ablation_seeds": list(self.seeds[: self.ablation_seeds]),
+            "ablation_tasks": self._tasks(self.ablation_tasks),
             "total_runs": self.total_runs(),
         }
 
@@ -301,8 +500,10 @@ def full_plan() -> BenchPlan:
 def gpu_plan() -> BenchPlan:
     """The full plan with a realistic training budget, for a machine with a CUDA GPU.
 
-    Ten rounds of ten local steps on longer texts and more images, the privacy curve and
-    the upload compressions on both tasks with every seed. Client agents run with ``--device auto`` (CUDA with bf16
+    Ten rounds of ten local steps on longer texts and more images, five seeds, the privacy
+    curve and the upload compressions on both tasks with every seed, and the whole scenario
+    × ablation matrix: every strategy on every hard scenario, and every ablation of fpl on
+    every scenario (clinics included), both tasks, every seed. Client agents run with ``--device auto`` (CUDA with bf16
     autocast where present). Its runs can be split over several bench processes
     (``--tasks``/``--strategies``/``--privacy-only --seeds``) and merged with
     ``--merge ... --report-only``.
@@ -319,6 +520,10 @@ def gpu_plan() -> BenchPlan:
         compression_tasks=None,
         compression_seeds=None,
         device="auto",
+        seeds=(0, 1, 2, 3, 4),
+        scenarios=SCENARIOS[1:],
+        ablations=tuple(ABLATIONS),
+        ablation_scenarios=SCENARIOS,
     )
 
 
@@ -341,6 +546,36 @@ def compression_plan() -> BenchPlan:
         privacy_seeds=0,
         compression_tasks=None,
         compression_seeds=None,
+    )
+
+
+def scenario_plan() -> BenchPlan:
+    """``fedprompt bench --scenarios``: the hard scenarios and the ablations on a CPU.
+
+    Not part of ``make bench`` (whose hour the full plan fills): the text task with the
+    full plan's budget (two rounds of three local steps), two seeds, the strategies that
+    share a frozen backbone's prompt (local, fedavg, clustered, fpl), every hard scenario on
+    the first seed and every ablation of fpl on the clinics with both seeds; no privacy or
+    compression stage: 30 federations (4 tune, 4 eval, 12 scenario, 10 ablation), about
+    30 to 60 minutes on 2 cores at one to two minutes per run (the 24 clinics of
+    many-small take longer).
+    """
+    return replace(
+        full_plan(),
+        mode="scenarios",
+        seeds=(0, 1),
+        tasks={"text": full_plan().tasks["text"]},
+        strategies=(
+            StrategyName.LOCAL,
+            StrategyName.FEDAVG,
+            StrategyName.CLUSTERED,
+            METHOD,
+        ),
+        privacy_seeds=0,
+        compression_seeds=0,
+        scenarios=SCENARIOS[1:],
+        scenario_seeds=1,
+        ablations=tuple(ABLATIONS),
     )
 
 

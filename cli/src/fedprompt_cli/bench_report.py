@@ -19,6 +19,7 @@ from fedprompt_cli.bench_analysis import (
     COMMUNICATION_REFERENCE,
     CompressionComparison,
     VariantResult,
+    ablation_results,
     choose_learning_rates,
     communication_ratios,
     compression_comparisons,
@@ -27,19 +28,23 @@ from fedprompt_cli.bench_analysis import (
     identical_groups,
     is_private,
     privacy_results,
+    scenario_of,
+    scenario_results,
     targets,
     variant_of,
 )
 from fedprompt_cli.bench_metrics import run_metrics
-from fedprompt_cli.bench_plan import METHOD, BenchPlan
+from fedprompt_cli.bench_plan import ABLATIONS, METHOD, BenchPlan
 from fedprompt_cli.bench_stats import (
     MARGIN,
     METRICS,
     POWER_FACTOR,
     RESAMPLES,
     PairedComparison,
+    ablation_comparisons,
     paired_comparisons,
     points,
+    scenario_comparisons,
 )
 from fedprompt_cli.plots import write_plots
 
@@ -53,6 +58,7 @@ REPRODUCE = {
     "tiny": "fedprompt bench --tiny",
     "gpu": "bench/run_gpu_bench.sh",
     "compression": "fedprompt bench --compression",
+    "scenarios": "fedprompt bench --scenarios",
 }
 
 
@@ -127,6 +133,117 @@ def _paired_section(comparisons: Sequence[PairedComparison]) -> list[str]:
             f"{100 * c.detectable:.1f} | {c.verdict} |"
         )
     return lines
+
+
+#: What each hard scenario is, for the report (``fedprompt-make-silos --scenario``).
+SCENARIO_TEXT = {
+    "many-small": "Many small clinics (24 text silos of ~18 reviews, 30 image silos of ~100 "
+    "images): local training starves and one global model is pulled apart",
+    "misleading-metadata": "A third of the silos (0.33 by default) publish the metadata of a silo of "
+    "another group; their data is their own. The truth (scenario.json beside the silos) "
+    "never reached the coordinator; per-group accuracy below is by the true group",
+    "concept-shift": "In one group, the two labels its silos see most often swap meaning "
+    "(every split); its metadata is unchanged, so a single global prompt and head must "
+    "fail that group or the others",
+}
+
+#: How an ablation's verdict reads: full fpl against fpl without the part.
+ABLATION_READING = {
+    "beats": "the part helps",
+    "loses": "fpl is better without it",
+    "ties": "no practical difference",
+    "cannot tell": "cannot tell with this data",
+}
+
+
+def _comparison_rows(comparisons: Sequence[PairedComparison], *, reading: bool) -> list[str]:
+    rows = []
+    for c in comparisons:
+        p = "-" if c.p_value is None else f"{c.p_value:.3g}"
+        extra = f" {ABLATION_READING[c.verdict]} |" if reading else ""
+        rows.append(
+            f"| {c.task} | {c.baseline} | {METRICS[c.metric]} | {points(c.difference)} | "
+            f"{points(c.ci_low)} to {points(c.ci_high)} | {p} | {c.pairs} | "
+            f"{100 * c.detectable:.1f} | {c.verdict} |{extra}"
+        )
+    return rows
+
+
+def _scenario_section(
+    results: Sequence[VariantResult], comparisons: Sequence[PairedComparison]
+) -> list[str]:
+    """Per (task, hard scenario): each strategy's accuracy, then fpl against each baseline."""
+    if not results:
+        return [
+            "No hard-scenario runs in these records (`fedprompt bench --scenarios` and the GPU "
+            "plan run them)."
+        ]
+    lines = [
+        f"Each hard scenario of `fedprompt-make-silos --scenario`, every strategy on the same "
+        f"silos per seed; {METHOD} against each baseline, paired as in the headline's "
+        "comparisons (same intervals, test and verdict rule).",
+        "",
+    ]
+    for task, scenario in sorted({(r.task, r.scenario) for r in results}):
+        rows = [r for r in results if (r.task, r.scenario) == (task, scenario)]
+        where = f"{task}, {scenario}"
+        lines += [
+            f"### {where}",
+            "",
+            f"{SCENARIO_TEXT.get(scenario, scenario)}.",
+            "",
+            "| strategy | seeds | silos | mean acc % | worst acc % | clusters found | "
+            "per true group % |",
+            "|" + "---|" * 7,
+        ]
+        for r in rows:
+            groups = ", ".join(f"{g} {v.fmt(100)}" for g, v in r.per_group().items())
+            lines.append(
+                f"| {r.variant} | {', '.join(str(s) for s in r.seeds)} | "
+                f"{len(r.client_names())} | {r.stat('accuracy_mean').fmt(100)} | "
+                f"{r.stat('accuracy_worst').fmt(100)} | {r.stat('num_clusters').fmt(1, 1)} | "
+                f"{groups} |"
+            )
+        mine = [c for c in comparisons if c.task == where]
+        if mine:
+            lines += [
+                "",
+                f"| task, scenario | {METHOD} vs | metric | difference (points) | 95 % CI | "
+                "Wilcoxon p | pairs | detectable (points) | verdict |",
+                "|" + "---|" * 9,
+                *_comparison_rows(mine, reading=False),
+                "",
+                *[f"- {c.sentence()}" for c in mine],
+            ]
+        else:
+            lines += ["", f"No {METHOD} run next to a baseline here: nothing to compare."]
+        lines.append("")
+    return lines[:-1]
+
+
+def _ablation_section(comparisons: Sequence[PairedComparison]) -> list[str]:
+    """Full fpl against fpl without each part, paired: which part is responsible."""
+    if not comparisons:
+        return [
+            f"No ablation of {METHOD} next to full {METHOD} on the same seeds in these records "
+            "(`fedprompt bench --scenarios` and the GPU plan run them)."
+        ]
+    removes = "; ".join(f"`{a.name}`: without {a.removes}" for a in ABLATIONS.values())
+    return [
+        f"Full {METHOD} minus {METHOD} with one part taken away ({removes}), paired: the same "
+        "seed and silos, the same intervals, test and verdict rule as the headline's "
+        f'comparisons. A positive difference means the part helps: "{METHOD} beats {METHOD} '
+        'no-global" reads "the global segment earns its place". A segment taken away '
+        "shortens the prompt by its size (text 8/4/4 virtual tokens global/cluster/local, "
+        "images 2/1/1 ring pixels).",
+        "",
+        f"| task, scenario | full {METHOD} vs | metric | difference (points) | 95 % CI | "
+        "Wilcoxon p | pairs | detectable (points) | verdict | reading |",
+        "|" + "---|" * 10,
+        *_comparison_rows(comparisons, reading=True),
+        "",
+        *[f"- {c.sentence()}" for c in comparisons],
+    ]
 
 
 def _cluster_table(results: Sequence[VariantResult]) -> list[str]:
@@ -259,6 +376,7 @@ def _write_raw(
                 spec["name"],
                 spec["stage"],
                 spec["task"],
+                scenario_of(spec),
                 variant_of(spec),
                 spec["seed"],
                 spec["learning_rate"],
@@ -268,19 +386,29 @@ def _write_raw(
         )
     _csv(
         out / "runs.csv",
-        ["run", "stage", "task", "variant", "seed", "learning_rate", *fields, "total_bytes"],
+        [
+            "run",
+            "stage",
+            "task",
+            "scenario",
+            "variant",
+            "seed",
+            "learning_rate",
+            *fields,
+            "total_bytes",
+        ],
         rows,
     )
     summary_rows = []
     for r in results:
-        row: list[Any] = [r.task, r.variant, r.learning_rate, len(r.runs)]
+        row: list[Any] = [r.task, r.scenario, r.variant, r.learning_rate, len(r.runs)]
         for f in fields:
             s = r.stat(f)
             row += [s.mean, s.std]
         summary_rows.append(row)
     _csv(
         out / "summary.csv",
-        ["task", "variant", "learning_rate", "seeds"]
+        ["task", "scenario", "variant", "learning_rate", "seeds"]
         + [f"{f}_{k}" for f in fields for k in ("mean", "std")],
         summary_rows,
     )
@@ -341,6 +469,23 @@ def _timing_line(meta: Mapping[str, Any], runs: int) -> str:
     )
 
 
+def _paired_json(c: PairedComparison) -> dict[str, Any]:
+    return {
+        "where": c.task,
+        "method": c.method,
+        "baseline": c.baseline,
+        "metric": c.metric,
+        "seeds": list(c.seeds),
+        "client_pairs": c.clients,
+        "difference": c.difference,
+        "ci95": [c.ci_low, c.ci_high],
+        "wilcoxon_p": c.p_value,
+        "detectable": c.detectable,
+        "verdict": c.verdict,
+        "sentence": c.sentence(),
+    }
+
+
 def write_report(
     out: Path, plan: BenchPlan, records: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]
 ) -> Path:
@@ -359,9 +504,17 @@ def write_report(
     private = privacy_results(records)
     compressed = compression_comparisons(records)
     paired = paired_comparisons(base)
+    scenarios = scenario_results(records, chosen)
+    scenario_paired = scenario_comparisons(scenarios)
+    ablated = ablation_results(records, chosen)
+    ablation_paired = ablation_comparisons([*base, *scenarios], ablated)
     ratios = communication_ratios(base)
     target = targets(base, plan.target_fraction)
-    _write_raw(out, records, [*base, *private, *(c.compressed for c in compressed)])
+    _write_raw(
+        out,
+        records,
+        [*base, *private, *(c.compressed for c in compressed), *scenarios, *ablated],
+    )
     plots = write_plots(out, base, private)
     settings = "; ".join(
         f"{task}: {s.rounds} rounds × {s.local_steps} local steps, batch {s.batch_size}"
@@ -406,6 +559,14 @@ def write_report(
         "## Paired comparisons",
         "",
         *_paired_section(paired),
+        "",
+        "## Scenarios",
+        "",
+        *_scenario_section(scenarios, scenario_paired),
+        "",
+        "## Ablations of fpl",
+        "",
+        *_ablation_section(ablation_paired),
         "",
         "## Per-cluster accuracy",
         "",
@@ -459,6 +620,8 @@ def write_report(
                     }
                     for c in paired
                 ],
+                "scenarios": [_paired_json(c) for c in scenario_paired],
+                "ablations": [_paired_json(c) for c in ablation_paired],
                 "upload_compression": [
                     {
                         "task": c.task,

@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Literal
 
 import numpy as np
@@ -62,10 +62,12 @@ __all__ = [
     "POWER_FACTOR",
     "RESAMPLES",
     "PairedComparison",
+    "ablation_comparisons",
     "compare",
     "paired_comparisons",
     "paired_runs",
     "points",
+    "scenario_comparisons",
     "wilcoxon_p",
 ]
 
@@ -366,3 +368,75 @@ def paired_comparisons(
                 if found is not None:
                     out.append(found)
     return out
+
+
+def _where(result: VariantResult) -> str:
+    """``text, many-small``: the task and scenario a comparison is about."""
+    return f"{result.task}, {result.scenario}"
+
+
+def scenario_comparisons(
+    results: Sequence[VariantResult],
+    method: str = METHOD,
+    *,
+    resamples: int = RESAMPLES,
+    margin: float = MARGIN,
+) -> list[PairedComparison]:
+    """The method against every other strategy on each (task, scenario).
+
+    :func:`paired_comparisons` within each scenario (the same silos per seed); each
+    comparison's ``task`` reads ``<task>, <scenario>``.
+    """
+    out = []
+    for where in sorted({(r.task, r.scenario) for r in results}):
+        same = [r for r in results if (r.task, r.scenario) == where]
+        label = _where(same[0])
+        out += [
+            replace(c, task=label)
+            for c in paired_comparisons(same, method, resamples=resamples, margin=margin)
+        ]
+    return out
+
+
+def ablation_comparisons(
+    full: Sequence[VariantResult],
+    ablated: Sequence[VariantResult],
+    *,
+    resamples: int = RESAMPLES,
+    margin: float = MARGIN,
+) -> list[PairedComparison]:
+    """Full fpl against each ablation of it, paired, on mean and worst-client accuracy.
+
+    Parameters
+    ----------
+    full : sequence of VariantResult
+        Full runs (headline and scenario results); the reference of an ablation is the
+        run of the same strategy with no ablation, task and scenario.
+    ablated : sequence of VariantResult
+        The ablations.
+
+    Returns
+    -------
+    list of PairedComparison
+        ``method`` full fpl, ``baseline`` the ablation (positive difference: the part taken
+        away helps); ``task`` reads ``<task>, <scenario>``; by task, scenario, ablation
+        and metric. Ablations without a reference on a common seed are left out.
+    """
+    out = []
+    for a in ablated:
+        reference = next(
+            (
+                f
+                for f in full
+                if (f.task, f.scenario, f.strategy) == (a.task, a.scenario, a.strategy)
+                and f.variant == f.strategy
+            ),
+            None,
+        )
+        if reference is None:
+            continue
+        for metric in METRICS:
+            found = compare(reference, a, metric, resamples=resamples, margin=margin)
+            if found is not None:
+                out.append(replace(found, task=_where(a)))
+    return sorted(out, key=lambda c: (c.task, c.baseline, list(METRICS).index(c.metric)))

@@ -68,11 +68,21 @@ class UpOptions:
     #: Lossy compression of the clients' uploaded deltas (none, fp16, int8; None: their
     #: config's, ``none`` unless the environment says otherwise).
     upload_compression: str | None = None
+    #: fpl's cluster weights (``contrastive`` or ``mean``; None: the coordinator's default).
+    server_weighting: str | None = None
+    #: Prompt segment sizes of every client agent (0: no such segment; None: the model's
+    #: default, 8/4/4 virtual tokens for text, 2/1/1 ring pixels for images).
+    n_global: int | None = None
+    n_cluster: int | None = None
+    n_local: int | None = None
+    #: Start the clusterer and group clients by their metadata (False: every client in one
+    #: cluster, the coordinator without a clusterer).
+    clustering: bool = True
     #: Secure aggregation inside each cluster (``--secure-aggregation`` of the coordinator).
     secure_aggregation: bool = False
 
     def coordinator_flags(self) -> list[str]:
-        """Strategy, learning-rate and privacy flags of the coordinator."""
+        """Strategy, learning-rate, fpl and privacy flags of the coordinator."""
         lr = self.learning_rate
         if lr is None:
             lr = strategy_spec(self.strategy).learning_rate(self.task)
@@ -80,6 +90,7 @@ class UpOptions:
         optional = {
             "--head-learning-rate": self.head_learning_rate,
             "--contrastive-weight": self.contrastive_weight,
+            "--server-weighting": self.server_weighting,
             "--dp-epsilon": self.dp_epsilon,
             "--dp-noise-multiplier": self.dp_noise_multiplier,
         }
@@ -90,9 +101,20 @@ class UpOptions:
             flags.append("--secure-aggregation")
         return flags
 
+    def clusterer_flags(self, port: int | None) -> list[str]:
+        """The coordinator's ``--clusterer`` (none without clustering: one cluster)."""
+        if not self.clustering or port is None:
+            return []
+        return ["--clusterer", f"127.0.0.1:{port}"]
+
     def client_flags(self) -> list[str]:
-        """Strategy, record-level DP and upload-compression flags of every client agent."""
+        """Strategy, prompt layout, record-level DP and upload-compression flags of every
+        client agent."""
         flags = ["--strategy", self.strategy]
+        segments = {"--n-global": self.n_global, "--n-cluster": self.n_cluster}
+        for flag, size in {**segments, "--n-local": self.n_local}.items():
+            if size is not None:
+                flags += [flag, str(size)]
         if self.dp_sgd_epsilon is not None:
             flags += [
                 "--dp-sgd-epsilon", str(self.dp_sgd_epsilon),
@@ -286,25 +308,28 @@ def _run_federation(
     try:
         silos = _silo_dirs(options, console)
         certs = _make_certs(options, silos, console)
-        clusterer = Child(
-            "clusterer",
-            [
-                console_script("fedprompt-clusterer"),
-                "--listen",
-                "127.0.0.1:0",
-                *_tls_flags(certs, "clusterer"),
-            ],
-            logs / "clusterer.log",
-        )
-        clusterer.start()
-        children.append(clusterer)
+        clusterer: Child | None = None
+        if options.clustering:
+            clusterer = Child(
+                "clusterer",
+                [
+                    console_script("fedprompt-clusterer"),
+                    "--listen",
+                    "127.0.0.1:0",
+                    *_tls_flags(certs, "clusterer"),
+                ],
+                logs / "clusterer.log",
+            )
+            clusterer.start()
+            children.append(clusterer)
         # Host processes import torch and build their models while the servers start; they
         # dial a port chosen now (and retry until the coordinator listens on it).
         hosted = options.clients_per_process > 1
         wanted_port = _free_port() if hosted else 0
         clients = _start_hosts(options, silos, wanted_port, logs, certs) if hosted else []
         children.extend(clients)
-        clusterer_port = clusterer.wait_for_port()
+        clusterer_port = clusterer.wait_for_port() if clusterer is not None else None
+        clustering = options.clusterer_flags(clusterer_port)
         coordinator = Child(
             "coordinator",
             [
@@ -314,7 +339,7 @@ def _run_federation(
                 "--rounds", str(options.rounds),
                 "--min-clients", str(min(2, options.clients)),
                 "--expected-clients", str(options.clients),
-                "--clusterer", f"127.0.0.1:{clusterer_port}",
+                *clustering,
                 "--local-steps", str(options.local_steps),
                 "--batch-size", str(options.batch_size),
                 *options.coordinator_flags(),
@@ -349,10 +374,14 @@ def _run_federation(
         (options.run_dir / "pids.json").write_text(
             json.dumps({c.name: c.pid for c in children}, indent=2, sort_keys=True)
         )
+        where = (
+            f"clusterer 127.0.0.1:{clusterer_port}"
+            if clusterer_port is not None
+            else "no clusterer (one cluster)"
+        )
         console.print(
-            f"[bold]federation up[/]: coordinator 127.0.0.1:{port}, clusterer "
-            f"127.0.0.1:{clusterer_port}, {clients_up} clients in {len(clients)} "
-            f"processes; logs in {logs}"
+            f"[bold]federation up[/]: coordinator 127.0.0.1:{port}, {where}, {clients_up} "
+            f"clients in {len(clients)} processes; logs in {logs}"
         )
         channel = _status_channel(port, certs)
         stub = coordinator_pb2_grpc.CoordinatorStub(channel)

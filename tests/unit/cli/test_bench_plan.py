@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 
 from fedprompt_cli.bench_plan import (
+    ABLATIONS,
+    DEFAULT_SCENARIO,
+    SCENARIO_SILOS,
+    SCENARIOS,
     STRATEGIES,
+    BenchPlan,
     RunSpec,
     compression_plan,
     full_plan,
     gpu_plan,
     lr_grid,
     quick_plan,
+    scenario_plan,
     tiny_plan,
 )
 
@@ -125,7 +132,7 @@ def test_compression_stage_size_of_each_plan() -> None:
     quick, gpu = quick_plan(), gpu_plan()
     assert runs(quick.compression_runs({("text", "fpl"): 0.03})) == {("text", 0, "int8")}
     gpu_runs = gpu.compression_runs({("text", "fpl"): 0.03, ("vision", "fpl"): 0.03})
-    assert len(gpu_runs) == 2 * 3 * 2  # tasks x seeds x methods
+    assert len(gpu_runs) == 2 * len(gpu.seeds) * 2  # tasks x seeds x methods
     assert tiny_plan().compression_runs({("text", "fpl"): 0.03}) == []  # integration test
     assert replace(full_plan(), strategies=("local",)).compression_runs({}) == []
 
@@ -184,3 +191,120 @@ def test_skip_privacy_keeps_the_compression_stage_and_skip_compression_drops_it(
     assert plan.privacy_runs(chosen) == [] and len(plan.compression_runs(chosen)) == 6
     plan = plan_with_overrides(full_plan(), seeds=None, clients=None, skip_compression=True)
     assert plan.compression_runs(chosen) == [] and plan.privacy_runs(chosen)
+
+
+# ----------------------------------------------------------------- scenarios and ablations
+
+
+def _chosen(plan: BenchPlan) -> dict[tuple[str, str], float]:
+    """The largest candidate rate of each (task, strategy): a choice the tune stage ran."""
+    return {
+        (t, s): lr_grid(t, s, plan.factors_of(s))[-1] for t in plan.tasks for s in plan.strategies
+    }
+
+
+def _all_runs(plan: BenchPlan) -> list[RunSpec]:
+    chosen = _chosen(plan)
+    return (
+        plan.tune_runs()
+        + plan.eval_runs(chosen)
+        + plan.privacy_runs(chosen)
+        + plan.compression_runs(chosen)
+        + plan.scenario_runs(chosen)
+        + plan.ablation_runs(chosen)
+    )
+
+
+def test_full_plan_budget_is_unchanged_and_has_no_scenario_or_ablation_stage() -> None:
+    plan = full_plan()
+    assert plan.scenarios == () and plan.ablations == ()
+    assert plan.scenario_runs(_chosen(plan)) == [] and plan.ablation_runs(_chosen(plan)) == []
+    assert plan.total_runs() == 48  # as on main without scenarios and ablations
+
+
+def test_scenario_names_match_make_silos() -> None:
+    from fedprompt_client_agent.tools.scenarios import MANY_SMALL_SILOS, SCENARIO_NAMES
+
+    assert SCENARIOS == SCENARIO_NAMES and DEFAULT_SCENARIO == "clinics"
+    assert SCENARIO_SILOS["many-small"] == dict(MANY_SMALL_SILOS)
+
+
+def test_gpu_plan_holds_the_whole_scenario_ablation_matrix_on_five_seeds() -> None:
+    plan = gpu_plan()
+    chosen = _chosen(plan)
+    assert plan.seeds == (0, 1, 2, 3, 4)
+    scenario = plan.scenario_runs(chosen)
+    assert {(r.task, r.scenario, r.strategy, r.seed) for r in scenario} == {
+        (t, sc, s, seed)
+        for t in ("text", "vision")
+        for sc in SCENARIOS[1:]
+        for s in STRATEGIES
+        for seed in plan.seeds
+    }
+    ablation = plan.ablation_runs(chosen)
+    assert len(ablation) == len(ABLATIONS) * len(SCENARIOS) * 2 * 5
+    assert {(r.scenario, r.ablation) for r in ablation} == {
+        (sc, a) for sc in SCENARIOS for a in ABLATIONS
+    }
+    assert all(r.strategy == "fpl" and r.learning_rate == chosen[(r.task, "fpl")] for r in ablation)
+    names = [r.name for r in _all_runs(plan)]
+    assert len(names) == len(set(names)) == plan.total_runs()
+
+
+@pytest.mark.parametrize("make", [gpu_plan, scenario_plan])
+def test_every_ablation_is_paired_with_a_full_fpl_run_of_the_plan(
+    make: Callable[[], BenchPlan],
+) -> None:
+    plan = make()
+    runs = {r.name: r for r in _all_runs(plan)}
+    ablations = [r for r in runs.values() if r.ablation is not None]
+    assert ablations
+    for spec in ablations:
+        reference = plan.reference_of(spec)
+        assert reference.name in runs, spec.name
+        full = runs[reference.name]
+        # paired: the same seed, the same silos (task, scenario, seed), the same rate
+        assert full.ablation is None and full.strategy == "fpl"
+        assert full.seed == spec.seed and full.silos_key == spec.silos_key
+        assert full.learning_rate == spec.learning_rate
+        assert full.dp_epsilon is None and full.upload_compression is None
+
+
+def test_scenario_runs_share_silos_per_seed_and_baselines_pair_with_fpl() -> None:
+    plan = scenario_plan()
+    runs = plan.scenario_runs(_chosen(plan))
+    assert len(runs) == 3 * 4 * 1  # scenarios x strategies x first seed
+    by_silos: dict[tuple[str, str, int], set[str]] = {}
+    for r in runs:
+        by_silos.setdefault(r.silos_key, set()).add(r.strategy)
+    assert all(strategies == set(plan.strategies) for strategies in by_silos.values())
+    assert plan.total_runs() == 30
+
+
+def test_scenario_and_ablation_runs_are_named_and_grouped() -> None:
+    run = RunSpec("ablation", "text", "fpl", 1, 0.03, scenario="many-small", ablation="no-global")
+    assert run.name == "text-fpl-lr0.03-s1-many-small-no-global"
+    assert run.variant == "fpl no-global"  # the scenario is a grouping key, not a variant
+    assert RunSpec("eval", "text", "fpl", 1, 0.03).name == "text-fpl-lr0.03-s1"  # unchanged
+    plan = gpu_plan()
+    assert plan.clients_of(run) == 24
+    assert plan.clients_of(replace(run, task="vision")) == 30
+    assert plan.clients_of(replace(run, scenario="concept-shift")) == plan.clients
+
+
+def test_bad_scenario_and_ablation_plans_are_refused() -> None:
+    with pytest.raises(ValueError, match="scenarios must be among"):
+        replace(tiny_plan(), scenarios=("clinics",))
+    with pytest.raises(ValueError, match="ablations must be among"):
+        replace(tiny_plan(), ablations=("no-head",))
+    with pytest.raises(ValueError, match="need it among the scenarios"):
+        replace(tiny_plan(), ablations=("no-global",), ablation_scenarios=("many-small",))
+    with pytest.raises(ValueError, match="need fpl"):
+        replace(tiny_plan(), strategies=("local",), ablations=("no-global",))
+
+
+def test_strategy_overrides_without_fpl_drop_the_ablations() -> None:
+    from fedprompt_cli.bench import plan_with_overrides
+
+    plan = plan_with_overrides(gpu_plan(), seeds=None, clients=None, strategies=("local",))
+    assert plan.ablations == () and plan.ablation_runs({}) == []

@@ -90,7 +90,8 @@ def test_write_report_has_an_upload_compression_section(
     assert [c["method"] for c in head["upload_compression"]] == ["fp16", "int8"]
     assert head["upload_compression"][1]["bytes_up_ratio_to_uncompressed"] == pytest.approx(0.3)
     summary = (tmp_path / "summary.csv").read_text()
-    assert "text,fpl upload int8,0.03,3," in summary and "text,fpl upload fp16,0.03,2," in summary
+    assert "text,clinics,fpl upload int8,0.03,3," in summary
+    assert "text,clinics,fpl upload fp16,0.03,2," in summary
     assert "fpl upload int8" in (tmp_path / "runs.csv").read_text()
     saved = json.loads((tmp_path / "results.json").read_text())
     assert sum(r["spec"]["upload_compression"] == "int8" for r in saved) == 3

@@ -17,7 +17,7 @@ import fedprompt_cli.bench as bench_module
 import fedprompt_cli.up as up_module
 from fedprompt_cli.__main__ import main
 from fedprompt_cli.bench import _make_silos, plan_with_overrides
-from fedprompt_cli.bench_plan import full_plan, tiny_plan
+from fedprompt_cli.bench_plan import RunSpec, full_plan, tiny_plan
 
 
 def _text_silo(root: Path, name: str, labels: tuple[str, ...] = ("a", "b")) -> Path:
@@ -132,7 +132,10 @@ def test_bench_runs_the_plan_on_good_silos(
     assert plan.data_root == tmp_path / "silos" and list(plan.tasks) == ["text"]
     assert plan.clients == 3 and plan.describe()["data_root"] == str(tmp_path / "silos")
     # every run of every seed reads the user's folders: nothing is generated
-    assert _make_silos("text", 2, plan, tmp_path / "work") == tmp_path / "silos"
+    spec = RunSpec("eval", "text", "fpl", 2, 0.03)
+    assert _make_silos(spec, plan, tmp_path / "work") == tmp_path / "silos"
+    # the user's silos are the only scenario: no hard scenario, ablations on them alone
+    assert plan.scenarios == () and plan.ablation_scenarios == ("clinics",)
     assert nothing_starts == []
 
 

@@ -87,6 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int)
     p.add_argument("--torch-threads", type=int)
     p.add_argument("--strategy")
+    p.add_argument("--n-global", type=int, help="global prompt segment (0: none; an ablation)")
+    p.add_argument("--n-cluster", type=int, help="cluster prompt segment size")
+    p.add_argument("--n-local", type=int, help="local prompt segment (0: none; an ablation)")
     p.add_argument("--dp-sgd-epsilon", type=float)
     p.add_argument("--dp-sgd-total-steps", type=int)
     p.add_argument(
@@ -137,6 +140,9 @@ def configs_of(args: argparse.Namespace) -> list[ClientAgentConfig]:
                 "seed": args.seed,
                 "torch_threads": args.torch_threads,
                 "strategy": args.strategy,
+                "n_global": args.n_global,
+                "n_cluster": args.n_cluster,
+                "n_local": args.n_local,
                 "dp_sgd_target_epsilon": args.dp_sgd_epsilon,
                 "dp_sgd_total_steps": args.dp_sgd_total_steps,
                 "upload_compression": args.upload_compression,

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import sqlite3
 import sys
+from collections.abc import Mapping
 
 import grpc
 
@@ -69,6 +70,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--learning-rate", type=float, help="client prompt (or adapter) learning rate")
     p.add_argument("--head-learning-rate", type=float)
     p.add_argument("--contrastive-weight", type=float, help="λ of the client InfoNCE term")
+    p.add_argument(
+        "--server-weighting",
+        choices=["contrastive", "mean"],
+        help="fpl's cluster weights: contrastive alignment, or mean (FedAvg's; an ablation)",
+    )
     p.add_argument("--dp-epsilon", type=float, help="enable DP-FedAvg with this target ε")
     p.add_argument("--dp-noise-multiplier", type=float, help="enable DP-FedAvg with this z")
     p.add_argument("--dp-clip-norm", type=float, help="S of DP-FedAvg")
@@ -229,41 +235,56 @@ async def _fail_loudly(
             await stop.wait()
 
 
+def config_from_args(
+    args: argparse.Namespace, *, environ: Mapping[str, str] | None = None
+) -> CoordinatorConfig:
+    """The configuration of the flags, over the YAML file and ``FEDPROMPT_COORDINATOR_*``.
+
+    Raises
+    ------
+    ConfigError
+        If the merged values do not validate.
+    """
+    return load_config(
+        CoordinatorConfig,
+        yaml_path=args.config,
+        env_prefix="FEDPROMPT_COORDINATOR_",
+        overrides={
+            "listen": args.listen,
+            "state_dir": args.state_dir,
+            "rounds": args.rounds,
+            "min_clients": args.min_clients,
+            "expected_clients": args.expected_clients,
+            "clustering.address": args.clusterer,
+            "training.local_steps": args.local_steps,
+            "training.batch_size": args.batch_size,
+            "training.learning_rate": args.learning_rate,
+            "training.head_learning_rate": args.head_learning_rate,
+            "strategy": args.strategy,
+            "contrastive.weight": args.contrastive_weight,
+            "contrastive.server_weighting": args.server_weighting,
+            "privacy.enabled": (
+                True if args.dp_epsilon is not None or args.dp_noise_multiplier else None
+            ),
+            "privacy.target_epsilon": args.dp_epsilon,
+            "privacy.noise_multiplier": args.dp_noise_multiplier,
+            "privacy.clip_norm": args.dp_clip_norm,
+            "round_deadline_s": args.round_deadline_s,
+            "secure_aggregation.enabled": True if args.secure_aggregation else None,
+            "log_level": args.log_level,
+            **tls_overrides(args),
+            "metrics_port": args.metrics_port,
+            "metrics_host": args.metrics_host,
+        },
+        environ=environ,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``fedprompt-coordinator``."""
     args = parse_args(argv)
     try:
-        config = load_config(
-            CoordinatorConfig,
-            yaml_path=args.config,
-            env_prefix="FEDPROMPT_COORDINATOR_",
-            overrides={
-                "listen": args.listen,
-                "state_dir": args.state_dir,
-                "rounds": args.rounds,
-                "min_clients": args.min_clients,
-                "expected_clients": args.expected_clients,
-                "clustering.address": args.clusterer,
-                "training.local_steps": args.local_steps,
-                "training.batch_size": args.batch_size,
-                "training.learning_rate": args.learning_rate,
-                "training.head_learning_rate": args.head_learning_rate,
-                "strategy": args.strategy,
-                "contrastive.weight": args.contrastive_weight,
-                "privacy.enabled": (
-                    True if args.dp_epsilon is not None or args.dp_noise_multiplier else None
-                ),
-                "privacy.target_epsilon": args.dp_epsilon,
-                "privacy.noise_multiplier": args.dp_noise_multiplier,
-                "privacy.clip_norm": args.dp_clip_norm,
-                "round_deadline_s": args.round_deadline_s,
-                "secure_aggregation.enabled": True if args.secure_aggregation else None,
-                "log_level": args.log_level,
-                **tls_overrides(args),
-                "metrics_port": args.metrics_port,
-                "metrics_host": args.metrics_host,
-            },
-        )
+        config = config_from_args(args)
     except ConfigError as exc:
         print(f"fedprompt-coordinator: {exc}", file=sys.stderr)
         return 2

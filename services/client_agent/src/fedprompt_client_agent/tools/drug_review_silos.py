@@ -272,6 +272,8 @@ def make_drug_review_silos(
     val_fraction: float = 0.15,
     test_fraction: float = 0.2,
     zip_path: str | Path | None = None,
+    max_reviews: int | None = None,
+    proportional: bool = False,
 ) -> list[SiloData]:
     """Split the condition-prediction task into specialised, disjoint clinic silos.
 
@@ -298,6 +300,13 @@ def make_drug_review_silos(
         Held-out fractions per silo, stratified by condition.
     zip_path : str or Path, optional
         Alternative ``drugsCom.zip``; defaults to the packaged one.
+    max_reviews : int, optional
+        Use a seeded random subset of this many reviews (None: all of them), e.g.
+        ``num_silos * reviews_per_silo`` for many small clinics.
+    proportional : bool
+        Give every specialty present a number of clinics proportional to its reviews
+        (largest remainder, at least one each; clinics interleaved by specialty) instead
+        of two clinics per specialty: many clinics then have about equal sizes.
 
     Returns
     -------
@@ -321,10 +330,22 @@ def make_drug_review_silos(
     label_of = {name: i for i, name in enumerate(labels)}
     kept = [r for r in reviews if r.condition in label_of]
     rng = np.random.default_rng(seed)
-    # Every specialty gets at least two clinics where possible, so that silos of one
-    # specialty can form a cluster (HDBSCAN's min_cluster_size is 2): ceil(n/2) specialties.
-    specialties = _specialties_present(labels)[: max(1, (num_silos + 1) // 2)]
-    silo_specialty = [specialties[i % len(specialties)] for i in range(num_silos)]
+    if max_reviews is not None:
+        if not num_silos <= max_reviews <= len(kept):
+            raise ValueError(
+                f"max_reviews must be in [num_silos, {len(kept)}] (the task's reviews), "
+                f"got {max_reviews}: use fewer or smaller silos"
+            )
+        if max_reviews < len(kept):
+            kept = [kept[i] for i in np.sort(rng.permutation(len(kept))[:max_reviews])]
+    if proportional:
+        silo_specialty = _proportional_specialties(kept, labels, num_silos)
+    else:
+        # Every specialty gets at least two clinics where possible, so that silos of one
+        # specialty can form a cluster (HDBSCAN's min_cluster_size is 2): ceil(n/2)
+        # specialties.
+        specialties = _specialties_present(labels)[: max(1, (num_silos + 1) // 2)]
+        silo_specialty = [specialties[i % len(specialties)] for i in range(num_silos)]
     members, pool = _deal_home_reviews(kept, silo_specialty, skew=skew, rng=rng)
     _distribute_pool(kept, pool, members, silo_specialty, skew=skew, rng=rng)
     silos = []
@@ -397,6 +418,35 @@ def _specialties_present(labels: Sequence[str]) -> tuple[str, ...]:
     present = {specialty_of(c) for c in labels}
     known = [s for s in _SPECIALTY_ORDER if s in present]
     return (*known, *sorted(present - set(known)))
+
+
+def _proportional_specialties(
+    reviews: Sequence[DrugReview], labels: Sequence[str], num_silos: int
+) -> list[str]:
+    """Clinics per specialty proportional to its reviews (largest remainder, >= 1 each).
+
+    Specialties are those of ``labels`` in the fixed order; with fewer silos than
+    specialties the smallest are left out. Clinics are interleaved (one of each specialty
+    in turn while its quota lasts).
+    """
+    counts = Counter(specialty_of(r.condition) for r in reviews)
+    present = [s for s in _specialties_present(labels) if counts[s] > 0]
+    present = sorted(present, key=lambda s: -counts[s])[:num_silos]
+    total = sum(counts[s] for s in present)
+    spare = num_silos - len(present)
+    exact = {s: spare * counts[s] / total for s in present}
+    quota = {s: 1 + int(exact[s]) for s in present}
+    leftover = num_silos - sum(quota.values())
+    for s in sorted(present, key=lambda s: (-(exact[s] - int(exact[s])), s))[:leftover]:
+        quota[s] += 1
+    order = [s for s in _specialties_present(labels) if s in quota]
+    out: list[str] = []
+    while len(out) < num_silos:
+        for s in order:
+            if quota[s] > 0:
+                out.append(s)
+                quota[s] -= 1
+    return out
 
 
 def _deal_home_reviews(
