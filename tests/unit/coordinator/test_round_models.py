@@ -3,6 +3,7 @@ inline when small, in a file when large, dropped with the round."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 from pathlib import Path
@@ -190,3 +191,30 @@ async def test_the_encodings_are_dropped_when_the_round_ends(tmp_path: Path) -> 
         next(small_reading)
     with pytest.raises(WrongRoundError, match="round 3 has moved on"):
         models.encoded(ModelStage.ROUND_START, 0)
+
+
+@pytest.mark.asyncio
+async def test_an_encoding_made_twice_by_a_race_keeps_one_and_deletes_the_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models, _ = _models(start=_big_start(3000), spill_dir=tmp_path, spill_bytes=1 << 20)
+    real = round_models_module.encode_model
+
+    def reader_meanwhile(tensors: Any, **kwargs: Any) -> Any:
+        made = real(tensors, **kwargs)
+        if not raced:  # a reader asks on the event loop while the thread encodes
+            raced.append(asyncio.run_coroutine_threadsafe(first_reader(), loop).result(5))
+        return made
+
+    async def first_reader() -> Any:
+        monkeypatch.setattr(round_models_module, "encode_model", real)
+        return models.encoded(ModelStage.ROUND_START, 0)
+
+    raced: list[Any] = []
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(round_models_module, "encode_model", reader_meanwhile)
+    await models.encode_round_start()
+    assert models.encoded(ModelStage.ROUND_START, 0) is raced[0]
+    assert len(list(tmp_path.iterdir())) == 2  # cluster 0 once, cluster 1
+    models.close()
+    assert list(tmp_path.iterdir()) == []

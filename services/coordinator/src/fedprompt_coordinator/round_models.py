@@ -94,7 +94,8 @@ class RoundModels:
 
         encoded = await asyncio.to_thread(encode_all)
         for cluster, model in encoded.items():
-            if self._closed:  # the round ended while the thread ran
+            # the round ended while the thread ran, or a reader had it encoded meanwhile
+            if self._closed or (stage, cluster) in self._encoded:
                 model.close()
             else:
                 self._encoded[(stage, cluster)] = model
