@@ -43,6 +43,7 @@ from fedprompt_coordinator.domain import (
     TaskKind,
     UpdateKind,
 )
+from fedprompt_coordinator.encoded_model import assemble
 from fedprompt_coordinator.federation import Federation, RoundFailedError
 from fedprompt_coordinator.model_store import ModelStore, PreparedSnapshot
 from fedprompt_coordinator.privacy import RDPAccountant as RDPAccountantForTest
@@ -165,7 +166,7 @@ class FakeClient:
         return result.initial_model_requested
 
     def _fetch(self, round_id: int, stage: ModelStage) -> dict[str, np.ndarray]:
-        payload = self.fed.fetch_model(self.client_id, round_id, stage)
+        payload = assemble(self.fed.fetch_model(self.client_id, round_id, stage).messages())
         tensors = {k: v.copy() for k, v in decode_tensors(payload).items()}
         self.fetched[(round_id, stage)] = tensors
         return tensors
@@ -1214,14 +1215,14 @@ async def test_the_broadcast_phase_is_visible_while_round_start_models_are_encod
     import fedprompt_coordinator.round_models as round_models_module
 
     gate, encoding = threading.Event(), threading.Event()
-    real_encode = round_models_module.encode_tensors
+    real_encode = round_models_module.encode_model
 
-    def slow_encode(*args: Any, **kwargs: Any) -> bytes:
+    def slow_encode(*args: Any, **kwargs: Any) -> Any:
         encoding.set()
         gate.wait(TIMEOUT_S)
         return real_encode(*args, **kwargs)
 
-    monkeypatch.setattr(round_models_module, "encode_tensors", slow_encode)
+    monkeypatch.setattr(round_models_module, "encode_model", slow_encode)
     async with federation(tmp_path) as h:
         run = h.start()
         clients = [FakeClient(h.fed, cid) for cid in "abc"]

@@ -29,7 +29,7 @@ from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.federation import Federation
 from fedprompt_coordinator.identity import IdentityInterceptor
 from fedprompt_coordinator.model_store import ModelStore
-from fedprompt_coordinator.servicer import CoordinatorServicer
+from fedprompt_coordinator.servicer import CoordinatorServicer, add_coordinator_servicer_to_server
 from fedprompt_coordinator.state_store import make_state_store
 from fedprompt_coordinator.traffic import TrafficInterceptor
 
@@ -78,9 +78,7 @@ async def served(tmp_path: Path, certs: Path) -> AsyncIterator[Served]:
         clustering=make_clustering_backend(config.clustering),
     )
     handle = await start_server(
-        register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-            CoordinatorServicer(federation), s
-        ),
+        register=lambda s: add_coordinator_servicer_to_server(CoordinatorServicer(federation), s),
         service_names=["fedprompt.v1.Coordinator"],
         address=config.listen,
         interceptors=[IdentityInterceptor(), TrafficInterceptor(federation.traffic)],

@@ -32,7 +32,7 @@ from fedprompt_coordinator import upload_intake as upload_intake_module
 from fedprompt_coordinator.__main__ import open_federation
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.federation import Federation
-from fedprompt_coordinator.servicer import CoordinatorServicer
+from fedprompt_coordinator.servicer import CoordinatorServicer, add_coordinator_servicer_to_server
 from fedprompt_coordinator.traffic import TrafficInterceptor
 
 SERVICE = "fedprompt.v1.Coordinator"
@@ -255,9 +255,7 @@ async def _running_coordinator(tmp_path: Path, **overrides: Any) -> AsyncIterato
     # Wired like fedprompt_coordinator.__main__.serve (a plaintext server without identities).
     state, federation = open_federation(config)
     handle = await start_server(
-        register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-            CoordinatorServicer(federation), s
-        ),
+        register=lambda s: add_coordinator_servicer_to_server(CoordinatorServicer(federation), s),
         service_names=[SERVICE],
         address=config.listen,
         interceptors=[TrafficInterceptor(federation.traffic)],
@@ -934,3 +932,38 @@ async def test_a_model_at_the_inline_limit_fits_the_task_message(tmp_path: Path)
             assert task.kind == coordinator_pb2.TASK_KIND_TRAIN
             assert len(task.model.data) == payload_size
             np.testing.assert_array_equal(_inline(task)["prompt.global"], big["prompt.global"])
+
+
+@pytest.mark.asyncio
+async def test_file_backed_downloads_are_identical_for_concurrent_readers_and_end_with_the_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fedprompt_coordinator.round_models as round_models_module
+
+    monkeypatch.setattr(round_models_module, "SPILL_BYTES", 0)  # every model in a file
+    async with _running_coordinator(tmp_path, inline_model_max_bytes=0) as coord:
+        downloads = tmp_path / "state" / "models" / ".downloads"
+        a, b = await _open_round(coord)
+        assert len(list(downloads.iterdir())) == 1  # one cluster's round-start model
+        fetched = await asyncio.gather(*(c.fetch(1, START) for c in (a, b, a, b, a)))
+        expected = encode_tensors(fetched[0])
+        assert all(encode_tensors(f) == expected for f in fetched)
+        np.testing.assert_array_equal(fetched[0]["head.weight"], INITIAL["head.weight"])
+        for client in (a, b):
+            await client.upload_delta(1, 1.0)
+        for client in (a, b):
+            assert (await client.next_task()).kind == coordinator_pb2.TASK_KIND_EVALUATE
+        assert len(list(downloads.iterdir())) == 2  # and the aggregate's
+        aggregated = await asyncio.gather(
+            *(c.fetch(1, coordinator_pb2.MODEL_STAGE_AGGREGATED) for c in (a, b))
+        )
+        assert encode_tensors(aggregated[0]) == encode_tensors(aggregated[1])
+        for client in (a, b):
+            await client.report(1, coordinator_pb2.METRICS_PHASE_EVALUATE, {"accuracy": 1.0})
+        await asyncio.wait_for(coord.rounds, RPC_TIMEOUT_S)
+        assert list(downloads.iterdir()) == []  # dropped with the round
+        await _expect(
+            _fetch("a", 1, coordinator_pb2.MODEL_STAGE_AGGREGATED)(coord, a),
+            Code.FAILED_PRECONDITION,
+            "round",
+        )

@@ -33,14 +33,13 @@ from fedprompt.tls import (
     server_credentials,
     tls_overrides,
 )
-from fedprompt.v1 import coordinator_pb2_grpc
 from fedprompt_coordinator.clustering_backend import make_clustering_backend
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.federation import Federation, RoundFailedError
 from fedprompt_coordinator.identity import IdentityInterceptor
 from fedprompt_coordinator.metrics import CoordinatorMetrics
 from fedprompt_coordinator.model_store import ModelStore
-from fedprompt_coordinator.servicer import CoordinatorServicer
+from fedprompt_coordinator.servicer import CoordinatorServicer, add_coordinator_servicer_to_server
 from fedprompt_coordinator.state_check import StateIntegrityError
 from fedprompt_coordinator.state_store import StateStore, make_state_store
 from fedprompt_coordinator.traffic import TrafficInterceptor
@@ -103,9 +102,7 @@ async def start_coordinator_server(
     of ``config.limits`` (keepalive of every connection, idle timeout of uploads).
     """
     return await start_server(
-        register=lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
-            CoordinatorServicer(federation), s
-        ),
+        register=lambda s: add_coordinator_servicer_to_server(CoordinatorServicer(federation), s),
         service_names=["fedprompt.v1.Coordinator"],
         address=config.listen,
         interceptors=[IdentityInterceptor(), TrafficInterceptor(federation.traffic)],

@@ -82,6 +82,7 @@ from fedprompt_coordinator.domain import (
     TaskKind,
     TensorSpec,
 )
+from fedprompt_coordinator.encoded_model import EncodedModel
 from fedprompt_coordinator.metrics import CoordinatorMetrics
 from fedprompt_coordinator.model_store import ModelStore, PreparedSnapshot
 from fedprompt_coordinator.privacy import (
@@ -343,14 +344,15 @@ class Federation:
         """The client's tasks as they are published (missed ones first), until it is done."""
         return self._sessions.task_stream(client_id, lambda: self._pending_tasks_for(client_id))
 
-    def fetch_model(self, client_id: str, round_id: int, stage: ModelStage) -> bytes:
-        """Return the safetensors payload a client of ``round_id`` downloads."""
+    def fetch_model(self, client_id: str, round_id: int, stage: ModelStage) -> EncodedModel:
+        """Return the download (serialized messages) of the model a client of ``round_id``
+        asks for; the same object for every participant of a cluster."""
         self._sessions.require(client_id)
         current = self._progress.require_participant(client_id, round_id, FETCH_MODEL)
         if stage not in (ModelStage.ROUND_START, ModelStage.AGGREGATED):
             raise InvalidArgumentError("model stage must be ROUND_START or AGGREGATED")
         assert self._round_models is not None  # set with the round in progress
-        return self._round_models.payload(stage, current.participants[client_id])
+        return self._round_models.encoded(stage, current.participants[client_id])
 
     async def report_metrics(
         self, client_id: str, round_id: int, phase: MetricsPhase, metrics: Mapping[str, float]
@@ -439,7 +441,7 @@ class Federation:
                 raise RoundFailedError(await self._fail_round(round_id, error)) from error
         self._progress.phase = Phase.DONE
         self._progress.current = None
-        self._round_models = None
+        self._drop_round_models()
         message = f"federation completed {self._progress.completed} rounds"
         if self._stop_reason:
             message += f"; stopped early: {self._stop_reason}"
@@ -487,6 +489,7 @@ class Federation:
             self._model,
             extras=self._strategy.round_start_tensors(self._model, clusters),
             inline_limit=self._config.inline_model_max_bytes,
+            spill_dir=self._models.download_dir,
         )
         self._progress.current = current
         logger.info("round %d: %d participants", round_id, len(participants))
@@ -523,7 +526,7 @@ class Federation:
             logger.warning("round %d %s; it will be retried", round_id, reason)
             self._reports.store(self._round_record(current, status=reason))
             self._progress.current = None
-            self._round_models = None
+            self._drop_round_models()
             self._secure = None
             self._models.drop_spool(round_id)
             return
@@ -556,6 +559,8 @@ class Federation:
             asyncio.to_thread(self._prepare_snapshot, round_id, aggregated)
         )
         self._pending_save = save
+        # the aggregate's downloads are encoded once, off the event loop (beside the snapshot)
+        await round_models.encode_aggregated()
         self._progress.phase = Phase.EVALUATION
         t_eval = time.perf_counter()
         eval_deadline = self._clock() + self._config.eval_deadline_s
@@ -594,7 +599,7 @@ class Federation:
         self._model = current.aggregated
         self._progress.completed = round_id
         self._progress.current = None
-        self._round_models = None
+        self._drop_round_models()
         self._secure = None
         self._models.drop_spool(round_id)
         self.traffic.forget_before(round_id)
@@ -656,7 +661,7 @@ class Federation:
         except Exception:  # keep going: the failure must still be recorded
             logger.exception("round %d: could not remove its temporary files", round_id)
         self._progress.current = None
-        self._round_models = None
+        self._drop_round_models()
         self._secure = None
         self._record_failure(round_id, current, reason)
         return self._failure
@@ -830,6 +835,12 @@ class Federation:
             return max(1.0, q * len(self._sessions))
         members = sum(1 for c in self._sessions.ids() if self._assignment.get(c) == cluster)
         return max(1.0, q * members)
+
+    def _drop_round_models(self) -> None:
+        """Forget the round's encoded models (and delete their files)."""
+        if self._round_models is not None:
+            self._round_models.close()
+        self._round_models = None
 
     def _current_models(self) -> RoundModels:
         """The models of the round in progress (set whenever a round is)."""

@@ -99,6 +99,10 @@ class ModelStore:
         #: coordinator reruns the round, so leftovers are deleted at start).
         self.spool_dir = self.root / ".uploads"
         shutil.rmtree(self.spool_dir, ignore_errors=True)
+        #: The download messages of large models of the round in progress (see
+        #: :mod:`fedprompt_coordinator.encoded_model`; deleted with the round, and at start).
+        self.download_dir = self.root / ".downloads"
+        shutil.rmtree(self.download_dir, ignore_errors=True)
 
     def spool_file(self, round_id: int, client_id: str) -> Path:
         """A fresh file for an upload of ``client_id`` in ``round_id`` (round 0: initial)."""

@@ -1,28 +1,53 @@
 """gRPC servicer of the coordinator: translates messages and calls :class:`Federation`.
 
 Uploads go to the federation's upload intake (:attr:`Federation.uploads`), one call per
-header, chunk and end of stream.
+header, chunk and end of stream. Downloads send messages serialized once per round, stage
+and cluster: register the servicer with :func:`add_coordinator_servicer_to_server`.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import grpc
 
 from fedprompt.errors import InvalidArgumentError, TruncatedPayloadError
-from fedprompt.transfer import chunk_from_proto, payload_info_from_proto, payload_messages
+from fedprompt.transfer import chunk_from_proto, payload_info_from_proto
 from fedprompt.v1 import coordinator_pb2, coordinator_pb2_grpc
 from fedprompt_coordinator import serde
 from fedprompt_coordinator.federation import Federation
 from fedprompt_coordinator.identity import check_caller, status_view
 from fedprompt_coordinator.upload_intake import Upload
 
-#: Payloads up to this size keep their FetchModel messages cached (prompts, heads).
-FETCH_CACHE_MAX_BYTES = 64 * 1024 * 1024
-#: Cached payloads (one per round stage and cluster); the cache is emptied when full.
-FETCH_CACHE_ENTRIES = 64
+#: Full name of the Coordinator service.
+SERVICE_NAME = "fedprompt.v1.Coordinator"
+
+
+def add_coordinator_servicer_to_server(servicer: CoordinatorServicer, server: Any) -> None:
+    """Register ``servicer`` on ``server`` like the generated
+    ``add_CoordinatorServicer_to_server``, but with ``FetchModel`` answering the
+    pre-serialized messages of :class:`~fedprompt_coordinator.encoded_model.EncodedModel`
+    (no response serializer: the bytes go out as they are; clients see ordinary messages).
+    """
+    handlers: dict[str, Any] = {}
+
+    class _Collect:
+        def add_generic_rpc_handlers(self, generic: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(self, service: str, methods: dict[str, Any]) -> None:
+            handlers.update(methods)
+
+    coordinator_pb2_grpc.add_CoordinatorServicer_to_server(servicer, cast(Any, _Collect()))
+    fetch = handlers["FetchModel"]
+    handlers["FetchModel"] = grpc.unary_stream_rpc_method_handler(
+        fetch.unary_stream,
+        request_deserializer=fetch.request_deserializer,
+        response_serializer=None,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
@@ -31,9 +56,6 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, federation: Federation) -> None:
         self._federation = federation
         self._uploads = federation.uploads
-        #: id(payload) -> (payload, its FetchModel messages); the payload is kept so the id
-        #: cannot be reused by another object while the entry lives.
-        self._fetch_cache: dict[int, tuple[bytes, list[coordinator_pb2.FetchModelResponse]]] = {}
 
     async def Join(  # noqa: N802 - gRPC method name
         self,
@@ -57,41 +79,19 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         async for task in self._federation.task_stream(request.client_id):
             yield serde.task_to_proto(task)
 
-    async def FetchModel(  # noqa: N802 - gRPC method name
+    async def FetchModel(  # type: ignore[override]  # noqa: N802 - answers serialized messages
         self,
         request: coordinator_pb2.FetchModelRequest,
-        context: grpc.aio.ServicerContext[
-            coordinator_pb2.FetchModelRequest, coordinator_pb2.FetchModelResponse
-        ],
-    ) -> AsyncIterator[coordinator_pb2.FetchModelResponse]:
-        """Stream the requested model as a header plus chunks."""
+        context: grpc.aio.ServicerContext[coordinator_pb2.FetchModelRequest, bytes],
+    ) -> AsyncIterator[bytes]:
+        """Stream the requested model as a header plus chunks, serialized once per round,
+        stage and cluster (register with :func:`add_coordinator_servicer_to_server`)."""
         check_caller(context, request.client_id)
-        payload = self._federation.fetch_model(
+        encoded = self._federation.fetch_model(
             request.client_id, request.round, serde.model_stage_from_proto(request.stage)
         )
-        for message in self._fetch_messages(payload):
+        for message in encoded.messages():
             yield message
-
-    def _fetch_messages(self, payload: bytes) -> Iterable[coordinator_pb2.FetchModelResponse]:
-        """The header and chunk messages of ``payload``, built once per payload.
-
-        Every participant of a cluster downloads the same payload object, so its SHA-256,
-        CRC-32s and protobuf messages are computed once, not per download. Large payloads
-        are not cached (their chunks would double the memory); they stream lazily.
-        """
-        cached = self._fetch_cache.get(id(payload))
-        if cached is not None and cached[0] is payload:
-            return cached[1]
-        header, chunks = payload_messages(payload)
-        first = coordinator_pb2.FetchModelResponse(header=header)
-        lazy = (coordinator_pb2.FetchModelResponse(chunk=c) for c in chunks)
-        if len(payload) > FETCH_CACHE_MAX_BYTES:
-            return itertools.chain([first], lazy)
-        messages = [first, *lazy]
-        if len(self._fetch_cache) >= FETCH_CACHE_ENTRIES:
-            self._fetch_cache.clear()
-        self._fetch_cache[id(payload)] = (payload, messages)
-        return messages
 
     async def UploadUpdate(  # noqa: N802 - gRPC method name
         self,

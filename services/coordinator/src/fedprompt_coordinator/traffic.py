@@ -47,7 +47,9 @@ _CHUNK_CARRIERS = (coordinator_pb2.UploadUpdateRequest, coordinator_pb2.FetchMod
 
 
 def wire_size(message: Any) -> int:
-    """Bytes one protobuf message takes inside a gRPC stream."""
+    """Bytes one protobuf message (or a pre-serialized one) takes inside a gRPC stream."""
+    if isinstance(message, bytes):
+        return len(message) + GRPC_MESSAGE_PREFIX_BYTES
     if isinstance(message, _CHUNK_CARRIERS) and message.WhichOneof("message") == "chunk":
         return _chunk_field_size(message.chunk) + GRPC_MESSAGE_PREFIX_BYTES
     return int(message.ByteSize()) + GRPC_MESSAGE_PREFIX_BYTES
