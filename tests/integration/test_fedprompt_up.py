@@ -57,7 +57,9 @@ def test_up_runs_rounds_and_prints_the_results(tmp_path: Path, silos_root: Path)
     assert "(mutual TLS)" in (run_dir / "logs" / "coordinator.log").read_text()
 
 
-def test_up_fails_loudly_when_a_client_fails(tmp_path: Path, silos_root: Path) -> None:
+def test_up_refuses_a_broken_silo_before_starting_anything(
+    tmp_path: Path, silos_root: Path
+) -> None:
     data = tmp_path / "silos"
     shutil.copytree(silos_root, data)
     broken = sorted(p for p in data.iterdir() if p.is_dir())[1]
@@ -68,16 +70,37 @@ def test_up_fails_loudly_when_a_client_fails(tmp_path: Path, silos_root: Path) -
          str(data), "--run-dir", str(run_dir), "--insecure", *TINY],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
-    assert proc.returncode == 1
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    out = " ".join((proc.stdout + proc.stderr).split())  # rich may wrap lines anywhere
+    assert broken.name in out and "empty" in out and "text" in out
+    assert not (run_dir / "pids.json").exists()  # no process was started
+
+
+def test_up_fails_loudly_when_a_client_fails(tmp_path: Path, silos_root: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [console_script("fedprompt"), "up", "--clients", "3", "--rounds", "50", "--data-root",
+         str(silos_root), "--run-dir", str(run_dir), "--insecure", *TINY],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while not (run_dir / "pids.json").exists():
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        pids = json.loads((run_dir / "pids.json").read_text())
+        victim = sorted(name for name in pids if name not in ("coordinator", "clusterer"))[0]
+        os.kill(pids[victim], signal.SIGKILL)  # a process this test's run started
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, out
     # --insecure: plaintext, said loudly, no certificates made
-    assert "--insecure" in proc.stdout and not (run_dir / "certs").exists()
+    assert "--insecure" in out and not (run_dir / "certs").exists()
     assert "WITHOUT TLS" in (run_dir / "logs" / "coordinator.log").read_text()
-    assert f"{broken.name}" in proc.stdout and "exited with code 1" in proc.stdout
-    # the child's own error is shown (rich may wrap the line anywhere)
-    assert "empty text" in " ".join(proc.stdout.split())
-    pids = (
-        json.loads((run_dir / "pids.json").read_text()) if (run_dir / "pids.json").exists() else {}
-    )
+    assert victim in out and "exited with code -9" in out
     assert not any(_alive(pid) for pid in pids.values())
 
 
