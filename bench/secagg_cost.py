@@ -70,10 +70,9 @@ from fedprompt.secagg import (
     layout_of,
 )
 from fedprompt.tensor_names import CLUSTER_PROMPT, GLOBAL_PROMPT, HEAD_BIAS, HEAD_WEIGHT
+from fedprompt.tensor_names import SECAGG_WEIGHT_CLUSTER as WEIGHT_CLUSTER
+from fedprompt.tensor_names import SECAGG_WEIGHT_GLOBAL as WEIGHT_GLOBAL
 
-#: Weight entries of the masked vector (design of issue 13: shape (1,), masked with the update).
-WEIGHT_GLOBAL = "secagg.weight.global"
-WEIGHT_CLUSTER = "secagg.weight.cluster"
 #: Example-count weighting: w = min(n_i, cap); members' examples drawn in [50, cap].
 WEIGHT_CAP = 500
 #: Per-part clipping bound of the members' deltas (L2).

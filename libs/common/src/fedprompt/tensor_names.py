@@ -47,6 +47,11 @@ BUFFER_PREFIX: Final = "buffer."
 #: Read-only tensors of round-start models: ``centroid.<cluster id>``.
 CENTROID_PREFIX: Final = "centroid."
 
+#: The weight entries (shape (1,)) a member masks with its weighted update under secure
+#: aggregation: the coordinator divides each level's masked sum by its weight's sum.
+SECAGG_WEIGHT_GLOBAL: Final = "secagg.weight.global"
+SECAGG_WEIGHT_CLUSTER: Final = "secagg.weight.cluster"
+
 
 def prompt_key(segment: str) -> str:
     """The tensor name of a prompt segment (``global`` -> ``prompt.global``)."""

@@ -36,11 +36,9 @@ from fedprompt.secagg import (
     UnmaskRequest,
 )
 from fedprompt.tensor_names import CLUSTER_PROMPT, centroid
+from fedprompt.tensor_names import SECAGG_WEIGHT_CLUSTER as WEIGHT_CLUSTER
+from fedprompt.tensor_names import SECAGG_WEIGHT_GLOBAL as WEIGHT_GLOBAL
 from fedprompt.v1 import coordinator_pb2
-
-#: Weight entries of the vector (as the coordinator's layout names them).
-WEIGHT_GLOBAL = "secagg.weight.global"
-WEIGHT_CLUSTER = "secagg.weight.cluster"
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,8 @@ from fedprompt.secagg import (
     min_survivors,
     share_threshold,
 )
+from fedprompt.tensor_names import SECAGG_WEIGHT_CLUSTER as WEIGHT_CLUSTER
+from fedprompt.tensor_names import SECAGG_WEIGHT_GLOBAL as WEIGHT_GLOBAL
 from fedprompt_coordinator.aggregation.dp_levels import cluster_dp_level
 from fedprompt_coordinator.aggregation.parts import Part, part_of
 from fedprompt_coordinator.config import CoordinatorConfig
@@ -66,9 +68,6 @@ from fedprompt_coordinator.validation import validate_update
 
 logger = logging.getLogger(__name__)
 
-#: Weight entries of every member's vector (shape (1,)).
-WEIGHT_GLOBAL = "secagg.weight.global"
-WEIGHT_CLUSTER = "secagg.weight.cluster"
 #: The global level's clip key under DP.
 GLOBAL = "global"
 #: Encoding range allowance for a member's noise, in standard deviations (per coordinate).
