@@ -111,7 +111,7 @@ def main() -> int:
     )
     batches = []
     for _ in range(args.steps):
-        (ids, mask), labels = probe.training_batch(probe._next_indices(batch))
+        (ids, mask), labels = probe.training_batch(probe.next_training_indices(batch))
         batches.append((ids, mask, labels))
 
     def agent_run() -> float:

@@ -37,6 +37,8 @@ class Child:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    #: Highest resident set size seen so far (``VmHWM``, bytes); None until sampled.
+    peak_rss_bytes: int | None = None
 
     def start(self) -> None:
         """Start the process, stdout and stderr into its log file."""
@@ -61,6 +63,28 @@ class Child:
     def poll(self) -> int | None:
         """Exit code, or None while running."""
         return None if self.process is None else self.process.poll()
+
+    def sample_memory(self) -> int | None:
+        """Read the child's peak resident set size so far (Linux ``VmHWM``) and keep it.
+
+        Returns
+        -------
+        int or None
+            The peak in bytes, or None where ``/proc`` has no such line (another OS, or
+            the child has exited; the last value read is kept in ``peak_rss_bytes``).
+        """
+        if self.process is None:
+            return None
+        try:
+            status = Path(f"/proc/{self.process.pid}/status").read_text()
+        except OSError:
+            return None
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) * 1024
+                self.peak_rss_bytes = max(peak, self.peak_rss_bytes or 0)
+                return peak
+        return None
 
     def log_tail(self, lines: int = 25) -> str:
         """The last ``lines`` lines of the child's output."""

@@ -262,7 +262,9 @@ def _progress(status: coordinator_pb2.GetStatusResponse, started: float) -> Tabl
         for record in r.clients:
             if "accuracy" in record.eval_metrics:
                 last_eval[record.client_id] = record.eval_metrics["accuracy"]
-    for client in status.clients:
+    clients = list(status.clients)
+    shown = clients if len(clients) <= PROGRESS_ROWS else clients[: PROGRESS_ROWS - 1]
+    for client in shown:
         acc = last_eval.get(client.client_id)
         table.add_row(
             client.client_id,
@@ -270,6 +272,32 @@ def _progress(status: coordinator_pb2.GetStatusResponse, started: float) -> Tabl
             "yes" if client.connected else "no",
             "-" if acc is None else f"{100 * acc:.1f}%",
         )
+    if len(shown) < len(clients):  # one summary row: a live table must fit the terminal
+        rest = clients[len(shown) :]
+        accs = [last_eval[c.client_id] for c in rest if c.client_id in last_eval]
+        table.add_row(
+            f"... {len(rest)} more",
+            f"{len({c.cluster_id for c in rest})} clusters",
+            f"{sum(c.connected for c in rest)}/{len(rest)}",
+            "-"
+            if not accs
+            else f"mean {100 * sum(accs) / len(accs):.1f}%, min {100 * min(accs):.1f}%",
+        )
+    return table
+
+
+#: Most rows of the live progress table (more clients: the rest in one summary row).
+PROGRESS_ROWS = 20
+
+
+def memory_table(children: list[Child]) -> Table:
+    """Peak resident memory (``VmHWM``) of every started process, as sampled during the run."""
+    table = Table(title="peak memory per process (resident, sampled every 0.5 s)")
+    table.add_column("process")
+    table.add_column("peak RSS", justify="right")
+    for child in children:
+        peak = child.peak_rss_bytes
+        table.add_row(child.name, "-" if peak is None else f"{peak / 2**20:,.0f} MiB")
     return table
 
 
@@ -390,6 +418,7 @@ def _run_federation(
         with Live(_progress(status, started), console=console, refresh_per_second=4) as live:
             while True:
                 for child in children:
+                    child.sample_memory()
                     child.check()
                     if child.poll() == 0 and child in (clusterer, coordinator):
                         raise ChildFailedError(f"{child.name} exited early:\n{child.log_tail()}")
@@ -415,9 +444,12 @@ def _run_federation(
         status = read_full_status(lambda r: stub.GetStatus(r, timeout=10))  # every page
         summary = summarize(status)
         summary["wall_seconds"] = time.monotonic() - started
+        summary["peak_rss_bytes"] = {
+            c.name: c.peak_rss_bytes for c in children if c.peak_rss_bytes is not None
+        }
         (options.run_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True))
         console.print(rounds_table(summary))
-        console.print(Group(client_table(summary), bytes_table(summary)))
+        console.print(Group(client_table(summary), bytes_table(summary), memory_table(children)))
         if status.stop_reason:
             console.print(f"[yellow]stopped early[/]: {status.stop_reason}")
         if status.epsilon > 0:

@@ -7,9 +7,13 @@ its own data, model, personal state (``--state-root/<id>``) and DP-SGD accountan
 the Python interpreter and the imported libraries are shared, which saves the start-up
 time and memory of one torch process per silo. Bytes are counted on the wire as usual.
 
-Local training of the hosted agents is serialised by one lock: the trainers seed torch's
-process-wide RNG around each call, so two concurrent calls would race for it and runs
-would stop being reproducible.
+Silos whose model is a soft prompt on a frozen backbone share one copy of the backbone,
+and their training and evaluation run on one worker
+(:class:`~fedprompt_client_agent.hosted_training.HostedTraining`): the tasks that are open
+at the same time train together, one backbone pass over all their batches, each silo with
+its own prompt, head, optimizer and data order; the result equals training each alone.
+LoRA, full fine-tuning and DP-SGD silos run on the same worker one after another.
+``--sequential`` runs every silo alone (for comparisons).
 """
 
 from __future__ import annotations
@@ -19,67 +23,33 @@ import asyncio
 import logging
 import signal
 import sys
-import threading
-from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
-import numpy as np
 
 from fedprompt.compression import Compression
 from fedprompt.config import ConfigError, load_config
 from fedprompt.logs import configure_logging
 from fedprompt.tls import COORDINATOR_IDENTITY, TlsError, channel_credentials, expected_server_name
-from fedprompt.v1 import common_pb2
-from fedprompt_client_agent.agent import ClientAgent, LearningRuntime, TrainSettings
+from fedprompt_client_agent.agent import ClientAgent, LearningRuntime
 from fedprompt_client_agent.config import ClientAgentConfig
-
-if TYPE_CHECKING:
-    from fedprompt_client_agent.runtime import SiloRuntime
+from fedprompt_client_agent.data.silo_files import silo_folders_below
+from fedprompt_client_agent.training.multi_silo import DEFAULT_MAX_PASS_EXAMPLES
 
 logger = logging.getLogger("fedprompt_client_agent.host")
-
-
-class SerialisedRuntime:
-    """A runtime whose ``train`` and ``evaluate`` hold a lock shared with its siblings."""
-
-    def __init__(self, runtime: SiloRuntime, lock: threading.Lock) -> None:
-        self._runtime = runtime
-        self._lock = lock
-        self.client_id: str = runtime.client_id
-        self.num_train_examples: int = runtime.num_train_examples
-        self.metadata: Mapping[str, object] = runtime.metadata
-        self.capabilities: common_pb2.ClientCapabilities = runtime.capabilities
-
-    def shared_state(self) -> dict[str, np.ndarray]:
-        """The travelling tensors of the wrapped runtime."""
-        return self._runtime.shared_state()
-
-    def load_shared_state(self, tensors: Mapping[str, np.ndarray]) -> None:
-        """Install the coordinator's tensors."""
-        self._runtime.load_shared_state(tensors)
-
-    def train(self, settings: TrainSettings) -> dict[str, float]:
-        """Train under the shared lock (torch's global RNG is seeded per call)."""
-        with self._lock:
-            return self._runtime.train(settings)
-
-    def evaluate(self) -> dict[str, float]:
-        """Evaluate under the shared lock."""
-        with self._lock:
-            return self._runtime.evaluate()
-
-    def save_personal(self) -> None:
-        """Persist the personal state."""
-        self._runtime.save_personal()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Flags shared by every hosted agent, plus the list of silo folders."""
     p = argparse.ArgumentParser(prog="fedprompt-client-host", description=__doc__)
     p.add_argument("--coordinator", required=True, help="coordinator host:port")
-    p.add_argument("--silo-dir", action="append", required=True, type=Path, help="repeatable")
+    p.add_argument("--silo-dir", action="append", default=[], type=Path, help="repeatable")
+    p.add_argument(
+        "--silo-root",
+        type=Path,
+        help="a folder of silo folders: each sub-folder with a train file is one hosted silo",
+    )
     p.add_argument("--state-root", required=True, type=Path, help="state folder per silo below")
     p.add_argument("--model-dir")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -96,6 +66,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--upload-compression",
         choices=[c.value for c in Compression],
         help="lossy compression of every hosted agent's uploaded deltas",
+    )
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="train and evaluate every silo alone, one after another (no shared passes)",
+    )
+    p.add_argument(
+        "--max-pass-examples",
+        type=int,
+        default=DEFAULT_MAX_PASS_EXAMPLES,
+        help="most training examples in one shared backbone pass (bounds memory)",
     )
     p.add_argument("--log-level")
     tls = p.add_mutually_exclusive_group()
@@ -119,9 +100,28 @@ def _tls_overrides(args: argparse.Namespace, client_id: str) -> dict[str, object
     }
 
 
+def silo_dirs_of(args: argparse.Namespace) -> list[Path]:
+    """The hosted silo folders: every ``--silo-dir``, then the silos below ``--silo-root``."""
+    dirs = list(args.silo_dir)
+    if args.silo_root is not None:
+        try:
+            found = silo_folders_below(args.silo_root)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"--silo-root: {exc}") from exc
+        if not found:
+            raise ConfigError(f"--silo-root {args.silo_root}: no silo folders below it")
+        dirs.extend(found)
+    if not dirs:
+        raise ConfigError("give at least one --silo-dir or a --silo-root")
+    if args.max_pass_examples < 1:
+        raise ConfigError(f"--max-pass-examples must be >= 1, got {args.max_pass_examples}")
+    return dirs
+
+
 def configs_of(args: argparse.Namespace) -> list[ClientAgentConfig]:
     """One validated agent config per silo folder (client id = folder name)."""
-    names = [d.name for d in args.silo_dir]
+    silo_dirs = silo_dirs_of(args)
+    names = [d.name for d in silo_dirs]
     if len(set(names)) != len(names):
         raise ConfigError(f"silo folder names must be distinct client ids, got {names}")
     return [
@@ -150,21 +150,31 @@ def configs_of(args: argparse.Namespace) -> list[ClientAgentConfig]:
                 **_tls_overrides(args, silo.name),
             },
         )
-        for silo in args.silo_dir
+        for silo in silo_dirs
     ]
 
 
 async def run(
-    configs: list[ClientAgentConfig], credentials: list[grpc.ChannelCredentials | None]
+    configs: list[ClientAgentConfig],
+    credentials: list[grpc.ChannelCredentials | None],
+    *,
+    batched: bool = True,
+    max_pass_examples: int = DEFAULT_MAX_PASS_EXAMPLES,
 ) -> int:
     """Build every runtime (one after the other), then run all agents until finished."""
+    from fedprompt_client_agent.hosted_training import HostedRuntime, HostedTraining
     from fedprompt_client_agent.runtime import SiloRuntime
 
-    lock = threading.Lock()
+    loop = asyncio.get_running_loop()
+    # every agent waits for its training in a thread of its own (plus a few for the rest)
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=len(configs) + 8))
+    worker = HostedTraining(
+        expected=len(configs), batched=batched, max_pass_examples=max_pass_examples
+    )
     runtimes: list[LearningRuntime] = []
     for config in configs:
         runtime = await asyncio.to_thread(SiloRuntime, config)
-        runtimes.append(SerialisedRuntime(runtime, lock))
+        runtimes.append(HostedRuntime(runtime, worker))
     agents = [
         ClientAgent(
             rt,
@@ -177,13 +187,14 @@ async def run(
         for rt, c, cred in zip(runtimes, configs, credentials, strict=True)
     ]
     main_task = asyncio.ensure_future(asyncio.gather(*(a.run() for a in agents)))
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, main_task.cancel)
     try:
         await main_task
     except asyncio.CancelledError:
         logger.info("stopped by signal")
+    finally:
+        await asyncio.to_thread(worker.close)
     return 0
 
 
@@ -202,7 +213,14 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     try:
-        return asyncio.run(run(configs, credentials))
+        return asyncio.run(
+            run(
+                configs,
+                credentials,
+                batched=not args.sequential,
+                max_pass_examples=args.max_pass_examples,
+            )
+        )
     except grpc.aio.AioRpcError as exc:
         logger.error("coordinator refused: %s: %s", exc.code().name, exc.details())
         return 1

@@ -53,6 +53,8 @@ from fedprompt_client_agent.training.vision_trainer import VisionModel, VisionTr
 logger = logging.getLogger(__name__)
 
 PERSONAL_PROMPT_FILE = "personal_prompt.safetensors"
+#: The splits an evaluation reports, with the prefix of their metrics.
+EVALUATED_SPLITS: Mapping[str, str] = {"test": "", "val": "val_"}
 DP_SGD_STATE_FILE = "dp_sgd_accountant.json"
 
 
@@ -261,6 +263,8 @@ class SiloRuntime:
                 n_global=config.n_global,
                 n_cluster=config.n_cluster,
                 n_local=config.n_local,
+                # DP-SGD silos keep their own copy: Opacus hooks the model it wraps
+                share_backbone=not self._dp_sgd,
             )
         )
         parts.update(built.fingerprint_parts)
@@ -290,19 +294,50 @@ class SiloRuntime:
 
     def train(self, settings: TrainSettings) -> dict[str, float]:
         """Run the task's local steps (with the InfoNCE term when the task asks for it)."""
+        extra = self.configure_training(settings)
+        return self.training_metrics(self.trainer.train(extra_loss=extra))
+
+    def configure_training(
+        self, settings: TrainSettings
+    ) -> Callable[[nn.Module], torch.Tensor] | None:
+        """Apply a task's steps and learning rates to the trainer; return its extra loss.
+
+        Parameters
+        ----------
+        settings : TrainSettings
+            The TRAIN task's settings.
+
+        Returns
+        -------
+        callable or None
+            The InfoNCE term of the cluster segment, when the task asks for it.
+        """
         self.trainer.update_config(
             steps=settings.local_steps,
             batch_size=settings.batch_size,
             lr=settings.learning_rate,
             head_lr=settings.head_learning_rate,
         )
-        extra: Callable[[nn.Module], torch.Tensor] | None = make_info_nce_loss(
+        return make_info_nce_loss(
             weight=settings.contrastive_weight,
             temperature=settings.contrastive_temperature,
             own=settings.cluster_id,
             centroids=settings.centroids,
         )
-        result = self.trainer.train(extra_loss=extra)
+
+    def training_metrics(self, result: TrainResult) -> dict[str, float]:
+        """The metrics a TRAIN task reports (and the DP-SGD accountant, saved), from its result.
+
+        Parameters
+        ----------
+        result : TrainResult
+            What the trainer did this round.
+
+        Returns
+        -------
+        dict
+            Loss, steps, examples seen, timings (and ε, δ of DP-SGD silos).
+        """
         metrics = {
             "loss": result.mean_loss,
             "steps": float(result.steps),
@@ -320,13 +355,26 @@ class SiloRuntime:
     def _dp_epsilon(self) -> float:
         return float(self.trainer.epsilon())  # type: ignore[attr-defined]
 
-    def evaluate(self) -> dict[str, float]:
-        """Accuracy, macro-F1 and loss on the held-out test split (and on val, prefixed)."""
+    def evaluation_splits(self) -> list[str]:
+        """The splits an evaluation measures: test, then val, each when not empty."""
+        return [split for split in EVALUATED_SPLITS if len(self._splits[split]) > 0]
+
+    def evaluation_metrics(self, results: Mapping[str, EvalResult]) -> dict[str, float]:
+        """Report metrics from the results per split (``val`` ones prefixed ``val_``).
+
+        Parameters
+        ----------
+        results : mapping
+            ``EvalResult`` by split name.
+
+        Returns
+        -------
+        dict
+            ``accuracy``, ``macro_f1``, ``loss``, ``num_examples`` (test) and ``val_...``.
+        """
         out: dict[str, float] = {}
-        for split, prefix in (("test", ""), ("val", "val_")):
-            if len(self._splits[split]) == 0:
-                continue
-            r = self.trainer.evaluate(split)
+        for split, r in results.items():
+            prefix = EVALUATED_SPLITS[split]
             out.update(
                 {
                     f"{prefix}accuracy": r.accuracy,
@@ -336,6 +384,11 @@ class SiloRuntime:
                 }
             )
         return out
+
+    def evaluate(self) -> dict[str, float]:
+        """Accuracy, macro-F1 and loss on the held-out test split (and on val, prefixed)."""
+        splits = self.evaluation_splits()
+        return self.evaluation_metrics({split: self.trainer.evaluate(split) for split in splits})
 
     def save_personal(self) -> None:
         """Write the personal state atomically into the silo's state folder."""

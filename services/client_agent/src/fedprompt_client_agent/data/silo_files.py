@@ -32,6 +32,7 @@ __all__ = [
     "read_json",
     "read_label_names",
     "read_metadata",
+    "silo_folders_below",
     "stratified_split",
     "write_metadata_and_labels",
 ]
@@ -44,7 +45,39 @@ LABELS_FILE: Final = "labels.json"
 #: Fractions of the training file that become ``val`` and ``test`` when those files are missing.
 DEFAULT_HOLDOUT: Final[Mapping[str, float]] = {"val": 0.15, "test": 0.15}
 
+#: The training files that make a folder a silo (text: JSONL or CSV; images: NPZ).
+TRAIN_FILES: Final = ("train.jsonl", "train.csv", "train.npz")
+
 SplitT = TypeVar("SplitT")
+
+
+def silo_folders_below(root: Path) -> list[Path]:
+    """The silo folders directly below ``root``: sub-folders with a training file, by name.
+
+    Parameters
+    ----------
+    root : Path
+        A folder of silo folders (hidden sub-folders are skipped).
+
+    Returns
+    -------
+    list of Path
+        Sorted by name; empty when ``root`` holds no silo.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``root`` is not a folder.
+    """
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder of silo folders")
+    return sorted(
+        folder
+        for folder in root.iterdir()
+        if folder.is_dir()
+        and not folder.name.startswith(".")
+        and any((folder / name).is_file() for name in TRAIN_FILES)
+    )
 
 
 def stratified_split(

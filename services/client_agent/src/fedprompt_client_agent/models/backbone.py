@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import importlib.util
 import logging
+import threading
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,6 +28,7 @@ __all__ = [
     "detect_backbone_kind",
     "input_embedding_weight",
     "load_backbone",
+    "load_shared_backbone",
     "pool_hidden",
     "position_limit",
 ]
@@ -156,6 +158,41 @@ def load_backbone(
         "loaded %s backbone %s from %s on %s", kind.value, type(model).__name__, folder, target
     )
     return model, tokenizer, kind
+
+
+_SHARED_BACKBONES: dict[tuple[str, str], tuple[PreTrainedModel, Tokenizer, BackboneKind]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def load_shared_backbone(
+    model_dir: str | Path | None = None, *, device: str | torch.device = "auto"
+) -> tuple[PreTrainedModel, Tokenizer, BackboneKind]:
+    """Load a frozen backbone once per process and hand the same object to every caller.
+
+    Agents hosted in one process (``fedprompt_client_agent.host``) whose models only add
+    parameters around a frozen backbone (the soft prompt) share its weights: one copy in
+    memory instead of one per silo, and the precondition of training several silos in one
+    forward pass (:mod:`fedprompt_client_agent.training.multi_silo`). Families that change
+    the backbone's weights (LoRA, full fine-tuning) must call :func:`load_backbone`.
+
+    Parameters
+    ----------
+    model_dir : str or Path, optional
+        The model folder; defaults to the bundled all-MiniLM-L6-v2.
+    device : str or torch.device
+        Where to put the model, see ``resolve_device``.
+
+    Returns
+    -------
+    tuple
+        ``(model, tokenizer, kind)``, the same objects for the same folder and device.
+    """
+    folder = Path(model_dir) if model_dir is not None else default_model_dir()
+    key = (str(folder.resolve()), str(resolve_device(device)))
+    with _SHARED_LOCK:
+        if key not in _SHARED_BACKBONES:
+            _SHARED_BACKBONES[key] = load_backbone(folder, device=device)
+        return _SHARED_BACKBONES[key]
 
 
 def _ensure_pad_token(tokenizer: Tokenizer, folder: Path) -> None:

@@ -73,6 +73,9 @@ class ModelRequest:
     n_global, n_cluster, n_local : int, optional
         Configured prompt segment sizes (prompt families only); ``None`` keeps the
         family's default.
+    share_backbone : bool
+        Reuse the process's copy of a frozen backbone (families that never change the
+        backbone's weights honour it; the others load their own copy).
     """
 
     source: Path
@@ -83,6 +86,7 @@ class ModelRequest:
     n_global: int | None = None
     n_cluster: int | None = None
     n_local: int | None = None
+    share_backbone: bool = False
 
     def segment_sizes(self) -> dict[str, int]:
         """The configured segment sizes by field name (``n_global`` ...), unset ones left out."""

@@ -25,9 +25,10 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, cast
+from typing import Final, Self, cast
 
 import torch
+import torch.nn.functional as F  # noqa: N812 (conventional alias)
 from peft import PeftModel, PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 from torch import nn
 from transformers import PreTrainedModel
@@ -42,6 +43,7 @@ from fedprompt_client_agent.models.backbone import (
     Tokenizer,
     input_embedding_weight,
     load_backbone,
+    load_shared_backbone,
     pool_hidden,
     position_limit,
 )
@@ -58,6 +60,7 @@ __all__ = [
     "PromptClassifier",
     "PromptSpec",
     "build_prompt_classifier",
+    "forward_many",
 ]
 
 logger = logging.getLogger(__name__)
@@ -208,7 +211,35 @@ class PromptClassifier(PromptStateMixin, nn.Module):
         """Return the names of all parameters that require gradients."""
         return [name for name, param in self.named_parameters() if param.requires_grad]
 
+    def train(self, mode: bool = True) -> Self:
+        """Set the training mode of the prompt and head; the frozen backbone stays in eval mode.
+
+        The backbone never learns, so its dropout only adds noise to the prompt's gradients;
+        keeping it off (as every other model family does) also makes a silo's forward pass
+        independent of the RNG and of the other examples in its batch, which lets hosted
+        silos train in one pass (:func:`forward_many`) with the same result.
+
+        Parameters
+        ----------
+        mode : bool
+            Training (True) or evaluation (False) mode.
+
+        Returns
+        -------
+        Self
+            ``self``.
+        """
+        super().train(mode)
+        cast(nn.Module, self.backbone).eval()
+        return self
+
     # ----------------------------------------------------------------- forward
+
+    def prompt_rows(self, batch: int) -> torch.Tensor:
+        """The prompt table expanded to ``[batch, n_virtual, hidden]`` (per-example lookup)."""
+        prompt_ids = self.prompt_token_ids.unsqueeze(0).expand(batch, -1)
+        rows: torch.Tensor = self.peft_model.prompt_encoder[_ADAPTER](prompt_ids)
+        return rows
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Classify a right-padded batch of token ids.
@@ -228,8 +259,7 @@ class PromptClassifier(PromptStateMixin, nn.Module):
         batch = input_ids.shape[0]
         with autocast(self.device):
             token_embeds = self.backbone.get_input_embeddings()(input_ids)
-            prompt_ids = self.prompt_token_ids.unsqueeze(0).expand(batch, -1)
-            prompt = self.peft_model.prompt_encoder[_ADAPTER](prompt_ids)
+            prompt = self.prompt_rows(batch)
             embeds = torch.cat([prompt.to(token_embeds.dtype), token_embeds], dim=1)
             prompt_mask = attention_mask.new_ones(batch, self.spec.total)
             mask = torch.cat([prompt_mask, attention_mask], dim=1)
@@ -285,6 +315,65 @@ class PromptClassifier(PromptStateMixin, nn.Module):
             self.prompt_embedding.weight.copy_(rows)
 
 
+def forward_many(
+    models: Sequence[PromptClassifier],
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> list[torch.Tensor]:
+    """Classify several silos' batches in one backbone pass, each with its own prompt and head.
+
+    The models must share one frozen backbone object (``build_prompt_classifier(...,
+    share_backbone=True)``) and the prompt length. The batches (right-padded ``input_ids``
+    and ``attention_mask`` each) are padded on the right to the widest one and concatenated;
+    each example is prefixed with its own model's prompt rows and pooled, and its own
+    model's head reads it. Because the backbone is in eval mode and every position outside an
+    example's mask is ignored by attention and pooling, each model's logits equal
+    ``model(input_ids, attention_mask)`` up to float rounding, and the gradient of a loss on
+    one model's logits reaches only that model's prompt and head.
+
+    Parameters
+    ----------
+    models : sequence of PromptClassifier
+        One model per batch; a model may appear more than once (several chunks of a split).
+    batches : sequence of (input_ids, attention_mask)
+        ``[b_i, seq_i]`` tensors on the models' device.
+
+    Returns
+    -------
+    list of torch.Tensor
+        ``[b_i, num_labels_i]`` float32 logits per batch, in order.
+
+    Raises
+    ------
+    ValueError
+        If the lists differ in length, are empty, or the models do not share a backbone
+        and prompt length.
+    """
+    if len(models) != len(batches) or not models:
+        raise ValueError(
+            f"need one batch per model, got {len(models)} models, {len(batches)} batches"
+        )
+    first = models[0]
+    backbone = first.backbone
+    for model in models[1:]:
+        if model.backbone is not backbone or model.spec.total != first.spec.total:
+            raise ValueError("forward_many needs models that share one backbone and prompt length")
+    width = max(int(ids.shape[1]) for ids, _ in batches)
+    padded_ids = [F.pad(ids, (0, width - ids.shape[1])) for ids, _ in batches]
+    padded_mask = [F.pad(mask, (0, width - mask.shape[1])) for _, mask in batches]
+    input_ids = torch.cat(padded_ids)
+    token_mask = torch.cat(padded_mask)
+    sizes = [int(ids.shape[0]) for ids, _ in batches]
+    with autocast(first.device):
+        token_embeds = backbone.get_input_embeddings()(input_ids)
+        prompt = torch.cat([m.prompt_rows(n) for m, n in zip(models, sizes, strict=True)])
+        embeds = torch.cat([prompt.to(token_embeds.dtype), token_embeds], dim=1)
+        mask = torch.cat([token_mask.new_ones(len(input_ids), first.spec.total), token_mask], dim=1)
+        hidden = backbone(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        pooled = torch.split(pool_hidden(hidden, mask, kind=first.kind), sizes)
+        heads = [m.head(p) for m, p in zip(models, pooled, strict=True)]
+    return [logits.float() for logits in heads]
+
+
 def _wrap_with_peft(backbone: PreTrainedModel, *, num_virtual_tokens: int) -> PeftModel:
     """Attach a peft prompt-tuning embedding (FEATURE_EXTRACTION) to the backbone."""
     config = PromptTuningConfig(
@@ -309,6 +398,7 @@ def build_prompt_classifier(
     device: str | torch.device = "auto",
     prompt_init: str = "vocab",
     init_text: str | None = None,
+    share_backbone: bool = False,
 ) -> tuple[PromptClassifier, Tokenizer]:
     """Load a backbone and wrap it in a ``PromptClassifier`` in one call.
 
@@ -328,13 +418,17 @@ def build_prompt_classifier(
         Registered prompt initialiser; ``init_text`` implies ``"text"``.
     init_text : str, optional
         Text whose token embeddings initialise the prompt.
+    share_backbone : bool
+        Use the process's shared copy of the frozen backbone (``load_shared_backbone``):
+        classifiers built this way differ only in their prompt and head.
 
     Returns
     -------
     tuple
         ``(classifier, tokenizer)``.
     """
-    backbone, tokenizer, kind = load_backbone(model_dir, device=device)
+    load = load_shared_backbone if share_backbone else load_backbone
+    backbone, tokenizer, kind = load(model_dir, device=device)
     token_ids: tuple[int, ...] = ()
     if init_text is not None:
         token_ids = tuple(tokenizer(init_text, add_special_tokens=False)["input_ids"])
@@ -361,6 +455,7 @@ def _build_text(request: ModelRequest) -> BuiltModel:
         spec=spec,
         seed=request.seed,
         device=request.device,
+        share_backbone=request.share_backbone,
     )
     segments = [spec.n_global, spec.n_cluster, spec.n_local]
     return BuiltModel(model=model, tokenizer=tokenizer, fingerprint_parts={"segments": segments})

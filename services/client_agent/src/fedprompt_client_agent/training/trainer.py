@@ -43,6 +43,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainableModel",
+    "evaluation_result",
     "macro_f1",
     "seeded_torch_rng",
 ]
@@ -367,7 +368,7 @@ class BaseTrainer(abc.ABC, Generic[ModelT]):
         n_steps = self.config.steps if steps is None else steps
         if n_steps < 1:
             raise ValueError(f"steps must be >= 1, got {n_steps}")
-        batch_size = min(self.config.batch_size, self.num_train_examples)
+        batch_size = self.training_batch_size
         optimizer = self.build_optimizer()
         self.model.train()
         losses: list[float] = []
@@ -378,10 +379,35 @@ class BaseTrainer(abc.ABC, Generic[ModelT]):
                 step_start = time.perf_counter()
                 losses.append(self._step(optimizer, batch_size, extra_loss, step=step))
                 step_times.append(time.perf_counter() - step_start)
-        seconds = time.perf_counter() - started
+        return self.training_result(losses, step_times, seconds=time.perf_counter() - started)
+
+    @property
+    def training_batch_size(self) -> int:
+        """Examples per training step: ``config.batch_size``, capped at the training-set size."""
+        return min(self.config.batch_size, self.num_train_examples)
+
+    def training_result(
+        self, losses: Sequence[float], step_times: Sequence[float], *, seconds: float
+    ) -> TrainResult:
+        """Summarise (and log) a ``train`` call from its per-step objectives and times.
+
+        Parameters
+        ----------
+        losses : sequence of float
+            The objective of every step taken.
+        step_times : sequence of float
+            Wall-clock seconds of every step.
+        seconds : float
+            Wall-clock seconds of the whole call.
+
+        Returns
+        -------
+        TrainResult
+            Steps, examples seen, mean objective and timings.
+        """
         result = TrainResult(
-            steps=n_steps,
-            examples_seen=n_steps * batch_size,
+            steps=len(losses),
+            examples_seen=len(losses) * self.training_batch_size,
             mean_loss=float(np.mean(losses)),
             seconds=seconds,
             step_seconds_mean=float(np.mean(step_times)),
@@ -413,23 +439,57 @@ class BaseTrainer(abc.ABC, Generic[ModelT]):
         ValueError
             If the split is unknown or empty.
         """
-        if split not in SPLIT_NAMES:
-            raise ValueError(f"unknown split {split!r}; expected 'train', 'val' or 'test'")
-        size = self._split_size(split)
-        if size == 0:
-            raise ValueError(f"silo {self.silo.name}: split {split!r} is empty")
+        self.evaluation_order(split)  # refuses an unknown or empty split
         was_training = self.model.training
         self.model.eval()
         try:
             predictions, targets, loss_sum = self._predict(split)
         finally:
             self.model.train(was_training)
-        return EvalResult(
-            accuracy=float(np.mean(predictions == targets)),
-            macro_f1=macro_f1(targets, predictions),
-            loss=loss_sum / size,
-            num_examples=size,
-        )
+        return evaluation_result(predictions, targets, loss_sum)
+
+    def evaluation_order(self, split: SplitName) -> np.ndarray:
+        """The order in which ``evaluate`` batches a split (length-sorted for text).
+
+        Parameters
+        ----------
+        split : {"train", "val", "test"}
+            The split.
+
+        Returns
+        -------
+        numpy.ndarray
+            int64 positions in the split.
+
+        Raises
+        ------
+        ValueError
+            If the split is unknown or empty.
+        """
+        if split not in SPLIT_NAMES:
+            raise ValueError(f"unknown split {split!r}; expected 'train', 'val' or 'test'")
+        if self._split_size(split) == 0:
+            raise ValueError(f"silo {self.silo.name}: split {split!r} is empty")
+        return self._eval_order(split)
+
+    def split_batch(
+        self, split: SplitName, indices: np.ndarray
+    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """Build the model inputs and labels of some examples of a split, on the model's device.
+
+        Parameters
+        ----------
+        split : {"train", "val", "test"}
+            The split.
+        indices : numpy.ndarray
+            int64 positions in the split.
+
+        Returns
+        -------
+        tuple
+            ``(inputs, labels)``: the model is called as ``model(*inputs)``.
+        """
+        return self._batch(split, indices)
 
     def training_batch(self, indices: np.ndarray) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
         """Build the model inputs and labels of some training examples, on the model's device.
@@ -507,7 +567,7 @@ class BaseTrainer(abc.ABC, Generic[ModelT]):
         step: int,
     ) -> float:
         """One optimizer step on the next batch; returns the objective."""
-        inputs, labels = self.training_batch(self._next_indices(batch_size))
+        inputs, labels = self.training_batch(self.next_training_indices(batch_size))
         logits = self.model(*inputs)
         loss = F.cross_entropy(logits, labels)
         if extra_loss is not None:
@@ -535,8 +595,19 @@ class BaseTrainer(abc.ABC, Generic[ModelT]):
                 targets[chunk] = labels.cpu().numpy()
         return predictions, targets, loss_sum
 
-    def _next_indices(self, batch_size: int) -> np.ndarray:
-        """Take the next training indices from an endless stream of seeded shuffles."""
+    def next_training_indices(self, batch_size: int) -> np.ndarray:
+        """Take the next training indices from an endless stream of seeded shuffles.
+
+        Parameters
+        ----------
+        batch_size : int
+            How many indices.
+
+        Returns
+        -------
+        numpy.ndarray
+            int64 positions in the training split.
+        """
         n = self.num_train_examples
         while len(self._queue) < batch_size:
             self._queue.extend(int(i) for i in self._order_rng.permutation(n))
@@ -606,6 +677,29 @@ class LocalTrainer(BaseTrainer[TextModel]):
         labels = torch.from_numpy(encoded.labels[indices])
         device = self.model.device
         return (ids.to(device), mask.to(device)), labels.to(device)
+
+
+def evaluation_result(predictions: np.ndarray, targets: np.ndarray, loss_sum: float) -> EvalResult:
+    """Metrics of a split from its predictions, targets and summed cross-entropy.
+
+    Parameters
+    ----------
+    predictions, targets : numpy.ndarray
+        int64 labels, one per example (at least one).
+    loss_sum : float
+        Summed cross-entropy over the examples.
+
+    Returns
+    -------
+    EvalResult
+        Accuracy, macro-F1, mean loss and size.
+    """
+    return EvalResult(
+        accuracy=float(np.mean(predictions == targets)),
+        macro_f1=macro_f1(targets, predictions),
+        loss=loss_sum / len(targets),
+        num_examples=len(targets),
+    )
 
 
 @contextlib.contextmanager
