@@ -88,7 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--clients-per-process",
         type=int,
         default=1,
-        help="client agents hosted per process (default 1; more share one torch import)",
+        help="client agents hosted per process (default 1; more share one torch import, one "
+        "copy of the frozen model, and train their open tasks together)",
+    )
+    up.add_argument(
+        "--sequential-hosts",
+        action="store_true",
+        help="hosted agents train one after another instead of together (for comparisons)",
     )
     certs = sub.add_parser(
         "certs",
@@ -310,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             max_images=args.max_images,
             insecure=args.insecure,
             clients_per_process=max(1, args.clients_per_process),
+            sequential_hosts=args.sequential_hosts,
             upload_compression=args.upload_compression,
             secure_aggregation=args.secure_aggregation,
         )

@@ -65,6 +65,8 @@ class UpOptions:
     insecure: bool = False
     #: Client agents per process (1: one process per silo; more: one torch import shared).
     clients_per_process: int = 1
+    #: Hosted agents train one after another instead of in shared passes.
+    sequential_hosts: bool = False
     #: Lossy compression of the clients' uploaded deltas (none, fp16, int8; None: their
     #: config's, ``none`` unless the environment says otherwise).
     upload_compression: str | None = None
@@ -195,6 +197,7 @@ def _start_hosts(
             "--torch-threads", str(options.torch_threads),
             *options.client_flags(),
             *(["--insecure"] if certs is None else ["--tls-dir", str(certs)]),
+            *(["--sequential"] if options.sequential_hosts else []),
         ]  # fmt: skip
         for silo in group:
             argv += ["--silo-dir", str(silo)]

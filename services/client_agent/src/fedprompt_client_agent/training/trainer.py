@@ -657,6 +657,21 @@ class LocalTrainer(BaseTrainer[TextModel]):
         """Number of texts in a split."""
         return len(self._splits[split])
 
+    def token_lengths(self, split: SplitName) -> np.ndarray:
+        """Tokens of every text of a split (after truncation, prompt excluded).
+
+        Parameters
+        ----------
+        split : {"train", "val", "test"}
+            The split.
+
+        Returns
+        -------
+        numpy.ndarray
+            int64 lengths, in the split's order.
+        """
+        return np.array([len(ids) for ids in self._splits[split].input_ids], dtype=np.int64)
+
     def _eval_order(self, split: str) -> np.ndarray:
         """Length-sorted order, so that evaluation batches pad little."""
         encoded = self._splits[split]
