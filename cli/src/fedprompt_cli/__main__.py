@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["contrastive", "mean"],
         help=f"{METHOD}'s cluster weights: contrastive alignment (default) or mean (an ablation)",
     )
+    up.add_argument(
+        "--server-optimizer",
+        help="the coordinator's server optimizer: sgd (default), or adam, yogi, adagrad "
+        "(FedAdam, FedYogi, FedAdagrad; these need --server-lr)",
+    )
+    up.add_argument("--server-lr", type=float, help="η of the server optimizer (sgd: 1)")
     up.add_argument("--n-global", type=int, help="global prompt segment of every client (0: none)")
     up.add_argument("--n-local", type=int, help="local prompt segment of every client (0: none)")
     up.add_argument(
@@ -307,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             head_learning_rate=args.head_learning_rate,
             contrastive_weight=args.contrastive_weight,
             server_weighting=args.server_weighting,
+            server_optimizer=args.server_optimizer,
+            server_lr=args.server_lr,
             n_global=args.n_global,
             n_local=args.n_local,
             clustering=not args.no_clustering,

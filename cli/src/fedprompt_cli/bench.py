@@ -144,9 +144,9 @@ def _options(spec: RunSpec, plan: BenchPlan, work: Path, silos: Path) -> UpOptio
 def with_ablation(options: UpOptions, ablation: str | None) -> UpOptions:
     """The options with one part of fpl taken away (:data:`ABLATIONS`; None: full fpl).
 
-    Every ablation goes through a knob that ``fedprompt up`` passes on: λ and the server
-    weighting to the coordinator, the prompt segment sizes to every client agent, and no
-    clusterer (every client in cluster 0).
+    Every ablation goes through a knob that ``fedprompt up`` passes on: λ, the server
+    weighting and the server optimizer (with its η) to the coordinator, the prompt segment
+    sizes to every client agent, and no clusterer (every client in cluster 0).
     """
     if ablation is None:
         return options
@@ -155,6 +155,8 @@ def with_ablation(options: UpOptions, ablation: str | None) -> UpOptions:
         options,
         contrastive_weight=knobs.contrastive_weight,
         server_weighting=knobs.server_weighting,
+        server_optimizer=knobs.server_optimizer,
+        server_lr=knobs.server_lr,
         n_global=knobs.n_global,
         n_local=knobs.n_local,
         clustering=knobs.clustering,

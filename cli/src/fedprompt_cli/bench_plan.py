@@ -87,6 +87,9 @@ class Ablation:
         λ of the client InfoNCE term (coordinator ``--contrastive-weight``).
     server_weighting : str, optional
         fpl's cluster weights (coordinator ``--server-weighting``).
+    server_optimizer, server_lr : str and float, optional
+        The coordinator's server optimizer and its η (``--server-optimizer``,
+        ``--server-lr``; None: plain sgd with η = 1).
     n_global, n_local : int, optional
         Prompt segment sizes of every client (client ``--n-global`` / ``--n-local``; 0:
         no such segment, the prompt is that much shorter).
@@ -98,6 +101,8 @@ class Ablation:
     removes: str
     contrastive_weight: float | None = None
     server_weighting: str | None = None
+    server_optimizer: str | None = None
+    server_lr: float | None = None
     n_global: int | None = None
     n_local: int | None = None
     clustering: bool = True

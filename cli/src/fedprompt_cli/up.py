@@ -72,6 +72,10 @@ class UpOptions:
     upload_compression: str | None = None
     #: fpl's cluster weights (``contrastive`` or ``mean``; None: the coordinator's default).
     server_weighting: str | None = None
+    #: The coordinator's server optimizer (``sgd``, ``adam``, ``yogi``, ``adagrad``) and its
+    #: η (None: the coordinator's default, plain sgd with η = 1).
+    server_optimizer: str | None = None
+    server_lr: float | None = None
     #: Prompt segment sizes of every client agent (0: no such segment; None: the model's
     #: default, 8/4/4 virtual tokens for text, 2/1/1 ring pixels for images).
     n_global: int | None = None
@@ -84,7 +88,7 @@ class UpOptions:
     secure_aggregation: bool = False
 
     def coordinator_flags(self) -> list[str]:
-        """Strategy, learning-rate, fpl and privacy flags of the coordinator."""
+        """Strategy, learning-rate, fpl, server-optimizer and privacy flags of the coordinator."""
         lr = self.learning_rate
         if lr is None:
             lr = strategy_spec(self.strategy).learning_rate(self.task)
@@ -93,6 +97,8 @@ class UpOptions:
             "--head-learning-rate": self.head_learning_rate,
             "--contrastive-weight": self.contrastive_weight,
             "--server-weighting": self.server_weighting,
+            "--server-optimizer": self.server_optimizer,
+            "--server-lr": self.server_lr,
             "--dp-epsilon": self.dp_epsilon,
             "--dp-noise-multiplier": self.dp_noise_multiplier,
         }

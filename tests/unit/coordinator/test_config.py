@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from fedprompt.config import load_config
+from fedprompt.config import ConfigError, load_config
+from fedprompt_coordinator.__main__ import config_from_args, parse_args
+from fedprompt_coordinator.aggregation.server_optimizer import FedYogi, ServerSGD
 from fedprompt_coordinator.config import (
     DEFAULT_MAX_UPDATE_L2_NORM,
     AggregationRule,
@@ -33,6 +35,11 @@ DP = {"enabled": True, "noise_multiplier": 1.0}
 DP_GLOBAL = {**DP, "levels": ["global"]}
 
 
+def _optimizer(**settings: Any) -> dict[str, Any]:
+    """Settings with ``aggregation.server_optimizer`` set to ``settings``."""
+    return {"aggregation": {"server_optimizer": settings}}
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -51,6 +58,37 @@ DP_GLOBAL = {**DP, "levels": ["global"]}
         ({"aggregation": {"max_weight_share": 0}}, "max_weight_share"),
         ({"aggregation": {"max_weight_multiple": 0.5}}, "max_weight_multiple"),
         ({"aggregation": {"weighting": "declared"}}, "weighting"),
+        # the server optimizer: names, η, hyperparameters it does not read, ranges
+        (_optimizer(name="adam"), "needs a learning rate"),
+        (_optimizer(name="yogi"), "needs a learning rate"),
+        (_optimizer(name="adagrad"), "needs a learning rate"),
+        (_optimizer(name="FedAdam", lr=0.1), "known: sgd, adam, yogi, adagrad"),
+        (_optimizer(name="", lr=0.1), "unknown server optimizer"),
+        (_optimizer(name="sgd", beta1=0.9), "'sgd' does not use beta1"),
+        (_optimizer(name="sgd", tau=0.1), "'sgd' does not use tau"),
+        (_optimizer(name="adagrad", lr=0.1, beta2=0.9), "'adagrad' does not use beta2"),
+        (_optimizer(name="adam", lr=0), "greater than 0"),
+        (_optimizer(name="adam", lr=-0.1), "greater than 0"),
+        (_optimizer(name="adam", lr=float("inf")), "finite number"),
+        (_optimizer(name="adam", lr=float("nan")), "finite number"),
+        (_optimizer(name="adam", lr=0.1, beta1=1.0), "less than 1"),
+        (_optimizer(name="adam", lr=0.1, beta2=-0.01), "greater than or equal to 0"),
+        (_optimizer(name="yogi", lr=0.1, tau=0), "greater than 0"),
+        (_optimizer(name="yogi", lr=0.1, tau=float("inf")), "finite number"),
+        (_optimizer(name="adam", lr=0.1, momentum=0.9), "Extra inputs"),
+        (_optimizer(name="adam", lr="fast"), "valid number"),
+        (
+            {"strategy": "local", **_optimizer(name="adam", lr=0.1)},
+            "strategy 'local' aggregates nothing",
+        ),
+        (
+            {"privacy": {**DP, "server_learning_rate": 0.5}, **_optimizer(name="adam", lr=0.1)},
+            "leave privacy.server_learning_rate at 1",
+        ),
+        (
+            {"privacy": {**DP, "server_learning_rate": 2.0}, **_optimizer(name="sgd", lr=0.5)},
+            "would both scale the update",
+        ),
     ],
 )
 def test_invalid_combinations_are_refused_at_load_with_the_reason(
@@ -86,6 +124,14 @@ def test_invalid_combinations_are_refused_at_load_with_the_reason(
                 }
             }
         },
+        # DP's own η with today's update, and adaptive optimizers over DP with η_DP = 1
+        {"privacy": {**DP, "server_learning_rate": 0.5}},
+        {"privacy": DP, **_optimizer(name="yogi", lr=0.01)},
+        {"secure_aggregation": {"enabled": True}, **_optimizer(name="adam", lr=0.01)},
+        {"strategy": "fedavg", **_optimizer(name="adagrad", lr=0.1, beta1=0.0, tau=1e-6)},
+        {"strategy": "local"},  # plain sgd: nothing to step, nothing refused
+        _optimizer(name="sgd", lr=1.0),
+        _optimizer(name="adam", lr=0.1, beta1=0.0, beta2=0.0),
     ],
 )
 def test_valid_combinations_load(settings: dict[str, Any]) -> None:
@@ -104,3 +150,28 @@ def test_clipping_off_in_yaml_or_the_environment_means_off(
     config = load_config(CoordinatorConfig, yaml_path=None, env_prefix="FEDPROMPT_X_")
     assert config.aggregation.clipping.mode is ClipMode.OFF
     assert config.aggregation.global_rule is AggregationRule.MEDIAN
+
+
+def test_the_server_optimizer_is_todays_update_unless_set_with_reddi_et_als_defaults() -> None:
+    chosen = CoordinatorConfig().aggregation.server_optimizer
+    built = chosen.build()
+    assert isinstance(built, ServerSGD) and built.identity and built.lr == 1.0
+    assert (chosen.beta1, chosen.beta2, chosen.tau) == (0.9, 0.99, 1e-3)
+    adam = CoordinatorConfig(**_optimizer(name="adam", lr=0.03)).aggregation.server_optimizer
+    assert (adam.build().lr, adam.build().beta2, adam.build().tau) == (0.03, 0.99, 1e-3)
+
+
+def test_the_coordinator_flags_and_environment_set_the_server_optimizer() -> None:
+    args = parse_args(["--server-optimizer", "yogi", "--server-lr", "0.01"])
+    chosen = config_from_args(args, environ={}).aggregation.server_optimizer
+    assert isinstance(chosen.build(), FedYogi) and chosen.lr == 0.01
+    environ = {
+        "FEDPROMPT_COORDINATOR_AGGREGATION__SERVER_OPTIMIZER__NAME": "adam",
+        "FEDPROMPT_COORDINATOR_AGGREGATION__SERVER_OPTIMIZER__LR": "0.05",
+    }
+    from_env = config_from_args(parse_args([]), environ=environ).aggregation.server_optimizer
+    assert (from_env.name, from_env.lr) == ("adam", 0.05)
+    with pytest.raises(ConfigError, match="needs a learning rate"):
+        config_from_args(parse_args(["--server-optimizer", "adam"]), environ={})
+    with pytest.raises(SystemExit):
+        parse_args(["--server-optimizer", "lamb"])

@@ -39,6 +39,7 @@ from fedprompt_coordinator.domain import (
     Phase,
     RoundFailure,
     RoundRecord,
+    ServerMoments,
     Task,
     TaskKind,
     UpdateKind,
@@ -1065,9 +1066,11 @@ async def test_metrics_follow_rounds_dropped_clients_traffic_and_phase(tmp_path:
 class FullDiskModels(ModelStore):
     """Snapshot writes of round 1 fail as on a full disk, leaving a partial temporary folder."""
 
-    def prepare(self, round_id: int, model: FederationModel) -> PreparedSnapshot:
+    def prepare(
+        self, round_id: int, model: FederationModel, *, moments: ServerMoments | None = None
+    ) -> PreparedSnapshot:
         if round_id != 1:
-            return super().prepare(round_id, model)
+            return super().prepare(round_id, model, moments=moments)
         partial = self.root / ".tmp-round-000001-partial"
         partial.mkdir()
         (partial / "global.safetensors").write_bytes(b"\0" * 64)

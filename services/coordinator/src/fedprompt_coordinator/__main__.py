@@ -33,6 +33,7 @@ from fedprompt.tls import (
     server_credentials,
     tls_overrides,
 )
+from fedprompt_coordinator.aggregation.server_optimizer import SERVER_OPTIMIZERS
 from fedprompt_coordinator.clustering_backend import make_clustering_backend
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.federation import Federation, RoundFailedError
@@ -74,6 +75,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["contrastive", "mean"],
         help="fpl's cluster weights: contrastive alignment, or mean (FedAvg's; an ablation)",
     )
+    p.add_argument(
+        "--server-optimizer",
+        choices=list(SERVER_OPTIMIZERS),
+        help="how each level's aggregated delta is applied: sgd (default), or FedAdam, "
+        "FedYogi, FedAdagrad (adam, yogi, adagrad: need --server-lr)",
+    )
+    p.add_argument("--server-lr", type=float, help="η of the server optimizer (sgd: 1)")
     p.add_argument("--dp-epsilon", type=float, help="enable DP-FedAvg with this target ε")
     p.add_argument("--dp-noise-multiplier", type=float, help="enable DP-FedAvg with this z")
     p.add_argument("--dp-clip-norm", type=float, help="S of DP-FedAvg")
@@ -260,6 +268,8 @@ def config_from_args(
             "strategy": args.strategy,
             "contrastive.weight": args.contrastive_weight,
             "contrastive.server_weighting": args.server_weighting,
+            "aggregation.server_optimizer.name": args.server_optimizer,
+            "aggregation.server_optimizer.lr": args.server_lr,
             "privacy.enabled": (
                 True if args.dp_epsilon is not None or args.dp_noise_multiplier else None
             ),

@@ -12,6 +12,13 @@ from fedprompt.config import LogLevel
 from fedprompt.strategies import StrategyName, strategy_spec
 from fedprompt.tls import TlsConfig
 from fedprompt_coordinator.aggregation.parts import Part
+from fedprompt_coordinator.aggregation.server_optimizer import (
+    DEFAULT_SERVER_OPTIMIZER,
+    HYPERPARAMETERS,
+    SERVER_OPTIMIZERS,
+    ServerOptimizer,
+    make_server_optimizer,
+)
 
 #: Default hard per-tensor L2 bound of an update: 121 times the largest tensor norm of any
 #: honest update measured on the bundled tasks (8.25, the text global prompt after 15 AdamW
@@ -352,6 +359,73 @@ class ClippingConfig(BaseModel):
         return self
 
 
+class ServerOptimizerConfig(BaseModel):
+    """How each level's aggregated delta becomes its next tensors (Reddi et al. 2021).
+
+    ``sgd`` adds η times the aggregated delta (η = 1, the default: the aggregate itself);
+    ``adam``, ``yogi`` and ``adagrad`` are FedAdam, FedYogi and FedAdagrad, with moments per
+    level and per cluster (:mod:`~fedprompt_coordinator.aggregation.server_optimizer`).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(
+        default=DEFAULT_SERVER_OPTIMIZER,
+        description=f"One of {', '.join(SERVER_OPTIMIZERS)}; sgd with lr 1 is plain FedAvg's "
+        "update.",
+    )
+    lr: float | None = Field(
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="η, the server learning rate. sgd: 1 when unset. adam, yogi, adagrad: "
+        "required (no default fits every task: their step moves each coordinate by the order "
+        "of η per round whatever the deltas' scale; choose it on validation data, e.g. over "
+        "0.003, 0.01, 0.03, 0.1).",
+    )
+    beta1: float = Field(
+        default=0.9, ge=0, lt=1, description="β1, decay of the first moment (adam, yogi, adagrad)."
+    )
+    beta2: float = Field(
+        default=0.99, ge=0, lt=1, description="β2, decay of the second moment (adam, yogi)."
+    )
+    tau: float = Field(
+        default=1e-3,
+        gt=0,
+        allow_inf_nan=False,
+        description="τ, the adaptivity floor added to √v (adam, yogi, adagrad); also v's "
+        "initial value is τ².",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value not in SERVER_OPTIMIZERS:
+            raise ValueError(
+                f"unknown server optimizer {value!r}; known: {', '.join(SERVER_OPTIMIZERS)}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _only_what_it_reads(self) -> ServerOptimizerConfig:
+        reads = SERVER_OPTIMIZERS[self.name].hyperparameters
+        unused = [h for h in HYPERPARAMETERS if h in self.model_fields_set and h not in reads]
+        if unused:
+            used = ", ".join(["lr", *sorted(reads)])
+            raise ValueError(
+                f"aggregation.server_optimizer {self.name!r} does not use "
+                f"{', '.join(unused)} (it reads {used}); remove it"
+            )
+        self.build()  # a missing η, in words
+        return self
+
+    def build(self) -> ServerOptimizer:
+        """The configured optimizer."""
+        return make_server_optimizer(
+            self.name, lr=self.lr, beta1=self.beta1, beta2=self.beta2, tau=self.tau
+        )
+
+
 class AggregationConfig(BaseModel):
     """How updates are weighted, clipped and combined: the bound on any one member's influence."""
 
@@ -404,6 +478,12 @@ class AggregationConfig(BaseModel):
         default_factory=ClippingConfig,
         description="Per-client L2 clipping of every shared part (with privacy.enabled, "
         "DP-FedAvg's clip_norm / clip_norms clip each DP level instead).",
+    )
+    server_optimizer: ServerOptimizerConfig = Field(
+        default_factory=ServerOptimizerConfig,
+        description="How each level's aggregated delta is applied: sgd (default: the "
+        "aggregate itself), or adam, yogi, adagrad (FedAdam, FedYogi, FedAdagrad; Reddi et "
+        "al. 2021) with moments per level and cluster, durable with the model.",
     )
 
 
@@ -592,6 +672,7 @@ class CoordinatorConfig(BaseModel):
             )
         check_aggregation(self)
         check_secure_aggregation(self)
+        check_server_optimizer(self)
         return self
 
     @property
@@ -741,4 +822,30 @@ def check_secure_aggregation(config: CoordinatorConfig) -> None:
             f"secure_aggregation: max_weight x clip bound ({weight} x {largest}) exceeds the "
             f"fixed-point range ({SECAGG_MAX_ABS:.3g} for 16 fraction bits in groups of up to "
             "1000 members); lower secure_aggregation.max_weight or the clip bounds"
+        )
+
+
+def check_server_optimizer(config: CoordinatorConfig) -> None:
+    """Refuse a server optimizer that would have nothing to step, or a second η.
+
+    Raises
+    ------
+    ValueError
+        With the reason and what to set instead.
+    """
+    chosen = config.aggregation.server_optimizer
+    if chosen.build().identity:
+        return
+    spec = strategy_spec(config.strategy)
+    if not spec.shares_tensors:
+        raise ValueError(
+            f"aggregation.server_optimizer {chosen.name!r}: strategy {spec.name.value!r} "
+            "aggregates nothing"
+        )
+    privacy = config.privacy
+    if privacy.enabled and privacy.server_learning_rate != 1.0:
+        raise ValueError(
+            f"aggregation.server_optimizer {chosen.name!r} and privacy.server_learning_rate "
+            f"{privacy.server_learning_rate} would both scale the update: leave "
+            "privacy.server_learning_rate at 1 and set aggregation.server_optimizer.lr"
         )

@@ -242,6 +242,47 @@ class FederationModel:
 
 
 @dataclass(frozen=True)
+class TensorMoments:
+    """A server optimizer's moments of one tensor (float64, the tensor's shape).
+
+    Attributes
+    ----------
+    first
+        m, the moving average of the tensor's aggregated deltas.
+    second
+        v, the (FedAdam, FedYogi) moving estimate or (FedAdagrad) sum of their squares;
+        never negative.
+    """
+
+    first: np.ndarray
+    second: np.ndarray
+
+
+@dataclass(frozen=True)
+class ServerMoments:
+    """The server optimizer's state, durable with the model: its moments, level by level.
+
+    Attributes
+    ----------
+    optimizer
+        Name of the optimizer that wrote them (empty: none has).
+    global_moments
+        Tensor name -> moments of the global level's tensors.
+    cluster_moments
+        Cluster id -> (tensor name -> moments) of that cluster's tensors, each cluster's own.
+    """
+
+    optimizer: str = ""
+    global_moments: Mapping[str, TensorMoments] = field(default_factory=dict)
+    cluster_moments: Mapping[int, Mapping[str, TensorMoments]] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        """True when no level holds moments (a fresh federation, or a stateless optimizer)."""
+        return not self.global_moments and not any(self.cluster_moments.values())
+
+
+@dataclass(frozen=True)
 class ClientStatus:
     """What the status RPC reports about a client."""
 

@@ -62,9 +62,12 @@ from fedprompt.strategies import strategy_spec
 from fedprompt_coordinator.aggregation.base import ClusterAggregator
 from fedprompt_coordinator.aggregation.clipping import bounds_from_summary
 from fedprompt_coordinator.aggregation.dp_levels import DPLevels
+from fedprompt_coordinator.aggregation.levels import Released
+from fedprompt_coordinator.aggregation.server_optimizer import ServerStep
 from fedprompt_coordinator.clustering_backend import ClusteringBackend
 from fedprompt_coordinator.config import CoordinatorConfig, DPLevel
 from fedprompt_coordinator.domain import (
+    ClientUpdate,
     FederationModel,
     FederationStatus,
     JoinRequest,
@@ -76,6 +79,7 @@ from fedprompt_coordinator.domain import (
     RoundRecord,
     SecAggStep,
     SecAggTask,
+    ServerMoments,
     StatusQuery,
     StatusView,
     Task,
@@ -84,7 +88,11 @@ from fedprompt_coordinator.domain import (
 )
 from fedprompt_coordinator.encoded_model import EncodedModel
 from fedprompt_coordinator.metrics import CoordinatorMetrics
-from fedprompt_coordinator.model_store import ModelStore, PreparedSnapshot
+from fedprompt_coordinator.model_store import (
+    ModelStore,
+    PreparedSnapshot,
+    SnapshotIntegrityError,
+)
 from fedprompt_coordinator.privacy import (
     BudgetExhaustedError,
     expected_participants,
@@ -210,6 +218,10 @@ class Federation:
                     f"the state database in {models.root.parent} records the model of round "
                     f"{completed} but not its tensor spec; restore the state dir from a backup"
                 )
+        #: How each level's aggregate is applied, and its moments after the last completed
+        #: round (saved with that round's snapshot).
+        self._server_optimizer = config.aggregation.server_optimizer.build()
+        self._moments = self._resume_moments(verified.snapshots)
         self._assignment = state.assignment()
         self._clustered_members: frozenset[str] = frozenset()
         #: True while the clusterer could not be reached: the last assignment is kept and
@@ -285,6 +297,27 @@ class Federation:
             logger.info("resuming after completed round %d", self._progress.completed)
         if self._progress.completed >= config.rounds or self._stop_reason:
             self._progress.phase = Phase.DONE
+
+    def _resume_moments(self, snapshots: Mapping[int, Mapping[str, str]]) -> ServerMoments:
+        """The server optimizer's moments saved with the last completed round (none for a
+        fresh federation, or a state dir written before there were moments).
+
+        Raises
+        ------
+        StateIntegrityError
+            When a moment file is corrupt or does not fit the model.
+        """
+        completed = self._progress.completed
+        if self._model is None or completed not in snapshots:
+            return ServerMoments()
+        try:
+            saved = self._models.load_moments(completed, expected=snapshots[completed])
+            return self._server_optimizer.resume(saved, self._model)
+        except (SnapshotIntegrityError, ValueError) as exc:
+            raise StateIntegrityError(
+                f"{exc}. Restore the whole state dir from a backup (the moments of the server "
+                "optimizer are part of the snapshot of every round)"
+            ) from exc
 
     def _make_aggregator(self) -> ClusterAggregator:
         """The strategy's aggregator (capped weights, level rules, per-client clipping),
@@ -535,14 +568,26 @@ class Federation:
         assert self._model is not None
         t0 = time.perf_counter()
         aggregation_seconds = current.aggregation_seconds
+        released: Released
         if secure is not None:
-            aggregated = secure.result
-            assert aggregated is not None  # aggregated in the secure stages
+            aggregate = secure.result
+            released = secure.released_tensors
+            assert aggregate is not None  # aggregated in the secure stages
         else:
-            aggregated = await asyncio.to_thread(
-                self._aggregator.aggregate, self._model, list(current.updates.values())
+            aggregate = await asyncio.to_thread(
+                self._aggregate, self._model, list(current.updates.values())
             )
-        current.aggregated = aggregated
+            released = self._aggregator.last_released
+        # the server optimizer steps each released level (post-processing of the release)
+        step: ServerStep = await asyncio.to_thread(
+            self._server_optimizer.apply,
+            self._model,
+            aggregate,
+            released=released,
+            moments=self._moments,
+        )
+        aggregated = current.aggregated = step.model
+        current.server_step_info = step.info
         current.aggregation_seconds = aggregation_seconds + time.perf_counter() - t0
         if self._budget is not None:
             # account before the noised model is released to anyone; a crash after this
@@ -556,7 +601,7 @@ class Federation:
         # renamed into place after the commit. A crash in between resumes from the previous
         # round (or, after the commit, renames the folder at the next start).
         save = asyncio.ensure_future(
-            asyncio.to_thread(self._prepare_snapshot, round_id, aggregated)
+            asyncio.to_thread(self._prepare_snapshot, round_id, aggregated, step.moments)
         )
         self._pending_save = save
         # the aggregate's downloads are encoded once, off the event loop (beside the snapshot)
@@ -597,6 +642,7 @@ class Federation:
             raise
         await asyncio.to_thread(self._models.publish, prepared)
         self._model = current.aggregated
+        self._moments = step.moments
         self._progress.completed = round_id
         self._progress.current = None
         self._drop_round_models()
@@ -606,16 +652,17 @@ class Federation:
         logger.info("round %d completed", round_id)
 
     def _prepare_snapshot(
-        self, round_id: int, model: FederationModel
+        self, round_id: int, model: FederationModel, moments: ServerMoments
     ) -> tuple[PreparedSnapshot, float]:
-        """Prune snapshots older than the round-start model, write ``model`` under a temporary
-        name; returns it (with its digests) and the seconds it took.
+        """Prune snapshots older than the round-start model, write ``model`` and the server
+        optimizer's ``moments`` under a temporary name; returns it (with its digests) and
+        the seconds it took.
 
         Kept on disk: the initial model, the round-start model (round_id - 1) and this one.
         """
         t0 = time.perf_counter()
         self._models.prune(keep_from=round_id - 1)
-        prepared = self._models.prepare(round_id, model)
+        prepared = self._models.prepare(round_id, model, moments=moments)
         return prepared, time.perf_counter() - t0
 
     async def _fail_round(self, round_id: int, exc: Exception) -> RoundFailure:
@@ -824,9 +871,19 @@ class Federation:
         self._secure_tasks = {}
         self._progress.phase = Phase.AGGREGATION
         t_agg = time.perf_counter()
-        await asyncio.to_thread(secure.aggregate, model, denominators=self._dp_denominator)
+        await asyncio.to_thread(self._aggregate_secure, secure, model)
         current.aggregation_seconds = time.perf_counter() - t_agg
         return secure
+
+    def _aggregate_secure(self, secure: SecureRound, model: FederationModel) -> None:
+        """The secure round's sums aggregated onto the server optimizer's working model."""
+        secure.aggregate(
+            self._server_optimizer.working_model(model), denominators=self._dp_denominator
+        )
+
+    def _aggregate(self, model: FederationModel, updates: list[ClientUpdate]) -> FederationModel:
+        """The round's updates aggregated onto the server optimizer's working model."""
+        return self._aggregator.aggregate(self._server_optimizer.working_model(model), updates)
 
     def _dp_denominator(self, cluster: int | None) -> float:
         """Expected participants under DP: q·N (global, ``None``), q·|members of k| (cluster)."""
@@ -911,13 +968,16 @@ class Federation:
             current,
             status=status,
             clustering_degraded=self._clustering_degraded,
-            aggregation_info=(
-                self._secure.info()
-                if self._secure is not None
-                else self._aggregator.last_info
-                if current.aggregated is not None
-                else {}
-            ),
+            aggregation_info={
+                **(
+                    self._secure.info()
+                    if self._secure is not None
+                    else self._aggregator.last_info
+                    if current.aggregated is not None
+                    else {}
+                ),
+                **current.server_step_info,
+            },
         )
 
     def _draw_participants(self) -> list[str]:

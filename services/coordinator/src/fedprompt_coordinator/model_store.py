@@ -13,6 +13,10 @@ temporary folder (removed at the next start, or renamed into place when its roun
 committed; see :mod:`~fedprompt_coordinator.state_check`), never a torn final folder. Every
 load checks each file against the recorded digests and refuses a file that differs
 (:class:`SnapshotIntegrityError`, naming the file).
+
+A snapshot also holds the server optimizer's moments, when it keeps any
+(:mod:`~fedprompt_coordinator.moment_files`): written, hashed, committed and renamed with the
+model's files, read by :meth:`ModelStore.load_moments`.
 """
 
 from __future__ import annotations
@@ -30,9 +34,16 @@ from typing import BinaryIO
 
 import numpy as np
 
-from fedprompt.codec import decode_tensors_file, write_tensors
+from fedprompt.codec import decode_payload_file, decode_tensors_file, write_tensors
+from fedprompt.errors import InvalidArgumentError
 from fedprompt.files import fsync_dir
-from fedprompt_coordinator.domain import FederationModel
+from fedprompt_coordinator.domain import FederationModel, ServerMoments
+from fedprompt_coordinator.moment_files import (
+    MomentFileError,
+    is_moment_file,
+    moment_files,
+    read_moment_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -122,24 +133,31 @@ class ModelStore:
 
     # ------------------------------------------------------------------ writing
 
-    def prepare(self, round_id: int, model: FederationModel) -> PreparedSnapshot:
-        """Write ``model`` (the state after ``round_id``) into a fsynced temporary folder.
+    def prepare(
+        self, round_id: int, model: FederationModel, *, moments: ServerMoments | None = None
+    ) -> PreparedSnapshot:
+        """Write ``model`` (the state after ``round_id``) and the server optimizer's
+        ``moments`` (None: none) into a fsynced temporary folder.
 
         The folder is removed again when writing fails (a full disk, say), so a failed
         write leaves nothing behind.
         """
-        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{round_id:06d}-", dir=self.root))
-        files = {
-            "global.safetensors": model.global_tensors,
-            "template.safetensors": model.cluster_template,
+        files: dict[str, tuple[Mapping[str, np.ndarray], Mapping[str, str] | None]] = {
+            "global.safetensors": (model.global_tensors, None),
+            "template.safetensors": (model.cluster_template, None),
         }
-        files.update({f"cluster-{c}.safetensors": t for c, t in model.cluster_tensors.items()})
+        files.update(
+            {f"cluster-{c}.safetensors": (t, None) for c, t in model.cluster_tensors.items()}
+        )
+        files.update(moment_files(moments) if moments is not None else {})
+        tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{round_id:06d}-", dir=self.root))
         digests: dict[str, str] = {}
         try:
-            for name, tensors in files.items():
+            for name, (tensors, metadata) in files.items():
                 with open(tmp / name, "wb") as fh:
                     writer = _HashingWriter(fh)
-                    write_tensors(writer, tensors)  # type: ignore[arg-type]  # streams the arrays
+                    # streams the arrays
+                    write_tensors(writer, tensors, metadata=metadata)  # type: ignore[arg-type]
                     fh.flush()
                     os.fsync(fh.fileno())
                 digests[name] = writer.sha256.hexdigest()
@@ -162,12 +180,14 @@ class ModelStore:
         """Remove a prepared snapshot that will not be published."""
         shutil.rmtree(prepared.folder, ignore_errors=True)
 
-    def save(self, round_id: int, model: FederationModel) -> PreparedSnapshot:
+    def save(
+        self, round_id: int, model: FederationModel, *, moments: ServerMoments | None = None
+    ) -> PreparedSnapshot:
         """Prepare and publish at once (no state store involved); returns the digests.
 
         The returned :class:`PreparedSnapshot`'s ``folder`` is the temporary name it had.
         """
-        prepared = self.prepare(round_id, model)
+        prepared = self.prepare(round_id, model, moments=moments)
         self.publish(prepared)
         return prepared
 
@@ -205,6 +225,41 @@ class ModelStore:
             cluster_tensors=clusters,
             cluster_template=read("template.safetensors"),
         )
+
+    def load_moments(self, round_id: int, *, expected: SnapshotDigests) -> ServerMoments:
+        """The server optimizer's moments saved with ``round_id`` (empty when it has none),
+        every moment file checked against ``expected`` and for its structure.
+
+        Raises
+        ------
+        FileNotFoundError
+            When no snapshot of that round exists.
+        SnapshotIntegrityError
+            When a moment file is missing, unexpected, differs from its recorded SHA-256 or
+            is not a moment file this store writes (naming the file and what is wrong).
+        """
+        folder = self.folder(round_id)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no model snapshot for round {round_id} in {self.root}")
+        self._check_names(round_id, expected)
+        payloads = {}
+        for name in sorted(n for n in expected if is_moment_file(n)):
+            path = folder / name
+            found = file_sha256(path)
+            if found != expected[name]:
+                raise SnapshotIntegrityError(_mismatch(path, round_id, expected[name], found))
+            try:
+                payloads[path] = decode_payload_file(path)
+            except InvalidArgumentError as exc:
+                raise SnapshotIntegrityError(
+                    f"moment file {path} is not a safetensors file: {exc.message}"
+                ) from exc
+        try:
+            return read_moment_files(payloads)
+        except MomentFileError as exc:
+            raise SnapshotIntegrityError(
+                f"{exc}: the coordinator will not resume from moments it did not write"
+            ) from exc
 
     def verify(self, round_id: int, expected: SnapshotDigests) -> None:
         """Check every file of a published snapshot against its recorded SHA-256.

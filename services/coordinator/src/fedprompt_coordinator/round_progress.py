@@ -30,6 +30,8 @@ class RoundInProgress:
     eval_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     aggregated: FederationModel | None = None
     aggregation_seconds: float = 0.0
+    #: Figures of the server optimizer's step (which ran, η, update norms), for the summary.
+    server_step_info: dict[str, float] = field(default_factory=dict)
     #: Wall seconds of the phases (training, evaluation, checkpoint), for the round summary.
     phase_seconds: dict[str, float] = field(default_factory=dict)
 

@@ -54,6 +54,7 @@ from fedprompt.secagg import (
 from fedprompt.tensor_names import SECAGG_WEIGHT_CLUSTER as WEIGHT_CLUSTER
 from fedprompt.tensor_names import SECAGG_WEIGHT_GLOBAL as WEIGHT_GLOBAL
 from fedprompt_coordinator.aggregation.dp_levels import cluster_dp_level
+from fedprompt_coordinator.aggregation.levels import Released
 from fedprompt_coordinator.aggregation.parts import Part, part_of
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.domain import (
@@ -236,6 +237,8 @@ class SecureRound:
         self.dp_skipped: list[int] = []
         #: The aggregated model, once :meth:`aggregate` ran.
         self.result: FederationModel | None = None
+        #: Which tensors :meth:`aggregate` moved (what a server optimizer steps).
+        self.released_tensors = Released()
         self._groups: dict[int, _Group] = {}
         self._small: dict[int, tuple[str, ...]] = {}
         by_cluster: dict[int, list[str]] = {}
@@ -567,6 +570,7 @@ class SecureRound:
             sums[g.cluster] = decoded
             g.outcome = "released"
         cluster_tensors = dict(model.cluster_tensors)
+        released: dict[int, frozenset[str]] = {}
         num_global: dict[str, np.ndarray] = {}
         den_global = 0.0
         eta = self.plan.server_learning_rate
@@ -593,13 +597,16 @@ class SecureRound:
                     )
                     for name, t in base.items()
                 }
+                released[cluster] = frozenset(base)
             for name in model.global_tensors:
                 num_global[name] = num_global.get(name, 0.0) + decoded[name]
             den_global += float(decoded[WEIGHT_GLOBAL][0])
         if self.plan.dp is not None and denominators is not None:
             den_global = denominators(None)
         global_tensors = dict(model.global_tensors)
+        released_global: frozenset[str] = frozenset()
         if sums and den_global > 0:
+            released_global = frozenset(model.global_tensors)
             global_tensors = {
                 name: (
                     np.asarray(t, dtype=np.float64) + eta * num_global[name] / den_global
@@ -611,6 +618,7 @@ class SecureRound:
             cluster_tensors=cluster_tensors,
             cluster_template=model.cluster_template,
         )
+        self.released_tensors = Released(global_names=released_global, clusters=released)
         return self.result
 
     def _bound_problem(self, g: _Group, decoded: Mapping[str, np.ndarray]) -> str | None:

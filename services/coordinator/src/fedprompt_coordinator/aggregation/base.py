@@ -20,7 +20,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedprompt_coordinator.aggregation.levels import Level
+from fedprompt_coordinator.aggregation.levels import Level, Released
 from fedprompt_coordinator.aggregation.weighted_sum import add_weighted_sum, weighted_sum
 from fedprompt_coordinator.domain import ClientUpdate, FederationModel
 
@@ -78,6 +78,8 @@ class ClusterAggregator(abc.ABC):
     def __init__(self) -> None:
         #: Diagnostics of the last aggregation (clipping, noise, alignment weights).
         self.last_info: Info = {}
+        #: Which tensors the last aggregation moved (what a server optimizer steps).
+        self.last_released = Released()
 
     @abc.abstractmethod
     def aggregate_global(
@@ -109,7 +111,7 @@ class ClusterAggregator(abc.ABC):
 
         The global level moves when there are updates and global tensors; every cluster with
         members in the round moves (a new cluster starts from the template); clusters without
-        updates keep copies of their tensors.
+        updates keep copies of their tensors. :attr:`last_released` says which tensors moved.
         """
         info: Info = self.prepare_round(model, updates)
         updated = sorted({u.cluster_id for u in updates})
@@ -118,6 +120,7 @@ class ClusterAggregator(abc.ABC):
             for c, t in model.cluster_tensors.items()
             if c not in updated
         }
+        released: dict[int, frozenset[str]] = {}
         if updates and model.global_tensors:
             new_global, global_info = self.aggregate_global(model.global_tensors, updates)
             info.update(global_info)
@@ -131,8 +134,12 @@ class ClusterAggregator(abc.ABC):
             new_clusters[cluster_id], cluster_info = self.aggregate_cluster(
                 model, cluster_id, base, members
             )
+            released[cluster_id] = frozenset(new_clusters[cluster_id])
             info.update(cluster_info)
         self.last_info = info
+        self.last_released = Released(
+            global_names=frozenset(new_global) if updates else frozenset(), clusters=released
+        )
         return FederationModel(
             global_tensors=new_global,
             cluster_tensors=new_clusters,

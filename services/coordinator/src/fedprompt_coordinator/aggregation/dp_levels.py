@@ -9,8 +9,9 @@ where each member's delta of the level's tensors is clipped as one vector, and m
 *expected* number of participants of that aggregate: ``max(1, q·N)`` for the global level,
 ``m_k = max(1, q·|members of k|)`` for cluster k's two levels. A cluster whose m_k is below
 ``min_cluster_members`` is not released that round: its DP tensors keep their value and the
-round summary says ``dp_cluster_<k>_skipped = 1``. The head and the rest of a cluster are
-clipped and noised separately (two mechanisms, each accounted on its own level).
+round summary says ``dp_cluster_<k>_skipped = 1``; ``last_released`` leaves them out, so a
+server optimizer does not step them either. The head and the rest of a cluster are clipped
+and noised separately (two mechanisms, each accounted on its own level).
 
 Cluster-level tensors of a level without DP (``privacy.levels`` without ``head``, say) and
 the global level without DP go to the wrapped aggregator, with its per-client clipping,
@@ -93,15 +94,20 @@ class DPLevels(ClusterAggregator):
         self.rng = rng
         self.min_cluster_members = min_cluster_members
         self._round: dict[DPLevel, list[np.ndarray]] = {}
+        #: Cluster id -> its DP tensors not released this round (too few expected members).
+        self._withheld: dict[int, frozenset[str]] = {}
 
     def prepare_round(self, model: FederationModel, updates: Sequence[ClientUpdate]) -> Info:
         """The wrapped aggregator's preparation; resets the round's DP figures."""
         self._round = {}
+        self._withheld = {}
         return self.inner.prepare_round(model, updates)
 
     def aggregate(self, model: FederationModel, updates: Sequence[ClientUpdate]) -> FederationModel:
         """Every level as :meth:`ClusterAggregator.aggregate`, then round-wide DP figures."""
         out = super().aggregate(model, updates)
+        for cluster_id, names in self._withheld.items():
+            self.last_released = self.last_released.without(cluster_id, names)
         info = self.last_info
         for level, mech in self.mechanisms.items():
             info[f"dp_clip_norm_{level.value}"] = mech.clip_norm
@@ -182,6 +188,7 @@ class DPLevels(ClusterAggregator):
             info[SKIPPED_KEY.format(cluster=cluster_id)] = 1.0
             for level_tensors in by_level.values():
                 out.update({k: np.array(v, copy=True) for k, v in level_tensors.items()})
+            self._withheld[cluster_id] = frozenset(k for t in by_level.values() for k in t)
             return out, info
         for level, level_base in by_level.items():
             tensors, clipped = self._release(level, level_base, members, m_k)

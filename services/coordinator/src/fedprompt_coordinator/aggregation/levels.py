@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -41,3 +42,38 @@ def split_levels(
     glob = {k: v for k, v in tensors.items() if level_of(k) is Level.GLOBAL}
     clus = {k: v for k, v in tensors.items() if level_of(k) is Level.CLUSTER}
     return glob, clus
+
+
+@dataclass(frozen=True)
+class Released:
+    """Which tensors of each level a round's aggregate released (moved), by name.
+
+    A tensor not named here kept its value this round: the global level of a round without
+    updates, a cluster without members in the round, or a cluster that DP-FedAvg
+    (``min_cluster_members``) or secure aggregation did not release. A server optimizer
+    leaves such a tensor, and its moments, untouched.
+
+    Attributes
+    ----------
+    global_names
+        Released tensors of the global level.
+    clusters
+        Cluster id -> its released tensors (clusters not listed released nothing).
+    """
+
+    global_names: frozenset[str] = frozenset()
+    clusters: Mapping[int, frozenset[str]] = field(default_factory=dict)
+
+    def of_cluster(self, cluster_id: int) -> frozenset[str]:
+        """The released tensors of ``cluster_id`` (empty when it released none)."""
+        return self.clusters.get(cluster_id, frozenset())
+
+    def without(self, cluster_id: int, names: frozenset[str]) -> Released:
+        """The same release with ``names`` of ``cluster_id`` withheld."""
+        clusters = dict(self.clusters)
+        kept = self.of_cluster(cluster_id) - names
+        if kept:
+            clusters[cluster_id] = kept
+        else:
+            clusters.pop(cluster_id, None)
+        return Released(global_names=self.global_names, clusters=clusters)
