@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from fedprompt.compression import Compression
 from fedprompt.strategies import STRATEGY_NAMES, TASKS, StrategyName, strategies_help
@@ -133,6 +134,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     certs.add_argument("--days", type=int, default=365, help="validity of leaf certificates")
     certs.add_argument("--force", action="store_true", help="reissue existing leaf certificates")
+    shard = sub.add_parser(
+        "shard-silos",
+        help="lay out silos and their certificates as one shard per pod (the silo chart's "
+        "simulation mode)",
+        description="Copy the silo folders of --silos and their certificates from --certs "
+        "into <out>/shard-<i>/silos/<id>/ and <out>/shard-<i>/certs/{ca.crt,<id>.crt,<id>.key} "
+        "(never ca.key): balanced shards of at most --per-pod silos, sorted by name, one per "
+        "pod of the silo chart's StatefulSet (simulation.replicas, simulation.clientsPerPod). "
+        "Everything is checked first; --out must not exist.",
+    )
+    shard.add_argument("--silos", type=Path, required=True, help="folder of silo folders")
+    shard.add_argument(
+        "--certs", type=Path, required=True, help="folder of `fedprompt certs` (every silo's)"
+    )
+    shard.add_argument("--per-pod", type=int, required=True, help="most silos one pod hosts")
+    shard.add_argument(
+        "--replicas", type=int, help="pods (default: the fewest that hold every silo)"
+    )
+    shard.add_argument("--out", type=Path, required=True, help="new folder for the shards")
     bench = sub.add_parser("bench", help="run the evaluation plan and write reports/<tag>/")
     mode = bench.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="few rounds and steps (< 15 min)")
@@ -224,6 +244,31 @@ def run_certs(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def run_shard_silos(args: argparse.Namespace, console: Console) -> int:
+    """``fedprompt shard-silos``: write the shards; returns the exit code."""
+    from fedprompt_cli.shard_silos import ShardError, write_shards
+
+    try:
+        plan = write_shards(
+            silos=args.silos,
+            certs=args.certs,
+            out=args.out,
+            per_pod=args.per_pod,
+            replicas=args.replicas,
+        )
+    except (ShardError, OSError) as exc:
+        console.print(f"[red]fedprompt shard-silos[/]: {escape(str(exc))}", soft_wrap=True)
+        return 2
+    console.print(
+        f"wrote {plan.replicas} shards of {plan.silos} silos (at most {plan.largest} per pod) "
+        f"to {args.out}; install the silo chart with simulation.replicas={plan.replicas} and "
+        f"simulation.clientsPerPod={plan.largest}",
+        soft_wrap=True,
+        highlight=False,
+    )
+    return 0
+
+
 def _bench(args: argparse.Namespace, console: Console) -> int:
     from fedprompt_cli.bench import plan_with_overrides, run_bench
 
@@ -283,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 150)
     if args.command == "certs":
         return run_certs(args, console)
+    if args.command == "shard-silos":
+        return run_shard_silos(args, console)
     if args.command == "up":
         if args.clients < 1 or args.rounds < 1:
             console.print("[red]--clients and --rounds must be at least 1[/]")
