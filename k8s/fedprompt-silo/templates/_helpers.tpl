@@ -50,3 +50,24 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if .Values.gpu.enabled }}{{ $tag = printf "%s-cuda" $tag }}{{ end -}}
 {{- printf "%s%s:%s" .Values.image.registry .Values.image.repository $tag -}}
 {{- end -}}
+
+{{/* the label that says which silo a resource serves; a simulation's pods host many */}}
+{{- define "fedprompt.siloLabel" -}}
+{{- if .Values.simulation.enabled -}}
+fedprompt.io/simulation: "true"
+{{- else -}}
+fedprompt.io/silo: {{ .Values.silo.id | quote }}
+{{- end -}}
+{{- end -}}
+
+{{/* fail unless a value is a whole number >= a minimum:
+     include "fedprompt.wholeNumber" (list "simulation.replicas" .Values.simulation.replicas 1) */}}
+{{- define "fedprompt.wholeNumber" -}}
+{{- $name := index . 0 -}}
+{{- $v := index . 1 -}}
+{{- $min := index . 2 -}}
+{{- $number := or (kindIs "float64" $v) (kindIs "int64" $v) (kindIs "int" $v) -}}
+{{- if not (and $number (eq (float64 $v) (float64 (int64 $v))) (ge (int64 $v) (int64 $min))) -}}
+{{- fail (printf "%s must be a whole number >= %d, got %v" $name $min $v) -}}
+{{- end -}}
+{{- end -}}
