@@ -116,40 +116,38 @@ def _listed(names: Sequence[str]) -> str:
     return shown if len(names) <= LISTED else f"{shown} and {len(names) - LISTED} more"
 
 
-def _train_files() -> tuple[str, ...]:
-    """The names of a silo's training file, text or image, as the loaders spell them."""
-    # imported here: the other commands of the CLI need none of the client agent
-    from fedprompt_client_agent.data.image_silos import IMAGE_SPLIT_SUFFIX
-    from fedprompt_client_agent.data.text_silos import SPLIT_SUFFIXES
-
-    return tuple(f"train{suffix}" for suffix in (*SPLIT_SUFFIXES, IMAGE_SPLIT_SUFFIX))
-
-
 def find_silos(root: Path) -> list[Path]:
-    """The silo folders under ``root``, sorted by name (hidden folders are skipped).
+    """The silo folders under ``root``, sorted by name, as the host finds them.
+
+    A silo folder is what ``fedprompt_client_agent.host --silo-root`` hosts
+    (:func:`fedprompt_client_agent.data.silo_files.silo_folders_below`): a sub-folder, not
+    hidden, with a training file.
 
     Raises
     ------
     ShardError
         If ``root`` is not a folder, holds no silo folder, holds a folder without a
-        training file (a half-written silo would be silently left out by the host), or a
-        folder whose name is not a valid silo id.
+        training file (the host would silently leave a half-written silo out), or a folder
+        whose name is not a valid silo id.
     """
+    # imported here: the other commands of the CLI need none of the client agent
+    from fedprompt_client_agent.data.silo_files import TRAIN_FILES, silo_folders_below
+
     if not root.is_dir():
         what = "not a folder" if root.exists() else "does not exist"
         raise ShardError(f"--silos {root}: {what} (fedprompt-make-silos --out writes one)")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise ShardError(f"--silos {root} holds no silo folder (one sub-folder per silo)")
-    train = _train_files()
-    empty = [p.name for p in folders if not any((p / name).is_file() for name in train)]
+    silos = silo_folders_below(root)
+    empty = [p.name for p in folders if p not in silos]
     if empty:
         raise ShardError(
-            f"{len(empty)} folder(s) under {root} hold no {', '.join(train)}: "
+            f"{len(empty)} folder(s) under {root} hold no {', '.join(TRAIN_FILES)}: "
             f"{_listed(empty)}; complete or remove them"
         )
     bad: list[str] = []
-    for folder in folders:
+    for folder in silos:
         try:
             check_silo_id(folder.name)
         except CertError as exc:
@@ -158,7 +156,7 @@ def find_silos(root: Path) -> list[Path]:
         raise ShardError(
             f"{len(bad)} silo folder name(s) cannot be client ids: {_listed(bad)}; rename them"
         )
-    return folders
+    return silos
 
 
 def plan_shards(ids: Sequence[str], *, per_pod: int, replicas: int | None = None) -> ShardPlan:
