@@ -11,6 +11,7 @@ import copy
 import math
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,7 @@ def test_the_host_parser_accepts_the_simulation_args(capsys: pytest.CaptureFixtu
         assert parsed.tls_dir == (Path(SHARD, "certs") if tls else None)
         assert parsed.insecure is (not tls)
         assert parsed.torch_threads == 2
+        assert parsed.max_pass_examples == 64  # the chart's simulation.maxPassExamples
 
 
 def test_the_network_policy_still_holds_the_pods_to_their_coordinator() -> None:
@@ -184,18 +186,31 @@ def test_the_network_policy_still_holds_the_pods_to_their_coordinator() -> None:
 
 
 @pytest.mark.parametrize(
-    ("clients", "factor", "gpu"), [(1, 2, False), (50, 2, False), (200, 1.5, False), (8, 1, True)]
+    ("clients", "passes", "per_example", "factor", "gpu"),
+    [
+        (1, 64, 16, 2, False),
+        (50, 64, 16, 2, False),  # the defaults' 50 text silos: 3648 MiB requested
+        (50, 256, 1, 2, False),
+        (200, 16, 0, 1.5, False),
+        (8, 64, 16, 1, True),
+    ],
 )
-def test_requests_grow_with_the_silos_a_pod_hosts(clients: int, factor: float, gpu: bool) -> None:
+def test_requests_grow_with_the_silos_a_pod_hosts_and_its_shared_pass(
+    clients: int, passes: int, per_example: int, factor: float, gpu: bool
+) -> None:
     values = simulation(
         {
-            "simulation": {"clientsPerPod": clients, "resources": {"memoryLimitFactor": factor}},
+            "simulation": {
+                "clientsPerPod": clients,
+                "maxPassExamples": passes,
+                "resources": {"perPassExampleMiB": per_example, "memoryLimitFactor": factor},
+            },
             "gpu": {"enabled": gpu},
         }
     )
     _, pod = statefulset(render("fedprompt-silo", values))
     (host,) = pod["containers"]
-    memory = 1024 + 32 * clients
+    memory = 1024 + 32 * clients + passes * per_example
     expected_limits: dict[str, Any] = {"memory": f"{math.ceil(memory * factor)}Mi"}
     if gpu:
         expected_limits["nvidia.com/gpu"] = 1
@@ -203,8 +218,21 @@ def test_requests_grow_with_the_silos_a_pod_hosts(clients: int, factor: float, g
         "requests": {"cpu": f"{1000 + 20 * clients}m", "memory": f"{memory}Mi"},
         "limits": expected_limits,
     }
+    assert flags(host)["--max-pass-examples"] == str(passes)
     assert host["image"].endswith("-cuda") is gpu
     assert env_of(pod["initContainers"][0])["CLIENTS_PER_POD"] == str(clients)
+
+
+def test_the_chart_defaults_size_the_pods_as_values_yaml_says() -> None:
+    defaults = load_values(CHARTS["fedprompt-silo"] / "values.yaml")["simulation"]
+    values = simulation({"simulation": {**defaults, "enabled": True, "clientsPerPod": 50}})
+    values["simulation"]["shards"] = {"existingClaim": "fedprompt-shards"}
+    _, pod = statefulset(render("fedprompt-silo", values))
+    # values.yaml: "50 text silos with the defaults: 2 CPUs and 3.6 GiB requested, 7.1 GiB limit"
+    assert pod["containers"][0]["resources"] == {
+        "requests": {"cpu": "2000m", "memory": "3648Mi"},
+        "limits": {"memory": "7296Mi"},
+    }
 
 
 def test_state_on_an_empty_dir_when_not_persistent() -> None:
@@ -255,6 +283,11 @@ HOSTILE = [
     ({"simulation": {"replicas": None}}, "simulation.replicas must be a whole number >= 1"),
     ({"simulation": {"clientsPerPod": 0}}, "simulation.clientsPerPod must be a whole number"),
     ({"simulation": {"clientsPerPod": 0.5}}, "simulation.clientsPerPod must be a whole number"),
+    ({"simulation": {"maxPassExamples": 0}}, "simulation.maxPassExamples must be a whole number"),
+    (
+        {"simulation": {"resources": {"perPassExampleMiB": -1}}},
+        "simulation.resources.perPassExampleMiB must be a whole number >= 0",
+    ),
     ({"simulation": {"shards": {"existingClaim": ""}}}, "simulation.shards.existingClaim is req"),
     ({"tls": {"existingSecret": "hospital-a-cert"}}, "tls.existingSecret, tls.cert, tls.key"),
     ({"tls": {"cert": "PEM", "key": "PEM", "ca": "PEM"}}, "tls.existingSecret, tls.cert"),
@@ -340,7 +373,7 @@ def shard_check(
     probe.mkdir(exist_ok=True)
     return subprocess.run(  # the script is the manifest's own
         [*init["command"], init["args"][0]],
-        env={"PATH": os.environ["PATH"], **env},
+        env={"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env},
         capture_output=True,
         text=True,
         timeout=30,
@@ -361,12 +394,20 @@ def test_the_shard_check_accepts_a_shard_and_links_a_probe_certificate(
         assert cert.stem == key.stem and cert.name != "ca.crt"
     plain = shard_check(shards / "shard-2", 2, tmp_path / "probe-plain", tls=False)
     assert plain.returncode == 0 and not list((tmp_path / "probe-plain").iterdir())
+    # a folder without a training file is no silo, for the check as for the host
+    shard = tmp_path / "shard-with-notes"
+    subprocess.run(["cp", "-a", str(shards / "shard-0"), str(shard)], check=True)
+    (shard / "silos/notes").mkdir()
+    (shard / "silos/notes/metadata.json").write_text("{}")
+    result = shard_check(shard, 0, tmp_path / "probe-notes")
+    assert result.returncode == 0 and result.stdout.strip() == "shard-0: 2 silos"
 
 
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
-        ("more-replicas", "shard-3/silos holds no silo folder: simulation.replicas is more"),
+        ("more-replicas", "shard-3 holds no silo folder: simulation.replicas is more"),
+        ("no-silo", "shard-0 holds no silo folder"),
         ("too-many", "shard-0 holds 2 silos but simulation.clientsPerPod is 1"),
         ("ca-key", "shard-0/certs holds ca.key: the CA key stays offline"),
         ("no-key", "cannot read shard-0/certs/site-b.key"),
@@ -382,6 +423,10 @@ def test_the_shard_check_refuses_a_shard_the_host_must_not_run(
     if damage == "more-replicas":  # a pod whose shard the loader never wrote
         shard, index = tmp_path / "shard-3", 3
         shard.mkdir()
+    elif damage == "no-silo":  # folders, but none the host would take as a silo
+        for folder in (shard / "silos").iterdir():
+            for file in folder.glob("train.*"):
+                file.unlink()
     elif damage == "too-many":
         clients = 1
     elif damage == "ca-key":

@@ -11,6 +11,8 @@
 {{- include "fedprompt.wholeNumber" (list $name (index (index $sim.resources $part) $field) 0) -}}
 {{- end -}}
 {{- end -}}
+{{- include "fedprompt.wholeNumber" (list "simulation.maxPassExamples" $sim.maxPassExamples 1) -}}
+{{- include "fedprompt.wholeNumber" (list "simulation.resources.perPassExampleMiB" $sim.resources.perPassExampleMiB 0) -}}
 {{- $factor := $sim.resources.memoryLimitFactor -}}
 {{- if not (and (or (kindIs "float64" $factor) (kindIs "int64" $factor) (kindIs "int" $factor)) (ge (float64 $factor) 1.0)) -}}
 {{- fail (printf "simulation.resources.memoryLimitFactor must be a number >= 1 (limit = factor x request), got %v" $factor) -}}
@@ -35,13 +37,15 @@
 {{- end -}}
 {{- end -}}
 
-{{/* requests = perPod + clientsPerPod x perClient; memory limit = memoryLimitFactor x request */}}
+{{/* requests = perPod + clientsPerPod x perClient (+ maxPassExamples x perPassExampleMiB of
+     memory); memory limit = memoryLimitFactor x the memory request */}}
 {{- define "fedprompt.simulationResources" -}}
 {{- $sim := .Values.simulation -}}
 {{- $r := $sim.resources -}}
 {{- $n := int64 $sim.clientsPerPod -}}
 {{- $cpu := add (int64 $r.perPod.cpuMillis) (mul $n (int64 $r.perClient.cpuMillis)) -}}
-{{- $memory := add (int64 $r.perPod.memoryMiB) (mul $n (int64 $r.perClient.memoryMiB)) -}}
+{{- $pass := mul (int64 $sim.maxPassExamples) (int64 $r.perPassExampleMiB) -}}
+{{- $memory := add (int64 $r.perPod.memoryMiB) (mul $n (int64 $r.perClient.memoryMiB)) $pass -}}
 {{- $limit := mulf $memory $r.memoryLimitFactor | ceil | int64 -}}
 {{- $limits := dict "memory" (printf "%dMi" $limit) -}}
 {{- if .Values.gpu.enabled }}{{ $_ := set $limits .Values.gpu.resourceName .Values.gpu.count }}{{ end -}}
