@@ -1,10 +1,12 @@
-"""Training throughput of hosted text agents: batched (shared passes) against sequential.
+"""Training throughput of hosted agents: batched (shared passes) against sequential.
 
 Usage: ``.venv/bin/python -m bench.host_throughput [--agents 6 50] [--steps 10]
-[--batch-size 16] [--max-length 64] [--repeats 3] [--device cpu|cuda|auto]``
+[--batch-size 16] [--max-length 64] [--repeats 3] [--device cpu|cuda|auto]
+[--task text|vision]``
 
 For each agent count N, N silos of the bundled drug-review task are generated (6: the
-specialised clinics; more: ``--scenario many-small``, 18 reviews each), and N real
+specialised clinics; more: ``--scenario many-small``, 18 reviews each, 8 beyond 24 silos;
+``--task vision``: the rotated-digit silos, 100 images each, 60 beyond 24), and N real
 :class:`~fedprompt_client_agent.runtime.SiloRuntime` s (``fpl``'s segmented soft prompt on the
 shared frozen all-MiniLM-L6-v2) are hosted in this process, as ``fedprompt_client_agent.host``
 does. One "round" is what the agents do when a TRAIN task reaches all of them: N threads call
@@ -42,11 +44,17 @@ from fedprompt_client_agent.hosted_training import HostedRuntime, HostedTraining
 from fedprompt_client_agent.runtime import SiloRuntime
 from fedprompt_client_agent.tools import make_silos
 
+#: Examples per silo of ``many-small`` beyond 24 silos (the bundled tasks have 436 reviews of
+#: their 8 conditions and 5,000 digit images).
+_LARGE_FEDERATION_SILO_SIZE = {"text": "8", "vision": "60"}
 
-def _make_silos(n: int, out: Path) -> list[Path]:
-    argv = ["--out", str(out), "--num-silos", str(n), "--seed", "0"]
+
+def _make_silos(n: int, out: Path, task: str) -> list[Path]:
+    argv = ["--out", str(out), "--num-silos", str(n), "--seed", "0", "--task", task]
     if n > 6:
         argv += ["--scenario", "many-small"]
+        if n > 24:
+            argv += ["--silo-size", _LARGE_FEDERATION_SILO_SIZE[task]]
     if make_silos.main(argv) != 0:
         raise SystemExit(f"could not generate {n} silos")
     return silo_folders_below(out)
@@ -87,7 +95,7 @@ def _round(agents: list[HostedRuntime], settings: TrainSettings) -> dict[str, fl
 def measure(n: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Median figures of the batched and sequential modes for ``n`` hosted agents."""
     with tempfile.TemporaryDirectory(prefix="host-throughput-") as tmp:
-        silos = _make_silos(n, Path(tmp) / "silos")
+        silos = _make_silos(n, Path(tmp) / "silos", args.task)
         runtimes = [
             SiloRuntime(
                 ClientAgentConfig.model_validate(
@@ -138,10 +146,11 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    p.add_argument("--task", default="text", choices=["text", "vision"])
     args = p.parse_args()
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     print(
-        f"device {device}, torch threads {torch.get_num_threads()}, {args.steps} steps x batch "
+        f"{args.task}, device {device}, torch threads {torch.get_num_threads()}, {args.steps} steps x batch "
         f"{args.batch_size}, max_length {args.max_length}, median of {args.repeats}"
     )
     print("agents | mode       | train ex/s | eval ex/s | round s | train speed-up")

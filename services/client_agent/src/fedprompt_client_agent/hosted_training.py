@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from fedprompt_client_agent.training.multi_silo import (
     evaluate_together,
     train_together,
 )
-from fedprompt_client_agent.training.trainer import EvalResult, LocalTrainer, SplitName
+from fedprompt_client_agent.training.trainer import BaseTrainer, EvalResult, SplitName
 
 if TYPE_CHECKING:
     from fedprompt_client_agent.runtime import SiloRuntime
@@ -205,7 +205,7 @@ class HostedTraining:
             except Exception as exc:  # noqa: BLE001 (the waiting caller raises it)
                 request.answer.set_exception(exc)
                 continue
-            jobs.append((request, TrainJob(_local_trainer(request.runtime), extra)))
+            jobs.append((request, TrainJob(_trainer(request.runtime), extra)))
         results = train_together([job for _, job in jobs], max_pass_examples=self.max_pass_examples)
         for (request, _), result in zip(jobs, results, strict=True):
             _settle(request, result, request.runtime.training_metrics)
@@ -215,7 +215,7 @@ class HostedTraining:
             (request, split) for request in members for split in request.runtime.evaluation_splits()
         ]
         results = evaluate_together(
-            [(_local_trainer(request.runtime), cast(SplitName, split)) for request, split in asks],
+            [(_trainer(request.runtime), cast(SplitName, split)) for request, split in asks],
             max_pass_examples=2 * self.max_pass_examples,
         )
         per_silo: dict[int, dict[str, EvalResult]] = {id(r): {} for r in members}
@@ -292,7 +292,7 @@ def _settle(
         request.answer.set_exception(exc)
 
 
-def _local_trainer(runtime: SiloRuntime) -> LocalTrainer:
+def _trainer(runtime: SiloRuntime) -> BaseTrainer[Any]:
     trainer = runtime.trainer
-    assert isinstance(trainer, LocalTrainer)  # batch_key admitted only these
+    assert isinstance(trainer, BaseTrainer)  # batch_key admitted only plain trainers
     return trainer

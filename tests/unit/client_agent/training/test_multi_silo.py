@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from fedprompt_client_agent.data.image_silos import ImageSiloData, ImageSplit
 from fedprompt_client_agent.data.text_silos import SiloData, TextExample
 from fedprompt_client_agent.models.text_prompt import (
-    PromptClassifier,
     PromptSpec,
     build_prompt_classifier,
     forward_many,
 )
+from fedprompt_client_agent.models.visual_prompt import build_visual_prompt_classifier
+from fedprompt_client_agent.tools.digit_silos import load_mnist
 from fedprompt_client_agent.tools.drug_review_silos import load_drug_reviews
 from fedprompt_client_agent.training.contrastive_loss import make_info_nce_loss
 from fedprompt_client_agent.training.multi_silo import (
@@ -24,6 +26,7 @@ from fedprompt_client_agent.training.multi_silo import (
     train_together,
 )
 from fedprompt_client_agent.training.trainer import LocalTrainer, TrainConfig
+from fedprompt_client_agent.training.vision_trainer import VisionTrainer
 
 SPEC = PromptSpec(n_global=4, n_cluster=2, n_local=2)
 KEYS = ("prompt.global", "prompt.cluster", "prompt.local", "head.weight", "head.bias")
@@ -73,7 +76,7 @@ def _info_nce(own: int) -> Any:
     return make_info_nce_loss(weight=0.5, temperature=0.3, own=own, centroids=centroids)
 
 
-def _assert_same_state(a: PromptClassifier, b: PromptClassifier) -> None:
+def _assert_same_state(a: Any, b: Any) -> None:
     sa, sb = a.personal_state(), b.personal_state()
     for key in KEYS:
         np.testing.assert_allclose(sa[key], sb[key], rtol=2e-4, atol=2e-6, err_msg=key)
@@ -167,3 +170,92 @@ def test_the_frozen_backbone_stays_in_eval_mode_while_the_prompt_trains() -> Non
     assert model.training and model.head.training
     assert not model.backbone.training
     assert not any(m.training for m in model.backbone.modules())  # no dropout anywhere
+
+
+# ----------------------------------------------------------------------------- images
+
+
+@pytest.fixture(scope="module")
+def digit_silos() -> list[ImageSiloData]:
+    """Three MNIST silos of different sizes over the digits 0, 1 and 7."""
+    images, labels = load_mnist()
+    made = []
+    for s, n_train in enumerate((9, 4, 7)):
+        parts: dict[str, tuple[list[np.ndarray], list[int]]] = {
+            "train": ([], []),
+            "val": ([], []),
+            "test": ([], []),
+        }
+        for label, digit in enumerate((0, 1, 7)):
+            positions = np.flatnonzero(labels == digit)[s * 20 :]
+            for name, (lo, hi) in {
+                "train": (0, n_train),
+                "val": (n_train, n_train + 2),
+                "test": (n_train + 2, n_train + 3),
+            }.items():
+                parts[name][0].extend(images[positions[lo:hi]])
+                parts[name][1].extend([label] * (hi - lo))
+        splits = {
+            name: ImageSplit(images=np.stack(imgs), labels=np.array(lbls))
+            for name, (imgs, lbls) in parts.items()
+        }
+        made.append(
+            ImageSiloData(name=f"digits-{s}", labels=("0", "1", "7"), metadata={}, **splits)
+        )
+    return made
+
+
+def _vision_trainers(silos: list[ImageSiloData], *, shared: bool) -> list[VisionTrainer]:
+    return [
+        VisionTrainer(
+            build_visual_prompt_classifier(
+                num_labels=3, seed=s, device="cpu", share_backbone=shared
+            ),
+            silo,
+            TrainConfig(steps=3, batch_size=8, seed=20 + s),
+        )
+        for s, silo in enumerate(silos)
+    ]
+
+
+@pytest.mark.usefixtures("single_thread")
+def test_visual_prompts_train_and_evaluate_together_as_alone(
+    digit_silos: list[ImageSiloData],
+) -> None:
+    alone = _vision_trainers(digit_silos, shared=False)
+    together = _vision_trainers(digit_silos, shared=True)
+    assert len({id(t.model.backbone) for t in together}) == 1
+    assert batch_key(together[0]) == batch_key(together[2]) != batch_key(alone[0])
+    for _round in range(2):
+        width = int(together[0].model.segment_parameter("cluster").shape[1])  # type: ignore[attr-defined]
+        extras = [_info_nce_rings(0, width), None, _info_nce_rings(1, width)]
+        expected = [t.train(extra_loss=e) for t, e in zip(alone, extras, strict=True)]
+        got = train_together(
+            [TrainJob(t, e) for t, e in zip(together, extras, strict=True)], max_pass_examples=10
+        )
+        for exp, res in zip(expected, got, strict=True):
+            assert not isinstance(res, BaseException)
+            assert res.mean_loss == pytest.approx(exp.mean_loss, rel=1e-4)
+    for a, b in zip(alone, together, strict=True):
+        _assert_same_state(a.model, b.model)  # type: ignore[arg-type]
+    requests = [(t, split) for t in together for split in ("val", "test")]
+    for (trainer, split), res in zip(requests, evaluate_together(requests), strict=True):  # type: ignore[arg-type]
+        assert not isinstance(res, BaseException)
+        exp = trainer.evaluate(split)  # type: ignore[arg-type]
+        assert (res.accuracy, res.num_examples) == (exp.accuracy, exp.num_examples)
+        assert res.loss == pytest.approx(exp.loss, rel=1e-4)
+
+
+def test_text_and_image_trainers_never_share_a_pass(
+    silos: list[SiloData], digit_silos: list[ImageSiloData]
+) -> None:
+    text = _trainers(silos[:1], shared=True, steps=(1,))
+    image = _vision_trainers(digit_silos[:1], shared=True)
+    with pytest.raises(ValueError, match="cannot train in one pass"):
+        train_together([TrainJob(text[0]), TrainJob(image[0])])
+
+
+def _info_nce_rings(own: int, width: int) -> Any:
+    rng = np.random.default_rng(own)
+    centroids = {k: rng.normal(size=width).astype(np.float32) for k in range(2)}  # mean of [3, P]
+    return make_info_nce_loss(weight=0.5, temperature=0.3, own=own, centroids=centroids)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import enum
 import importlib.util
 import logging
-import threading
 from pathlib import Path
 from typing import Any, Final
 
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-from fedprompt_client_agent.models.toolbox import resolve_device
+from fedprompt_client_agent.models.toolbox import resolve_device, shared_instance
 
 __all__ = [
     "BackboneKind",
@@ -160,10 +159,6 @@ def load_backbone(
     return model, tokenizer, kind
 
 
-_SHARED_BACKBONES: dict[tuple[str, str], tuple[PreTrainedModel, Tokenizer, BackboneKind]] = {}
-_SHARED_LOCK = threading.Lock()
-
-
 def load_shared_backbone(
     model_dir: str | Path | None = None, *, device: str | torch.device = "auto"
 ) -> tuple[PreTrainedModel, Tokenizer, BackboneKind]:
@@ -188,11 +183,8 @@ def load_shared_backbone(
         ``(model, tokenizer, kind)``, the same objects for the same folder and device.
     """
     folder = Path(model_dir) if model_dir is not None else default_model_dir()
-    key = (str(folder.resolve()), str(resolve_device(device)))
-    with _SHARED_LOCK:
-        if key not in _SHARED_BACKBONES:
-            _SHARED_BACKBONES[key] = load_backbone(folder, device=device)
-        return _SHARED_BACKBONES[key]
+    key = ("hf-backbone", str(folder.resolve()), str(resolve_device(device)))
+    return shared_instance(key, lambda: load_backbone(folder, device=device))
 
 
 def _ensure_pad_token(tokenizer: Tokenizer, folder: Path) -> None:

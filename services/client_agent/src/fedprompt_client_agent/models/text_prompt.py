@@ -317,7 +317,7 @@ class PromptClassifier(PromptStateMixin, nn.Module):
 
 def forward_many(
     models: Sequence[PromptClassifier],
-    batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    batches: Sequence[tuple[torch.Tensor, ...]],
 ) -> list[torch.Tensor]:
     """Classify several silos' batches in one backbone pass, each with its own prompt and head.
 
@@ -335,7 +335,7 @@ def forward_many(
     models : sequence of PromptClassifier
         One model per batch; a model may appear more than once (several chunks of a split).
     batches : sequence of (input_ids, attention_mask)
-        ``[b_i, seq_i]`` tensors on the models' device.
+        ``[b_i, seq_i]`` tensors on the models' device (what ``LocalTrainer`` builds).
 
     Returns
     -------
@@ -357,12 +357,12 @@ def forward_many(
     for model in models[1:]:
         if model.backbone is not backbone or model.spec.total != first.spec.total:
             raise ValueError("forward_many needs models that share one backbone and prompt length")
-    width = max(int(ids.shape[1]) for ids, _ in batches)
-    padded_ids = [F.pad(ids, (0, width - ids.shape[1])) for ids, _ in batches]
-    padded_mask = [F.pad(mask, (0, width - mask.shape[1])) for _, mask in batches]
-    input_ids = torch.cat(padded_ids)
-    token_mask = torch.cat(padded_mask)
-    sizes = [int(ids.shape[0]) for ids, _ in batches]
+    if any(len(batch) != 2 for batch in batches):
+        raise ValueError("each batch is (input_ids, attention_mask)")
+    width = max(int(batch[0].shape[1]) for batch in batches)
+    input_ids = torch.cat([F.pad(batch[0], (0, width - batch[0].shape[1])) for batch in batches])
+    token_mask = torch.cat([F.pad(batch[1], (0, width - batch[1].shape[1])) for batch in batches])
+    sizes = [int(batch[0].shape[0]) for batch in batches]
     with autocast(first.device):
         token_embeds = backbone.get_input_embeddings()(input_ids)
         prompt = torch.cat([m.prompt_rows(n) for m, n in zip(models, sizes, strict=True)])

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -160,3 +161,34 @@ def module_device(module: nn.Module) -> torch.device:
     """
     first = next(module.parameters(), None)
     return first.device if first is not None else torch.device("cpu")
+
+
+_T = TypeVar("_T")
+_SHARED: dict[Hashable, Any] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_instance(key: Hashable, factory: Callable[[], _T]) -> _T:
+    """Build an object once per process and key, and hand the same object to every caller.
+
+    Agents hosted in one process share the frozen backbone of their soft prompts this way:
+    one copy in memory instead of one per silo, and the precondition of training several
+    silos in one pass (:mod:`fedprompt_client_agent.training.multi_silo`).
+
+    Parameters
+    ----------
+    key : Hashable
+        What identifies the object (e.g. the weights' resolved path and the device).
+    factory : callable
+        Builds the object the first time.
+
+    Returns
+    -------
+    object
+        The one object of this key.
+    """
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED[key] = factory()
+        shared: _T = _SHARED[key]
+        return shared

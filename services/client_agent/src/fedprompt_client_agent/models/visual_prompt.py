@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Self
@@ -53,6 +54,7 @@ from fedprompt_client_agent.models.efficientnet_lite import (
     FEATURE_DIM,
     MIN_INPUT_SIZE,
     EfficientNetLite0,
+    default_weights_path,
     load_efficientnet_lite0,
     normalize,
 )
@@ -63,6 +65,7 @@ from fedprompt_client_agent.models.toolbox import (
     init_linear_head,
     require_prompt_and_head_trainable,
     resolve_device,
+    shared_instance,
 )
 
 __all__ = [
@@ -70,6 +73,7 @@ __all__ = [
     "VisualPromptClassifier",
     "VisualPromptSpec",
     "build_visual_prompt_classifier",
+    "forward_many_visual",
     "images_to_tensor",
     "resize_images",
 ]
@@ -447,6 +451,50 @@ class VisualPromptClassifier(PromptStateMixin, nn.Module):
                 ring.copy_(torch.randn(ring.shape, generator=generator) * self.spec.init_std)
 
 
+def forward_many_visual(
+    models: Sequence[VisualPromptClassifier], batches: Sequence[tuple[torch.Tensor, ...]]
+) -> list[torch.Tensor]:
+    """Classify several silos' image batches in one backbone pass, each with its own rings and head.
+
+    Each batch is drawn on its own model's prompted canvas; the canvases go through the
+    shared frozen backbone (eval mode: BatchNorm uses its running statistics, so every image
+    is independent of the others in the pass) as one batch, and each model's head reads its
+    own features. Each model's logits equal ``model(images)`` up to float rounding.
+
+    Parameters
+    ----------
+    models : sequence of VisualPromptClassifier
+        One model per batch, sharing one backbone object and image spec.
+    batches : sequence of (images,)
+        ``[b_i, C, H, W]`` images per model.
+
+    Returns
+    -------
+    list of torch.Tensor
+        ``[b_i, num_labels_i]`` float32 logits per batch, in order.
+
+    Raises
+    ------
+    ValueError
+        If the lists differ in length, are empty, or the models do not share a backbone
+        and image spec.
+    """
+    if len(models) != len(batches) or not models:
+        raise ValueError(
+            f"need one batch per model, got {len(models)} models, {len(batches)} batches"
+        )
+    first = models[0]
+    for model in models[1:]:
+        if model.backbone is not first.backbone or model.spec != first.spec:
+            raise ValueError("forward_many needs models that share one backbone and image spec")
+    canvases = [m.prompted_inputs(batch[0]) for m, batch in zip(models, batches, strict=True)]
+    sizes = [int(c.shape[0]) for c in canvases]
+    with autocast(first.device):
+        features = torch.split(first.backbone.features(torch.cat(canvases)), sizes)
+        heads = [m.head(f) for m, f in zip(models, features, strict=True)]
+    return [logits.float() for logits in heads]
+
+
 def build_visual_prompt_classifier(
     weights: str | Path | None = None,
     *,
@@ -454,6 +502,7 @@ def build_visual_prompt_classifier(
     spec: VisualPromptSpec | None = None,
     seed: int = 0,
     device: str | torch.device = "auto",
+    share_backbone: bool = False,
 ) -> VisualPromptClassifier:
     """Load EfficientNet-Lite0 and wrap it in a ``VisualPromptClassifier`` in one call.
 
@@ -469,6 +518,9 @@ def build_visual_prompt_classifier(
         Initialisation seed.
     device : str or torch.device
         See ``resolve_device``.
+    share_backbone : bool
+        Use the process's one copy of these frozen weights on this device (classifiers
+        built this way differ only in their rings and head).
 
     Returns
     -------
@@ -476,7 +528,14 @@ def build_visual_prompt_classifier(
         The classifier, on ``device``.
     """
     target = resolve_device(device)
-    backbone = load_efficientnet_lite0(weights, device=target)
+    if share_backbone:
+        path = Path(weights) if weights is not None else default_weights_path()
+        backbone = shared_instance(
+            ("efficientnet-lite0", str(path.resolve()), str(target)),
+            lambda: load_efficientnet_lite0(path, device=target),
+        )
+    else:
+        backbone = load_efficientnet_lite0(weights, device=target)
     model = VisualPromptClassifier(backbone, num_labels=num_labels, spec=spec, seed=seed)
     logger.info(
         "visual prompt classifier: %s on %s, %dx%d canvas, rings %d/%d/%d px, %d labels",
@@ -502,6 +561,7 @@ def _build_image(request: ModelRequest) -> BuiltModel:
         spec=spec,
         seed=request.seed,
         device=request.device,
+        share_backbone=request.share_backbone,
     )
     segments = [spec.n_global, spec.n_cluster, spec.n_local]
     return BuiltModel(model=model, fingerprint_parts={"segments": segments})

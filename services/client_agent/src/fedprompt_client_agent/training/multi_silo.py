@@ -4,7 +4,7 @@ Agents hosted in one process (``fedprompt_client_agent.host``) that train a soft
 one shared frozen backbone differ only in their prompt rows, their head and their data.
 :func:`train_together` runs their open training tasks as one loop: at every step each silo
 draws its next batch from its own seeded order, the batches go through the backbone as one
-concatenated pass (:func:`~fedprompt_client_agent.models.text_prompt.forward_many`), each
+concatenated pass (:data:`SHARED_PASSES`: the text soft prompt's and the visual prompt's), each
 silo's loss is the cross-entropy of its own examples (plus its own extra loss), and the sum
 of the losses is back-propagated once. A silo's prompt and head receive only the gradient of
 its own loss, and each silo keeps its own AdamW, so the result equals
@@ -12,11 +12,12 @@ its own loss, and each silo keeps its own AdamW, so the result equals
 each silo alone, up to float rounding (the tests compare the two). :func:`evaluate_together`
 batches evaluation the same way.
 
-Which trainers may join (:func:`batch_key`): plain :class:`LocalTrainer` over a
-:class:`PromptClassifier` built on the shared backbone. LoRA and full fine-tuning change the
-backbone's weights per silo, so there is no shared pass to make; DP-SGD needs per-sample
-gradients of one silo's batch and its own accountant (Opacus' hooks), so its silos keep the
-sequential path. Image silos also keep it for now.
+Which trainers may join (:func:`batch_key`): a plain :class:`LocalTrainer` or
+:class:`VisionTrainer` whose model has a shared pass (:data:`SHARED_PASSES`: the text soft
+prompt and the visual prompt) on the process's shared backbone. LoRA and full fine-tuning
+change the backbone's weights per silo, so there is no shared pass to make; DP-SGD needs
+per-sample gradients of one silo's batch and its own accountant (Opacus' hooks), so its silos
+keep the sequential path.
 
 A pass holds at most ``max_pass_examples`` examples; a step with more silos makes several
 passes (each silo's batch stays whole in one pass) before every optimizer steps.
@@ -28,14 +29,20 @@ import logging
 import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 (conventional alias)
+from torch import nn
 
 from fedprompt_client_agent.models.text_prompt import PromptClassifier, forward_many
+from fedprompt_client_agent.models.visual_prompt import (
+    VisualPromptClassifier,
+    forward_many_visual,
+)
 from fedprompt_client_agent.training.trainer import (
+    BaseTrainer,
     EvalResult,
     LocalTrainer,
     SplitName,
@@ -43,9 +50,11 @@ from fedprompt_client_agent.training.trainer import (
     evaluation_result,
     seeded_torch_rng,
 )
+from fedprompt_client_agent.training.vision_trainer import VisionTrainer
 
 __all__ = [
     "DEFAULT_MAX_PASS_EXAMPLES",
+    "SHARED_PASSES",
     "TrainJob",
     "batch_key",
     "evaluate_together",
@@ -61,6 +70,19 @@ _T = TypeVar("_T")
 DEFAULT_MAX_PASS_EXAMPLES = 128
 
 
+SharedPass = Callable[..., list[torch.Tensor]]
+
+#: The one-pass forward of each model class that has one: several models (one per batch,
+#: sharing a backbone) and their batches' inputs in, one logits tensor per batch out.
+SHARED_PASSES: dict[type[nn.Module], SharedPass] = {
+    PromptClassifier: forward_many,
+    VisualPromptClassifier: forward_many_visual,
+}
+
+#: Trainers whose loop ``train_together`` reproduces (exact types: DP-SGD's subclass is not).
+_PLAIN_TRAINERS: frozenset[type] = frozenset({LocalTrainer, VisionTrainer})
+
+
 def batch_key(trainer: object) -> Hashable | None:
     """What trainers must share to train in one pass, or None if this one must train alone.
 
@@ -72,13 +94,15 @@ def batch_key(trainer: object) -> Hashable | None:
     Returns
     -------
     Hashable or None
-        ``(backbone identity, prompt length, device)`` for a plain ``LocalTrainer`` over a
-        ``PromptClassifier``; None for any other trainer (DP-SGD, LoRA, full, images).
+        ``(model class, backbone identity, model spec, device)`` for a plain text or image
+        trainer whose model has a shared pass; None for any other (DP-SGD, LoRA, full).
     """
-    if type(trainer) is not LocalTrainer or not isinstance(trainer.model, PromptClassifier):
+    if type(trainer) not in _PLAIN_TRAINERS:
         return None
-    model = trainer.model
-    return (id(model.backbone), model.spec.total, str(model.device))
+    model: Any = getattr(trainer, "model", None)
+    if type(model) not in SHARED_PASSES:
+        return None
+    return (type(model), id(model.backbone), model.spec, str(model.device))
 
 
 @dataclass(eq=False)
@@ -93,19 +117,17 @@ class TrainJob:
         Added to the silo's cross-entropy at every step (the InfoNCE term).
     """
 
-    trainer: LocalTrainer
-    extra_loss: Callable[[PromptClassifier], torch.Tensor] | None = None
+    trainer: BaseTrainer[Any]
+    extra_loss: Callable[[Any], torch.Tensor] | None = None
     _optimizer: torch.optim.Optimizer | None = field(default=None, init=False, repr=False)
     _losses: list[float] = field(default_factory=list, init=False, repr=False)
     _step_times: list[float] = field(default_factory=list, init=False, repr=False)
     _error: BaseException | None = field(default=None, init=False, repr=False)
 
     @property
-    def model(self) -> PromptClassifier:
+    def model(self) -> Any:
         """The silo's model."""
-        model = self.trainer.model
-        assert isinstance(model, PromptClassifier)  # batch_key admitted only these
-        return model
+        return self.trainer.model
 
     @property
     def steps(self) -> int:
@@ -170,7 +192,7 @@ def train_together(
 
 
 def evaluate_together(
-    requests: Sequence[tuple[LocalTrainer, SplitName]],
+    requests: Sequence[tuple[BaseTrainer[Any], SplitName]],
     *,
     max_pass_examples: int = 2 * DEFAULT_MAX_PASS_EXAMPLES,
 ) -> list[EvalResult | BaseException]:
@@ -206,7 +228,7 @@ def evaluate_together(
             results[r] = exc
             continue
         sizes[r] = len(order)
-        lengths = trainer.token_lengths(split)
+        lengths = trainer.example_lengths(split)
         entries.extend((int(lengths[i]), r, int(i)) for i in order)
     entries.sort()  # every pass holds texts of similar length: little padding
     predictions = {r: np.empty(n, dtype=np.int64) for r, n in sizes.items()}
@@ -223,9 +245,8 @@ def evaluate_together(
                     by_request.setdefault(r, []).append(position)
                 picks = [(r, np.array(p, dtype=np.int64)) for r, p in by_request.items()]
                 batches = [requests[r][0].split_batch(requests[r][1], p) for r, p in picks]
-                logits = forward_many(
-                    [_prompt_model(requests[r][0]) for r, _ in picks],
-                    [(inputs[0], inputs[1]) for inputs, _ in batches],
+                logits = _shared_pass(
+                    [requests[r][0].model for r, _ in picks], [inputs for inputs, _ in batches]
                 )
                 for (r, positions), (_, labels), out in zip(picks, batches, logits, strict=True):
                     loss_sums[r] += float(F.cross_entropy(out, labels, reduction="sum"))
@@ -250,14 +271,12 @@ def _train_step(active: list[TrainJob], *, step: int, max_pass_examples: int) ->
             job.trainer.next_training_indices(job.trainer.training_batch_size)
         )
         prepared.append((job, inputs, labels))
-    prepared.sort(key=lambda item: int(item[1][0].shape[1]))  # similar widths pad little
+    prepared.sort(key=lambda item: int(item[1][0].shape[-1]))  # similar widths pad little
     for job in active:
         assert job._optimizer is not None
         job._optimizer.zero_grad(set_to_none=True)
     for group in _packs(prepared, lambda item: len(item[2]), max_pass_examples):
-        logits = forward_many(
-            [job.model for job, _, _ in group], [(i[0], i[1]) for _, i, _ in group]
-        )
+        logits = _shared_pass([job.model for job, _, _ in group], [i for _, i, _ in group])
         total: torch.Tensor | None = None
         for (job, _, labels), out in zip(group, logits, strict=True):
             loss = F.cross_entropy(out, labels)
@@ -294,10 +313,9 @@ def _packs(items: Sequence[_T], measure: Callable[[_T], int], limit: int) -> Ite
         yield group
 
 
-def _prompt_model(trainer: LocalTrainer) -> PromptClassifier:
-    model = trainer.model
-    assert isinstance(model, PromptClassifier)
-    return model
+def _shared_pass(models: list[Any], inputs: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+    """One backbone pass of the models' class over their inputs."""
+    return SHARED_PASSES[type(models[0])](models, inputs)
 
 
 def _check_group(trainers: Sequence[object], max_pass_examples: int) -> None:
@@ -307,6 +325,6 @@ def _check_group(trainers: Sequence[object], max_pass_examples: int) -> None:
     keys = {batch_key(trainer) for trainer in trainers}
     if None in keys or len(keys) > 1:
         raise ValueError(
-            "these trainers cannot train in one pass (they need plain soft-prompt trainers "
-            "on one shared backbone); train them one by one"
+            "these trainers cannot train in one pass (they need plain soft-prompt or visual-prompt "
+            "trainers of one model class on one shared backbone); train them one by one"
         )

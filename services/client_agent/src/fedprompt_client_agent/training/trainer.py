@@ -472,6 +472,21 @@ class BaseTrainer(abc.ABC, Generic[ModelT]):
             raise ValueError(f"silo {self.silo.name}: split {split!r} is empty")
         return self._eval_order(split)
 
+    def example_lengths(self, split: SplitName) -> np.ndarray:
+        """The padded width each example of a split needs (all zero: examples of one size).
+
+        Parameters
+        ----------
+        split : {"train", "val", "test"}
+            The split.
+
+        Returns
+        -------
+        numpy.ndarray
+            int64, one per example, in the split's order.
+        """
+        return np.zeros(self._split_size(split), dtype=np.int64)
+
     def split_batch(
         self, split: SplitName, indices: np.ndarray
     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
@@ -657,7 +672,7 @@ class LocalTrainer(BaseTrainer[TextModel]):
         """Number of texts in a split."""
         return len(self._splits[split])
 
-    def token_lengths(self, split: SplitName) -> np.ndarray:
+    def example_lengths(self, split: SplitName) -> np.ndarray:
         """Tokens of every text of a split (after truncation, prompt excluded).
 
         Parameters
