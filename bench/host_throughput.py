@@ -43,6 +43,7 @@ from fedprompt_client_agent.data.silo_files import silo_folders_below
 from fedprompt_client_agent.hosted_training import HostedRuntime, HostedTraining
 from fedprompt_client_agent.runtime import SiloRuntime
 from fedprompt_client_agent.tools import make_silos
+from fedprompt_client_agent.training.multi_silo import DEFAULT_MAX_PASS_EXAMPLES
 
 #: Examples per silo of ``many-small`` beyond 24 silos (the bundled tasks have 436 reviews of
 #: their 8 conditions and 5,000 digit images).
@@ -118,7 +119,12 @@ def measure(n: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
             head_learning_rate=0.003,
         )
         workers = {
-            mode: HostedTraining(expected=n, batched=(mode == "batched"), gather_s=0.2)
+            mode: HostedTraining(
+                expected=n,
+                batched=(mode == "batched"),
+                gather_s=0.2,
+                max_pass_examples=args.max_pass_examples,
+            )
             for mode in ("batched", "sequential")
         }
         agents = {mode: [HostedRuntime(rt, w) for rt in runtimes] for mode, w in workers.items()}
@@ -147,11 +153,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     p.add_argument("--task", default="text", choices=["text", "vision"])
+    p.add_argument("--max-pass-examples", type=int, default=DEFAULT_MAX_PASS_EXAMPLES)
     args = p.parse_args()
     device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
     print(
         f"{args.task}, device {device}, torch threads {torch.get_num_threads()}, {args.steps} steps x batch "
-        f"{args.batch_size}, max_length {args.max_length}, median of {args.repeats}"
+        f"{args.batch_size}, max_length {args.max_length}, at most {args.max_pass_examples} "
+        f"examples per shared pass, median of {args.repeats}"
     )
     print("agents | mode       | train ex/s | eval ex/s | round s | train speed-up")
     for n in args.agents:

@@ -58,12 +58,17 @@ def report(name: str, summary: dict[str, Any]) -> None:
     if rounds:
         print("seconds per round: " + ", ".join(f"{r['round_seconds']:.1f}" for r in rounds))
         print("  of which training: " + ", ".join(f"{r['training_seconds']:.1f}" for r in rounds))
-        last = rounds[-1]
-        if "accuracy_mean" in last:
-            print(
-                f"accuracy after the last round (clients with a test split): mean "
-                f"{100 * last['accuracy_mean']:.1f} %, worst {100 * last['accuracy_worst']:.1f} %"
-            )
+    after = [
+        c["accuracy_after"]
+        for c in summary["clients"].values()
+        if c.get("accuracy_after") is not None
+    ]
+    if after:
+        print(
+            f"accuracy after the last round: mean {100 * sum(after) / len(after):.1f} %, worst "
+            f"{100 * min(after):.1f} % over the {len(after)} of {len(summary['clients'])} "
+            "clients with a test split"
+        )
     for process, peak in sorted(summary.get("peak_rss_bytes", {}).items()):
         print(f"peak RSS {process}: {peak / 2**20:,.0f} MiB")
 
