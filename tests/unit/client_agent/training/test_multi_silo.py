@@ -146,7 +146,7 @@ def test_forward_many_refuses_models_on_different_backbones(silos: list[SiloData
     separate = _trainers(silos[:2], shared=False, steps=(1, 1))
     ids = torch.ones((1, 3), dtype=torch.long)
     batch = (ids, torch.ones_like(ids))
-    with pytest.raises(ValueError, match="share one backbone"):
+    with pytest.raises(ValueError, match="share one backbone and layout"):
         forward_many([separate[0].model, separate[1].model], [batch, batch])
     with pytest.raises(ValueError, match="one batch per model"):
         forward_many([separate[0].model], [batch, batch])

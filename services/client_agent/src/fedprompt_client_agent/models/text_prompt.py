@@ -52,6 +52,7 @@ from fedprompt_client_agent.models.registry import BuiltModel, ModelRequest, reg
 from fedprompt_client_agent.models.state import PromptStateMixin
 from fedprompt_client_agent.models.toolbox import (
     autocast,
+    check_shared_pass,
     init_linear_head,
     require_prompt_and_head_trainable,
 )
@@ -348,15 +349,9 @@ def forward_many(
         If the lists differ in length, are empty, or the models do not share a backbone
         and prompt length.
     """
-    if len(models) != len(batches) or not models:
-        raise ValueError(
-            f"need one batch per model, got {len(models)} models, {len(batches)} batches"
-        )
+    check_shared_pass(models, batches, layout=lambda m: m.spec.total)
     first = models[0]
     backbone = first.backbone
-    for model in models[1:]:
-        if model.backbone is not backbone or model.spec.total != first.spec.total:
-            raise ValueError("forward_many needs models that share one backbone and prompt length")
     if any(len(batch) != 2 for batch in batches):
         raise ValueError("each batch is (input_ids, attention_mask)")
     width = max(int(batch[0].shape[1]) for batch in batches)

@@ -192,3 +192,34 @@ def shared_instance(key: Hashable, factory: Callable[[], _T]) -> _T:
             _SHARED[key] = factory()
         shared: _T = _SHARED[key]
         return shared
+
+
+def check_shared_pass(
+    models: Sequence[Any], batches: Sequence[object], *, layout: Callable[[Any], object]
+) -> None:
+    """Refuse a shared backbone pass whose models cannot share it.
+
+    Parameters
+    ----------
+    models : sequence
+        One model per batch.
+    batches : sequence
+        The batches.
+    layout : callable
+        What the models must have in common besides their backbone object (e.g. the prompt
+        length or the image spec).
+
+    Raises
+    ------
+    ValueError
+        If the lists differ in length or are empty, or the models do not share one backbone
+        object and layout.
+    """
+    if len(models) != len(batches) or not models:
+        raise ValueError(
+            f"need one batch per model, got {len(models)} models, {len(batches)} batches"
+        )
+    first = models[0]
+    for model in models[1:]:
+        if model.backbone is not first.backbone or layout(model) != layout(first):
+            raise ValueError("forward_many needs models that share one backbone and layout")

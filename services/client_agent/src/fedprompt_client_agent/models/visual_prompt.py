@@ -62,6 +62,7 @@ from fedprompt_client_agent.models.registry import BuiltModel, ModelRequest, reg
 from fedprompt_client_agent.models.state import PromptStateMixin
 from fedprompt_client_agent.models.toolbox import (
     autocast,
+    check_shared_pass,
     init_linear_head,
     require_prompt_and_head_trainable,
     resolve_device,
@@ -479,14 +480,8 @@ def forward_many_visual(
         If the lists differ in length, are empty, or the models do not share a backbone
         and image spec.
     """
-    if len(models) != len(batches) or not models:
-        raise ValueError(
-            f"need one batch per model, got {len(models)} models, {len(batches)} batches"
-        )
+    check_shared_pass(models, batches, layout=lambda m: m.spec)
     first = models[0]
-    for model in models[1:]:
-        if model.backbone is not first.backbone or model.spec != first.spec:
-            raise ValueError("forward_many needs models that share one backbone and image spec")
     canvases = [m.prompted_inputs(batch[0]) for m, batch in zip(models, batches, strict=True)]
     sizes = [int(c.shape[0]) for c in canvases]
     with autocast(first.device):
