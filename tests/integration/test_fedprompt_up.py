@@ -127,3 +127,27 @@ def test_ctrl_c_stops_every_process(tmp_path: Path, silos_root: Path) -> None:
     assert proc.returncode == 130, out
     assert "interrupted" in out
     assert not any(_alive(pid) for pid in pids.values())
+
+
+def test_hosted_agents_train_together_and_every_process_reports_its_peak_memory(
+    tmp_path: Path, silos_root: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    proc = subprocess.run(
+        [console_script("fedprompt"), "up", "--clients", "3", "--clients-per-process", "3",
+         "--rounds", "2", "--data-root", str(silos_root), "--run-dir", str(run_dir), *TINY],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["completed_rounds"] == 2 and len(summary["clients"]) == 3
+    for client in summary["clients"].values():  # every silo trained and was evaluated
+        assert 0.0 <= client["accuracy_after"] <= 1.0
+        assert all(r["train"]["train_steps"] == 2.0 for r in client["rounds"].values())
+    host_log = (run_dir / "logs" / "client-host-0.log").read_text()
+    assert "trained 3 silos together" in host_log  # one shared loop (per round, unless a task lags)
+    assert "loaded encoder backbone" in host_log and host_log.count("loaded encoder") == 1
+    peaks = summary["peak_rss_bytes"]
+    assert set(peaks) == {"client-host-0", "coordinator", "clusterer"}
+    assert all(100 * 2**20 < peak < 16 * 2**30 for peak in peaks.values())
+    assert "peak memory per process" in proc.stdout

@@ -81,7 +81,7 @@ class HostedTraining:
         *,
         expected: int,
         batched: bool = True,
-        gather_s: float = 0.05,
+        gather_s: float = 0.1,
         max_wait_s: float = 1.0,
         max_pass_examples: int = DEFAULT_MAX_PASS_EXAMPLES,
     ) -> None:
