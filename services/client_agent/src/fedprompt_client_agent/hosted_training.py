@@ -20,6 +20,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
@@ -45,6 +46,7 @@ __all__ = ["HostedRuntime", "HostedTraining"]
 logger = logging.getLogger(__name__)
 
 Kind = Literal["train", "evaluate"]
+_BATCHES_KEPT = 1024
 _R = TypeVar("_R")
 
 
@@ -102,8 +104,8 @@ class HostedTraining:
         self._cond = threading.Condition()
         self._worker = threading.Thread(target=self._run, name="hosted-training", daemon=True)
         self._worker.start()
-        #: (requests, groups) of every batch run so far, for logs and tests.
-        self.batches: list[tuple[int, int]] = []
+        #: (requests, groups) of the latest batches run (bounded: a host runs for months).
+        self.batches: deque[tuple[int, int]] = deque(maxlen=_BATCHES_KEPT)
 
     def submit(
         self, kind: Kind, runtime: SiloRuntime, settings: TrainSettings | None = None
