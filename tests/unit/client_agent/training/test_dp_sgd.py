@@ -18,11 +18,7 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from fedprompt_client_agent.data.text_silos import SiloData, TextExample
-from fedprompt_client_agent.models.text_prompt import (
-    PromptClassifier,
-    PromptSpec,
-    build_prompt_classifier,
-)
+from fedprompt_client_agent.models.text_prompt import PromptClassifier
 from fedprompt_client_agent.training import dp_sgd
 from fedprompt_client_agent.training.dp_sgd import (
     DPLocalTrainer,
@@ -35,7 +31,6 @@ from fedprompt_client_agent.training.dp_sgd import (
 from fedprompt_client_agent.training.proximal import ProximalTerm
 from fedprompt_client_agent.training.trainer import LocalTrainer, TrainConfig
 
-SPEC = PromptSpec(n_global=4, n_cluster=2, n_local=2)
 TINY = {"batch_size": 8, "max_length": 32}
 _TOPICS = {
     0: "The new contraceptive pill gave me headaches and my periods became irregular",
@@ -58,26 +53,6 @@ def silo() -> SiloData:
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def built() -> tuple[PromptClassifier, Any]:
-    """One MiniLM prompt classifier for the module (loading it is the slow part)."""
-    return build_prompt_classifier(num_labels=2, spec=SPEC, seed=0, device="cpu")
-
-
-@pytest.fixture
-def model(built: tuple[PromptClassifier, Any]) -> Iterator[PromptClassifier]:
-    """The shared model, reset to its initial prompt and head after every test."""
-    initial = built[0].personal_state()
-    yield built[0]
-    built[0].load_personal_state(initial)
-
-
-@pytest.fixture
-def tokenizer(built: tuple[PromptClassifier, Any]) -> Any:
-    """The backbone's tokenizer."""
-    return built[1]
 
 
 @contextlib.contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -10,48 +9,31 @@ import pytest
 import torch
 
 from fedprompt_client_agent.data.text_silos import SiloData
-from fedprompt_client_agent.models.text_prompt import (
-    PromptClassifier,
-    PromptSpec,
-    build_prompt_classifier,
-)
+from fedprompt_client_agent.models.text_prompt import PromptClassifier
 from fedprompt_client_agent.training.proximal import ProximalTerm, make_proximal_loss
 from fedprompt_client_agent.training.trainer import LocalTrainer, TrainConfig, sum_extra_losses
 
-SPEC = PromptSpec(n_global=4, n_cluster=2, n_local=2)
 SHARED = ("prompt.global", "prompt.cluster", "head.weight", "head.bias")
-ROWS = SPEC.segment_slices()
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-@pytest.fixture(scope="module")
-def built() -> tuple[PromptClassifier, Any]:
-    """One MiniLM prompt classifier for the module (loading it is the slow part)."""
-    return build_prompt_classifier(num_labels=2, spec=SPEC, seed=0, device="cpu")
-
-
-@pytest.fixture
-def model(built: tuple[PromptClassifier, Any]) -> Iterator[PromptClassifier]:
-    """The shared model, reset to its initial prompt and head after every test."""
-    initial = built[0].personal_state()
-    yield built[0]
-    built[0].load_personal_state(initial)
-
-
 def _shift(model: PromptClassifier, shifts: dict[str, float]) -> None:
     """Add a constant to every entry of some segments (``global``, ``local``, ...) or head tensors."""
+    rows = model.spec.segment_slices()
     with torch.no_grad():
         table = model.prompt_embedding.weight
         for name, value in shifts.items():
-            if name in ROWS:
-                table[ROWS[name]] += value
+            if name in rows:
+                table[rows[name]] += value
             else:
                 getattr(model.head, name).add_(value)
 
 
 def test_value_and_gradient_match_a_hand_computation(model: PromptClassifier) -> None:
     mu = 0.3
+    rows = model.spec.segment_slices()  # the fixture's model: 4 global, 2 cluster, 2 local
+    assert [rows[s].stop - rows[s].start for s in ("global", "cluster", "local")] == [4, 2, 2]
     term = ProximalTerm(model, mu=mu, names=SHARED)
     width = model.hidden_size
     _shift(model, {"global": 0.5, "cluster": -0.25, "local": 7.0, "weight": 1.0, "bias": 2.0})
@@ -63,9 +45,9 @@ def test_value_and_gradient_match_a_hand_computation(model: PromptClassifier) ->
     grad = model.prompt_embedding.weight.grad
     assert grad is not None and model.head.weight.grad is not None
     assert model.head.bias.grad is not None
-    torch.testing.assert_close(grad[ROWS["global"]], torch.full((4, width), mu * 0.5))
-    torch.testing.assert_close(grad[ROWS["cluster"]], torch.full((2, width), mu * -0.25))
-    assert torch.count_nonzero(grad[ROWS["local"]]) == 0  # μ(θ - θ₀), never on the local rows
+    torch.testing.assert_close(grad[rows["global"]], torch.full((4, width), mu * 0.5))
+    torch.testing.assert_close(grad[rows["cluster"]], torch.full((2, width), mu * -0.25))
+    assert torch.count_nonzero(grad[rows["local"]]) == 0  # μ(θ - θ₀), never on the local rows
     torch.testing.assert_close(model.head.weight.grad, torch.full((2, width), mu * 1.0))
     torch.testing.assert_close(model.head.bias.grad, torch.full((2,), mu * 2.0))
     model.zero_grad(set_to_none=True)
