@@ -6,7 +6,7 @@ PROTO_SRC := proto
 STUB_DIR := libs/common/src
 
 .PHONY: setup proto proto-check lint typecheck test test-unit test-integration test-deploy demo clean \
-	bench bench-quick bench-system bench-secagg bench-load fuzz fuzz-deps images compose-up compose-status compose-down compose-e2e
+	bench bench-quick bench-scenarios bench-system bench-secagg bench-load fuzz fuzz-deps images compose-up compose-status compose-down compose-e2e
 
 setup: $(BIN)/.installed
 
@@ -100,8 +100,13 @@ demo: setup
 
 # The evaluation report (reports/full/report.md; about an hour on 2 cores) and its quick
 # variant (reports/quick/, under 15 minutes): same structure, fewer rounds and steps.
+# bench-scenarios adds many small clinics and a second seed of every hard scenario to the
+# full plan's finished runs (reports/scenarios/; about 50 minutes after make bench).
 bench: setup
 	$(BIN)/fedprompt bench
+
+bench-scenarios: setup
+	$(BIN)/fedprompt bench --scenarios --merge reports/full
 
 bench-quick: setup
 	$(BIN)/fedprompt bench --quick

@@ -169,9 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--scenarios",
         action="store_true",
-        help=f"text: the hard scenarios (many small clinics, misleading metadata, concept "
-        f"shift) and the ablations of {METHOD}, paired with full {METHOD} (30 runs, 30-60 min "
-        "on 2 cores); the GPU plan holds the whole scenario x ablation matrix",
+        help="the full plan plus many small clinics and every hard scenario on two seeds "
+        "(98 runs; with --merge reports/full only its 32 extra runs, about 50 min on 2 "
+        f"cores); the GPU plan holds the whole scenario x {METHOD} ablation matrix",
     )
     bench.add_argument("--tag", help="report folder name under --reports (default: the mode)")
     bench.add_argument("--reports", type=Path, default=Path("reports"))

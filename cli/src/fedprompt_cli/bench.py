@@ -164,6 +164,26 @@ def with_ablation(options: UpOptions, ablation: str | None) -> UpOptions:
     )
 
 
+def run_settings(spec: RunSpec, plan: BenchPlan) -> dict[str, Any]:
+    """What a run's name does not say: its task's budget and its number of silos."""
+    return {**asdict(plan.tasks[spec.task]), "clients": plan.clients_of(spec)}
+
+
+def _same_settings(record: dict[str, Any], plan: BenchPlan) -> bool:
+    """Whether a finished run was made with this plan's settings for its task.
+
+    Records written before the settings were recorded carry none and are taken as they
+    are (the committed reports' ``runs.jsonl``); a record of a task the plan does not run
+    is never asked for.
+    """
+    settings = record.get("settings")
+    task = record["spec"]["task"]
+    if settings is None or task not in plan.tasks:
+        return True
+    spec = RunSpec(**{k: v for k, v in record["spec"].items() if k != "name"})
+    return bool(settings == run_settings(spec, plan))
+
+
 def _load_done(path: Path) -> dict[str, dict[str, Any]]:
     if not path.exists():
         return {}
@@ -198,6 +218,16 @@ class _Runner:
         for other in merge:  # runs of the same plan made by another bench process
             self.done.update(_load_done(other / RUNS_FILE))
         self.done.update(_load_done(self.runs_path))
+        # Run names do not say the budget: a record of another budget is not this plan's run
+        stale = sorted(n for n, r in self.done.items() if not _same_settings(r, plan))
+        for name in stale:
+            del self.done[name]
+        if stale:
+            console.print(
+                f"[yellow]{len(stale)} finished run(s) had other settings than this plan "
+                f"(rounds, steps, batch, length, images or silos) and run again: "
+                f"{', '.join(stale[:5])}{' ...' if len(stale) > 5 else ''}[/]"
+            )
         self.log_console = Console(
             file=open(out / "bench.log", "a"),  # noqa: SIM115 - closed in close()
             width=150,
@@ -250,6 +280,7 @@ class _Runner:
             shutil.rmtree(options.run_dir / bulky, ignore_errors=True)
         record: dict[str, Any] = {
             "spec": {**asdict(spec), "name": spec.name},
+            "settings": run_settings(spec, self.plan),
             "wall_seconds": wall,
             "summary": summary,
         }

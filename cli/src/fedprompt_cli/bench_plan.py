@@ -43,6 +43,7 @@ __all__ = [
     "ABLATIONS",
     "DEFAULT_SCENARIO",
     "METHOD",
+    "PROMPT_STRATEGIES",
     "SCENARIOS",
     "SCENARIO_SILOS",
     "STRATEGIES",
@@ -69,6 +70,14 @@ METHOD = StrategyName.FPL
 #: the default first: the bundled clinics, which the tune and eval stages run.
 SCENARIOS: tuple[str, ...] = ("clinics", "many-small", "misleading-metadata", "concept-shift")
 DEFAULT_SCENARIO = SCENARIOS[0]
+#: The strategies that tune a prompt (and head) on one shared frozen backbone: the hard
+#: scenarios' field on a CPU (the LoRA and full-model baselines join on the GPU plan).
+PROMPT_STRATEGIES: tuple[str, ...] = (
+    StrategyName.LOCAL,
+    StrategyName.FEDAVG,
+    StrategyName.CLUSTERED,
+    METHOD,
+)
 #: Silos per task of a scenario that fixes its own number (else the plan's ``clients``).
 SCENARIO_SILOS: dict[str, dict[str, int]] = {"many-small": {"text": 24, "vision": 30}}
 
@@ -215,6 +224,10 @@ class BenchPlan:
     #: Strategies whose learning rate is tuned over ``lr_factors`` (None: all); the others
     #: run at their default rate only.
     tuned_strategies: tuple[str, ...] | None = None
+    #: Strategies of the eval stage, i.e. on every seed (None: all); the others run on the
+    #: first seed only (a CPU plan's LoRA and full-model references: their bytes and one
+    #: seed's accuracy, paired with that seed's runs).
+    eval_strategies: tuple[str, ...] | None = None
     dp_epsilons: tuple[float, ...] = (1.0, 4.0, 8.0)
     #: Secure-aggregation runs of the privacy stage, by DP ε (None: without noise).
     secure_aggregation_epsilons: tuple[float | None, ...] = (None, 8.0)
@@ -266,6 +279,8 @@ class BenchPlan:
         unknown = set(self.strategies) - set(STRATEGIES)
         if unknown:
             raise ValueError(f"unknown strategies {sorted(unknown)}")
+        if self.eval_strategies is not None and not set(self.eval_strategies) <= set(STRATEGIES):
+            raise ValueError(f"unknown eval strategies {sorted(self.eval_strategies)}")
         if not self.lr_factors:
             raise ValueError("at least one learning-rate factor is needed")
         lossy = {c.value for c in Compression} - {Compression.NONE.value}
@@ -337,6 +352,7 @@ class BenchPlan:
             for seed in self.seeds[1:]
             for task in self.tasks
             for strategy in self.strategies
+            if self.eval_strategies is None or strategy in self.eval_strategies
         ]
 
     def privacy_runs(self, chosen: dict[tuple[str, str], float]) -> list[RunSpec]:
@@ -444,6 +460,11 @@ class BenchPlan:
             "strategies": list(self.strategies),
             "lr_factors": list(self.lr_factors),
             "tuned_strategies": list(self.tuned_strategies or self.strategies),
+            "eval_strategies": [
+                s
+                for s in self.strategies
+                if self.eval_strategies is None or s in self.eval_strategies
+            ],
             "dp_epsilons": list(self.dp_epsilons),
             "secure_aggregation_epsilons": list(self.secure_aggregation_epsilons),
             "dp_sgd_epsilons": list(self.dp_sgd_epsilons),
@@ -481,27 +502,41 @@ def lr_grid(task: str, strategy: str, factors: tuple[float, ...]) -> list[float]
 
 
 def full_plan() -> BenchPlan:
-    """The committed report's plan: 6 silos per task, 3 seeds, every strategy, privacy curve.
+    """``make bench``: the committed report's plan, about an hour on a 2-core machine.
 
-    Sized for a 2-core machine shared with other work (about an hour): two rounds of three
-    local steps, short texts, the default learning rates (no grid: ``lr_factors=(1, 3)``
-    turns the validation grid on, at twice the runs), the privacy curve on the text task
-    with one seed, and fp16 and int8 uploads on the text task with every seed (6 short
-    runs: a change of accuracy is only judged against the seed spread with more than one
-    seed).
+    Every strategy on the 6 bundled silos per task, at a budget that moves text prompts
+    well off the prior (four rounds of eight local steps, 12 texts of 48 tokens per step:
+    fpl reaches about 74 % mean test accuracy on the clinics, where two rounds of three
+    steps left every prompt strategy at the prior's predictions). The four prompt
+    strategies run on three seeds; the LoRA and full-model baselines on the first seed
+    only (text full-fedavg alone takes about 3.5 minutes a run here). The ablations of fpl
+    on the clinics with two seeds (paired with full fpl), the two hard scenarios of 6 silos
+    (misleading metadata, concept shift) with the four prompt strategies on the first seed,
+    and DP-FedAvg and DP-SGD at ε = 8 on the text task with one seed. The default learning
+    rates (no grid: ``lr_factors=(1, 3)`` turns the validation grid on). Upload compression
+    has its own plan (``--compression``), "many small clinics" the scenario plan
+    (``--scenarios``). 66 federations.
     """
     return BenchPlan(
         mode="full",
         clients=6,
         seeds=(0, 1, 2),
         tasks={
-            "text": TaskSettings(rounds=2, local_steps=3, batch_size=8, max_length=48),
-            "vision": TaskSettings(rounds=2, local_steps=3, batch_size=16, max_images=1200),
+            "text": TaskSettings(rounds=4, local_steps=8, batch_size=12, max_length=48),
+            "vision": TaskSettings(rounds=4, local_steps=8, batch_size=16, max_images=1200),
         },
         lr_factors=(1.0,),
+        eval_strategies=PROMPT_STRATEGIES,
+        dp_epsilons=(8.0,),
+        secure_aggregation_epsilons=(),
         privacy_tasks=("text",),
         privacy_seeds=1,
-        compression_tasks=("text",),
+        upload_compressions=(),
+        scenarios=("misleading-metadata", "concept-shift"),
+        scenario_strategies=PROMPT_STRATEGIES,
+        scenario_seeds=1,
+        ablations=tuple(ABLATIONS),
+        ablation_seeds=2,
     )
 
 
@@ -511,8 +546,8 @@ def gpu_plan() -> BenchPlan:
     Ten rounds of ten local steps on longer texts and more images, five seeds, the privacy
     curve and the upload compressions on both tasks with every seed, and the whole scenario
     × ablation matrix: every strategy on every hard scenario, and every ablation of fpl on
-    every scenario (clinics included), both tasks, every seed. Client agents run with ``--device auto`` (CUDA with bf16
-    autocast where present). Its runs can be split over several bench processes
+    every scenario (clinics included), both tasks, every seed. Client agents run with
+    ``--device auto`` (CUDA with bf16 autocast where present). Its runs can be split over several bench processes
     (``--tasks``/``--strategies``/``--privacy-only --seeds``) and merged with
     ``--merge ... --report-only``.
     """
@@ -523,25 +558,32 @@ def gpu_plan() -> BenchPlan:
             "text": TaskSettings(rounds=10, local_steps=10, batch_size=16, max_length=128),
             "vision": TaskSettings(rounds=10, local_steps=10, batch_size=32, max_images=3000),
         },
+        dp_epsilons=(1.0, 4.0, 8.0),
+        secure_aggregation_epsilons=(None, 8.0),
         privacy_tasks=None,
         privacy_seeds=None,
+        upload_compressions=("fp16", "int8"),
         compression_tasks=None,
         compression_seeds=None,
         device="auto",
         seeds=(0, 1, 2, 3, 4),
+        eval_strategies=None,
         scenarios=SCENARIOS[1:],
+        scenario_strategies=None,
+        scenario_seeds=None,
         ablations=tuple(ABLATIONS),
         ablation_scenarios=SCENARIOS,
+        ablation_seeds=None,
     )
 
 
 def compression_plan() -> BenchPlan:
     """``fedprompt bench --compression``: fpl with exact, fp16 and int8 uploads on a CPU.
 
-    The full plan's budget is too small for text prompts to move off the prior, so a
-    comparison of upload compressions needs more training: five rounds of ten local steps
-    on both tasks, every seed, ``fpl`` only (exact uploads in the tune and eval stages,
-    fp16 and int8 in the compression stage), no privacy stage. About an hour on 2 cores.
+    Five rounds of ten local steps on both tasks (more than the full plan's four of eight),
+    every seed, ``fpl`` only (exact uploads in the tune and eval stages, fp16 and int8 in
+    the compression stage), no privacy, scenario or ablation stage. About an hour on 2
+    cores.
     """
     return replace(
         full_plan(),
@@ -552,38 +594,28 @@ def compression_plan() -> BenchPlan:
         },
         strategies=(METHOD,),
         privacy_seeds=0,
+        upload_compressions=("fp16", "int8"),
         compression_tasks=None,
         compression_seeds=None,
+        scenarios=(),
+        ablations=(),
     )
 
 
 def scenario_plan() -> BenchPlan:
-    """``fedprompt bench --scenarios``: the hard scenarios and the ablations on a CPU.
+    """``fedprompt bench --scenarios``: ``make bench`` plus every hard scenario on two seeds.
 
-    Not part of ``make bench`` (whose hour the full plan fills): the text task with the
-    full plan's budget (two rounds of three local steps), two seeds, the strategies that
-    share a frozen backbone's prompt (local, fedavg, clustered, fpl), every hard scenario on
-    the first seed and every ablation of fpl on the clinics with both seeds; no privacy or
-    compression stage: 30 federations (4 tune, 4 eval, 12 scenario, 10 ablation), about
-    30 to 60 minutes on 2 cores at one to two minutes per run (the 24 clinics of
-    many-small take longer).
+    The full plan with "many small clinics" added (24 text silos of ~18 reviews, 30 image
+    silos of ~100 images) and every hard scenario on the first two seeds, at the same budget
+    and learning rates, so its runs are named like the full plan's: with ``--merge
+    reports/full`` only the extra runs run (16 many-small federations, about 40 minutes on
+    2 cores, and 16 second-seed runs of the other two scenarios, about 12 minutes).
     """
     return replace(
         full_plan(),
         mode="scenarios",
-        seeds=(0, 1),
-        tasks={"text": full_plan().tasks["text"]},
-        strategies=(
-            StrategyName.LOCAL,
-            StrategyName.FEDAVG,
-            StrategyName.CLUSTERED,
-            METHOD,
-        ),
-        privacy_seeds=0,
-        compression_seeds=0,
         scenarios=SCENARIOS[1:],
-        scenario_seeds=1,
-        ablations=tuple(ABLATIONS),
+        scenario_seeds=2,
     )
 
 
@@ -605,7 +637,10 @@ def quick_plan() -> BenchPlan:
         dp_epsilons=(1.0,),
         secure_aggregation_epsilons=(None,),
         upload_compressions=("int8",),
+        compression_tasks=("text",),
         compression_seeds=1,
+        scenarios=(),
+        ablations=(),
     )
 
 

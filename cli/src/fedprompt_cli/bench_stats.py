@@ -65,6 +65,7 @@ __all__ = [
     "ablation_comparisons",
     "compare",
     "paired_comparisons",
+    "paired_interval",
     "paired_runs",
     "points",
     "scenario_comparisons",
@@ -173,6 +174,40 @@ def _bootstrap(pairs: SeedPairs, metric: Metric, resamples: int, seed: int) -> n
     if metric == "accuracy_mean":
         return np.asarray(picked.sum(axis=1) / counts[drawn].sum(axis=1))
     return np.asarray(picked.mean(axis=1))
+
+
+def _interval(boot: np.ndarray) -> tuple[float, float]:
+    alpha = 1.0 - CONFIDENCE
+    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def paired_interval(
+    pairs: SeedPairs,
+    metric: Metric = "accuracy_mean",
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """The 95 % two-stage bootstrap interval of a paired difference (see :func:`compare`).
+
+    Parameters
+    ----------
+    pairs : SeedPairs
+        Per seed, ``(ours, theirs)``: the same clients' accuracies on both sides.
+    metric : str
+        ``accuracy_mean`` (pooled client differences) or ``accuracy_worst``.
+    resamples, seed : int
+        Bootstrap resamples and their generator's seed.
+
+    Returns
+    -------
+    tuple of float
+        The interval's ends (fractions, ours minus theirs).
+    """
+    if not pairs:
+        raise ValueError("no paired seed to resample")
+    return _interval(_bootstrap(pairs, metric, resamples, seed))
 
 
 @dataclass(frozen=True)
@@ -306,8 +341,7 @@ def compare(
     if not pairs:
         return None
     boot = _bootstrap(pairs, metric, resamples, seed)
-    alpha = 1.0 - CONFIDENCE
-    low, high = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    low, high = _interval(boot)
     if metric == "accuracy_mean":
         diffs = np.concatenate([a - b for a, b in pairs.values()])
     else:
@@ -321,8 +355,8 @@ def compare(
         clients=sum(len(a) for a, _ in pairs.values()),
         pairs=int(diffs.size),
         difference=_estimate(pairs, metric),
-        ci_low=float(low),
-        ci_high=float(high),
+        ci_low=low,
+        ci_high=high,
         se=float(boot.std(ddof=1)) if resamples > 1 else 0.0,
         p_value=wilcoxon_p(diffs),
         margin=margin,

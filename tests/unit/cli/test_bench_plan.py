@@ -10,6 +10,7 @@ import pytest
 from fedprompt_cli.bench_plan import (
     ABLATIONS,
     DEFAULT_SCENARIO,
+    PROMPT_STRATEGIES,
     SCENARIO_SILOS,
     SCENARIOS,
     STRATEGIES,
@@ -30,15 +31,36 @@ def test_full_plan_meets_the_issue() -> None:
     assert plan.clients >= 6 and len(plan.seeds) >= 3
     assert set(plan.tasks) == {"text", "vision"}
     assert plan.strategies == STRATEGIES
-    assert set(plan.dp_epsilons) == {1.0, 4.0, 8.0}  # with ε = ∞ from the plain fpl runs
+    assert set(plan.dp_epsilons) == {8.0}  # with ε = ∞ from the plain fpl runs
     assert plan.dp_sgd_epsilons
+    # a budget that moves text prompts off the prior: more than the old 2 rounds x 3 steps
+    assert all(t.rounds * t.local_steps >= 4 * 8 for t in plan.tasks.values())
+    # the evidence stages: both 6-silo hard scenarios and every ablation, on both tasks
+    assert set(plan.scenarios) == {"misleading-metadata", "concept-shift"}
+    assert plan.ablations == tuple(ABLATIONS)
+    chosen = _chosen(plan)
+    assert {(r.task, r.scenario) for r in plan.scenario_runs(chosen)} == {
+        (t, sc) for t in ("text", "vision") for sc in plan.scenarios
+    }
+    assert {(r.task, r.seed) for r in plan.ablation_runs(chosen)} == {
+        (t, s) for t in ("text", "vision") for s in plan.seeds[:2]
+    }
+    # the prompt strategies on every seed, the LoRA and full-model references on the first
+    evals = plan.eval_runs(chosen)
+    assert {r.strategy for r in evals} == set(PROMPT_STRATEGIES)
+    assert {(r.task, r.strategy) for r in plan.tune_runs()} == {
+        (t, s) for t in ("text", "vision") for s in STRATEGIES
+    }
+    assert plan.describe()["eval_strategies"] == list(PROMPT_STRATEGIES)
+    assert plan.total_runs() == 66  # sized for an hour on 2 cores (about 50 s per run)
 
 
 def test_stages_cover_every_strategy_seed_and_privacy_level() -> None:
-    plan = full_plan()
+    plan = gpu_plan()
     tune = plan.tune_runs()
     assert {r.seed for r in tune} == {plan.seeds[0]}
     assert len(tune) == 2 * sum(len(plan.factors_of(s)) for s in STRATEGIES)
+    assert {r.dp_sgd_epsilon for r in plan.privacy_runs(_chosen(plan))} >= {8.0}
     assert len({r.learning_rate for r in tune if r.strategy == "fpl"}) == len(plan.lr_factors)
     chosen = {(t, s): 0.5 for t in plan.tasks for s in plan.strategies}
     evals = plan.eval_runs(chosen)
@@ -55,6 +77,7 @@ def test_stages_cover_every_strategy_seed_and_privacy_level() -> None:
     compression = plan.compression_runs(chosen)
     assert {r.upload_compression for r in compression} == set(plan.upload_compressions)
     names = [r.name for r in tune + evals + privacy + compression]
+    names += [r.name for r in plan.scenario_runs(chosen) + plan.ablation_runs(chosen)]
     assert len(names) == len(set(names)) == plan.total_runs()
 
 
@@ -74,6 +97,8 @@ def test_lr_grid_multiplies_the_default() -> None:
 
 
 def test_bad_plans_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown eval strategies"):
+        replace(tiny_plan(), eval_strategies=("fpl", "nope"))
     with pytest.raises(ValueError, match="at least 2 clients"):
         replace(tiny_plan(), clients=1)
     with pytest.raises(ValueError, match="unknown strategies"):
@@ -106,7 +131,7 @@ def test_a_bench_can_be_split_by_strategy_and_without_privacy() -> None:
 
 
 def test_compression_stage_runs_fpl_at_the_chosen_rate_per_method_and_seed() -> None:
-    plan = full_plan()
+    plan = replace(full_plan(), upload_compressions=("fp16", "int8"), compression_tasks=("text",))
     chosen = {(t, s): 0.5 for t in plan.tasks for s in plan.strategies}
     chosen[("text", "fpl")] = 0.07
     runs = plan.compression_runs(chosen)
@@ -134,7 +159,9 @@ def test_compression_stage_size_of_each_plan() -> None:
     gpu_runs = gpu.compression_runs({("text", "fpl"): 0.03, ("vision", "fpl"): 0.03})
     assert len(gpu_runs) == 2 * len(gpu.seeds) * 2  # tasks x seeds x methods
     assert tiny_plan().compression_runs({("text", "fpl"): 0.03}) == []  # integration test
-    assert replace(full_plan(), strategies=("local",)).compression_runs({}) == []
+    assert full_plan().compression_runs(_chosen(full_plan())) == []  # its own plan
+    alone = replace(gpu_plan(), strategies=("local",), ablations=())
+    assert alone.compression_runs({}) == []
 
 
 def test_compression_plan_compares_exact_fp16_and_int8_fpl_uploads_on_every_seed() -> None:
@@ -186,10 +213,10 @@ def test_unknown_or_exact_upload_compressions_are_refused() -> None:
 def test_skip_privacy_keeps_the_compression_stage_and_skip_compression_drops_it() -> None:
     from fedprompt_cli.bench import plan_with_overrides, untuned_learning_rates
 
-    plan = plan_with_overrides(full_plan(), seeds=None, clients=None, skip_privacy=True)
+    plan = plan_with_overrides(gpu_plan(), seeds=None, clients=None, skip_privacy=True)
     chosen = untuned_learning_rates(plan)
-    assert plan.privacy_runs(chosen) == [] and len(plan.compression_runs(chosen)) == 6
-    plan = plan_with_overrides(full_plan(), seeds=None, clients=None, skip_compression=True)
+    assert plan.privacy_runs(chosen) == [] and len(plan.compression_runs(chosen)) == 20
+    plan = plan_with_overrides(gpu_plan(), seeds=None, clients=None, skip_compression=True)
     assert plan.compression_runs(chosen) == [] and plan.privacy_runs(chosen)
 
 
@@ -215,11 +242,28 @@ def _all_runs(plan: BenchPlan) -> list[RunSpec]:
     )
 
 
-def test_full_plan_budget_is_unchanged_and_has_no_scenario_or_ablation_stage() -> None:
-    plan = full_plan()
-    assert plan.scenarios == () and plan.ablations == ()
-    assert plan.scenario_runs(_chosen(plan)) == [] and plan.ablation_runs(_chosen(plan)) == []
-    assert plan.total_runs() == 48  # as on main without scenarios and ablations
+def test_scenario_plan_extends_the_full_plan_under_the_same_run_names() -> None:
+    """``--scenarios --merge reports/full`` runs only what make bench did not: every run of
+    the full plan is a run of the scenario plan under the same name, budget and silos."""
+    from fedprompt_cli.bench import run_settings
+
+    full, scenarios = full_plan(), scenario_plan()
+    assert full.tasks == scenarios.tasks and full.clients == scenarios.clients
+    full_runs = {r.name: r for r in _all_runs(full)}
+    scenario_runs = {r.name: r for r in _all_runs(scenarios)}
+    assert set(full_runs) < set(scenario_runs)
+    for name, spec in full_runs.items():
+        assert scenario_runs[name] == spec
+        assert run_settings(spec, full) == run_settings(spec, scenarios)
+    extra = [scenario_runs[n] for n in set(scenario_runs) - set(full_runs)]
+    assert {r.stage for r in extra} == {"scenario"}
+    assert {(r.scenario, r.seed) for r in extra} == {
+        ("many-small", 0),
+        ("many-small", 1),
+        ("misleading-metadata", 1),
+        ("concept-shift", 1),
+    }
+    assert len(extra) == 2 * 4 * 4  # tasks x (scenario, seed) x strategies
 
 
 def test_scenario_names_match_make_silos() -> None:
@@ -251,7 +295,7 @@ def test_gpu_plan_holds_the_whole_scenario_ablation_matrix_on_five_seeds() -> No
     assert len(names) == len(set(names)) == plan.total_runs()
 
 
-@pytest.mark.parametrize("make", [gpu_plan, scenario_plan])
+@pytest.mark.parametrize("make", [full_plan, gpu_plan, scenario_plan])
 def test_every_ablation_is_paired_with_a_full_fpl_run_of_the_plan(
     make: Callable[[], BenchPlan],
 ) -> None:
@@ -273,12 +317,12 @@ def test_every_ablation_is_paired_with_a_full_fpl_run_of_the_plan(
 def test_scenario_runs_share_silos_per_seed_and_baselines_pair_with_fpl() -> None:
     plan = scenario_plan()
     runs = plan.scenario_runs(_chosen(plan))
-    assert len(runs) == 3 * 4 * 1  # scenarios x strategies x first seed
+    assert len(runs) == 2 * 3 * 4 * 2  # tasks x scenarios x strategies x first two seeds
     by_silos: dict[tuple[str, str, int], set[str]] = {}
     for r in runs:
         by_silos.setdefault(r.silos_key, set()).add(r.strategy)
-    assert all(strategies == set(plan.strategies) for strategies in by_silos.values())
-    assert plan.total_runs() == 30
+    assert all(strategies == set(PROMPT_STRATEGIES) for strategies in by_silos.values())
+    assert plan.total_runs() == 98
 
 
 def test_scenario_and_ablation_runs_are_named_and_grouped() -> None:

@@ -166,3 +166,17 @@ def test_one_client_cannot_tell(make_record: MakeRecord) -> None:
     r = _results(make_record, {"fpl": [[0.9]], "fedavg": [[0.1]]})
     c = compare(r["fpl"], r["fedavg"], "accuracy_mean", resamples=100)
     assert c is not None and c.verdict == "cannot tell"
+
+
+def test_paired_interval_is_compares_interval_and_refuses_no_pairs(
+    make_record: MakeRecord,
+) -> None:
+    from fedprompt_cli.bench_stats import paired_interval
+
+    r = _shifted(make_record, 0.05)
+    c = compare(r["fpl"], r["fedavg"], "accuracy_mean")
+    assert c is not None
+    assert paired_interval(paired_runs(r["fpl"], r["fedavg"])) == (c.ci_low, c.ci_high)
+    assert c.ci_low > 0  # a true +5 points over 60 pairs
+    with pytest.raises(ValueError, match="no paired seed"):
+        paired_interval({})
