@@ -175,8 +175,9 @@ def _scenario_section(
     """Per (task, hard scenario): each strategy's accuracy, then fpl against each baseline."""
     if not results:
         return [
-            "No hard-scenario runs in these records (`fedprompt bench --scenarios` and the GPU "
-            "plan run them)."
+            "No hard-scenario runs in these records (`make bench` runs misleading metadata and "
+            "a concept shift, `fedprompt bench --scenarios` adds many small clinics, the GPU "
+            "plan runs every strategy on each)."
         ]
     lines = [
         f"Each hard scenario of `fedprompt-make-silos --scenario`, every strategy on the same "
@@ -226,7 +227,7 @@ def _ablation_section(comparisons: Sequence[PairedComparison]) -> list[str]:
     if not comparisons:
         return [
             f"No ablation of {METHOD} next to full {METHOD} on the same seeds in these records "
-            "(`fedprompt bench --scenarios` and the GPU plan run them)."
+            "(`make bench` runs them on the clinics, the GPU plan on every scenario)."
         ]
     removes = "; ".join(f"`{a.name}`: without {a.removes}" for a in ABLATIONS.values())
     return [
@@ -424,6 +425,19 @@ def _size_sentence(records: Sequence[Mapping[str, Any]]) -> str:
     return "- Small held-out splits: " + "; ".join(parts) + "." if parts else ""
 
 
+def _first_seed_only(plan: BenchPlan) -> str:
+    """Which strategies the plan runs on its first seed only (none: an empty string)."""
+    if plan.eval_strategies is None or len(plan.seeds) < 2:
+        return ""
+    alone = [s for s in plan.strategies if s not in plan.eval_strategies]
+    if not alone:
+        return ""
+    return (
+        f" {', '.join(alone)} ran on seed {plan.seeds[0]} only (the plan's time limit): their "
+        "rows are one seed, and their comparisons pair that seed's clients."
+    )
+
+
 def _tuning_sentence(plan: BenchPlan) -> str:
     if len(plan.lr_factors) > 1:
         return (
@@ -531,7 +545,8 @@ def write_report(
         "",
         "## Setup",
         "",
-        f"- {plan.clients} silos per task, seeds {list(plan.seeds)}, {settings}.",
+        f"- {plan.clients} silos per task, seeds {list(plan.seeds)}, {settings}."
+        + _first_seed_only(plan),
         _data_sentence(plan),
         "- Each run is a real federation on loopback: clusterer, coordinator and client agents "
         f"talking gRPC ({plan.clients_per_process} agents per host process, each its own gRPC "

@@ -352,3 +352,11 @@ def test_strategy_overrides_without_fpl_drop_the_ablations() -> None:
 
     plan = plan_with_overrides(gpu_plan(), seeds=None, clients=None, strategies=("local",))
     assert plan.ablations == () and plan.ablation_runs({}) == []
+
+
+def test_the_report_names_the_strategies_of_the_first_seed_only() -> None:
+    from fedprompt_cli.bench_report import _first_seed_only
+
+    assert "lora-fedavg, full-fedavg ran on seed 0 only" in _first_seed_only(full_plan())
+    assert _first_seed_only(gpu_plan()) == ""  # every strategy on every seed
+    assert _first_seed_only(replace(full_plan(), seeds=(0,))) == ""
