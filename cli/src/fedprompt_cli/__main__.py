@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(FedAdam, FedYogi, FedAdagrad; these need --server-lr)",
     )
     up.add_argument("--server-lr", type=float, help="η of the server optimizer (sgd: 1)")
+    up.add_argument("--proximal-mu", type=float, help="FedProx's μ of the clients (0: off)")
     up.add_argument("--n-global", type=int, help="global prompt segment of every client (0: none)")
     up.add_argument("--n-local", type=int, help="local prompt segment of every client (0: none)")
     up.add_argument(
@@ -362,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             server_weighting=args.server_weighting,
             server_optimizer=args.server_optimizer,
             server_lr=args.server_lr,
+            proximal_mu=args.proximal_mu,
             n_global=args.n_global,
             n_local=args.n_local,
             clustering=not args.no_clustering,

@@ -157,6 +157,7 @@ def with_ablation(options: UpOptions, ablation: str | None) -> UpOptions:
         server_weighting=knobs.server_weighting,
         server_optimizer=knobs.server_optimizer,
         server_lr=knobs.server_lr,
+        proximal_mu=knobs.proximal_mu,
         n_global=knobs.n_global,
         n_local=knobs.n_local,
         clustering=knobs.clustering,

@@ -99,6 +99,8 @@ class Ablation:
     server_optimizer, server_lr : str and float, optional
         The coordinator's server optimizer and its η (``--server-optimizer``,
         ``--server-lr``; None: plain sgd with η = 1).
+    proximal_mu : float, optional
+        FedProx's μ of the clients (coordinator ``--proximal-mu``; None: 0, off).
     n_global, n_local : int, optional
         Prompt segment sizes of every client (client ``--n-global`` / ``--n-local``; 0:
         no such segment, the prompt is that much shorter).
@@ -112,6 +114,7 @@ class Ablation:
     server_weighting: str | None = None
     server_optimizer: str | None = None
     server_lr: float | None = None
+    proximal_mu: float | None = None
     n_global: int | None = None
     n_local: int | None = None
     clustering: bool = True

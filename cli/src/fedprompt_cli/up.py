@@ -76,6 +76,8 @@ class UpOptions:
     #: η (None: the coordinator's default, plain sgd with η = 1).
     server_optimizer: str | None = None
     server_lr: float | None = None
+    #: μ of FedProx's client proximal term (None: the coordinator's default, 0: off).
+    proximal_mu: float | None = None
     #: Prompt segment sizes of every client agent (0: no such segment; None: the model's
     #: default, 8/4/4 virtual tokens for text, 2/1/1 ring pixels for images).
     n_global: int | None = None
@@ -99,6 +101,7 @@ class UpOptions:
             "--server-weighting": self.server_weighting,
             "--server-optimizer": self.server_optimizer,
             "--server-lr": self.server_lr,
+            "--proximal-mu": self.proximal_mu,
             "--dp-epsilon": self.dp_epsilon,
             "--dp-noise-multiplier": self.dp_noise_multiplier,
         }

@@ -83,14 +83,25 @@ def _concurrently(calls: list[Callable[[], Any]]) -> list[Any]:
 
 def test_open_tasks_train_together_and_equal_training_alone(tmp_path: Path) -> None:
     sizes = {"a": 6, "b": 3, "c": 5}
+    # FedProx: off, on every travelling tensor, on two of them (θ₀ copied per silo, per round)
+    settings = {
+        "a": _settings(),
+        "b": _settings(proximal_mu=1.0),
+        "c": _settings(proximal_mu=10.0, uploaded_tensors=("prompt.global", "head.weight")),
+    }
     alone = {name: _runtime(tmp_path, name, n, "alone") for name, n in sizes.items()}
     hosted = {name: _runtime(tmp_path, name, n, "hosted") for name, n in sizes.items()}
     worker = HostedTraining(expected=3, gather_s=0.5, max_wait_s=5.0)
     try:
         wrapped = [HostedRuntime(rt, worker) for rt in hosted.values()]
         for _round in range(2):
-            expected = [rt.train(_settings()) for rt in alone.values()]
-            got = _concurrently([lambda w=w: w.train(_settings()) for w in wrapped])
+            expected = [rt.train(settings[name]) for name, rt in alone.items()]
+            got = _concurrently(
+                [
+                    lambda w=w, s=s: w.train(s)
+                    for w, s in zip(wrapped, settings.values(), strict=True)
+                ]
+            )
             for exp, res in zip(expected, got, strict=True):
                 assert not isinstance(res, Exception), res
                 assert res["steps"] == exp["steps"] and res["examples_seen"] == exp["examples_seen"]

@@ -1,4 +1,4 @@
-"""The silo runtime: what travels, what stays, and what survives a restart."""
+"""The silo runtime: what travels, what stays, what survives a restart, what FedProx pulls."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from fedprompt_client_agent.agent import TrainSettings
 from fedprompt_client_agent.config import ClientAgentConfig
 from fedprompt_client_agent.data.text_silos import SiloData, TextExample, write_silo_dir
 from fedprompt_client_agent.runtime import SiloRuntime
+from fedprompt_client_agent.training.contrastive_loss import make_info_nce_loss
 
 TEXTS = {
     "pos": ["great relief, works well", "wonderful, no side effects", "excellent results"],
@@ -112,3 +113,60 @@ def test_dp_sgd_reports_the_silo_epsilon_and_resumes_it(silo_dir: Path, tmp_path
     assert second["dp_sgd_epsilon"] > first["dp_sgd_epsilon"]
     restarted = SiloRuntime(cfg)
     assert restarted.train(_settings())["dp_sgd_epsilon"] > second["dp_sgd_epsilon"]
+
+
+def test_proximal_mu_zero_trains_bit_for_bit_as_without_the_term(
+    silo_dir: Path, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(0)
+    centroids = {k: rng.normal(size=384).astype(np.float32) for k in range(2)}
+    with_term = SiloRuntime(_config(silo_dir, tmp_path / "a"))
+    without = SiloRuntime(_config(silo_dir, tmp_path / "b"))
+    settings = TrainSettings(
+        local_steps=3, batch_size=4, learning_rate=0.05, head_learning_rate=0.01,
+        contrastive_weight=0.5, contrastive_temperature=0.3, centroids=centroids,
+        proximal_mu=0.0, uploaded_tensors=tuple(with_term.shared_state()),
+    )  # fmt: skip
+    with_term.train(settings)
+    # the code path of a task without μ: the trainer with the InfoNCE term alone
+    without.trainer.update_config(steps=3, batch_size=4, lr=0.05, head_lr=0.01)
+    info_nce = make_info_nce_loss(weight=0.5, temperature=0.3, own=0, centroids=centroids)
+    without.trainer.train(extra_loss=info_nce)
+    got, expected = with_term.model.personal_state(), without.model.personal_state()  # type: ignore[attr-defined]
+    for key, value in expected.items():
+        np.testing.assert_array_equal(got[key], value, err_msg=key)
+
+
+def test_a_task_with_mu_pulls_only_what_it_uploads_and_never_the_local_segment(
+    silo_dir: Path, tmp_path: Path
+) -> None:
+    rt = SiloRuntime(_config(silo_dir, tmp_path / "state"))
+    before = rt.model.personal_state()  # type: ignore[attr-defined]
+    for names in (("prompt.local",), ("prompt.global", "prompt.local"), ("backbone.weight",)):
+        hostile = TrainSettings(
+            local_steps=2, batch_size=4, learning_rate=0.05, head_learning_rate=0.01,
+            proximal_mu=0.1, uploaded_tensors=names,
+        )  # fmt: skip
+        with pytest.raises(ValueError, match="does not share"):
+            rt.train(hostile)
+    after = rt.model.personal_state()  # type: ignore[attr-defined]
+    for key, value in before.items():  # refused before a single step
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+    pulled = TrainSettings(
+        local_steps=8, batch_size=4, learning_rate=0.05, head_learning_rate=0.05,
+        proximal_mu=100.0, uploaded_tensors=("prompt.global", "prompt.cluster"),
+    )  # fmt: skip
+    rt.train(pulled)
+    after = rt.model.personal_state()  # type: ignore[attr-defined]
+    moved = {key: float(np.abs(after[key] - before[key]).max()) for key in before}
+    assert moved["prompt.global"] < 0.05 and moved["prompt.cluster"] < 0.05, moved
+    assert moved["prompt.local"] > 0.1 and moved["head.weight"] > 0.1, moved  # not pulled
+
+
+def test_local_silos_have_nothing_to_pull(silo_dir: Path, tmp_path: Path) -> None:
+    local = SiloRuntime(_config(silo_dir, tmp_path / "local", strategy="local"))
+    settings = TrainSettings(
+        local_steps=2, batch_size=4, learning_rate=0.05, head_learning_rate=0.01, proximal_mu=1.0
+    )
+    assert local.configure_training(settings) is None  # nothing travels: no term
+    assert local.train(settings)["steps"] == 2

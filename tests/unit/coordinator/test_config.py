@@ -175,3 +175,31 @@ def test_the_coordinator_flags_and_environment_set_the_server_optimizer() -> Non
         config_from_args(parse_args(["--server-optimizer", "adam"]), environ={})
     with pytest.raises(SystemExit):
         parse_args(["--server-optimizer", "lamb"])
+
+
+@pytest.mark.parametrize(
+    "mu", [float("nan"), float("inf"), float("-inf"), -1.0, -1e-12, 100.000001, 1e9, True]
+)
+def test_a_hostile_proximal_mu_is_refused_at_load(mu: float) -> None:
+    expected = "must be a number" if isinstance(mu, bool) else r"finite number in \[0, 100\]"
+    with pytest.raises(ValidationError, match=expected):
+        CoordinatorConfig(training={"proximal_mu": mu})  # type: ignore[arg-type]
+
+
+def test_proximal_mu_is_off_by_default_and_set_by_flag_yaml_or_environment(
+    tmp_path: Path,
+) -> None:
+    assert CoordinatorConfig().training.proximal_mu == 0.0
+    for mu in (0.0, 0.01, 100.0):
+        assert CoordinatorConfig(training={"proximal_mu": mu}).training.proximal_mu == mu  # type: ignore[arg-type]
+    from_flag = config_from_args(parse_args(["--proximal-mu", "0.1"]), environ={})
+    assert from_flag.training.proximal_mu == 0.1
+    environ = {"FEDPROMPT_COORDINATOR_TRAINING__PROXIMAL_MU": "0.01"}
+    assert config_from_args(parse_args([]), environ=environ).training.proximal_mu == 0.01
+    path = tmp_path / "coordinator.yaml"
+    path.write_text("training:\n  proximal_mu: .inf\n")  # YAML's infinity
+    with pytest.raises(ConfigError, match="proximal_mu"):
+        config_from_args(parse_args(["--config", str(path)]), environ={})
+    for hostile in ("nan", "-1", "1e9"):
+        with pytest.raises(ConfigError, match="proximal_mu"):
+            config_from_args(parse_args(["--proximal-mu", hostile]), environ={})

@@ -1,4 +1,5 @@
-"""Coordinator serde: GetStatus answers keep under their byte bound, cutting what is farthest."""
+"""Coordinator serde: GetStatus answers keep under their byte bound, cutting what is farthest;
+TRAIN tasks carry their training settings exactly."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from fedprompt_coordinator.domain import (
     RoundRecord,
     StatusQuery,
     StatusView,
+    Task,
+    TaskKind,
+    TrainingSettings,
 )
 
 CLIENTS = ("a", "b", "c")
@@ -99,4 +103,27 @@ def test_a_status_query_keeps_what_was_asked_and_the_callers_view() -> None:
     assert (
         serde.status_query_from_proto(request, view=StatusView.FULL, caller="").first_round_record
         == 0
+    )
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.01, 1 / 3, 100.0])
+def test_a_train_tasks_settings_survive_the_wire_with_proximal_mu_exact(mu: float) -> None:
+    training = TrainingSettings(
+        local_steps=3,
+        batch_size=4,
+        learning_rate=0.03,
+        head_learning_rate=0.003,
+        contrastive_weight=0.1,
+        contrastive_temperature=0.5,
+        proximal_mu=mu,
+    )
+    task = Task(kind=TaskKind.TRAIN, round=2, cluster_id=1, training=training)
+    wire = serde.task_to_proto(task).SerializeToString()
+    got = coordinator_pb2.Task.FromString(wire).training
+    assert got.proximal_mu == mu  # a double travels exactly
+    assert (got.local_steps, got.batch_size, got.contrastive_weight) == (3, 4, 0.1)
+    assert (got.learning_rate, got.head_learning_rate, got.contrastive_temperature) == (
+        0.03,
+        0.003,
+        0.5,
     )

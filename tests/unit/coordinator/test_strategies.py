@@ -69,6 +69,14 @@ def test_only_fpl_asks_clients_for_the_infonce_term(tmp_path: Path) -> None:
         assert (settings.local_steps, settings.batch_size, settings.learning_rate) == (3, 4, 0.1)
         assert settings.contrastive_temperature == 0.7
         assert settings.contrastive_weight == (0.25 if name is StrategyName.FPL else 0.0)
+        assert settings.proximal_mu == 0.0  # FedProx off unless configured
+
+
+def test_every_strategy_sends_the_configured_proximal_mu(tmp_path: Path) -> None:
+    training = {"proximal_mu": 0.03}
+    for name in STRATEGIES:
+        strategy = build_strategy(_config(tmp_path, name.value, training=training))
+        assert strategy.configure_train().proximal_mu == 0.03, name
 
 
 def test_only_fpl_round_start_models_carry_centroids(tmp_path: Path) -> None:

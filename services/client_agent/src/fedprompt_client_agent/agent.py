@@ -25,6 +25,7 @@ import numpy as np
 from fedprompt.codec import encode_tensors
 from fedprompt.compression import Compression, compress_tensors
 from fedprompt.coordinator_client import CoordinatorClient, UploadStatusLostError
+from fedprompt.proximal import check_proximal_mu
 from fedprompt.secagg import SecAggError
 from fedprompt.server import create_channel
 from fedprompt.tensor_names import split_centroids
@@ -65,7 +66,14 @@ def tensor_digest(tensors: Mapping[str, np.ndarray]) -> bytes:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Local training settings of a TRAIN task."""
+    """Local training settings of a TRAIN task.
+
+    Raises
+    ------
+    ValueError
+        If ``proximal_mu`` is not a finite number in ``[0, 100]``
+        (:func:`fedprompt.proximal.check_proximal_mu`): the task fails before any training.
+    """
 
     local_steps: int
     batch_size: int
@@ -77,6 +85,57 @@ class TrainSettings:
     #: This client's cluster and every cluster's centroid (token-mean of its prompt).
     cluster_id: int = 0
     centroids: Mapping[int, np.ndarray] = field(default_factory=dict)
+    #: μ of FedProx's proximal term over the uploaded tensors (0: off).
+    proximal_mu: float = 0.0
+    #: The tensors this round uploads (the task's ``expected_update``); None: every
+    #: travelling tensor of the model.
+    uploaded_tensors: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse a μ the coordinator's configuration would refuse too."""
+        check_proximal_mu(self.proximal_mu)
+
+
+def train_settings(
+    task: coordinator_pb2.Task,
+    *,
+    centroids: Mapping[int, np.ndarray],
+    uploaded: tuple[str, ...],
+) -> TrainSettings:
+    """The settings of a TRAIN task, validated.
+
+    Parameters
+    ----------
+    task : coordinator_pb2.Task
+        The TRAIN task.
+    centroids : mapping
+        Every cluster's centroid, from the round-start model.
+    uploaded : tuple of str
+        The tensors the round uploads.
+
+    Returns
+    -------
+    TrainSettings
+        The task's steps, learning rates, InfoNCE and proximal settings.
+
+    Raises
+    ------
+    ValueError
+        For a ``proximal_mu`` that is NaN, infinite, negative or above 100.
+    """
+    training = task.training
+    return TrainSettings(
+        local_steps=training.local_steps,
+        batch_size=training.batch_size,
+        learning_rate=training.learning_rate,
+        head_learning_rate=training.head_learning_rate,
+        contrastive_weight=training.contrastive_weight,
+        contrastive_temperature=training.contrastive_temperature or 0.5,
+        cluster_id=task.cluster_id,
+        centroids=centroids,
+        proximal_mu=training.proximal_mu,
+        uploaded_tensors=uploaded,
+    )
 
 
 class LearningRuntime(Protocol):
@@ -298,27 +357,19 @@ class ClientAgent:
             secure = self._secure_train(task)
         payload = await client.task_model(task, coordinator_pb2.MODEL_STAGE_ROUND_START)
         centroids, received = split_centroids(payload)
+        names = [s.name for s in task.expected_update] or sorted(received)
+        # validated before anything is loaded: a hostile setting fails the task here
+        settings = train_settings(task, centroids=centroids, uploaded=tuple(names))
         digest = tensor_digest(received)
         await asyncio.to_thread(rt.load_shared_state, received)
         if self._last_eval is not None and self._last_eval[0] == digest:
             before = self._last_eval[1]
         else:
             before = await asyncio.to_thread(rt.evaluate)
-        settings = TrainSettings(
-            local_steps=task.training.local_steps,
-            batch_size=task.training.batch_size,
-            learning_rate=task.training.learning_rate,
-            head_learning_rate=task.training.head_learning_rate,
-            contrastive_weight=task.training.contrastive_weight,
-            contrastive_temperature=task.training.contrastive_temperature or 0.5,
-            cluster_id=task.cluster_id,
-            centroids=centroids,
-        )
         train_metrics = await asyncio.to_thread(rt.train, settings)
         self.metrics.observe_training(task.round, train_metrics)
         after = await asyncio.to_thread(rt.evaluate)
         trained = await asyncio.to_thread(rt.shared_state)
-        names = [s.name for s in task.expected_update] or sorted(received)
         delta = {n: (trained[n].astype(np.float32) - received[n].astype(np.float32)) for n in names}
         await asyncio.to_thread(rt.save_personal)
         metrics = {f"pre_{k}": v for k, v in before.items()}

@@ -41,12 +41,14 @@ from fedprompt_client_agent.models import registry
 from fedprompt_client_agent.models.backbone import default_model_dir
 from fedprompt_client_agent.models.efficientnet_lite import default_weights_path
 from fedprompt_client_agent.training.contrastive_loss import make_info_nce_loss
+from fedprompt_client_agent.training.proximal import make_proximal_loss
 from fedprompt_client_agent.training.trainer import (
     EvalResult,
     LocalTrainer,
     TextModel,
     TrainConfig,
     TrainResult,
+    sum_extra_losses,
 )
 from fedprompt_client_agent.training.vision_trainer import VisionModel, VisionTrainer
 
@@ -293,7 +295,7 @@ class SiloRuntime:
             self.model.load_shared_state(tensors)
 
     def train(self, settings: TrainSettings) -> dict[str, float]:
-        """Run the task's local steps (with the InfoNCE term when the task asks for it)."""
+        """Run the task's local steps (with the InfoNCE and proximal terms it asks for)."""
         extra = self.configure_training(settings)
         return self.training_metrics(self.trainer.train(extra_loss=extra))
 
@@ -301,6 +303,9 @@ class SiloRuntime:
         self, settings: TrainSettings
     ) -> Callable[[nn.Module], torch.Tensor] | None:
         """Apply a task's steps and learning rates to the trainer; return its extra loss.
+
+        Called right before training, after the round-start model was loaded (evaluating it
+        in between changes nothing): the proximal term copies θ₀ here.
 
         Parameters
         ----------
@@ -310,7 +315,14 @@ class SiloRuntime:
         Returns
         -------
         callable or None
-            The InfoNCE term of the cluster segment, when the task asks for it.
+            The InfoNCE term of the cluster segment plus FedProx's proximal term over the
+            uploaded tensors, each when the task asks for it; None when it asks for neither.
+
+        Raises
+        ------
+        ValueError
+            If a setting is out of range, or the task uploads a tensor this model does not
+            share (with μ > 0).
         """
         self.trainer.update_config(
             steps=settings.local_steps,
@@ -318,12 +330,17 @@ class SiloRuntime:
             lr=settings.learning_rate,
             head_lr=settings.head_learning_rate,
         )
-        return make_info_nce_loss(
+        info_nce = make_info_nce_loss(
             weight=settings.contrastive_weight,
             temperature=settings.contrastive_temperature,
             own=settings.cluster_id,
             centroids=settings.centroids,
         )
+        uploaded = settings.uploaded_tensors
+        if uploaded is None:
+            uploaded = tuple(self.model.shared_tensors()) if self._spec.shares_tensors else ()
+        proximal = make_proximal_loss(self.model, mu=settings.proximal_mu, names=uploaded)
+        return sum_extra_losses(info_nce, proximal)
 
     def training_metrics(self, result: TrainResult) -> dict[str, float]:
         """The metrics a TRAIN task reports (and the DP-SGD accountant, saved), from its result.

@@ -71,6 +71,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--head-learning-rate", type=float)
     p.add_argument("--contrastive-weight", type=float, help="λ of the client InfoNCE term")
     p.add_argument(
+        "--proximal-mu",
+        type=float,
+        help="μ of FedProx's client proximal term over the uploaded tensors (0: off, default)",
+    )
+    p.add_argument(
         "--server-weighting",
         choices=["contrastive", "mean"],
         help="fpl's cluster weights: contrastive alignment, or mean (FedAvg's; an ablation)",
@@ -265,6 +270,7 @@ def config_from_args(
             "training.batch_size": args.batch_size,
             "training.learning_rate": args.learning_rate,
             "training.head_learning_rate": args.head_learning_rate,
+            "training.proximal_mu": args.proximal_mu,
             "strategy": args.strategy,
             "contrastive.weight": args.contrastive_weight,
             "contrastive.server_weighting": args.server_weighting,

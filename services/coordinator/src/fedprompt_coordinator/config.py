@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fedprompt.client_input import DEFAULT_MAX_EXAMPLES
 from fedprompt.config import LogLevel
+from fedprompt.proximal import MAX_PROXIMAL_MU, check_proximal_mu
 from fedprompt.strategies import StrategyName, strategy_spec
 from fedprompt.tls import TlsConfig
 from fedprompt_coordinator.aggregation.parts import Part
@@ -48,6 +49,18 @@ class TrainingConfig(BaseModel):
     head_learning_rate: float = Field(
         default=3e-3, gt=0, description="Learning rate of the task head."
     )
+    proximal_mu: float = Field(
+        default=0.0,
+        description="μ of FedProx's proximal term μ/2·‖θ - θ_round_start‖² over the tensors a "
+        f"client uploads (0: off; at most {MAX_PROXIMAL_MU:g}). Choose it on validation "
+        "splits, e.g. over 0.001, 0.01, 0.1, 1.",
+    )
+
+    @field_validator("proximal_mu", mode="before")
+    @classmethod
+    def _proximal_mu(cls, value: float) -> float:
+        """Refuse what every client would refuse (before pydantic turns ``true`` into 1.0)."""
+        return check_proximal_mu(value)
 
 
 class ClusteringConfig(BaseModel):

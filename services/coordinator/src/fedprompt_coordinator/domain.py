@@ -115,6 +115,8 @@ class TrainingSettings:
     head_learning_rate: float
     contrastive_weight: float = 0.0
     contrastive_temperature: float = 0.0
+    #: μ of FedProx's proximal term over the tensors the client uploads (0: off).
+    proximal_mu: float = 0.0
 
 
 @dataclass(frozen=True)

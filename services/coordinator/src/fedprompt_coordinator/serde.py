@@ -82,6 +82,7 @@ def task_to_proto(task: domain.Task) -> coordinator_pb2.Task:
                 head_learning_rate=task.training.head_learning_rate,
                 contrastive_weight=task.training.contrastive_weight,
                 contrastive_temperature=task.training.contrastive_temperature,
+                proximal_mu=task.training.proximal_mu,
             )
         )
     return msg

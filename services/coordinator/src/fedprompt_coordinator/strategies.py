@@ -21,6 +21,7 @@ Each name of the registry in :mod:`fedprompt.strategies` has one class here
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 
 import numpy as np
 
@@ -93,6 +94,7 @@ class Strategy:
             head_learning_rate=cfg.head_learning_rate,
             contrastive_weight=0.0,
             contrastive_temperature=self._config.contrastive.temperature,
+            proximal_mu=cfg.proximal_mu,
         )
 
     def round_start_tensors(
@@ -196,14 +198,8 @@ class FederatedPromptLearning(Strategy):
 
     def configure_train(self) -> TrainingSettings:
         """The base settings with λ of the client-side InfoNCE term."""
-        base = super().configure_train()
-        return TrainingSettings(
-            local_steps=base.local_steps,
-            batch_size=base.batch_size,
-            learning_rate=base.learning_rate,
-            head_learning_rate=base.head_learning_rate,
-            contrastive_weight=self._config.contrastive.weight,
-            contrastive_temperature=base.contrastive_temperature,
+        return replace(
+            super().configure_train(), contrastive_weight=self._config.contrastive.weight
         )
 
     def round_start_tensors(

@@ -93,6 +93,8 @@ def test_lora_shared_keys_shapes_and_trainable_set(
     assert all(not v.any() for k, v in shared.items() if ".lora_B." in k)
     shared["head.bias"][:] = 7.0  # ... and the state is a copy, not a view
     assert not model.shared_state()["head.bias"].any()
+    live = model.shared_tensors()  # the live tensors a loss term reads are the parameters
+    assert live.keys() == shared.keys() and {id(t) for t in live.values()} == trainable
 
 
 def test_lora_init_depends_on_the_seed_only() -> None:

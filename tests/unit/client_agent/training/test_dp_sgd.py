@@ -18,11 +18,7 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 
 from fedprompt_client_agent.data.text_silos import SiloData, TextExample
-from fedprompt_client_agent.models.text_prompt import (
-    PromptClassifier,
-    PromptSpec,
-    build_prompt_classifier,
-)
+from fedprompt_client_agent.models.text_prompt import PromptClassifier
 from fedprompt_client_agent.training import dp_sgd
 from fedprompt_client_agent.training.dp_sgd import (
     DPLocalTrainer,
@@ -32,9 +28,9 @@ from fedprompt_client_agent.training.dp_sgd import (
     make_accountant,
     poisson_sample,
 )
+from fedprompt_client_agent.training.proximal import ProximalTerm
 from fedprompt_client_agent.training.trainer import LocalTrainer, TrainConfig
 
-SPEC = PromptSpec(n_global=4, n_cluster=2, n_local=2)
 TINY = {"batch_size": 8, "max_length": 32}
 _TOPICS = {
     0: "The new contraceptive pill gave me headaches and my periods became irregular",
@@ -57,26 +53,6 @@ def silo() -> SiloData:
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-
-
-@pytest.fixture(scope="module")
-def built() -> tuple[PromptClassifier, Any]:
-    """One MiniLM prompt classifier for the module (loading it is the slow part)."""
-    return build_prompt_classifier(num_labels=2, spec=SPEC, seed=0, device="cpu")
-
-
-@pytest.fixture
-def model(built: tuple[PromptClassifier, Any]) -> Iterator[PromptClassifier]:
-    """The shared model, reset to its initial prompt and head after every test."""
-    initial = built[0].personal_state()
-    yield built[0]
-    built[0].load_personal_state(initial)
-
-
-@pytest.fixture
-def tokenizer(built: tuple[PromptClassifier, Any]) -> Any:
-    """The backbone's tokenizer."""
-    return built[1]
 
 
 @contextlib.contextmanager
@@ -324,6 +300,39 @@ def test_extra_loss_gradient_is_added_outside_the_clipped_part(
     _assert_opacus_detached(model)
     with pytest.raises(FloatingPointError, match="non-finite"):
         trainer.train(extra_loss=lambda m: m.prompt_embedding.weight.sum() * float("nan"))
+    _assert_opacus_detached(model)
+
+
+def test_the_proximal_gradient_is_added_after_clipping_and_noise(
+    model: PromptClassifier, tokenizer: Any, silo: SiloData
+) -> None:
+    # θ₀ is the round start; the shared tensors and the local segment then drift by 0.3.
+    term = ProximalTerm(model, mu=10.0, names=["prompt.global", "head.bias"])
+    start = model.personal_state()
+    with torch.no_grad():
+        model.prompt_embedding.weight[0:4] += 0.3  # the global rows
+        model.prompt_embedding.weight[6:8] += 0.3  # the local rows
+        model.head.bias += 0.3
+    drifted = model.personal_state()
+    # C = 1e-12 and sigma = 0: the private part vanishes. Had μ(θ - θ₀) been clipped with the
+    # records' gradients it would vanish too; added after the DP step, it pulls back.
+    trainer = _dp_trainer(model, tokenizer, silo, noise_multiplier=0.0, max_grad_norm=1e-12)
+    result = trainer.train(steps=3, extra_loss=term)
+    after = model.personal_state()
+
+    def distance(state: dict[str, np.ndarray], key: str) -> float:
+        return float(np.abs(state[key] - start[key]).max())
+
+    assert distance(after, "prompt.global") < distance(drifted, "prompt.global") - 0.05  # 3 · lr
+    assert distance(after, "head.bias") < distance(drifted, "head.bias") - 0.005  # 3 · head_lr
+    np.testing.assert_allclose(after["prompt.local"], drifted["prompt.local"], atol=1e-4)
+    np.testing.assert_allclose(after["prompt.cluster"], drifted["prompt.cluster"], atol=1e-4)
+    assert result.mean_loss > term(model).item() > 100  # the objective includes the term
+    assert trainer.steps_taken == 3
+    _assert_opacus_detached(model)
+    noisy = _dp_trainer(model, tokenizer, silo, noise_multiplier=1.0, max_grad_norm=1.0)
+    assert np.isfinite(noisy.train(steps=2, extra_loss=term).mean_loss)
+    assert noisy.epsilon() > 0
     _assert_opacus_detached(model)
 
 

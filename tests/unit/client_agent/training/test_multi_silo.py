@@ -25,7 +25,8 @@ from fedprompt_client_agent.training.multi_silo import (
     evaluate_together,
     train_together,
 )
-from fedprompt_client_agent.training.trainer import LocalTrainer, TrainConfig
+from fedprompt_client_agent.training.proximal import ProximalTerm
+from fedprompt_client_agent.training.trainer import LocalTrainer, TrainConfig, sum_extra_losses
 from fedprompt_client_agent.training.vision_trainer import VisionTrainer
 
 SPEC = PromptSpec(n_global=4, n_cluster=2, n_local=2)
@@ -76,6 +77,17 @@ def _info_nce(own: int) -> Any:
     return make_info_nce_loss(weight=0.5, temperature=0.3, own=own, centroids=centroids)
 
 
+def _extras(trainers: list[LocalTrainer]) -> list[Any]:
+    """Each silo's round-start extra loss: InfoNCE plus FedProx (μ 0.5), FedProx alone
+    (μ 5, the head only), InfoNCE alone; θ₀ copied from each silo's own model now."""
+    shared = ("prompt.global", "prompt.cluster", "head.weight", "head.bias")
+    return [
+        sum_extra_losses(_info_nce(0), ProximalTerm(trainers[0].model, mu=0.5, names=shared)),
+        ProximalTerm(trainers[1].model, mu=5.0, names=("head.weight", "head.bias")),
+        _info_nce(1),
+    ]
+
+
 def _assert_same_state(a: Any, b: Any) -> None:
     sa, sb = a.personal_state(), b.personal_state()
     for key in KEYS:
@@ -94,9 +106,8 @@ def test_training_together_equals_training_each_silo_alone(
     assert len({id(t.model.backbone) for t in alone}) == 3
     before = [t.model.personal_state() for t in together]
     for _round in range(2):  # the data order and call counters carry over between rounds
-        extras = [_info_nce(0), None, _info_nce(1)]
-        expected = [t.train(extra_loss=e) for t, e in zip(alone, extras, strict=True)]
-        jobs = [TrainJob(t, e) for t, e in zip(together, extras, strict=True)]
+        expected = [t.train(extra_loss=e) for t, e in zip(alone, _extras(alone), strict=True)]
+        jobs = [TrainJob(t, e) for t, e in zip(together, _extras(together), strict=True)]
         got = train_together(jobs, max_pass_examples=max_pass_examples)
         for exp, res in zip(expected, got, strict=True):
             assert not isinstance(res, BaseException)

@@ -284,6 +284,7 @@ class TrainingSettings(_message.Message):
     HEAD_LEARNING_RATE_FIELD_NUMBER: _builtins.int
     CONTRASTIVE_WEIGHT_FIELD_NUMBER: _builtins.int
     CONTRASTIVE_TEMPERATURE_FIELD_NUMBER: _builtins.int
+    PROXIMAL_MU_FIELD_NUMBER: _builtins.int
     local_steps: _builtins.int
     batch_size: _builtins.int
     learning_rate: _builtins.float
@@ -292,6 +293,12 @@ class TrainingSettings(_message.Message):
     """λ of the client-side InfoNCE regulariser on the cluster segment (0: off)."""
     contrastive_temperature: _builtins.float
     """τ of that InfoNCE term."""
+    proximal_mu: _builtins.float
+    """μ of FedProx's proximal term (Li et al. 2020): the client adds
+    μ/2 · Σ‖θ − θ_round_start‖² over the tensors it uploads this round (`expected_update`;
+    never its local segment) to its loss. 0: off. Clients refuse NaN, infinities and values
+    outside [0, 100].
+    """
     def __init__(
         self,
         *,
@@ -301,10 +308,11 @@ class TrainingSettings(_message.Message):
         head_learning_rate: _builtins.float = ...,
         contrastive_weight: _builtins.float = ...,
         contrastive_temperature: _builtins.float = ...,
+        proximal_mu: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "contrastive_temperature", b"contrastive_temperature", "contrastive_weight", b"contrastive_weight", "head_learning_rate", b"head_learning_rate", "learning_rate", b"learning_rate", "local_steps", b"local_steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "contrastive_temperature", b"contrastive_temperature", "contrastive_weight", b"contrastive_weight", "head_learning_rate", b"head_learning_rate", "learning_rate", b"learning_rate", "local_steps", b"local_steps", "proximal_mu", b"proximal_mu"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,7 +5,8 @@ state as named float32 numpy arrays and keep it at home as one safetensors file.
 models differ only in which tensors they expose; :class:`TensorStateMixin` owns
 everything else once:
 
-- ``shared_state`` / ``load_shared_state``: the travelling tensors;
+- ``shared_state`` / ``load_shared_state``: the travelling tensors (``shared_tensors``: the
+  live ones, for a loss term);
 - ``local_state`` / ``load_local_state``: the private tensors (may be none);
 - ``personal_state`` / ``load_personal_state``: everything kept at home;
 - ``save_personal`` / ``load_personal``: an atomically written safetensors file whose
@@ -268,6 +269,17 @@ class TensorStateMixin(abc.ABC):
             Personal key to shape.
         """
         return {key: tuple(t.shape) for key, t in self._personal_views().items()}
+
+    def shared_tensors(self) -> dict[str, torch.Tensor]:
+        """Return the live federated tensors, keyed as ``shared_state``, for a loss term.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            The parameters that travel, or views of them (a prompt segment is a row range
+            of the prompt table): differentiable, never copies.
+        """
+        return self._shared_views()
 
     def shared_state(self) -> dict[str, np.ndarray]:
         """Copy the federated tensors as float32 numpy arrays.

@@ -22,9 +22,10 @@ one application of the Poisson-subsampled Gaussian mechanism (Abadi et al. 2016)
    silo's spent ε at δ. ``state_dict``/``load_state_dict`` carry the history
    across restarts.
 
-The regulariser passed as ``extra_loss`` (the contrastive cluster-prompt term)
-is a function of the model's parameters and of public tensors only, never of a
-training record. Its gradient therefore costs no privacy: it is computed
+The regulariser passed as ``extra_loss`` (the contrastive cluster-prompt term,
+FedProx's proximal term ``μ/2 · ‖θ - θ₀‖²`` whose θ₀ is the round-start model the
+coordinator sent) is a function of the model's parameters and of public tensors
+only, never of a training record. Its gradient therefore costs no privacy: it is computed
 separately (with the per-sample hooks off), is neither clipped nor noised, and
 is added to the privatised gradient after the DP step, before the AdamW update.
 A regulariser that reads private data would void this argument.

@@ -114,7 +114,8 @@ class TrainJob:
     trainer : LocalTrainer
         The silo's trainer, already configured for this round (``update_config``).
     extra_loss : callable, optional
-        Added to the silo's cross-entropy at every step (the InfoNCE term).
+        Added to the silo's cross-entropy at every step (the InfoNCE term, FedProx's
+        proximal term over the silo's own shared tensors).
     """
 
     trainer: BaseTrainer[Any]

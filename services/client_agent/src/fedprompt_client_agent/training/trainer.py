@@ -46,6 +46,7 @@ __all__ = [
     "evaluation_result",
     "macro_f1",
     "seeded_torch_rng",
+    "sum_extra_losses",
 ]
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class _Silo(Protocol):
 
 
 ModelT = TypeVar("ModelT", bound=TrainableModel)
+_M = TypeVar("_M")
 ExtraLoss = Callable[[TextModel], torch.Tensor]
 
 
@@ -730,6 +732,37 @@ def evaluation_result(predictions: np.ndarray, targets: np.ndarray, loss_sum: fl
         loss=loss_sum / len(targets),
         num_examples=len(targets),
     )
+
+
+def sum_extra_losses(
+    *terms: Callable[[_M], torch.Tensor] | None,
+) -> Callable[[_M], torch.Tensor] | None:
+    """One ``extra_loss`` that adds the terms that are switched on (None: no term is).
+
+    A single term is returned as it is, so that switching the others off changes nothing,
+    bit for bit.
+
+    Parameters
+    ----------
+    *terms : callable or None
+        Extra losses of one model (e.g. the InfoNCE and the proximal term); None: off.
+
+    Returns
+    -------
+    callable or None
+        Their sum, called with the model; None when every term is off.
+    """
+    active = [term for term in terms if term is not None]
+    if len(active) <= 1:
+        return active[0] if active else None
+
+    def total(model: _M) -> torch.Tensor:
+        value = active[0](model)
+        for term in active[1:]:
+            value = value + term(model)
+        return value
+
+    return total
 
 
 @contextlib.contextmanager
