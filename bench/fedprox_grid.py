@@ -43,12 +43,12 @@ ValAccs = dict[str, float]
 
 def validation_accuracies(summary: dict[str, Any]) -> ValAccs:
     """Every client's validation accuracy after the last round, by client id."""
-    last = summary["rounds"][-1]["round"]
+    last = int(summary["rounds"][-1]["round"])
     out: ValAccs = {}
     for cid, client in summary["clients"].items():
-        for entry in client.get("rounds", []):
-            if entry.get("round") == last and "val_accuracy" in entry.get("eval", {}):
-                out[cid] = float(entry["eval"]["val_accuracy"])
+        entry = {int(k): v for k, v in client.get("rounds", {}).items()}.get(last, {})
+        if "val_accuracy" in entry.get("eval", {}):
+            out[cid] = float(entry["eval"]["val_accuracy"])
     if not out:
         raise ValueError("no client reported a validation accuracy in the last round")
     return out
