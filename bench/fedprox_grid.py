@@ -28,6 +28,7 @@ from rich.console import Console
 
 from fedprompt_cli.bench import (
     RUNS_FILE,
+    _load_done,
     _make_silos,
     _options,
     _same_settings,
@@ -54,16 +55,10 @@ def validation_accuracies(summary: dict[str, Any]) -> ValAccs:
     return out
 
 
-def _reference(path: Path | None, plan: BenchPlan) -> dict[str, dict[str, Any]]:
-    if path is None or not (path / RUNS_FILE).exists():
-        return {}
-    done = {}
-    for line in (path / RUNS_FILE).read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            if _same_settings(record, plan):
-                done[record["spec"]["name"]] = record
-    return done
+def _reference(path: Path, plan: BenchPlan) -> dict[str, dict[str, Any]]:
+    """The reference report's finished runs made with this plan's settings."""
+    done = _load_done(path / RUNS_FILE)
+    return {name: r for name, r in done.items() if _same_settings(r, plan)}
 
 
 def _run(

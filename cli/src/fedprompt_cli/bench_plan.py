@@ -345,14 +345,19 @@ class BenchPlan:
             return self.lr_factors
         return (1.0,)
 
+    def every_seed_strategies(self) -> list[str]:
+        """The strategies the eval stage runs on every seed (the others: the first only)."""
+        return [
+            s for s in self.strategies if self.eval_strategies is None or s in self.eval_strategies
+        ]
+
     def eval_runs(self, chosen: dict[tuple[str, str], float]) -> list[RunSpec]:
         """Stage 2: the chosen rate on the other seeds."""
         return [  # seed by seed: a bench cut short still has whole seeds
             RunSpec("eval", task, strategy, seed, chosen[(task, strategy)])
             for seed in self.seeds[1:]
             for task in self.tasks
-            for strategy in self.strategies
-            if self.eval_strategies is None or strategy in self.eval_strategies
+            for strategy in self.every_seed_strategies()
         ]
 
     def privacy_runs(self, chosen: dict[tuple[str, str], float]) -> list[RunSpec]:
@@ -460,11 +465,7 @@ class BenchPlan:
             "strategies": list(self.strategies),
             "lr_factors": list(self.lr_factors),
             "tuned_strategies": list(self.tuned_strategies or self.strategies),
-            "eval_strategies": [
-                s
-                for s in self.strategies
-                if self.eval_strategies is None or s in self.eval_strategies
-            ],
+            "eval_strategies": self.every_seed_strategies(),
             "dp_epsilons": list(self.dp_epsilons),
             "secure_aggregation_epsilons": list(self.secure_aggregation_epsilons),
             "dp_sgd_epsilons": list(self.dp_sgd_epsilons),

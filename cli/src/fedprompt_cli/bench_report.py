@@ -427,9 +427,10 @@ def _size_sentence(records: Sequence[Mapping[str, Any]]) -> str:
 
 def _first_seed_only(plan: BenchPlan) -> str:
     """Which strategies the plan runs on its first seed only (none: an empty string)."""
-    if plan.eval_strategies is None or len(plan.seeds) < 2:
+    if len(plan.seeds) < 2:
         return ""
-    alone = [s for s in plan.strategies if s not in plan.eval_strategies]
+    every_seed = plan.every_seed_strategies()
+    alone = [s for s in plan.strategies if s not in every_seed]
     if not alone:
         return ""
     return (
