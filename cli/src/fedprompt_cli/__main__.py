@@ -66,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--server-lr", type=float, help="η of the server optimizer (sgd: 1)")
     up.add_argument("--proximal-mu", type=float, help="FedProx's μ of the clients (0: off)")
+    up.add_argument(
+        "--refine-after-rounds",
+        type=int,
+        help="cluster refinement: rounds of update alignment with another cluster that move "
+        "a silo there (0: off)",
+    )
+    up.add_argument(
+        "--refine-margin",
+        type=float,
+        help="cluster refinement: cosine margin over the silo's own cluster",
+    )
     up.add_argument("--n-global", type=int, help="global prompt segment of every client (0: none)")
     up.add_argument("--n-local", type=int, help="local prompt segment of every client (0: none)")
     up.add_argument(
@@ -364,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             server_optimizer=args.server_optimizer,
             server_lr=args.server_lr,
             proximal_mu=args.proximal_mu,
+            refine_after_rounds=args.refine_after_rounds,
+            refine_margin=args.refine_margin,
             n_global=args.n_global,
             n_local=args.n_local,
             clustering=not args.no_clustering,

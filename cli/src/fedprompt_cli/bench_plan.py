@@ -101,6 +101,9 @@ class Ablation:
         ``--server-lr``; None: plain sgd with η = 1).
     proximal_mu : float, optional
         FedProx's μ of the clients (coordinator ``--proximal-mu``; None: 0, off).
+    refine_after_rounds : int, optional
+        Cluster refinement's rounds of update alignment (coordinator
+        ``--refine-after-rounds``; None: 0, off).
     n_global, n_local : int, optional
         Prompt segment sizes of every client (client ``--n-global`` / ``--n-local``; 0:
         no such segment, the prompt is that much shorter).
@@ -115,6 +118,7 @@ class Ablation:
     server_optimizer: str | None = None
     server_lr: float | None = None
     proximal_mu: float | None = None
+    refine_after_rounds: int | None = None
     n_global: int | None = None
     n_local: int | None = None
     clustering: bool = True
