@@ -63,6 +63,37 @@ def test_accuracies(summary: dict[str, Any]) -> Accs:
     return out
 
 
+def run_summary(
+    spec: RunSpec,
+    plan: BenchPlan,
+    work: Path,
+    out: Path,
+    *,
+    suffix: str,
+    knobs: dict[str, Any],
+    reference: dict[str, dict[str, Any]],
+    console: Console,
+) -> dict[str, Any]:
+    """The summary of ``spec`` with ``knobs`` set on its ``fedprompt up`` options.
+
+    Without knobs (``suffix`` empty) it comes from the reference when held there; every
+    other run is made once under ``out`` (its folder is the run's name plus ``suffix``) and
+    read from there afterwards.
+    """
+    if not suffix and spec.name in reference:
+        summary: dict[str, Any] = reference[spec.name]["summary"]
+        return summary
+    run_dir = out / f"{spec.name}{suffix}"
+    if not (run_dir / "summary.json").exists():
+        silos = _make_silos(spec, plan, silos_folder(work, spec))
+        options = replace(_options(spec, plan, out, silos), run_dir=run_dir, **knobs)
+        code = run_up(options, console)
+        if code != 0:
+            raise SystemExit(f"{run_dir.name} failed (exit {code}); logs in {run_dir / 'logs'}")
+    loaded: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
+    return loaded
+
+
 def _summary(
     spec: RunSpec,
     plan: BenchPlan,
@@ -72,29 +103,26 @@ def _summary(
     reference: dict[str, dict[str, Any]],
     console: Console,
 ) -> dict[str, Any]:
-    """The run's summary: from the reference when plain and held there, else run here."""
+    """The run of ``spec`` at a grid point (r = 0: plain fpl)."""
     refine, margin = point
-    if refine == 0 and spec.name in reference:
-        summary: dict[str, Any] = reference[spec.name]["summary"]
-        return summary
-    run_dir = out / (f"{spec.name}-refine{refine}-m{margin:g}" if refine else spec.name)
-    if not (run_dir / "summary.json").exists():
-        silos = _make_silos(spec, plan, silos_folder(work, spec))
-        options = _options(spec, plan, out, silos)
-        options = replace(
-            options,
-            run_dir=run_dir,
-            refine_after_rounds=refine or None,
-            refine_margin=margin if refine else None,
+    if refine == 0:
+        return run_summary(
+            spec, plan, work, out, suffix="", knobs={}, reference=reference, console=console
         )
-        code = run_up(options, console)
-        if code != 0:
-            raise SystemExit(f"{run_dir.name} failed (exit {code}); logs in {run_dir / 'logs'}")
-    loaded: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
-    return loaded
+    return run_summary(
+        spec,
+        plan,
+        work,
+        out,
+        suffix=f"-refine{refine}-m{margin:g}",
+        knobs={"refine_after_rounds": refine, "refine_margin": margin},
+        reference=reference,
+        console=console,
+    )
 
 
-def _paired(ours: dict[int, Accs], theirs: dict[int, Accs]) -> tuple[Pairs, list[float]]:
+def paired(ours: dict[int, Accs], theirs: dict[int, Accs]) -> tuple[Pairs, list[float]]:
+    """Per seed, the clients both sides report, as paired arrays; and every difference."""
     pairs: Pairs = {}
     diffs: list[float] = []
     for seed in ours:
@@ -106,7 +134,7 @@ def _paired(ours: dict[int, Accs], theirs: dict[int, Accs]) -> tuple[Pairs, list
     return pairs, diffs
 
 
-def _worst_pairs(ours: dict[int, Accs], theirs: dict[int, Accs]) -> Pairs:
+def worst_pairs(ours: dict[int, Accs], theirs: dict[int, Accs]) -> Pairs:
     """One pair per seed: the worst client's accuracy of each side."""
     return {
         seed: (np.array([min(ours[seed].values())]), np.array([min(theirs[seed].values())]))
@@ -155,7 +183,7 @@ def main() -> int:
                 print(f"| {task} | {scenario} | 0 | - | {100 * mean0:.1f} | - | - | - |")
                 for point in args.points:
                     ours = accs(task, scenario, METHOD, point, False)
-                    pairs, diffs = _paired(ours, base)
+                    pairs, diffs = paired(ours, base)
                     low, high = paired_interval(pairs)
                     mean = statistics.fmean(v for a in ours.values() for v in a.values())
                     print(
@@ -176,9 +204,9 @@ def main() -> int:
             mean_ours = statistics.fmean(v for a in ours.values() for v in a.values())
             for other in (METHOD, *args.baselines):
                 theirs = accs(task, scenario, other, PLAIN, True)
-                pairs, diffs = _paired(ours, theirs)
+                pairs, diffs = paired(ours, theirs)
                 low, high = paired_interval(pairs)
-                worst = _worst_pairs(ours, theirs)
+                worst = worst_pairs(ours, theirs)
                 w_diff = statistics.fmean(float(a[0] - b[0]) for a, b in worst.values())
                 w_low, w_high = paired_interval(worst)
                 mean_theirs = statistics.fmean(v for a in theirs.values() for v in a.values())

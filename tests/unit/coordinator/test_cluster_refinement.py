@@ -183,3 +183,43 @@ def test_unreadable_evidence_is_refused(text: str) -> None:
 def test_the_tracker_refuses_settings_it_cannot_count_with(after: int, margin: float) -> None:
     with pytest.raises(ValueError):
         AlignmentTracker(after_rounds=after, margin=margin)
+
+
+def test_two_members_alone_in_their_clusters_pair_into_the_lower_id_not_a_new_one() -> None:
+    """The metadata left x alone in cluster 3 and y alone in cluster 1; both point along E3.
+
+    Alone, neither can be compared with its own cluster, but as each other's best peer they
+    pair, and join an existing cluster (keeping its trained tensors) instead of a new one."""
+    updates = [
+        _update("a", 0, E1),
+        _update("b", 0, E1 + 0.05 * E2),
+        _update("y", 1, E3 + 0.1 * E2),
+        _update("x", 3, E3 + 0.1 * E1),
+    ]
+    best = AlignmentTracker(after_rounds=1, margin=0.25).best_clusters(updates, new_id=4)
+    assert best == {"a": 0, "b": 0, "x": 1, "y": 1}
+
+
+def test_a_member_alone_joins_the_cluster_of_its_peer_that_is_not() -> None:
+    """y is alone in cluster 2; x sits badly in cluster 1 (c, d point elsewhere)."""
+    updates = [
+        _update("c", 1, E2),
+        _update("d", 1, E2 + 0.05 * E1),
+        _update("x", 1, E3 + 0.1 * E1),
+        _update("y", 2, E3 + 0.1 * E2),
+    ]
+    best = AlignmentTracker(after_rounds=1, margin=0.25).best_clusters(updates, new_id=3)
+    assert best["x"] == best["y"] == 2
+    assert best["c"] == best["d"] == 1
+
+
+def test_a_lone_member_whose_peer_sits_well_at_home_stays_without_evidence() -> None:
+    """A lone truthful member (its partner missed the round) is not pulled anywhere."""
+    updates = [
+        _update("a", 0, E1),
+        _update("b", 0, E1 + 0.1 * E3),
+        _update("x", 1, E1 + 0.5 * E2),  # alone; closest to a and b, who stay home
+    ]
+    best = AlignmentTracker(after_rounds=1, margin=0.25).best_clusters(updates, new_id=2)
+    assert "x" not in best
+    assert best["a"] == best["b"] == 0

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -170,26 +171,32 @@ class AlignmentTracker:
     def best_clusters(self, updates: Sequence[ClientUpdate], *, new_id: int) -> dict[str, int]:
         """The cluster each comparable participant's update aligns with best this round.
 
-        Two members of different clusters whose updates align with each other better than
-        with any cluster (each one's best peer is the other, by more than the margin over
-        its own cluster) are given a new cluster together: ids ``new_id``, ``new_id + 1``,
-        ... in the order of each pair's smaller client id.
+        A member with another participant in its own cluster names the cluster whose
+        reference aligns best, when that beats its own by more than the margin (else its
+        own). Two members of different clusters that are each other's best peer, aligned
+        with each other at least as well as with any cluster and by more than the margin
+        over their own (0 for a member alone in its cluster this round, which otherwise
+        gives no evidence), are a pair: they name the cluster of the one alone in its
+        cluster (the lower id when both are), else a new cluster together: ids ``new_id``,
+        ``new_id + 1``, ... in the order of each pair's smaller client id.
         """
         directions = _directions(updates)
         all_scores = alignment_scores(updates)
         peers = _best_peers(directions)
+        sizes = Counter(cluster for cluster, _ in directions.values())
         best: dict[str, int] = {}
         wants_peer: dict[str, str] = {}
-        for cid, (cluster, _) in directions.items():
+        for cid, (cluster, _) in sorted(directions.items()):
             scores = all_scores.get(cid, {})
             own = scores.get(cluster)
-            if own is None:
-                continue  # no other member of its own cluster to compare with
-            top = max(sorted(scores), key=lambda c: scores[c])
-            best[cid] = top if scores[top] > own + self.margin else cluster
+            top = max(sorted(scores), key=lambda c: scores[c]) if scores else None
+            if own is not None and top is not None:
+                best[cid] = top if scores[top] > own + self.margin else cluster
             peer = peers.get(cid)
-            if peer is not None and peer[1] > max(scores[top], own + self.margin):
-                wants_peer[cid] = peer[0]
+            if peer is not None:
+                bar = max(own if own is not None else 0.0, 0.0) + self.margin
+                if peer[1] > bar and (top is None or peer[1] >= scores[top]):
+                    wants_peer[cid] = peer[0]
             logger.debug(
                 "refinement: client %s (cluster %d) scores %s, best peer %s",
                 cid,
@@ -197,24 +204,40 @@ class AlignmentTracker:
                 {k: round(v, 3) for k, v in sorted(scores.items())},
                 (peer[0], round(peer[1], 3)) if peer else None,
             )
-            if best[cid] != cluster or cid in wants_peer:
+        pairs = sorted((a, b) for a, b in wants_peer.items() if wants_peer.get(b) == a and a < b)
+        opened = 0
+        for a, b in pairs:
+            alone = sorted(directions[c][0] for c in (a, b) if sizes[directions[c][0]] == 1)
+            if alone:
+                best[a] = best[b] = alone[0]
+            else:
+                best[a] = best[b] = new_id + opened
+                opened += 1
+            logger.info(
+                "clients %s and %s (clusters %d and %d) align with each other (cos %.3f) "
+                "more than with any cluster: evidence for cluster %d",
+                a,
+                b,
+                directions[a][0],
+                directions[b][0],
+                peers[a][1],
+                best[a],
+            )
+        paired = {c for pair in pairs for c in pair}
+        for cid, target in sorted(best.items()):
+            cluster = directions[cid][0]
+            if target != cluster and cid not in paired:
+                scores = all_scores[cid]
                 logger.info(
                     "client %s (cluster %d) aligns with cluster %d (cos %.3f) more than with "
-                    "its own (cos %.3f, margin %.3f); best peer %s (cos %.3f)",
+                    "its own (cos %.3f) by over the margin %.3f",
                     cid,
                     cluster,
-                    top,
-                    scores[top],
-                    own,
+                    target,
+                    scores[target],
+                    scores[cluster],
                     self.margin,
-                    peer[0] if peer else "-",
-                    peer[1] if peer else float("nan"),
                 )
-        pairs = sorted(
-            tuple(sorted((a, b))) for a, b in wants_peer.items() if wants_peer.get(b) == a and a < b
-        )
-        for index, (a, b) in enumerate(pairs):
-            best[a] = best[b] = new_id + index
         return best
 
     def observed(self, updates: Sequence[ClientUpdate], *, new_id: int) -> dict[str, Evidence]:
