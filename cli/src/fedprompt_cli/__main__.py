@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--server-lr", type=float, help="η of the server optimizer (sgd: 1)")
     up.add_argument("--proximal-mu", type=float, help="FedProx's μ of the clients (0: off)")
+    up.add_argument(
+        "--personalize-steps",
+        type=int,
+        help="steps of the clients' final personalization pass of their local segment and head "
+        "at every evaluation (0: none)",
+    )
     up.add_argument("--n-global", type=int, help="global prompt segment of every client (0: none)")
     up.add_argument("--n-local", type=int, help="local prompt segment of every client (0: none)")
     up.add_argument(
@@ -364,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             server_optimizer=args.server_optimizer,
             server_lr=args.server_lr,
             proximal_mu=args.proximal_mu,
+            personalize_steps=args.personalize_steps,
             n_global=args.n_global,
             n_local=args.n_local,
             clustering=not args.no_clustering,

@@ -101,6 +101,11 @@ class Ablation:
         ``--server-lr``; None: plain sgd with η = 1).
     proximal_mu : float, optional
         FedProx's μ of the clients (coordinator ``--proximal-mu``; None: 0, off).
+    personalize_steps : int, optional
+        Steps of the clients' final personalization pass at every evaluation (coordinator
+        ``--personalize-steps``; None: 0, none). With it, a run's ``accuracy`` (and
+        ``val_accuracy``, ...) is the personalized model's; ``unpersonalized_accuracy`` the
+        aggregate's.
     n_global, n_local : int, optional
         Prompt segment sizes of every client (client ``--n-global`` / ``--n-local``; 0:
         no such segment, the prompt is that much shorter).
@@ -115,6 +120,7 @@ class Ablation:
     server_optimizer: str | None = None
     server_lr: float | None = None
     proximal_mu: float | None = None
+    personalize_steps: int | None = None
     n_global: int | None = None
     n_local: int | None = None
     clustering: bool = True

@@ -78,6 +78,9 @@ class UpOptions:
     server_lr: float | None = None
     #: μ of FedProx's client proximal term (None: the coordinator's default, 0: off).
     proximal_mu: float | None = None
+    #: Steps of the clients' final personalization pass of their local segment and head at
+    #: every evaluation (None: the coordinator's default, 0: none).
+    personalize_steps: int | None = None
     #: Prompt segment sizes of every client agent (0: no such segment; None: the model's
     #: default, 8/4/4 virtual tokens for text, 2/1/1 ring pixels for images).
     n_global: int | None = None
@@ -102,6 +105,7 @@ class UpOptions:
             "--server-optimizer": self.server_optimizer,
             "--server-lr": self.server_lr,
             "--proximal-mu": self.proximal_mu,
+            "--personalize-steps": self.personalize_steps,
             "--dp-epsilon": self.dp_epsilon,
             "--dp-noise-multiplier": self.dp_noise_multiplier,
         }
