@@ -296,6 +296,17 @@ def clusters_and_silos() -> dict[str, Any]:
                 y=28,
                 w=24,
             ),
+            panel(
+                "Cluster moves (regrouping or refinement by updates)",
+                "timeseries",
+                [
+                    ("increase(fedprompt_cluster_moves_total[1h])", "silos moved (1h)"),
+                    ("fedprompt_clusterer_refined_members", "placed by their updates"),
+                ],
+                x=0,
+                y=36,
+                w=24,
+            ),
         ],
     )
 

@@ -72,6 +72,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps of the clients' final personalization pass of their local segment and head "
         "at every evaluation (0: none)",
     )
+    up.add_argument(
+        "--refine-after-rounds",
+        type=int,
+        help="cluster refinement: rounds of update alignment with another cluster that move "
+        "a silo there (0: off)",
+    )
+    up.add_argument(
+        "--refine-margin",
+        type=float,
+        help="cluster refinement: cosine margin over the silo's own cluster",
+    )
     up.add_argument("--n-global", type=int, help="global prompt segment of every client (0: none)")
     up.add_argument("--n-local", type=int, help="local prompt segment of every client (0: none)")
     up.add_argument(
@@ -371,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
             server_lr=args.server_lr,
             proximal_mu=args.proximal_mu,
             personalize_steps=args.personalize_steps,
+            refine_after_rounds=args.refine_after_rounds,
+            refine_margin=args.refine_margin,
             n_global=args.n_global,
             n_local=args.n_local,
             clustering=not args.no_clustering,

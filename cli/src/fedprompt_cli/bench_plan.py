@@ -106,6 +106,9 @@ class Ablation:
         ``--personalize-steps``; None: 0, none). With it, a run's ``accuracy`` (and
         ``val_accuracy``, ...) is the personalized model's; ``unpersonalized_accuracy`` the
         aggregate's.
+    refine_after_rounds : int, optional
+        Cluster refinement's rounds of update alignment (coordinator
+        ``--refine-after-rounds``; None: 0, off).
     n_global, n_local : int, optional
         Prompt segment sizes of every client (client ``--n-global`` / ``--n-local``; 0:
         no such segment, the prompt is that much shorter).
@@ -121,6 +124,7 @@ class Ablation:
     server_lr: float | None = None
     proximal_mu: float | None = None
     personalize_steps: int | None = None
+    refine_after_rounds: int | None = None
     n_global: int | None = None
     n_local: int | None = None
     clustering: bool = True

@@ -81,6 +81,12 @@ class UpOptions:
     #: Steps of the clients' final personalization pass of their local segment and head at
     #: every evaluation (None: the coordinator's default, 0: none).
     personalize_steps: int | None = None
+    #: Cluster refinement's rounds of update alignment that move a member (None: the
+    #: coordinator's default, 0: off; needs clustering).
+    refine_after_rounds: int | None = None
+    #: Cluster refinement's margin of cosine over the member's own cluster (None: the
+    #: coordinator's default).
+    refine_margin: float | None = None
     #: Prompt segment sizes of every client agent (0: no such segment; None: the model's
     #: default, 8/4/4 virtual tokens for text, 2/1/1 ring pixels for images).
     n_global: int | None = None
@@ -106,6 +112,8 @@ class UpOptions:
             "--server-lr": self.server_lr,
             "--proximal-mu": self.proximal_mu,
             "--personalize-steps": self.personalize_steps,
+            "--refine-after-rounds": self.refine_after_rounds,
+            "--refine-margin": self.refine_margin,
             "--dp-epsilon": self.dp_epsilon,
             "--dp-noise-multiplier": self.dp_noise_multiplier,
         }

@@ -17,6 +17,7 @@ from fedprompt_clusterer.clustering import (
     Member,
     NoisePolicy,
 )
+from fedprompt_clusterer.refinement import UpdateAlignment
 
 
 @pytest.mark.parametrize("policy", list(NoisePolicy))
@@ -54,6 +55,8 @@ def test_request_round_trip() -> None:
         settings=ClusteringSettings(
             min_cluster_size=3, min_samples=2, noise_policy=NoisePolicy.SINGLETON
         ),
+        alignment=(UpdateAlignment("a", 4, 2), UpdateAlignment("b", 0, 1)),
+        refine_after_rounds=2,
     )
     assert serde.cluster_request_from_proto(serde.cluster_request_to_proto(request)) == request
 
@@ -77,5 +80,7 @@ def test_result_round_trip() -> None:
         noise_reassigned=("b",),
         feature_names=("log1p(beds)", "specialty=pain"),
         seconds=0.125,
+        refined=("b",),
+        refinement_applied=True,
     )
     assert serde.cluster_result_from_proto(serde.cluster_result_to_proto(result)) == result

@@ -27,6 +27,7 @@ from fedprompt_clusterer.clustering import (
     Member,
     MetadataClusterer,
 )
+from fedprompt_clusterer.refinement import UpdateAlignment
 from fedprompt_clusterer.servicer import SERVICE_NAME, ClustererServicer
 
 
@@ -42,9 +43,17 @@ class RecordingClusterer(MetadataClusterer):
         *,
         previous: Mapping[str, int],
         settings: ClusteringSettings,
+        alignment: Sequence[UpdateAlignment] = (),
+        refine_after_rounds: int = 0,
     ) -> ClusterResult:
         self.threads.append(threading.get_ident())
-        return super().cluster(members, previous=previous, settings=settings)
+        return super().cluster(
+            members,
+            previous=previous,
+            settings=settings,
+            alignment=alignment,
+            refine_after_rounds=refine_after_rounds,
+        )
 
 
 @dataclass
@@ -241,6 +250,55 @@ async def test_the_stream_gives_the_unary_answer_whatever_the_parts(connection: 
     streamed = merge_messages(answers, clusterer_pb2.ClusterResponse())
     assert dict(streamed.assignment) == dict(unary.assignment)
     assert streamed.num_clusters == unary.num_clusters == 3
+
+
+def _alignment(client_id: str, cluster_id: int, rounds: int) -> clusterer_pb2.UpdateAlignment:
+    return clusterer_pb2.UpdateAlignment(client_id=client_id, cluster_id=cluster_id, rounds=rounds)
+
+
+@pytest.mark.asyncio
+async def test_refinement_moves_a_member_over_the_stream_in_one_part_per_entry(
+    connection: Connection,
+) -> None:
+    """The evidence travels in parts like the members; a member is placed by its updates."""
+    previous = {"psy-north": 7, "psy-south": 7, "pain-north": 3, "pain-south": 3}
+    request = clusterer_pb2.ClusterRequest(
+        members=CLINICS,
+        previous_assignment=previous,
+        alignment=[_alignment("psy-south", 3, 2), _alignment("wh-north", 3, 1)],
+        refine_after_rounds=2,
+    )
+    parts = split_message(request, max_bytes=1)
+    answers = [a async for a in connection.stub.ClusterStream(iter(parts))]
+    streamed = merge_messages(answers, clusterer_pb2.ClusterResponse())
+    assert streamed.assignment["psy-south"] == 3  # moved: 2 rounds of evidence
+    assert streamed.assignment["wh-north"] == 8  # 1 round: stays with its metadata group
+    assert list(streamed.refined) == ["psy-south"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("alignment", "refine", "fragment"),
+    [
+        ([_alignment("intruder", 3, 5)], 1, "not among the members"),
+        ([_alignment("psy-north", 3, 5), _alignment("psy-north", 7, 1)], 1, "twice"),
+        ([_alignment("psy-north", -4, 5)], 1, "cluster id must be >= 0"),
+        ([], 10_001, "refine_after_rounds"),
+    ],
+)
+async def test_hostile_refinement_evidence_is_invalid_argument(
+    connection: Connection,
+    alignment: list[clusterer_pb2.UpdateAlignment],
+    refine: int,
+    fragment: str,
+) -> None:
+    request = clusterer_pb2.ClusterRequest(
+        members=CLINICS, alignment=alignment, refine_after_rounds=refine
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await connection.stub.Cluster(request)
+    assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert fragment in (info.value.details() or "")
 
 
 @pytest.mark.asyncio

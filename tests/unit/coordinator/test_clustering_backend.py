@@ -19,6 +19,7 @@ from fedprompt.errors import UpstreamUnavailableError
 from fedprompt.server import DEFAULT_MAX_MESSAGE_BYTES, ServerHandle, start_server
 from fedprompt.v1 import clusterer_pb2, clusterer_pb2_grpc
 from fedprompt_clusterer.servicer import SERVICE_NAME, ClustererServicer
+from fedprompt_coordinator.cluster_refinement import Evidence
 from fedprompt_coordinator.clustering_backend import GrpcClusteringBackend
 from fedprompt_coordinator.config import ClusteringConfig
 
@@ -169,3 +170,88 @@ async def test_resource_exhausted_is_retried_and_then_reported_for_the_next_roun
         await backend.close()
         await handle.stop(0)
     assert calls == 3  # the first call and two retries within the round
+
+
+def _refining_backend(port: int) -> GrpcClusteringBackend:
+    return _backend(port, refine_after_rounds=2)
+
+
+CLINIC_METADATA = {
+    "psy-1": _metadata("psychiatry", "north", 1_000),
+    "psy-2": _metadata("psychiatry", "south", 1_100),
+    "onc-1": _metadata("oncology", "north", 9_000),
+    "onc-2": _metadata("oncology", "south", 9_500),
+    "misled": _metadata("oncology", "east", 9_200),  # its data is psychiatry's
+}
+
+
+@pytest.mark.asyncio
+async def test_update_alignment_travels_to_the_real_clusterer_and_moves_a_member(
+    clusterer: ServerHandle,
+) -> None:
+    backend = _refining_backend(clusterer.port)
+    try:
+        cold = await backend.assign(CLINIC_METADATA, {}, {})
+        psy, onc = cold["psy-1"], cold["onc-1"]
+        assert cold["misled"] == onc != psy
+        once = await backend.assign(CLINIC_METADATA, cold, {"misled": Evidence(psy, 1)})
+        assert once == cold  # one round of evidence is below r = 2
+        moved = await backend.assign(CLINIC_METADATA, cold, {"misled": Evidence(psy, 2)})
+        assert moved == {**cold, "misled": psy}
+        # hysteresis: one round left of the evidence keeps it where it moved
+        kept = await backend.assign(CLINIC_METADATA, moved, {"misled": Evidence(psy, 1)})
+        assert kept["misled"] == psy
+        # evidence about a client that is no longer a member is not sent (no refusal)
+        gone = await backend.assign(
+            CLINIC_METADATA, moved, {"misled": Evidence(psy, 2), "left": Evidence(onc, 2)}
+        )
+        assert gone["misled"] == psy
+    finally:
+        await backend.close()
+
+
+@pytest.mark.asyncio
+async def test_a_clusterer_that_ignores_refinement_is_reported_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An earlier clusterer drops the alignment fields it does not know: metadata alone."""
+    real = ClustererServicer()
+
+    async def older(
+        requests: AsyncIterator[clusterer_pb2.ClusterRequest],
+        context: grpc.aio.ServicerContext[
+            clusterer_pb2.ClusterRequest, clusterer_pb2.ClusterResponse
+        ],
+    ) -> AsyncIterator[clusterer_pb2.ClusterResponse]:
+        async def stripped() -> AsyncIterator[clusterer_pb2.ClusterRequest]:
+            async for part in requests:
+                part.ClearField("alignment")
+                part.ClearField("refine_after_rounds")
+                yield part
+
+        async for answer in real.ClusterStream(stripped(), context):
+            yield answer
+
+    handler = grpc.method_handlers_generic_handler(
+        "fedprompt.v1.Clusterer",
+        {
+            "ClusterStream": grpc.stream_stream_rpc_method_handler(
+                older,
+                request_deserializer=clusterer_pb2.ClusterRequest.FromString,
+                response_serializer=clusterer_pb2.ClusterResponse.SerializeToString,
+            )
+        },
+    )
+    handle = await _serve(lambda s: s.add_generic_rpc_handlers((handler,)))
+    backend = _refining_backend(handle.port)
+    caplog.set_level(logging.ERROR)
+    try:
+        cold = await backend.assign(CLINIC_METADATA, {}, {})
+        evidence = {"misled": Evidence(cold["psy-1"], 2)}
+        first = await backend.assign(CLINIC_METADATA, cold, evidence)
+        second = await backend.assign(CLINIC_METADATA, cold, evidence)
+    finally:
+        await backend.close()
+        await handle.stop(0)
+    assert first == second == cold  # nobody moved
+    assert caplog.text.count("did not apply it") == 1

@@ -28,6 +28,7 @@ from fedprompt.errors import (
     UpstreamUnavailableError,
     WrongRoundError,
 )
+from fedprompt_coordinator.cluster_refinement import Evidence
 from fedprompt_coordinator.clustering_backend import ClusteringBackend
 from fedprompt_coordinator.config import CoordinatorConfig
 from fedprompt_coordinator.domain import (
@@ -87,7 +88,12 @@ class FixedClusters(ClusteringBackend):
         self.table = table
         self.calls = 0
 
-    async def assign(self, members: dict[str, str], previous: dict[str, int]) -> dict[str, int]:
+    async def assign(
+        self,
+        members: dict[str, str],
+        previous: dict[str, int],
+        evidence: Mapping[str, Evidence] | None = None,
+    ) -> dict[str, int]:
         self.calls += 1
         return {c: self.table.get(c, 0) for c in members}
 
@@ -246,6 +252,7 @@ async def federation(
     *,
     state_class: type[SqliteStateStore] = SqliteStateStore,
     models_class: type[ModelStore] = ModelStore,
+    backend: FixedClusters | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Harness]:
     settings: dict[str, Any] = {
@@ -264,7 +271,7 @@ async def federation(
     state = state_class(tmp_path / "state.sqlite3")
     models = models_class(tmp_path / "models")
     clock = Clock()
-    clustering = FixedClusters(CLUSTERS)
+    clustering = backend if backend is not None else FixedClusters(CLUSTERS)
     fed = Federation(
         config=config,
         state=state,
@@ -962,7 +969,12 @@ class DownClusterer(ClusteringBackend):
     def __init__(self) -> None:
         self.calls = 0
 
-    async def assign(self, members: dict[str, str], previous: dict[str, int]) -> dict[str, int]:
+    async def assign(
+        self,
+        members: dict[str, str],
+        previous: dict[str, int],
+        evidence: Mapping[str, Evidence] | None = None,
+    ) -> dict[str, int]:
         from fedprompt.errors import UpstreamUnavailableError
 
         self.calls += 1
@@ -1082,11 +1094,15 @@ class HostileCountState(SqliteStateStore):
     hostile sample count (2**63) with OverflowError."""
 
     def record_round(
-        self, record: RoundRecord, *, snapshot: Mapping[str, str] | None = None
+        self,
+        record: RoundRecord,
+        *,
+        snapshot: Mapping[str, str] | None = None,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         if record.clients:
             raise OverflowError("Python int too large to convert to SQLite INTEGER")
-        super().record_round(record, snapshot=snapshot)
+        super().record_round(record, snapshot=snapshot, settings=settings)
 
 
 class ExplodingAggregator:
@@ -1245,7 +1261,12 @@ async def test_the_broadcast_phase_is_visible_while_round_start_models_are_encod
 class FlakyClusters(FixedClusters):
     """Fails the first call (the clusterer is down), then answers."""
 
-    async def assign(self, members: dict[str, str], previous: dict[str, int]) -> dict[str, int]:
+    async def assign(
+        self,
+        members: dict[str, str],
+        previous: dict[str, int],
+        evidence: Mapping[str, Evidence] | None = None,
+    ) -> dict[str, int]:
         if self.calls == 0:
             self.calls += 1
             raise UpstreamUnavailableError("clusterer failed: RESOURCE_EXHAUSTED: too large")

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from fedprompt_coordinator.cluster_refinement import Evidence
 from fedprompt_coordinator.config import CoordinatorConfig, DPLevel, PrivacyConfig
 from fedprompt_coordinator.domain import FederationStatus, Phase
 from fedprompt_coordinator.federation import Federation
@@ -131,7 +133,12 @@ def test_unknown_or_foreign_state_is_refused() -> None:
 
 
 class NoClusterer:
-    async def assign(self, members: dict[str, str], previous: dict[str, int]) -> dict[str, int]:
+    async def assign(
+        self,
+        members: dict[str, str],
+        previous: dict[str, int],
+        evidence: Mapping[str, Evidence] | None = None,
+    ) -> dict[str, int]:
         return dict.fromkeys(members, 0)
 
 

@@ -27,6 +27,11 @@ Stable ids
     never given to a different group. With no previous assignment the ids are 0, 1, ...
     in the order of each cluster's smallest client id, which makes the output independent
     of the members' order.
+
+Refinement from the members' updates
+    When the request carries update alignment (:mod:`fedprompt_clusterer.refinement`), the
+    metadata assignment is the cold start and members whose updates have aligned with
+    another cluster for enough rounds are placed there (``refined``).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from scipy.optimize import linear_sum_assignment
 from fedprompt.client_input import MetadataValue
 from fedprompt.errors import InvalidArgumentError
 from fedprompt_clusterer.features import FeatureMatrix, build_features
+from fedprompt_clusterer.refinement import UpdateAlignment, check_alignment, refine
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +134,10 @@ class ClusterResult:
         Names of the feature columns the clustering used.
     seconds
         Wall-clock run time of the clustering.
+    refined
+        Client ids placed by their update alignment instead of their metadata (sorted).
+    refinement_applied
+        Whether the run applied refinement (``refine_after_rounds`` > 0).
     """
 
     assignment: Mapping[str, int]
@@ -135,6 +145,8 @@ class ClusterResult:
     noise_reassigned: tuple[str, ...] = ()
     feature_names: tuple[str, ...] = ()
     seconds: float = 0.0
+    refined: tuple[str, ...] = ()
+    refinement_applied: bool = False
 
 
 class MetadataClusterer:
@@ -149,6 +161,8 @@ class MetadataClusterer:
         *,
         previous: Mapping[str, int],
         settings: ClusteringSettings,
+        alignment: Sequence[UpdateAlignment] = (),
+        refine_after_rounds: int = 0,
     ) -> ClusterResult:
         """Assign every member to a cluster.
 
@@ -161,6 +175,10 @@ class MetadataClusterer:
             the first run.
         settings
             HDBSCAN parameters and noise policy.
+        alignment
+            Update alignment per member (:mod:`fedprompt_clusterer.refinement`).
+        refine_after_rounds
+            Rounds of alignment evidence that move a member; 0: metadata alone decides.
 
         Returns
         -------
@@ -171,31 +189,42 @@ class MetadataClusterer:
         ------
         InvalidArgumentError
             If there are no members, a client id is empty or repeated, a previous id is
-            negative, or some metadata is not a flat object of scalars.
+            negative, some metadata is not a flat object of scalars, or the alignment names
+            a non-member, names one twice or holds a negative value.
         """
         start = time.perf_counter()
         client_ids = _checked_client_ids(members)
         _check_previous(previous)
+        check_alignment(alignment, client_ids, after_rounds=refine_after_rounds)
         features = build_features(client_ids, [m.metadata for m in members])
         labels, noise = _cluster_labels(features, settings)
         labels = _canonical_labels(labels, client_ids)
         ids = assign_stable_ids(client_ids, labels, previous)
-        assignment = dict(zip(client_ids, ids, strict=True))
+        assignment, refined = refine(
+            dict(zip(client_ids, ids, strict=True)),
+            previous,
+            alignment,
+            after_rounds=refine_after_rounds,
+        )
         seconds = time.perf_counter() - start
         result = ClusterResult(
             assignment=MappingProxyType(assignment),
-            num_clusters=len(set(ids)),
+            num_clusters=len(set(assignment.values())),
             noise_reassigned=tuple(
                 cid for cid, is_noise in zip(client_ids, noise, strict=True) if is_noise
             ),
             feature_names=features.names,
             seconds=seconds,
+            refined=refined,
+            refinement_applied=refine_after_rounds > 0,
         )
         logger.info(
-            "clustered %d members into %d clusters (%d noise reassigned, %d features) in %.3f s",
+            "clustered %d members into %d clusters (%d noise reassigned, %d placed by their "
+            "updates, %d features) in %.3f s",
             len(client_ids),
             result.num_clusters,
             len(result.noise_reassigned),
+            len(refined),
             len(features.names),
             seconds,
         )
@@ -350,8 +379,14 @@ class ClusteringRequest:
         Cluster id per client id from the last run.
     settings
         HDBSCAN parameters and noise policy.
+    alignment
+        Update alignment per member (cluster refinement).
+    refine_after_rounds
+        Rounds of alignment evidence that move a member (0: refinement off).
     """
 
     members: tuple[Member, ...]
     previous: Mapping[str, int] = field(default_factory=dict)
     settings: ClusteringSettings = field(default_factory=ClusteringSettings)
+    alignment: tuple[UpdateAlignment, ...] = ()
+    refine_after_rounds: int = 0

@@ -46,6 +46,11 @@ class ClustererMetrics:
             "Members HDBSCAN called noise in the last run (re-assigned by the noise policy).",
             registry=r,
         )
+        self.refined = Gauge(
+            "fedprompt_clusterer_refined_members",
+            "Members the last run placed by their update alignment instead of their metadata.",
+            registry=r,
+        )
         for outcome in ("ok", "error"):
             self.runs.labels(outcome=outcome)
 
@@ -56,6 +61,7 @@ class ClustererMetrics:
         self.clusters.set(result.num_clusters)
         self.members.set(len(result.assignment))
         self.noise.set(len(result.noise_reassigned))
+        self.refined.set(len(result.refined))
 
     def observe_error(self) -> None:
         """Count a run that failed (bad request or clustering error)."""

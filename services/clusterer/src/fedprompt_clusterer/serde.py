@@ -24,6 +24,7 @@ from fedprompt_clusterer.clustering import (
     NoisePolicy,
 )
 from fedprompt_clusterer.features import metadata_field
+from fedprompt_clusterer.refinement import UpdateAlignment
 
 _POLICY_FROM_PROTO: dict[int, NoisePolicy] = {
     clusterer_pb2.NOISE_POLICY_UNSPECIFIED: NoisePolicy.NEAREST,
@@ -108,6 +109,11 @@ def cluster_request_from_proto(message: clusterer_pb2.ClusterRequest) -> Cluster
         members=tuple(member_from_proto(m) for m in message.members),
         previous=MappingProxyType(dict(message.previous_assignment)),
         settings=settings_from_proto(message),
+        alignment=tuple(
+            UpdateAlignment(client_id=a.client_id, cluster_id=a.cluster_id, rounds=a.rounds)
+            for a in message.alignment
+        ),
+        refine_after_rounds=message.refine_after_rounds,
     )
 
 
@@ -119,6 +125,13 @@ def cluster_request_to_proto(request: ClusteringRequest) -> clusterer_pb2.Cluste
         min_cluster_size=request.settings.min_cluster_size,
         min_samples=request.settings.min_samples,
         noise_policy=noise_policy_to_proto(request.settings.noise_policy),
+        alignment=[
+            clusterer_pb2.UpdateAlignment(
+                client_id=a.client_id, cluster_id=a.cluster_id, rounds=a.rounds
+            )
+            for a in request.alignment
+        ],
+        refine_after_rounds=request.refine_after_rounds,
     )
 
 
@@ -130,6 +143,8 @@ def cluster_result_to_proto(result: ClusterResult) -> clusterer_pb2.ClusterRespo
         noise_reassigned=list(result.noise_reassigned),
         feature_names=list(result.feature_names),
         seconds=result.seconds,
+        refined=list(result.refined),
+        refinement_applied=result.refinement_applied,
     )
 
 
@@ -141,4 +156,6 @@ def cluster_result_from_proto(message: clusterer_pb2.ClusterResponse) -> Cluster
         noise_reassigned=tuple(message.noise_reassigned),
         feature_names=tuple(message.feature_names),
         seconds=message.seconds,
+        refined=tuple(message.refined),
+        refinement_applied=message.refinement_applied,
     )

@@ -100,7 +100,12 @@ class ClustererServicer(clusterer_pb2_grpc.ClustererServicer):
             job = serde.cluster_request_from_proto(request)
             logger.debug("Cluster request with %d members", len(job.members))
             result = await asyncio.to_thread(
-                self._clusterer.cluster, job.members, previous=job.previous, settings=job.settings
+                self._clusterer.cluster,
+                job.members,
+                previous=job.previous,
+                settings=job.settings,
+                alignment=job.alignment,
+                refine_after_rounds=job.refine_after_rounds,
             )
         except Exception:
             self.metrics.observe_error()

@@ -82,6 +82,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "segment and head at every evaluation (0: none, default)",
     )
     p.add_argument(
+        "--refine-after-rounds",
+        type=int,
+        help="cluster refinement: rounds of update alignment with another cluster that move a "
+        "member there (0: off, default; needs --clusterer)",
+    )
+    p.add_argument(
+        "--refine-margin",
+        type=float,
+        help="cluster refinement: how much higher (cosine) another cluster's alignment must be "
+        "than the member's own for a round to count (default 0.25)",
+    )
+    p.add_argument(
         "--server-weighting",
         choices=["contrastive", "mean"],
         help="fpl's cluster weights: contrastive alignment, or mean (FedAvg's; an ablation)",
@@ -272,6 +284,8 @@ def config_from_args(
             "min_clients": args.min_clients,
             "expected_clients": args.expected_clients,
             "clustering.address": args.clusterer,
+            "clustering.refine_after_rounds": args.refine_after_rounds,
+            "clustering.refine_margin": args.refine_margin,
             "training.local_steps": args.local_steps,
             "training.batch_size": args.batch_size,
             "training.learning_rate": args.learning_rate,

@@ -16,6 +16,7 @@ import abc
 import asyncio
 import logging
 import random
+from collections.abc import Mapping
 
 import grpc
 
@@ -23,6 +24,7 @@ from fedprompt.errors import UpstreamUnavailableError
 from fedprompt.message_parts import merge_messages, split_message
 from fedprompt.server import MAX_CHUNK_BYTES, create_channel
 from fedprompt.v1 import clusterer_pb2, clusterer_pb2_grpc
+from fedprompt_coordinator.cluster_refinement import Evidence
 from fedprompt_coordinator.config import ClusteringConfig, NoisePolicy
 
 logger = logging.getLogger(__name__)
@@ -50,8 +52,17 @@ class ClusteringBackend(abc.ABC):
     """Assigns clients to clusters from their public metadata."""
 
     @abc.abstractmethod
-    async def assign(self, members: dict[str, str], previous: dict[str, int]) -> dict[str, int]:
-        """client id -> cluster id for ``members`` (client id -> metadata JSON)."""
+    async def assign(
+        self,
+        members: dict[str, str],
+        previous: dict[str, int],
+        evidence: Mapping[str, Evidence] | None = None,
+    ) -> dict[str, int]:
+        """client id -> cluster id for ``members`` (client id -> metadata JSON).
+
+        ``evidence`` is the members' update alignment for cluster refinement
+        (:mod:`~fedprompt_coordinator.cluster_refinement`), None when refinement is off.
+        """
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
@@ -60,7 +71,12 @@ class ClusteringBackend(abc.ABC):
 class SingleClusterBackend(ClusteringBackend):
     """Everyone in cluster 0 (used when no clusterer is configured)."""
 
-    async def assign(self, members: dict[str, str], previous: dict[str, int]) -> dict[str, int]:
+    async def assign(
+        self,
+        members: dict[str, str],
+        previous: dict[str, int],
+        evidence: Mapping[str, Evidence] | None = None,
+    ) -> dict[str, int]:
         """Put every member into cluster 0."""
         return dict.fromkeys(members, 0)
 
@@ -80,9 +96,17 @@ class GrpcClusteringBackend(ClusteringBackend):
         self._stub = clusterer_pb2_grpc.ClustererStub(self._channel)
         #: False once the clusterer answered UNIMPLEMENTED to ClusterStream (older version).
         self._streaming = True
+        #: True once a clusterer that ignores refinement (an earlier version) was reported.
+        self._warned_no_refinement = False
 
-    async def assign(self, members: dict[str, str], previous: dict[str, int]) -> dict[str, int]:
+    async def assign(
+        self,
+        members: dict[str, str],
+        previous: dict[str, int],
+        evidence: Mapping[str, Evidence] | None = None,
+    ) -> dict[str, int]:
         """Ask the clusterer; raise UpstreamUnavailableError after the last retry."""
+        refine = self._config.refine_after_rounds if evidence is not None else 0
         request = clusterer_pb2.ClusterRequest(
             members=[
                 clusterer_pb2.MemberMetadata(client_id=c, metadata_json=m)
@@ -92,17 +116,27 @@ class GrpcClusteringBackend(ClusteringBackend):
             min_cluster_size=self._config.min_cluster_size,
             min_samples=self._config.min_samples,
             noise_policy=_NOISE[self._config.noise_policy],
+            alignment=[
+                clusterer_pb2.UpdateAlignment(client_id=c, cluster_id=e.cluster_id, rounds=e.rounds)
+                for c, e in sorted((evidence or {}).items())
+                if c in members
+            ],
+            refine_after_rounds=refine,
         )
         delay = 0.2
         for attempt in range(self._config.retries + 1):
             try:
                 response = await self._call(request)
                 logger.info(
-                    "clusterer grouped %d clients into %d clusters in %.3f s",
+                    "clusterer grouped %d clients into %d clusters in %.3f s (%d placed by "
+                    "their updates)",
                     len(members),
                     response.num_clusters,
                     response.seconds,
+                    len(response.refined),
                 )
+                if refine and not response.refinement_applied:
+                    self._report_no_refinement()
                 return dict(response.assignment)
             except grpc.aio.AioRpcError as exc:
                 retryable = exc.code() in RETRYABLE
@@ -117,6 +151,16 @@ class GrpcClusteringBackend(ClusteringBackend):
                 await asyncio.sleep(sleep)
                 delay *= 2
         raise AssertionError("unreachable")
+
+    def _report_no_refinement(self) -> None:
+        """Say (once, loudly) that the clusterer ignored the refinement it was asked for."""
+        if not self._warned_no_refinement:
+            logger.error(
+                "clustering.refine_after_rounds is set but the clusterer did not apply it (a "
+                "clusterer of an earlier version ignores update alignment): clients are "
+                "grouped by their metadata alone; upgrade the clusterer"
+            )
+            self._warned_no_refinement = True
 
     async def _call(self, request: clusterer_pb2.ClusterRequest) -> clusterer_pb2.ClusterResponse:
         """One clustering call: streamed in parts, or unary to a clusterer without streaming."""

@@ -109,6 +109,24 @@ class ClusteringConfig(BaseModel):
         "DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED or ABORTED; after the last one (or any other "
         "failure) the round keeps the last assignment and the next round asks again.",
     )
+    refine_after_rounds: int = Field(
+        default=0,
+        ge=0,
+        le=10_000,
+        description="Cluster refinement: rounds in which a member's cluster-level updates must "
+        "align best with another cluster's members' updates before it moves there (and as many "
+        "contrary rounds to move again); the metadata clustering is the cold start. 0: off, "
+        "metadata alone decides. Needs a clusterer and a clustered strategy; refused with "
+        "secure aggregation and DP-FedAvg, since it reads every member's update.",
+    )
+    refine_margin: float = Field(
+        default=0.25,
+        ge=0.0,
+        le=2.0,
+        allow_inf_nan=False,
+        description="Cluster refinement: how much higher (cosine) another cluster's alignment "
+        "must be than the member's own cluster's for a round to count as evidence for it.",
+    )
     server_name: str = Field(
         default="clusterer",
         max_length=253,
@@ -116,6 +134,14 @@ class ClusteringConfig(BaseModel):
         "address `address` names (`fedprompt certs` always puts `clusterer` in it; set it "
         "when your certificates come from another PKI). Empty: verify the dialled host name.",
     )
+
+    @field_validator("refine_after_rounds", "refine_margin", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: object) -> object:
+        """Refuse ``true``/``false`` (which pydantic would take as 1 and 0)."""
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        return value
 
 
 class ContrastiveConfig(BaseModel):
@@ -715,6 +741,7 @@ class CoordinatorConfig(BaseModel):
         check_aggregation(self)
         check_secure_aggregation(self)
         check_server_optimizer(self)
+        check_refinement(self)
         return self
 
     @property
@@ -773,6 +800,40 @@ def check_aggregation(config: CoordinatorConfig) -> None:
             "would drop fpl's contrastive alignment weights; set contrastive.server_weighting: "
             "mean to use it, or cluster_rule: multi-krum (which keeps the weights of the "
             "members it selects)"
+        )
+
+
+def check_refinement(config: CoordinatorConfig) -> None:
+    """Refuse cluster refinement where it has nothing to refine or must not read updates.
+
+    Raises
+    ------
+    ValueError
+        With the reason and what to set instead.
+    """
+    if config.clustering.refine_after_rounds == 0:
+        return
+    if not config.clustering.address:
+        raise ValueError(
+            "clustering.refine_after_rounds needs a clusterer (clustering.address): without "
+            "one every client is in cluster 0 and there is nothing to refine"
+        )
+    spec = strategy_spec(config.strategy)
+    if not spec.clustered:
+        raise ValueError(
+            f"clustering.refine_after_rounds: strategy {spec.name.value!r} has no cluster "
+            "level; use fpl or clustered, or set refine_after_rounds: 0"
+        )
+    if config.secure_aggregation.enabled:
+        raise ValueError(
+            "clustering.refine_after_rounds reads every member's update, which secure "
+            "aggregation hides from the coordinator; set refine_after_rounds: 0"
+        )
+    if config.privacy.enabled:
+        raise ValueError(
+            "clustering.refine_after_rounds cannot be combined with privacy.enabled: the "
+            "assignment would depend on every member's update, outside what the privacy "
+            "accountant counts; set refine_after_rounds: 0"
         )
 
 

@@ -64,6 +64,7 @@ from fedprompt_coordinator.aggregation.clipping import bounds_from_summary
 from fedprompt_coordinator.aggregation.dp_levels import DPLevels
 from fedprompt_coordinator.aggregation.levels import Released
 from fedprompt_coordinator.aggregation.server_optimizer import ServerStep
+from fedprompt_coordinator.cluster_refinement import AlignmentTracker, Evidence
 from fedprompt_coordinator.clustering_backend import ClusteringBackend
 from fedprompt_coordinator.config import CoordinatorConfig, DPLevel
 from fedprompt_coordinator.domain import (
@@ -120,6 +121,7 @@ logger = logging.getLogger(__name__)
 _SETTING_SPEC = "tensor_spec"
 _SETTING_ACCOUNTANT = "privacy_accountant"
 _SETTING_STOP_REASON = "stop_reason"
+_SETTING_REFINEMENT = "refinement_evidence"
 #: Pause before drawing a round again when client sampling fell below the quorum.
 SAMPLING_RETRY_PAUSE_S = 0.5
 #: Longest exception message kept in a failed round's status.
@@ -227,6 +229,10 @@ class Federation:
         #: True while the clusterer could not be reached: the last assignment is kept and
         #: every round summary says so (``clustering_degraded``) until it answers again.
         self._clustering_degraded = False
+        #: Cluster refinement's evidence (None: refinement off), durable with each round,
+        #: and whether it changed since the clusterer last saw it.
+        self._refiner = self._load_refiner(config, state)
+        self._refinement_pending = self._refiner is not None
         #: The round attempt that failed unexpectedly (None while the round loop is healthy).
         self._failure: RoundFailure | None = None
         #: The snapshot being written while clients evaluate (awaited at the checkpoint).
@@ -636,13 +642,25 @@ class Federation:
         prepared, current.phase_seconds["model_save_seconds"] = await save
         current.phase_seconds["checkpoint_wait_seconds"] = time.perf_counter() - t_save
         self._pending_save = None
+        evidence: dict[str, Evidence] | None = None
+        settings: dict[str, str] = {}
+        if self._refiner is not None and secure is None:
+            evidence = self._refiner.observed(
+                list(current.updates.values()),
+                new_id=max(self._assignment.values(), default=-1) + 1,
+            )
+            settings[_SETTING_REFINEMENT] = AlignmentTracker.evidence_to_json(evidence)
         try:
             self._reports.store(
-                self._round_record(current, status="completed"), snapshot=prepared.files
+                self._round_record(current, status="completed"),
+                snapshot=prepared.files,
+                settings=settings,
             )
         except BaseException:
             self._models.discard(prepared)
             raise
+        if self._refiner is not None and evidence is not None:
+            self._refinement_pending |= self._refiner.commit(evidence)
         await asyncio.to_thread(self._models.publish, prepared)
         self._model = current.aggregated
         self._moments = step.moments
@@ -766,13 +784,19 @@ class Federation:
         members = self._sessions.ids()
         if (
             not self._clustering_degraded  # a failed clustering is asked again every round
+            and not self._refinement_pending  # new evidence from the members' updates
             and members == self._clustered_members
             and all(c in self._assignment for c in participants)
         ):
             return
         metadata = self._sessions.metadata()
+        evidence = None
+        if self._refiner is not None:
+            self._refiner.forget(members)
+            evidence = self._refiner.evidence
+        previous = dict(self._assignment)
         try:
-            assignment = await self._clustering.assign(metadata, self._assignment)
+            assignment = await self._clustering.assign(metadata, previous, evidence)
         except FedPromptError as exc:
             logger.warning(
                 "clustering failed, keeping the last assignment (retried next round): %s",
@@ -787,9 +811,42 @@ class Federation:
             if self._clustering_degraded:
                 logger.info("clusterer answered again; assignment updated")
             self._clustering_degraded = False
+            self._refinement_pending = False
             self._clustered_members = members
+            moved = {
+                c: (previous[c], k)
+                for c, k in assignment.items()
+                if c in previous and previous[c] != k
+            }
+            for cid, (old, new) in sorted(moved.items()):
+                logger.info("client %s moved from cluster %d to cluster %d", cid, old, new)
+            self.metrics.observe_cluster_moves(len(moved))
         self._assignment = assignment
         self._state.set_assignment(assignment)
+
+    @staticmethod
+    def _load_refiner(config: CoordinatorConfig, state: StateStore) -> AlignmentTracker | None:
+        """The refinement tracker with the durable evidence (None: refinement off).
+
+        Raises
+        ------
+        StateIntegrityError
+            When the stored evidence is not readable.
+        """
+        cfg = config.clustering
+        if cfg.refine_after_rounds == 0:
+            return None
+        saved = state.get_setting(_SETTING_REFINEMENT)
+        try:
+            evidence = AlignmentTracker.evidence_from_json(saved) if saved else {}
+        except ValueError as exc:
+            raise StateIntegrityError(
+                f"the state database holds unreadable cluster refinement evidence ({exc}); "
+                "restore the state dir from a backup"
+            ) from exc
+        return AlignmentTracker(
+            after_rounds=cfg.refine_after_rounds, margin=cfg.refine_margin, evidence=evidence
+        )
 
     def _train_task(
         self, current: RoundInProgress, client_id: str, secure: SecAggTask | None = None

@@ -231,6 +231,12 @@ class CoordinatorMetrics:
         self.clusters = Gauge(
             "fedprompt_clusters", "Clusters among the last round's participants.", registry=r
         )
+        self.cluster_moves = Counter(
+            "fedprompt_cluster_moves_total",
+            "Clients whose cluster changed when the clusterer was asked again (their metadata "
+            "regrouped, or cluster refinement moved them by their updates).",
+            registry=r,
+        )
         self.accuracy = Gauge(
             "fedprompt_accuracy",
             "Accuracy of the aggregated model over clients in the last completed round "
@@ -330,6 +336,10 @@ class CoordinatorMetrics:
             self.traffic.labels(direction="up").inc(up)
         if down:
             self.traffic.labels(direction="down").inc(down)
+
+    def observe_cluster_moves(self, moved: int) -> None:
+        """Count clients whose cluster changed at a re-clustering."""
+        self.cluster_moves.inc(moved)
 
     def observe_round_error(self, phase: Phase) -> None:
         """Count a round attempt ended by an unexpected error; the round loop stops serving."""

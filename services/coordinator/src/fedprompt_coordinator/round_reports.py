@@ -171,12 +171,19 @@ class RoundReports:
             summary=summary,
         )
 
-    def store(self, record: RoundRecord, *, snapshot: Mapping[str, str] | None = None) -> None:
+    def store(
+        self,
+        record: RoundRecord,
+        *,
+        snapshot: Mapping[str, str] | None = None,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
         """Store a finished round attempt durably, then count it in the metrics.
 
-        ``snapshot`` (file name -> SHA-256 of the round's model files) commits with it.
+        ``snapshot`` (file name -> SHA-256 of the round's model files) and ``settings``
+        commit with it.
         """
-        self._state.record_round(record, snapshot=snapshot)
+        self._state.record_round(record, snapshot=snapshot, settings=settings)
         self._metrics.observe_round(record)
 
     def status(

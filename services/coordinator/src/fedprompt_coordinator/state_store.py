@@ -61,12 +61,16 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     def record_round(
-        self, record: RoundRecord, *, snapshot: Mapping[str, str] | None = None
+        self,
+        record: RoundRecord,
+        *,
+        snapshot: Mapping[str, str] | None = None,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         """Store a finished round; a completed one also becomes the last completed round.
 
-        ``snapshot`` (file name -> SHA-256 hex of the round's model snapshot) is recorded in
-        the same transaction.
+        ``snapshot`` (file name -> SHA-256 hex of the round's model snapshot) and
+        ``settings`` are recorded in the same transaction.
         """
 
     @abc.abstractmethod
@@ -199,12 +203,17 @@ class SqliteStateStore(StateStore):
         return {r[0]: int(r[1]) for r in rows}
 
     def record_round(
-        self, record: RoundRecord, *, snapshot: Mapping[str, str] | None = None
+        self,
+        record: RoundRecord,
+        *,
+        snapshot: Mapping[str, str] | None = None,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
-        """Store a round, its client records and its snapshot digests in one transaction."""
+        """Store a round, its client records, snapshot digests and settings in one transaction."""
         with self._lock, self._transaction():
             if snapshot is not None:
                 self._put_snapshot(record.round, snapshot)
+            self._put_settings(settings or {})
             (attempt,) = self._db.execute(
                 "SELECT COALESCE(MAX(attempt), 0) + 1 FROM rounds WHERE round=?",
                 (record.round,),
@@ -258,11 +267,15 @@ class SqliteStateStore(StateStore):
         """Record the digests of a round's snapshot and some settings in one transaction."""
         with self._lock, self._transaction():
             self._put_snapshot(round_id, files)
-            self._db.executemany(
-                "INSERT INTO settings(key, value) VALUES(?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                sorted((settings or {}).items()),
-            )
+            self._put_settings(settings or {})
+
+    def _put_settings(self, settings: Mapping[str, str]) -> None:
+        """Insert or replace settings (inside the caller's transaction)."""
+        self._db.executemany(
+            "INSERT INTO settings(key, value) VALUES(?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            sorted(settings.items()),
+        )
 
     def snapshots(self) -> dict[int, dict[str, str]]:
         """round -> (file name -> SHA-256 hex) of every recorded snapshot."""

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64prompt/v1/clusterer.proto\x12\x0c\x66\x65\x64prompt.v1\":\n\x0eMemberMetadata\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rmetadata_json\x18\x02 \x01(\t\"\xad\x02\n\x0e\x43lusterRequest\x12-\n\x07members\x18\x01 \x03(\x0b\x32\x1c.fedprompt.v1.MemberMetadata\x12Q\n\x13previous_assignment\x18\x02 \x03(\x0b\x32\x34.fedprompt.v1.ClusterRequest.PreviousAssignmentEntry\x12\x18\n\x10min_cluster_size\x18\x03 \x01(\r\x12\x13\n\x0bmin_samples\x18\x04 \x01(\r\x12/\n\x0cnoise_policy\x18\x05 \x01(\x0e\x32\x19.fedprompt.v1.NoisePolicy\x1a\x39\n\x17PreviousAssignmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xdf\x01\n\x0f\x43lusterResponse\x12\x41\n\nassignment\x18\x01 \x03(\x0b\x32-.fedprompt.v1.ClusterResponse.AssignmentEntry\x12\x14\n\x0cnum_clusters\x18\x02 \x01(\r\x12\x18\n\x10noise_reassigned\x18\x03 \x03(\t\x12\x15\n\rfeature_names\x18\x04 \x03(\t\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x1a\x31\n\x0f\x41ssignmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01*a\n\x0bNoisePolicy\x12\x1c\n\x18NOISE_POLICY_UNSPECIFIED\x10\x00\x12\x18\n\x14NOISE_POLICY_NEAREST\x10\x01\x12\x1a\n\x16NOISE_POLICY_SINGLETON\x10\x02\x32\xa5\x01\n\tClusterer\x12\x46\n\x07\x43luster\x12\x1c.fedprompt.v1.ClusterRequest\x1a\x1d.fedprompt.v1.ClusterResponse\x12P\n\rClusterStream\x12\x1c.fedprompt.v1.ClusterRequest\x1a\x1d.fedprompt.v1.ClusterResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64prompt/v1/clusterer.proto\x12\x0c\x66\x65\x64prompt.v1\":\n\x0eMemberMetadata\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x15\n\rmetadata_json\x18\x02 \x01(\t\"\xfc\x02\n\x0e\x43lusterRequest\x12-\n\x07members\x18\x01 \x03(\x0b\x32\x1c.fedprompt.v1.MemberMetadata\x12Q\n\x13previous_assignment\x18\x02 \x03(\x0b\x32\x34.fedprompt.v1.ClusterRequest.PreviousAssignmentEntry\x12\x18\n\x10min_cluster_size\x18\x03 \x01(\r\x12\x13\n\x0bmin_samples\x18\x04 \x01(\r\x12/\n\x0cnoise_policy\x18\x05 \x01(\x0e\x32\x19.fedprompt.v1.NoisePolicy\x12\x30\n\talignment\x18\x06 \x03(\x0b\x32\x1d.fedprompt.v1.UpdateAlignment\x12\x1b\n\x13refine_after_rounds\x18\x07 \x01(\r\x1a\x39\n\x17PreviousAssignmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"H\n\x0fUpdateAlignment\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x12\n\ncluster_id\x18\x02 \x01(\x05\x12\x0e\n\x06rounds\x18\x03 \x01(\r\"\x8c\x02\n\x0f\x43lusterResponse\x12\x41\n\nassignment\x18\x01 \x03(\x0b\x32-.fedprompt.v1.ClusterResponse.AssignmentEntry\x12\x14\n\x0cnum_clusters\x18\x02 \x01(\r\x12\x18\n\x10noise_reassigned\x18\x03 \x03(\t\x12\x15\n\rfeature_names\x18\x04 \x03(\t\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x0f\n\x07refined\x18\x06 \x03(\t\x12\x1a\n\x12refinement_applied\x18\x07 \x01(\x08\x1a\x31\n\x0f\x41ssignmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01*a\n\x0bNoisePolicy\x12\x1c\n\x18NOISE_POLICY_UNSPECIFIED\x10\x00\x12\x18\n\x14NOISE_POLICY_NEAREST\x10\x01\x12\x1a\n\x16NOISE_POLICY_SINGLETON\x10\x02\x32\xa5\x01\n\tClusterer\x12\x46\n\x07\x43luster\x12\x1c.fedprompt.v1.ClusterRequest\x1a\x1d.fedprompt.v1.ClusterResponse\x12P\n\rClusterStream\x12\x1c.fedprompt.v1.ClusterRequest\x1a\x1d.fedprompt.v1.ClusterResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,18 +35,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLUSTERREQUEST_PREVIOUSASSIGNMENTENTRY']._serialized_options = b'8\001'
   _globals['_CLUSTERRESPONSE_ASSIGNMENTENTRY']._loaded_options = None
   _globals['_CLUSTERRESPONSE_ASSIGNMENTENTRY']._serialized_options = b'8\001'
-  _globals['_NOISEPOLICY']._serialized_start=636
-  _globals['_NOISEPOLICY']._serialized_end=733
+  _globals['_NOISEPOLICY']._serialized_start=834
+  _globals['_NOISEPOLICY']._serialized_end=931
   _globals['_MEMBERMETADATA']._serialized_start=46
   _globals['_MEMBERMETADATA']._serialized_end=104
   _globals['_CLUSTERREQUEST']._serialized_start=107
-  _globals['_CLUSTERREQUEST']._serialized_end=408
-  _globals['_CLUSTERREQUEST_PREVIOUSASSIGNMENTENTRY']._serialized_start=351
-  _globals['_CLUSTERREQUEST_PREVIOUSASSIGNMENTENTRY']._serialized_end=408
-  _globals['_CLUSTERRESPONSE']._serialized_start=411
-  _globals['_CLUSTERRESPONSE']._serialized_end=634
-  _globals['_CLUSTERRESPONSE_ASSIGNMENTENTRY']._serialized_start=585
-  _globals['_CLUSTERRESPONSE_ASSIGNMENTENTRY']._serialized_end=634
-  _globals['_CLUSTERER']._serialized_start=736
-  _globals['_CLUSTERER']._serialized_end=901
+  _globals['_CLUSTERREQUEST']._serialized_end=487
+  _globals['_CLUSTERREQUEST_PREVIOUSASSIGNMENTENTRY']._serialized_start=430
+  _globals['_CLUSTERREQUEST_PREVIOUSASSIGNMENTENTRY']._serialized_end=487
+  _globals['_UPDATEALIGNMENT']._serialized_start=489
+  _globals['_UPDATEALIGNMENT']._serialized_end=561
+  _globals['_CLUSTERRESPONSE']._serialized_start=564
+  _globals['_CLUSTERRESPONSE']._serialized_end=832
+  _globals['_CLUSTERRESPONSE_ASSIGNMENTENTRY']._serialized_start=783
+  _globals['_CLUSTERRESPONSE_ASSIGNMENTENTRY']._serialized_end=832
+  _globals['_CLUSTERER']._serialized_start=934
+  _globals['_CLUSTERER']._serialized_end=1099
 # @@protoc_insertion_point(module_scope)

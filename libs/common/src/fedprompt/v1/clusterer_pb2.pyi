@@ -95,16 +95,28 @@ class ClusterRequest(_message.Message):
     MIN_CLUSTER_SIZE_FIELD_NUMBER: _builtins.int
     MIN_SAMPLES_FIELD_NUMBER: _builtins.int
     NOISE_POLICY_FIELD_NUMBER: _builtins.int
+    ALIGNMENT_FIELD_NUMBER: _builtins.int
+    REFINE_AFTER_ROUNDS_FIELD_NUMBER: _builtins.int
     min_cluster_size: _builtins.int
     """HDBSCAN min_cluster_size; 0 means the default (2)."""
     min_samples: _builtins.int
     """HDBSCAN min_samples; 0 means the default (1)."""
     noise_policy: Global___NoisePolicy.ValueType
+    refine_after_rounds: _builtins.int
+    """Rounds of agreeing evidence that move a member to the cluster its updates align with
+    (0: refinement off, `alignment` is ignored).
+    """
     @_builtins.property
     def members(self) -> _containers.RepeatedCompositeFieldContainer[Global___MemberMetadata]: ...
     @_builtins.property
     def previous_assignment(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Previous cluster id per client id; new labels are matched to these."""
+
+    @_builtins.property
+    def alignment(self) -> _containers.RepeatedCompositeFieldContainer[Global___UpdateAlignment]:
+        """Cluster refinement (metadata is the cold start): what the members' prompt updates
+        say, one entry per member at most (empty: metadata alone decides).
+        """
 
     def __init__(
         self,
@@ -114,14 +126,49 @@ class ClusterRequest(_message.Message):
         min_cluster_size: _builtins.int = ...,
         min_samples: _builtins.int = ...,
         noise_policy: Global___NoisePolicy.ValueType = ...,
+        alignment: _abc.Iterable[Global___UpdateAlignment] | None = ...,
+        refine_after_rounds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members", "min_cluster_size", b"min_cluster_size", "min_samples", b"min_samples", "noise_policy", b"noise_policy", "previous_assignment", b"previous_assignment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alignment", b"alignment", "members", b"members", "min_cluster_size", b"min_cluster_size", "min_samples", b"min_samples", "noise_policy", b"noise_policy", "previous_assignment", b"previous_assignment", "refine_after_rounds", b"refine_after_rounds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClusterRequest: _TypeAlias = ClusterRequest  # noqa: Y015
+
+@_typing.final
+class UpdateAlignment(_message.Message):
+    """Which cluster a member's recent prompt updates align with, as the coordinator counts it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    CLUSTER_ID_FIELD_NUMBER: _builtins.int
+    ROUNDS_FIELD_NUMBER: _builtins.int
+    client_id: _builtins.str
+    cluster_id: _builtins.int
+    """The cluster whose other members' updates this member's updates align with best."""
+    rounds: _builtins.int
+    """The evidence for cluster_id: counted up (to refine_after_rounds) in each round whose
+    update aligns best with it, down in each round that aligns best with another cluster.
+    A member moves to cluster_id when rounds >= refine_after_rounds, and stays there
+    while rounds >= 1 (hysteresis: leaving takes as many contrary rounds as arriving).
+    """
+    def __init__(
+        self,
+        *,
+        client_id: _builtins.str = ...,
+        cluster_id: _builtins.int = ...,
+        rounds: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_id", b"client_id", "cluster_id", b"cluster_id", "rounds", b"rounds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateAlignment: _TypeAlias = UpdateAlignment  # noqa: Y015
 
 @_typing.final
 class ClusterResponse(_message.Message):
@@ -152,8 +199,15 @@ class ClusterResponse(_message.Message):
     NOISE_REASSIGNED_FIELD_NUMBER: _builtins.int
     FEATURE_NAMES_FIELD_NUMBER: _builtins.int
     SECONDS_FIELD_NUMBER: _builtins.int
+    REFINED_FIELD_NUMBER: _builtins.int
+    REFINEMENT_APPLIED_FIELD_NUMBER: _builtins.int
     num_clusters: _builtins.int
     seconds: _builtins.float
+    refinement_applied: _builtins.bool
+    """True when the request asked for refinement (refine_after_rounds > 0) and this
+    clusterer applied it; a clusterer of an earlier version leaves it false (it drops the
+    alignment it does not know), which the coordinator reports.
+    """
     @_builtins.property
     def assignment(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Cluster id per client id, ids >= 0."""
@@ -166,6 +220,10 @@ class ClusterResponse(_message.Message):
     def feature_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Metadata feature names after scaling / one-hot encoding, for diagnostics."""
 
+    @_builtins.property
+    def refined(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Members placed by their update alignment instead of their metadata."""
+
     def __init__(
         self,
         *,
@@ -174,10 +232,12 @@ class ClusterResponse(_message.Message):
         noise_reassigned: _abc.Iterable[_builtins.str] | None = ...,
         feature_names: _abc.Iterable[_builtins.str] | None = ...,
         seconds: _builtins.float = ...,
+        refined: _abc.Iterable[_builtins.str] | None = ...,
+        refinement_applied: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "feature_names", b"feature_names", "noise_reassigned", b"noise_reassigned", "num_clusters", b"num_clusters", "seconds", b"seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment", b"assignment", "feature_names", b"feature_names", "noise_reassigned", b"noise_reassigned", "num_clusters", b"num_clusters", "refined", b"refined", "refinement_applied", b"refinement_applied", "seconds", b"seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,279 @@
+"""The evidence for cluster refinement: which cluster each member's updates align with.
+
+Metadata is the clustering's cold start; a silo whose metadata misleads is placed in the
+wrong group. Its updates then betray it: trained on another group's data, its cluster-level
+update (cluster prompt and head) points where that group's members' updates point. After
+every completed round the coordinator scores each participant i of cluster k against every
+cluster j with at least one *other* participant in the round,
+
+    s_ij = cos(Δ_i, mean_{m ∈ j, m ≠ i} Δ_m / ‖Δ_m‖),
+
+over the cluster-level tensors of the updates, each tensor scaled to unit norm before they
+are joined (so a large, noisy prompt segment does not drown the head, and no member
+outweighs another by its norm; leave-one-out, so a member never counts as evidence for its
+own cluster). The best cluster is ``argmax_j s_ij`` when it beats the member's own cluster by
+more than ``margin``, else its own cluster. A group that the metadata split over several
+clusters has no cluster of its own to move to: two members of different clusters whose
+updates align with each other (cosine) better than with any cluster, each the other's best
+peer, are given a new cluster id together (the clusterer opens it when both name it). The evidence per member is a cluster id and a
+count: a round whose best cluster is the evidence's cluster counts it up (to
+``after_rounds``), a round that names another counts it down, and at 0 the new cluster takes
+over with a count of 1. The clusterer (``fedprompt_clusterer.refinement``) moves a member at
+``after_rounds`` and keeps it while the count stays >= 1, so arriving and leaving each take
+``after_rounds`` rounds of agreeing evidence.
+
+A member without another participant in its own cluster this round cannot be compared and
+keeps its evidence, as does every member that did not take part.
+
+Refinement reads each member's update, so the configuration refuses it with secure
+aggregation (the coordinator must not see single updates) and with DP-FedAvg (the
+assignment would then depend on private data outside the accountant).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedprompt_coordinator.aggregation.levels import Level, level_of
+from fedprompt_coordinator.domain import ClientUpdate
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The cluster a member's recent updates align with, and for how many rounds."""
+
+    cluster_id: int
+    rounds: int
+
+
+def _direction(update: ClientUpdate) -> np.ndarray | None:
+    """The update's cluster-level tensors, each scaled to unit norm, joined and scaled to
+    unit norm (None: no such tensor, all zero, or not finite).
+
+    Each tensor gets one vote in the cosine (the dot product of two directions is the mean
+    of the per-tensor cosines): a large, noisy prompt segment does not drown the head.
+    """
+    parts: list[np.ndarray] = []
+    for name in sorted(update.tensors):
+        if level_of(name) is not Level.CLUSTER:
+            continue
+        part = np.asarray(update.tensors[name], dtype=np.float64).ravel()
+        norm = float(np.linalg.norm(part))
+        if not math.isfinite(norm):
+            return None
+        parts.append(part / norm if norm > 0.0 else part)
+    if not parts:
+        return None
+    vector = np.concatenate(parts)
+    norm = float(np.linalg.norm(vector))
+    if norm == 0.0:
+        return None
+    out: np.ndarray = vector / norm
+    return out
+
+
+def _directions(updates: Sequence[ClientUpdate]) -> dict[str, tuple[int, np.ndarray]]:
+    """(cluster, unit direction) of every comparable update.
+
+    An update without cluster-level tensors (or a zero or non-finite one) is left out; so is
+    one whose cluster-level tensors differ in size from the first usable update's
+    (validated uploads always agree).
+    """
+    out: dict[str, tuple[int, np.ndarray]] = {}
+    for u in updates:
+        d = _direction(u)
+        if d is None:
+            continue
+        first = next(iter(out.values()), None)
+        if first is not None and first[1].size != d.size:
+            continue
+        out[u.client_id] = (u.cluster_id, d)
+    return out
+
+
+def alignment_scores(updates: Sequence[ClientUpdate]) -> dict[str, dict[int, float]]:
+    """``s_ij`` for every participant i and every cluster j with another participant."""
+    directions = _directions(updates)
+    sums: dict[int, np.ndarray] = {}
+    counts: dict[int, int] = {}
+    for cluster, d in directions.values():
+        sums[cluster] = sums[cluster] + d if cluster in sums else d.copy()
+        counts[cluster] = counts.get(cluster, 0) + 1
+    scores: dict[str, dict[int, float]] = {}
+    for cid, (own, d) in directions.items():
+        mine: dict[int, float] = {}
+        for cluster, total in sums.items():
+            if counts[cluster] - (1 if cluster == own else 0) == 0:
+                continue
+            reference = total - d if cluster == own else total
+            norm = float(np.linalg.norm(reference))
+            if norm > 0.0:
+                mine[cluster] = float(d @ reference) / norm
+        scores[cid] = mine
+    return scores
+
+
+def _best_peers(
+    directions: Mapping[str, tuple[int, np.ndarray]],
+) -> dict[str, tuple[str, float]]:
+    """Each member's most aligned member of *another* cluster, and their cosine."""
+    out: dict[str, tuple[str, float]] = {}
+    for cid, (own, d) in directions.items():
+        peers = [(float(d @ other), m) for m, (k, other) in sorted(directions.items()) if k != own]
+        if peers:
+            score, peer = max(peers, key=lambda p: p[0])
+            out[cid] = (peer, score)
+    return out
+
+
+class AlignmentTracker:
+    """Counts, per member, the rounds its updates align with one cluster.
+
+    Parameters
+    ----------
+    after_rounds
+        Rounds of agreeing evidence that move a member (the count's ceiling), >= 1.
+    margin
+        How much better than its own cluster another cluster must align to count (>= 0).
+    evidence
+        The evidence so far (read back by :meth:`evidence_from_json`).
+    """
+
+    def __init__(
+        self,
+        *,
+        after_rounds: int,
+        margin: float = 0.0,
+        evidence: Mapping[str, Evidence] | None = None,
+    ) -> None:
+        if after_rounds < 1:
+            raise ValueError(f"after_rounds must be >= 1, got {after_rounds}")
+        if not (math.isfinite(margin) and margin >= 0.0):
+            raise ValueError(f"margin must be finite and >= 0, got {margin}")
+        self.after_rounds = after_rounds
+        self.margin = margin
+        self._evidence: dict[str, Evidence] = dict(evidence or {})
+
+    @property
+    def evidence(self) -> dict[str, Evidence]:
+        """The evidence per member (a copy)."""
+        return dict(self._evidence)
+
+    def best_clusters(self, updates: Sequence[ClientUpdate], *, new_id: int) -> dict[str, int]:
+        """The cluster each comparable participant's update aligns with best this round.
+
+        Two members of different clusters whose updates align with each other better than
+        with any cluster (each one's best peer is the other, by more than the margin over
+        its own cluster) are given a new cluster together: ids ``new_id``, ``new_id + 1``,
+        ... in the order of each pair's smaller client id.
+        """
+        directions = _directions(updates)
+        all_scores = alignment_scores(updates)
+        peers = _best_peers(directions)
+        best: dict[str, int] = {}
+        wants_peer: dict[str, str] = {}
+        for cid, (cluster, _) in directions.items():
+            scores = all_scores.get(cid, {})
+            own = scores.get(cluster)
+            if own is None:
+                continue  # no other member of its own cluster to compare with
+            top = max(sorted(scores), key=lambda c: scores[c])
+            best[cid] = top if scores[top] > own + self.margin else cluster
+            peer = peers.get(cid)
+            if peer is not None and peer[1] > max(scores[top], own + self.margin):
+                wants_peer[cid] = peer[0]
+            logger.debug(
+                "refinement: client %s (cluster %d) scores %s, best peer %s",
+                cid,
+                cluster,
+                {k: round(v, 3) for k, v in sorted(scores.items())},
+                (peer[0], round(peer[1], 3)) if peer else None,
+            )
+            if best[cid] != cluster or cid in wants_peer:
+                logger.info(
+                    "client %s (cluster %d) aligns with cluster %d (cos %.3f) more than with "
+                    "its own (cos %.3f, margin %.3f); best peer %s (cos %.3f)",
+                    cid,
+                    cluster,
+                    top,
+                    scores[top],
+                    own,
+                    self.margin,
+                    peer[0] if peer else "-",
+                    peer[1] if peer else float("nan"),
+                )
+        pairs = sorted(
+            tuple(sorted((a, b))) for a, b in wants_peer.items() if wants_peer.get(b) == a and a < b
+        )
+        for index, (a, b) in enumerate(pairs):
+            best[a] = best[b] = new_id + index
+        return best
+
+    def observed(self, updates: Sequence[ClientUpdate], *, new_id: int) -> dict[str, Evidence]:
+        """The evidence after one more round's ``updates`` (the tracker is not changed).
+
+        ``new_id`` is the first cluster id no client holds (for pairs that split off).
+        """
+        out = dict(self._evidence)
+        for cid, best in self.best_clusters(updates, new_id=new_id).items():
+            held = out.get(cid)
+            if held is None:
+                out[cid] = Evidence(best, 1)
+            elif held.cluster_id == best:
+                out[cid] = Evidence(best, min(held.rounds + 1, self.after_rounds))
+            elif held.rounds > 1:
+                out[cid] = Evidence(held.cluster_id, held.rounds - 1)
+            else:
+                out[cid] = Evidence(best, 1)
+        return out
+
+    def commit(self, evidence: Mapping[str, Evidence]) -> bool:
+        """Take ``evidence`` (from :meth:`observed`); True when it differs from before."""
+        changed = dict(evidence) != self._evidence
+        self._evidence = dict(evidence)
+        return changed
+
+    def forget(self, members: frozenset[str]) -> None:
+        """Drop the evidence of clients that are no longer ``members``."""
+        self._evidence = {c: e for c, e in self._evidence.items() if c in members}
+
+    @staticmethod
+    def evidence_to_json(evidence: Mapping[str, Evidence]) -> str:
+        """Evidence as JSON (durable with each completed round)."""
+        return json.dumps(
+            {c: [e.cluster_id, e.rounds] for c, e in sorted(evidence.items())},
+            separators=(",", ":"),
+        )
+
+    @staticmethod
+    def evidence_from_json(text: str) -> dict[str, Evidence]:
+        """Read :meth:`evidence_to_json`'s output.
+
+        Raises
+        ------
+        ValueError
+            If the text is not such an object.
+        """
+        raw = json.loads(text)
+        if not isinstance(raw, dict):
+            raise ValueError("refinement evidence must be a JSON object")
+        out: dict[str, Evidence] = {}
+        for cid, value in raw.items():
+            if (
+                not isinstance(value, list)
+                or len(value) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+                or value[0] < 0
+                or value[1] < 0
+            ):
+                raise ValueError(f"refinement evidence of {cid!r} is not [cluster, rounds]")
+            out[str(cid)] = Evidence(int(value[0]), int(value[1]))
+        return out
