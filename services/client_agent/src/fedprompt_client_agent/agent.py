@@ -215,8 +215,8 @@ def personalize_settings(task: coordinator_pb2.Task) -> PersonalizeSettings | No
     )
 
 
-#: Reported (1.0), with the unpersonalized metrics alone, when the pass diverged: the round's
-#: summaries then leave this silo out rather than mix its aggregate's accuracy in.
+#: Reported (1.0) when the pass diverged: the silo then uses the aggregate, so its metrics
+#: are reported under the usual keys too (the round's summaries count the model it uses).
 PERSONALIZE_FAILED = "personalize_failed"
 
 
@@ -550,9 +550,9 @@ class ClientAgent:
         if personalize is not None:
             try:
                 personalized = await asyncio.to_thread(rt.personalized_evaluate, personalize)
-            except FloatingPointError as exc:  # a diverging pass: the aggregate's metrics only
+            except FloatingPointError as exc:  # a diverging pass: the silo keeps the aggregate
                 logger.warning("round %d: the personalization pass failed: %s", task.round, exc)
-                personalized = {PERSONALIZE_FAILED: 1.0}
+                personalized = {**plain, PERSONALIZE_FAILED: 1.0}
             metrics = personalized_report(plain, personalized)
         self.metrics.observe_evaluation(task.round, metrics)
         await asyncio.to_thread(rt.save_personal)
