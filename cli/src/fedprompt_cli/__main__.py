@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--server-lr", type=float, help="η of the server optimizer (sgd: 1)")
     up.add_argument("--proximal-mu", type=float, help="FedProx's μ of the clients (0: off)")
     up.add_argument(
+        "--personalize-steps",
+        type=int,
+        help="steps of the clients' final personalization pass of their local segment and head "
+        "at every evaluation (0: none)",
+    )
+    up.add_argument(
         "--refine-after-rounds",
         type=int,
         help="cluster refinement: rounds of update alignment with another cluster that move "
@@ -375,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             server_optimizer=args.server_optimizer,
             server_lr=args.server_lr,
             proximal_mu=args.proximal_mu,
+            personalize_steps=args.personalize_steps,
             refine_after_rounds=args.refine_after_rounds,
             refine_margin=args.refine_margin,
             n_global=args.n_global,

@@ -158,6 +158,7 @@ def with_ablation(options: UpOptions, ablation: str | None) -> UpOptions:
         server_optimizer=knobs.server_optimizer,
         server_lr=knobs.server_lr,
         proximal_mu=knobs.proximal_mu,
+        personalize_steps=knobs.personalize_steps,
         refine_after_rounds=knobs.refine_after_rounds,
         n_global=knobs.n_global,
         n_local=knobs.n_local,

@@ -101,6 +101,11 @@ class Ablation:
         ``--server-lr``; None: plain sgd with η = 1).
     proximal_mu : float, optional
         FedProx's μ of the clients (coordinator ``--proximal-mu``; None: 0, off).
+    personalize_steps : int, optional
+        Steps of the clients' final personalization pass at every evaluation (coordinator
+        ``--personalize-steps``; None: 0, none). With it, a run's ``accuracy`` (and
+        ``val_accuracy``, ...) is the personalized model's; ``unpersonalized_accuracy`` the
+        aggregate's.
     refine_after_rounds : int, optional
         Cluster refinement's rounds of update alignment (coordinator
         ``--refine-after-rounds``; None: 0, off).
@@ -118,6 +123,7 @@ class Ablation:
     server_optimizer: str | None = None
     server_lr: float | None = None
     proximal_mu: float | None = None
+    personalize_steps: int | None = None
     refine_after_rounds: int | None = None
     n_global: int | None = None
     n_local: int | None = None

@@ -78,6 +78,9 @@ class UpOptions:
     server_lr: float | None = None
     #: μ of FedProx's client proximal term (None: the coordinator's default, 0: off).
     proximal_mu: float | None = None
+    #: Steps of the clients' final personalization pass of their local segment and head at
+    #: every evaluation (None: the coordinator's default, 0: none).
+    personalize_steps: int | None = None
     #: Cluster refinement's rounds of update alignment that move a member (None: the
     #: coordinator's default, 0: off; needs clustering).
     refine_after_rounds: int | None = None
@@ -108,6 +111,7 @@ class UpOptions:
             "--server-optimizer": self.server_optimizer,
             "--server-lr": self.server_lr,
             "--proximal-mu": self.proximal_mu,
+            "--personalize-steps": self.personalize_steps,
             "--refine-after-rounds": self.refine_after_rounds,
             "--refine-margin": self.refine_margin,
             "--dp-epsilon": self.dp_epsilon,

@@ -203,3 +203,40 @@ def test_proximal_mu_is_off_by_default_and_set_by_flag_yaml_or_environment(
     for hostile in ("nan", "-1", "1e9"):
         with pytest.raises(ConfigError, match="proximal_mu"):
             config_from_args(parse_args(["--proximal-mu", hostile]), environ={})
+
+
+@pytest.mark.parametrize("steps", [-1, 10_001, 2**32, True, False, 2.5, 5.0, "5", None])
+def test_a_hostile_personalize_steps_is_refused_at_load(steps: object) -> None:
+    expected = (
+        "must be an integer"
+        if isinstance(steps, bool) or not isinstance(steps, int)
+        else r"in \[0, 10000\]"
+    )
+    with pytest.raises(ValidationError, match=expected):
+        CoordinatorConfig(evaluation={"personalize_steps": steps})  # type: ignore[arg-type]
+
+
+def test_personalize_steps_is_off_by_default_and_set_by_flag_yaml_or_environment(
+    tmp_path: Path,
+) -> None:
+    assert CoordinatorConfig().evaluation.personalize_steps == 0
+    for steps in (0, 1, 10_000):
+        config = CoordinatorConfig(evaluation={"personalize_steps": steps})  # type: ignore[arg-type]
+        assert config.evaluation.personalize_steps == steps
+    from_flag = config_from_args(parse_args(["--personalize-steps", "20"]), environ={})
+    assert from_flag.evaluation.personalize_steps == 20
+    environ = {"FEDPROMPT_COORDINATOR_EVALUATION__PERSONALIZE_STEPS": "7"}
+    assert config_from_args(parse_args([]), environ=environ).evaluation.personalize_steps == 7
+    path = tmp_path / "coordinator.yaml"
+    path.write_text("evaluation:\n  personalize_steps: 30\n")
+    loaded = config_from_args(parse_args(["--config", str(path)]), environ={})
+    assert loaded.evaluation.personalize_steps == 30
+    for hostile in ("true", "1.5", "-3", "10001"):
+        path.write_text(f"evaluation:\n  personalize_steps: {hostile}\n")
+        with pytest.raises(ConfigError, match="personalize_steps"):
+            config_from_args(parse_args(["--config", str(path)]), environ={})
+    for hostile in ("-1", "10001", "99999999999"):
+        with pytest.raises(ConfigError, match="personalize_steps"):
+            config_from_args(parse_args(["--personalize-steps", hostile]), environ={})
+    with pytest.raises(SystemExit):  # argparse: not an integer
+        parse_args(["--personalize-steps", "2.5"])

@@ -1285,3 +1285,26 @@ async def test_a_failed_clustering_is_asked_again_the_next_round(tmp_path: Path)
         assert first.summary["clustering_degraded"] == 1.0
         assert flaky.calls == 2 and "clustering_degraded" not in second.summary
         assert {c.client_id: c.cluster_id for c in second.clients} == CLUSTERS
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("steps", [0, 7])
+async def test_evaluate_tasks_ask_for_the_configured_personalization_pass(
+    tmp_path: Path, steps: int
+) -> None:
+    training = {"local_steps": 3, "batch_size": 5, "learning_rate": 0.02}
+    evaluation = {"personalize_steps": steps}
+    async with federation(tmp_path, training=training, evaluation=evaluation) as h:
+        run = h.start()
+        clients = {c: FakeClient(h.fed, c) for c in "abc"}
+        for client in clients.values():
+            await h.connect(client)
+        await asyncio.wait_for(run, TIMEOUT_S)
+        for client in clients.values():
+            train, evaluate = client.tasks[0], client.tasks[1]
+            assert (train.kind, evaluate.kind) == (TaskKind.TRAIN, TaskKind.EVALUATE)
+            assert train.personalize_steps == 0  # a TRAIN task never asks for the pass
+            assert evaluate.personalize_steps == steps
+            # the pass trains with the TRAIN tasks' settings; without a pass none travel
+            assert evaluate.training == (train.training if steps else None)
+            assert train.training is not None and train.training.batch_size == 5

@@ -1,5 +1,5 @@
 """Coordinator serde: GetStatus answers keep under their byte bound, cutting what is farthest;
-TRAIN tasks carry their training settings exactly."""
+TRAIN tasks carry their training settings exactly; EVALUATE tasks their personalization pass."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fedprompt_coordinator import serde
 from fedprompt_coordinator.domain import (
     ClientRoundRecord,
     ClientStatus,
+    EvaluateSettings,
     FederationStatus,
     Phase,
     RoundRecord,
@@ -127,3 +128,33 @@ def test_a_train_tasks_settings_survive_the_wire_with_proximal_mu_exact(mu: floa
         0.003,
         0.5,
     )
+
+
+def test_an_evaluate_task_without_a_pass_is_the_old_message_byte_for_byte() -> None:
+    settings = EvaluateSettings()
+    task = Task(
+        kind=TaskKind.EVALUATE,
+        round=3,
+        cluster_id=1,
+        deadline_unix_ms=5,
+        training=settings.training,
+        personalize_steps=settings.personalize_steps,
+    )
+    old = coordinator_pb2.Task(
+        kind=coordinator_pb2.TASK_KIND_EVALUATE, round=3, cluster_id=1, deadline_unix_ms=5
+    )
+    msg = serde.task_to_proto(task)
+    assert msg.SerializeToString(deterministic=True) == old.SerializeToString(deterministic=True)
+    assert not msg.HasField("training") and msg.personalize_steps == 0
+
+
+@pytest.mark.parametrize("steps", [1, 25, 10_000])
+def test_an_evaluate_task_carries_its_pass_and_training_settings(steps: int) -> None:
+    training = TrainingSettings(
+        local_steps=3, batch_size=4, learning_rate=0.03, head_learning_rate=0.003
+    )
+    task = Task(kind=TaskKind.EVALUATE, round=2, training=training, personalize_steps=steps)
+    got = coordinator_pb2.Task.FromString(serde.task_to_proto(task).SerializeToString())
+    assert got.personalize_steps == steps and got.kind == coordinator_pb2.TASK_KIND_EVALUATE
+    assert (got.training.batch_size, got.training.learning_rate) == (4, 0.03)
+    assert got.training.head_learning_rate == 0.003

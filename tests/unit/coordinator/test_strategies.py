@@ -13,7 +13,7 @@ from fedprompt_coordinator.aggregation.base import ClusterAggregator, LevelWrapp
 from fedprompt_coordinator.aggregation.contrastive import ContrastiveFedAvg
 from fedprompt_coordinator.aggregation.fedavg import WeightedFedAvg
 from fedprompt_coordinator.config import CoordinatorConfig
-from fedprompt_coordinator.domain import FederationModel
+from fedprompt_coordinator.domain import EvaluateSettings, FederationModel
 from fedprompt_coordinator.strategies import build_strategy, registered_strategies
 
 TENSORS = {
@@ -77,6 +77,19 @@ def test_every_strategy_sends_the_configured_proximal_mu(tmp_path: Path) -> None
     for name in STRATEGIES:
         strategy = build_strategy(_config(tmp_path, name.value, training=training))
         assert strategy.configure_train().proximal_mu == 0.03, name
+
+
+def test_every_strategy_asks_for_the_configured_personalization_pass(tmp_path: Path) -> None:
+    training = {"local_steps": 3, "batch_size": 4, "learning_rate": 0.1, "proximal_mu": 0.5}
+    for name in STRATEGIES:
+        off = build_strategy(_config(tmp_path, name.value, training=training))
+        assert off.configure_evaluate() == EvaluateSettings(), name  # no pass, no settings
+        on = build_strategy(
+            _config(tmp_path, name.value, training=training, evaluation={"personalize_steps": 12})
+        )
+        evaluate = on.configure_evaluate()
+        assert evaluate.personalize_steps == 12, name
+        assert evaluate.training == on.configure_train(), name  # the TRAIN tasks' settings
 
 
 def test_only_fpl_round_start_models_carry_centroids(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ import numpy as np
 from fedprompt.codec import encode_tensors
 from fedprompt.compression import Compression, compress_tensors
 from fedprompt.coordinator_client import CoordinatorClient, UploadStatusLostError
+from fedprompt.personalization import UNPERSONALIZED_PREFIX, check_personalize_steps
 from fedprompt.proximal import check_proximal_mu
 from fedprompt.secagg import SecAggError
 from fedprompt.server import create_channel
@@ -138,6 +140,114 @@ def train_settings(
     )
 
 
+@dataclass(frozen=True)
+class PersonalizeSettings:
+    """The final personalization pass an EVALUATE task asks for.
+
+    Attributes
+    ----------
+    steps : int
+        Optimizer steps of the pass, in ``[1, 10000]``.
+    batch_size : int
+        Training examples per step (capped at the training-set size).
+    learning_rate, head_learning_rate : float
+        AdamW learning rates of the local segment and of the head.
+
+    Raises
+    ------
+    ValueError
+        For steps outside ``[1, 10000]`` (:func:`fedprompt.personalization.check_personalize_steps`;
+        0 is no pass, not a pass of no steps), a batch size below 1, or a learning rate that
+        is not a finite positive number.
+    """
+
+    steps: int
+    batch_size: int
+    learning_rate: float
+    head_learning_rate: float
+
+    def __post_init__(self) -> None:
+        """Refuse a pass the coordinator's configuration could not have asked for."""
+        if check_personalize_steps(self.steps) < 1:
+            raise ValueError("a personalization pass needs personalize_steps >= 1 (0: no pass)")
+        if isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise ValueError(f"the pass's batch_size must be >= 1, got {self.batch_size!r}")
+        for name in ("learning_rate", "head_learning_rate"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"the pass's {name} must be finite and > 0, got {value!r}")
+
+
+def personalize_settings(task: coordinator_pb2.Task) -> PersonalizeSettings | None:
+    """The personalization pass of an EVALUATE task, validated; None when it asks for none.
+
+    Parameters
+    ----------
+    task : coordinator_pb2.Task
+        The EVALUATE task.
+
+    Returns
+    -------
+    PersonalizeSettings or None
+        The pass's steps, batch size and learning rates (from ``task.training``); None for
+        ``personalize_steps`` = 0 (whatever ``training`` holds: the evaluation of old).
+
+    Raises
+    ------
+    ValueError
+        For more than 10000 steps, a pass without ``training``, or a batch size or learning
+        rate a pass cannot train with.
+    """
+    steps = check_personalize_steps(task.personalize_steps)
+    if steps == 0:
+        return None
+    if not task.HasField("training"):
+        raise ValueError(
+            f"round {task.round}: an EVALUATE task asks for {steps} personalization steps "
+            "without the training settings they need"
+        )
+    training = task.training
+    return PersonalizeSettings(
+        steps=steps,
+        batch_size=training.batch_size,
+        learning_rate=training.learning_rate,
+        head_learning_rate=training.head_learning_rate,
+    )
+
+
+#: Reported (1.0) when the pass diverged: the silo then uses the aggregate, so its metrics
+#: are reported under the usual keys too (the round's summaries count the model it uses).
+PERSONALIZE_FAILED = "personalize_failed"
+
+
+def personalized_report(
+    unpersonalized: Mapping[str, float], personalized: Mapping[str, float]
+) -> dict[str, float]:
+    """The metrics an evaluation with a personalization pass reports.
+
+    The personalized model's metrics keep the keys every reader knows (``accuracy``,
+    ``val_accuracy``, ...: the coordinator's round summaries, the bench, the dashboards then
+    read the model the silo would use), with the pass's own (``personalize_steps``,
+    ``personalize_loss``, ``personalize_seconds``); the evaluated aggregate's metrics follow
+    under :data:`~fedprompt.personalization.UNPERSONALIZED_PREFIX`.
+
+    Parameters
+    ----------
+    unpersonalized : mapping
+        ``evaluate()`` of the round's aggregate with the silo's local segment.
+    personalized : mapping
+        ``personalized_evaluate()`` of the copy after the pass.
+
+    Returns
+    -------
+    dict
+        Both, the unpersonalized ones prefixed.
+    """
+    report = dict(personalized)
+    report.update({UNPERSONALIZED_PREFIX + key: value for key, value in unpersonalized.items()})
+    return report
+
+
 class LearningRuntime(Protocol):
     """What the agent needs from the local model (implemented with torch + peft)."""
 
@@ -157,6 +267,9 @@ class LearningRuntime(Protocol):
 
     def evaluate(self) -> dict[str, float]:
         """Evaluate on the held-out split; returns accuracy, macro_f1, loss, ..."""
+
+    def personalized_evaluate(self, settings: PersonalizeSettings) -> dict[str, float]:
+        """Evaluate a copy whose local segment and head were fine-tuned first; nothing kept."""
 
     def save_personal(self) -> None:
         """Persist the personal prompt (all segments and head) on local disk."""
@@ -426,21 +539,36 @@ class ClientAgent:
 
     async def _evaluate(self, client: CoordinatorClient, task: coordinator_pb2.Task) -> None:
         rt = self._runtime
+        # validated before anything is loaded: a hostile pass fails the task here
+        personalize = personalize_settings(task)
         aggregated = await client.task_model(task, coordinator_pb2.MODEL_STAGE_AGGREGATED)
         digest = tensor_digest(aggregated)
         await asyncio.to_thread(rt.load_shared_state, aggregated)
-        metrics = await asyncio.to_thread(rt.evaluate)
-        self._last_eval = (digest, metrics)
+        plain = metrics = await asyncio.to_thread(rt.evaluate)
+        # the next TRAIN task starts from this model: its pre_* metrics are these, unpersonalized
+        self._last_eval = (digest, plain)
+        if personalize is not None:
+            try:
+                personalized = await asyncio.to_thread(rt.personalized_evaluate, personalize)
+            except FloatingPointError as exc:  # a diverging pass: the silo keeps the aggregate
+                logger.warning("round %d: the personalization pass failed: %s", task.round, exc)
+                personalized = {**plain, PERSONALIZE_FAILED: 1.0}
+            metrics = personalized_report(plain, personalized)
         self.metrics.observe_evaluation(task.round, metrics)
         await asyncio.to_thread(rt.save_personal)
         await client.report_metrics(
             round_id=task.round, phase=coordinator_pb2.METRICS_PHASE_EVALUATE, metrics=metrics
         )
-        logger.info(
-            "round %d: aggregated model accuracy %.3f",
-            task.round,
-            metrics.get("accuracy", float("nan")),
-        )
+        accuracy = plain.get("accuracy", math.nan)
+        if personalize is None:
+            logger.info("round %d: aggregated model accuracy %.3f", task.round, accuracy)
+        else:
+            logger.info(
+                "round %d: aggregated model accuracy %.3f, after the personalization pass %.3f",
+                task.round,
+                accuracy,
+                metrics.get("accuracy", math.nan),
+            )
 
     async def _upload(
         self,

@@ -10,6 +10,11 @@ backbone pass over all their batches, each silo with its own prompt, head, optim
 order) and the rest one by one. One worker also keeps torch's process-wide RNG, which the
 trainers seed around each call, free of races.
 
+A personalization pass (an EVALUATE task's ``personalize_steps``) is a third kind of request:
+the copies of the silos' models (:mod:`~fedprompt_client_agent.training.personalization`,
+each sharing the process's backbone) train together and are evaluated together, like the
+silos' own models; nothing of the pass reaches the silos' models.
+
 A failure of one silo (a non-finite loss, a bad setting) answers that silo's call with the
 exception; the others go on.
 """
@@ -17,6 +22,7 @@ exception; the others go on.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -28,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 import numpy as np
 
 from fedprompt.v1 import common_pb2
-from fedprompt_client_agent.agent import TrainSettings
+from fedprompt_client_agent.agent import PersonalizeSettings, TrainSettings
 from fedprompt_client_agent.training.multi_silo import (
     DEFAULT_MAX_PASS_EXAMPLES,
     TrainJob,
@@ -36,16 +42,17 @@ from fedprompt_client_agent.training.multi_silo import (
     evaluate_together,
     train_together,
 )
-from fedprompt_client_agent.training.trainer import BaseTrainer, EvalResult, SplitName
+from fedprompt_client_agent.training.trainer import BaseTrainer, EvalResult, SplitName, TrainResult
 
 if TYPE_CHECKING:
     from fedprompt_client_agent.runtime import SiloRuntime
+    from fedprompt_client_agent.training.personalization import PersonalCopy
 
 __all__ = ["HostedRuntime", "HostedTraining"]
 
 logger = logging.getLogger(__name__)
 
-Kind = Literal["train", "evaluate"]
+Kind = Literal["train", "evaluate", "personalize"]
 _BATCHES_KEPT = 1024
 _R = TypeVar("_R")
 
@@ -54,7 +61,7 @@ _R = TypeVar("_R")
 class _Request:
     kind: Kind
     runtime: SiloRuntime
-    settings: TrainSettings | None
+    settings: TrainSettings | PersonalizeSettings | None
     answer: concurrent.futures.Future[dict[str, float]] = field(
         default_factory=concurrent.futures.Future
     )
@@ -108,23 +115,27 @@ class HostedTraining:
         self.batches: deque[tuple[int, int]] = deque(maxlen=_BATCHES_KEPT)
 
     def submit(
-        self, kind: Kind, runtime: SiloRuntime, settings: TrainSettings | None = None
+        self,
+        kind: Kind,
+        runtime: SiloRuntime,
+        settings: TrainSettings | PersonalizeSettings | None = None,
     ) -> dict[str, float]:
-        """Queue a silo's train or evaluate call and wait for its metrics.
+        """Queue a silo's train, evaluate or personalize call and wait for its metrics.
 
         Parameters
         ----------
-        kind : {"train", "evaluate"}
+        kind : {"train", "evaluate", "personalize"}
             What to run.
         runtime : SiloRuntime
             The silo.
-        settings : TrainSettings, optional
-            The TRAIN task's settings (train only).
+        settings : TrainSettings or PersonalizeSettings, optional
+            The TRAIN task's settings (train), the EVALUATE task's pass (personalize).
 
         Returns
         -------
         dict
-            The metrics ``runtime.train(settings)`` or ``runtime.evaluate()`` would return.
+            The metrics ``runtime.train(settings)``, ``runtime.evaluate()`` or
+            ``runtime.personalized_evaluate(settings)`` would return.
 
         Raises
         ------
@@ -133,8 +144,10 @@ class HostedTraining:
         Exception
             Whatever the silo's training or evaluation raised.
         """
-        if kind == "train" and settings is None:
-            raise ValueError("a train request needs its settings")
+        if kind == "train" and not isinstance(settings, TrainSettings):
+            raise ValueError("a train request needs its TrainSettings")
+        if kind == "personalize" and not isinstance(settings, PersonalizeSettings):
+            raise ValueError("a personalize request needs its PersonalizeSettings")
         request = _Request(kind, runtime, settings)
         with self._cond:
             if self._closed:
@@ -195,13 +208,15 @@ class HostedTraining:
                 _answer_alone(members[0])
             elif members[0].kind == "train":
                 self._train_group(members)
+            elif members[0].kind == "personalize":
+                self._personalize_group(members)
             else:
                 self._evaluate_group(members)
 
     def _train_group(self, members: list[_Request]) -> None:
         jobs: list[tuple[_Request, TrainJob]] = []
         for request in members:
-            assert request.settings is not None
+            assert isinstance(request.settings, TrainSettings)
             try:
                 extra = request.runtime.configure_training(request.settings)
             except Exception as exc:  # noqa: BLE001 (the waiting caller raises it)
@@ -213,26 +228,74 @@ class HostedTraining:
             _settle(request, result, request.runtime.training_metrics)
 
     def _evaluate_group(self, members: list[_Request]) -> None:
+        evaluated = self._evaluate_trainers([(r, _trainer(r.runtime)) for r in members])
+        for request, result in zip(members, evaluated, strict=True):
+            _settle(request, result, request.runtime.evaluation_metrics)
+
+    def _evaluate_trainers(
+        self, items: list[tuple[_Request, BaseTrainer[Any]]]
+    ) -> list[dict[str, EvalResult] | BaseException]:
+        """Evaluate each request's trainer on its silo's evaluation splits, in shared passes."""
         asks = [
-            (request, split) for request in members for split in request.runtime.evaluation_splits()
+            (index, trainer, split)
+            for index, (request, trainer) in enumerate(items)
+            for split in request.runtime.evaluation_splits()
         ]
         results = evaluate_together(
-            [(_trainer(request.runtime), cast(SplitName, split)) for request, split in asks],
+            [(trainer, cast(SplitName, split)) for _, trainer, split in asks],
             max_pass_examples=2 * self.max_pass_examples,
         )
-        per_silo: dict[int, dict[str, EvalResult]] = {id(r): {} for r in members}
-        failed: dict[int, BaseException] = {}
-        for (request, split), result in zip(asks, results, strict=True):
-            if isinstance(result, BaseException):
-                failed.setdefault(id(request), result)
+        out: list[dict[str, EvalResult] | BaseException] = [{} for _ in items]
+        for (index, _, split), result in zip(asks, results, strict=True):
+            done = out[index]
+            if isinstance(done, BaseException):
+                continue
+            out[index] = result if isinstance(result, BaseException) else {**done, split: result}
+        return out
+
+    def _personalize_group(self, members: list[_Request]) -> None:
+        """Personalization passes of several silos: their copies train and evaluate together.
+
+        Every answer is given after the copies are gone and the silos' models restored.
+        """
+        answers: list[tuple[_Request, dict[str, float] | BaseException]] = []
+        with contextlib.ExitStack() as stack:
+            copies: list[tuple[_Request, PersonalCopy]] = []
+            for request in members:
+                assert isinstance(request.settings, PersonalizeSettings)
+                try:
+                    personal = stack.enter_context(request.runtime.personal_copy(request.settings))
+                except Exception as exc:  # noqa: BLE001 (the waiting caller raises it)
+                    answers.append((request, exc))
+                    continue
+                copies.append((request, personal))
+            results = train_together(
+                [TrainJob(personal.trainer) for _, personal in copies],
+                max_pass_examples=self.max_pass_examples,
+            )
+            trained: list[tuple[_Request, PersonalCopy, TrainResult]] = []
+            for (request, personal), result in zip(copies, results, strict=True):
+                if isinstance(result, BaseException):
+                    answers.append((request, result))
+                    continue
+                personal.restore_frozen()
+                trained.append((request, personal, result))
+            evaluated = self._evaluate_trainers([(r, p.trainer) for r, p, _ in trained])
+            for (request, _, result), splits in zip(trained, evaluated, strict=True):
+                if isinstance(splits, BaseException):
+                    answers.append((request, splits))
+                    continue
+                try:
+                    answers.append(
+                        (request, request.runtime.personalization_metrics(result, splits))
+                    )
+                except Exception as exc:  # noqa: BLE001 (the waiting caller raises it)
+                    answers.append((request, exc))
+        for request, answer in answers:
+            if isinstance(answer, BaseException):
+                request.answer.set_exception(answer)
             else:
-                per_silo[id(request)][split] = result
-        for request in members:
-            error = failed.get(id(request))
-            if error is not None:
-                request.answer.set_exception(error)
-            else:
-                _settle(request, per_silo[id(request)], request.runtime.evaluation_metrics)
+                request.answer.set_result(answer)
 
 
 class HostedRuntime:
@@ -262,6 +325,10 @@ class HostedRuntime:
         """Evaluate on the worker (together with the other silos evaluating now)."""
         return self._worker.submit("evaluate", self._runtime)
 
+    def personalized_evaluate(self, settings: PersonalizeSettings) -> dict[str, float]:
+        """Run a personalization pass on the worker (with the other silos' passes open now)."""
+        return self._worker.submit("personalize", self._runtime, settings)
+
     def save_personal(self) -> None:
         """Persist the personal state."""
         self._runtime.save_personal()
@@ -271,8 +338,11 @@ def _answer_alone(request: _Request) -> None:
     """Run one request on its own (the sequential path)."""
     try:
         if request.kind == "train":
-            assert request.settings is not None
+            assert isinstance(request.settings, TrainSettings)
             metrics = request.runtime.train(request.settings)
+        elif request.kind == "personalize":
+            assert isinstance(request.settings, PersonalizeSettings)
+            metrics = request.runtime.personalized_evaluate(request.settings)
         else:
             metrics = request.runtime.evaluate()
     except Exception as exc:  # noqa: BLE001 (the waiting caller raises it)

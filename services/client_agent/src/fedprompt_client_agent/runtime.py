@@ -18,10 +18,11 @@ reading the silo and choosing the trainer are the only modality-specific parts
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, cast
@@ -33,7 +34,7 @@ from torch import nn
 from fedprompt.files import atomic_write
 from fedprompt.strategies import strategy_spec
 from fedprompt.v1 import common_pb2
-from fedprompt_client_agent.agent import TrainSettings
+from fedprompt_client_agent.agent import PersonalizeSettings, TrainSettings
 from fedprompt_client_agent.config import ClientAgentConfig, Modality
 from fedprompt_client_agent.data.image_silos import load_image_silo_dir
 from fedprompt_client_agent.data.text_silos import load_silo_dir
@@ -41,10 +42,13 @@ from fedprompt_client_agent.models import registry
 from fedprompt_client_agent.models.backbone import default_model_dir
 from fedprompt_client_agent.models.efficientnet_lite import default_weights_path
 from fedprompt_client_agent.training.contrastive_loss import make_info_nce_loss
+from fedprompt_client_agent.training.personalization import PersonalCopy, personal_copy
 from fedprompt_client_agent.training.proximal import make_proximal_loss
 from fedprompt_client_agent.training.trainer import (
+    BaseTrainer,
     EvalResult,
     LocalTrainer,
+    SplitName,
     TextModel,
     TrainConfig,
     TrainResult,
@@ -406,6 +410,102 @@ class SiloRuntime:
         """Accuracy, macro-F1 and loss on the held-out test split (and on val, prefixed)."""
         splits = self.evaluation_splits()
         return self.evaluation_metrics({split: self.trainer.evaluate(split) for split in splits})
+
+    @contextlib.contextmanager
+    def personal_copy(self, settings: PersonalizeSettings) -> Iterator[PersonalCopy]:
+        """A copy of the model for a personalization pass, its trainer configured for it.
+
+        Only the copy's local segment and head train (:mod:`~fedprompt_client_agent.training.
+        personalization`); on exit the live model is as it was.
+
+        Parameters
+        ----------
+        settings : PersonalizeSettings
+            The EVALUATE task's pass.
+
+        Yields
+        ------
+        PersonalCopy
+            The copy; its trainer runs ``settings.steps`` steps at the task's batch size and
+            learning rates.
+
+        Raises
+        ------
+        ValueError
+            If the trainer refuses a setting, or the model has nothing to personalize.
+        """
+        trainer = self.trainer
+        if not isinstance(trainer, BaseTrainer):
+            raise TypeError(f"{type(trainer).__name__} cannot run a personalization pass")
+        with personal_copy(trainer) as personal:
+            personal.trainer.update_config(
+                steps=settings.steps,
+                batch_size=settings.batch_size,
+                lr=settings.learning_rate,
+                head_lr=settings.head_learning_rate,
+            )
+            yield personal
+
+    def personalization_metrics(
+        self, result: TrainResult, evaluated: Mapping[str, EvalResult]
+    ) -> dict[str, float]:
+        """What a personalized evaluation reports: the copy's metrics and the pass's own.
+
+        Parameters
+        ----------
+        result : TrainResult
+            The pass.
+        evaluated : mapping
+            The copy's ``EvalResult`` by split, after the pass.
+
+        Returns
+        -------
+        dict
+            ``evaluation_metrics(evaluated)`` with ``personalize_steps``,
+            ``personalize_loss`` (mean objective of the pass) and ``personalize_seconds``.
+        """
+        metrics = self.evaluation_metrics(evaluated)
+        metrics.update(
+            {
+                "personalize_steps": float(result.steps),
+                "personalize_loss": result.mean_loss,
+                "personalize_seconds": result.seconds,
+            }
+        )
+        return metrics
+
+    def personalized_evaluate(self, settings: PersonalizeSettings) -> dict[str, float]:
+        """Evaluate a copy of the model after a personalization pass of its local segment and head.
+
+        The pass trains on the silo's training split, without Opacus also for a DP-SGD silo
+        (its accountant and ε are untouched); nothing of it is kept or uploaded.
+
+        Parameters
+        ----------
+        settings : PersonalizeSettings
+            The EVALUATE task's pass.
+
+        Returns
+        -------
+        dict
+            The copy's metrics keyed as ``evaluate``'s, with the pass's
+            (:meth:`personalization_metrics`).
+
+        Raises
+        ------
+        ValueError
+            If a setting is refused.
+        FloatingPointError
+            If the pass's objective becomes NaN or infinite.
+        """
+        with self.personal_copy(settings) as personal:
+            result = personal.trainer.train()
+            personal.restore_frozen()
+            splits = self.evaluation_splits()
+            evaluated = {
+                split: personal.trainer.evaluate(cast(SplitName, split)) for split in splits
+            }
+        return self.personalization_metrics(result, evaluated)
 
     def save_personal(self) -> None:
         """Write the personal state atomically into the silo's state folder."""

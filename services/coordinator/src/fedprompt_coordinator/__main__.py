@@ -76,6 +76,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="μ of FedProx's client proximal term over the uploaded tensors (0: off, default)",
     )
     p.add_argument(
+        "--personalize-steps",
+        type=int,
+        help="optimizer steps of the clients' final personalization pass of their local "
+        "segment and head at every evaluation (0: none, default)",
+    )
+    p.add_argument(
         "--refine-after-rounds",
         type=int,
         help="cluster refinement: rounds of update alignment with another cluster that move a "
@@ -285,6 +291,7 @@ def config_from_args(
             "training.learning_rate": args.learning_rate,
             "training.head_learning_rate": args.head_learning_rate,
             "training.proximal_mu": args.proximal_mu,
+            "evaluation.personalize_steps": args.personalize_steps,
             "strategy": args.strategy,
             "contrastive.weight": args.contrastive_weight,
             "contrastive.server_weighting": args.server_weighting,

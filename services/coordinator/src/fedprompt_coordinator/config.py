@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fedprompt.client_input import DEFAULT_MAX_EXAMPLES
 from fedprompt.config import LogLevel
+from fedprompt.personalization import MAX_PERSONALIZE_STEPS, check_personalize_steps
 from fedprompt.proximal import MAX_PROXIMAL_MU, check_proximal_mu
 from fedprompt.strategies import StrategyName, strategy_spec
 from fedprompt.tls import TlsConfig
@@ -37,7 +38,8 @@ class NoisePolicy(enum.StrEnum):
 
 
 class TrainingConfig(BaseModel):
-    """Local training settings sent to clients with every TRAIN task."""
+    """Local training settings sent to clients with every TRAIN task (and with the EVALUATE
+    tasks of a personalization pass, `evaluation.personalize_steps`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -61,6 +63,29 @@ class TrainingConfig(BaseModel):
     def _proximal_mu(cls, value: float) -> float:
         """Refuse what every client would refuse (before pydantic turns ``true`` into 1.0)."""
         return check_proximal_mu(value)
+
+
+class EvaluationConfig(BaseModel):
+    """What every EVALUATE task asks of the clients beyond evaluating the round's aggregate."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    personalize_steps: int = Field(
+        default=0,
+        description="Optimizer steps of a final personalization pass at every evaluation (0: "
+        f"none; at most {MAX_PERSONALIZE_STEPS}): each client fine-tunes, on a copy of the "
+        "round's aggregate, only its local prompt segment and the task head on its own "
+        "training split (the `training` batch size and learning rates; shared segments "
+        "frozen), and reports that copy's metrics as accuracy, val_accuracy, ... and the "
+        "aggregate's as unpersonalized_accuracy, ... Nothing of the pass is uploaded or kept; "
+        "it runs inside eval_deadline_s.",
+    )
+
+    @field_validator("personalize_steps", mode="before")
+    @classmethod
+    def _personalize_steps(cls, value: int) -> int:
+        """Refuse what every client would refuse (before pydantic turns ``true`` into 1)."""
+        return check_personalize_steps(value)
 
 
 class ClusteringConfig(BaseModel):
@@ -677,6 +702,10 @@ class CoordinatorConfig(BaseModel):
         description="Per-client and total bounds on streams, uploads, spool disk and memory.",
     )
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(
+        default_factory=EvaluationConfig,
+        description="The clients' final personalization pass at every evaluation (off by default).",
+    )
     clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)
     contrastive: ContrastiveConfig = Field(default_factory=ContrastiveConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)

@@ -120,6 +120,22 @@ class TrainingSettings:
 
 
 @dataclass(frozen=True)
+class EvaluateSettings:
+    """What an EVALUATE task asks beyond evaluating the round's aggregate.
+
+    Attributes
+    ----------
+    personalize_steps
+        Optimizer steps of the client's final personalization pass (0: none).
+    training
+        The settings the pass trains with (batch size, learning rates); None without a pass.
+    """
+
+    personalize_steps: int = 0
+    training: TrainingSettings | None = None
+
+
+@dataclass(frozen=True)
 class InlineModel:
     """A small model payload (safetensors bytes) and its SHA-256, sent inside a task."""
 
@@ -212,6 +228,9 @@ class Task:
     model: InlineModel | None = None
     #: Secure aggregation: what the task's stage needs (None: not a secure round).
     secure_aggregation: SecAggTask | None = None
+    #: EVALUATE: optimizer steps of the client's final personalization pass of its local
+    #: segment and head (0: none; ``training`` then carries its batch size and learning rates).
+    personalize_steps: int = 0
 
 
 @dataclass(frozen=True)

@@ -615,6 +615,7 @@ class Federation:
         self._progress.phase = Phase.EVALUATION
         t_eval = time.perf_counter()
         eval_deadline = self._clock() + self._config.eval_deadline_s
+        evaluate = self._strategy.configure_evaluate()
         for cid in evaluators:
             self._sessions.publish(
                 cid,
@@ -624,6 +625,8 @@ class Federation:
                     cluster_id=current.participants[cid],
                     deadline_unix_ms=int(eval_deadline * 1000),
                     model=round_models.inline(ModelStage.AGGREGATED, current.participants[cid]),
+                    training=evaluate.training,
+                    personalize_steps=evaluate.personalize_steps,
                 ),
             )
         await self._wait_until(  # the length test spares an O(n) scan on most wake-ups

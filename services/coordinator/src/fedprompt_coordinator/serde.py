@@ -67,6 +67,7 @@ def task_to_proto(task: domain.Task) -> coordinator_pb2.Task:
         deadline_unix_ms=task.deadline_unix_ms,
         expected_update=[tensor_spec_to_proto(s) for s in task.expected_update],
         message=task.message,
+        personalize_steps=task.personalize_steps,
     )
     if task.model is not None:
         msg.model.data = task.model.data

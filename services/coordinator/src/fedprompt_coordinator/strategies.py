@@ -7,6 +7,7 @@ branches on a strategy's name:
 - :meth:`Strategy.split_levels`: which shared tensors are global and which per cluster;
 - :meth:`Strategy.check_initial`: what an initial model must hold;
 - :meth:`Strategy.configure_train`: the training settings of a TRAIN task;
+- :meth:`Strategy.configure_evaluate`: what an EVALUATE task asks (a personalization pass);
 - :meth:`Strategy.round_start_tensors`: read-only extras of a round-start model;
 - :meth:`Strategy.make_aggregator`: how a round's updates are aggregated: the strategy's
   own weighted mean (:meth:`Strategy.base_aggregator`, weights capped per member), the
@@ -45,7 +46,7 @@ from fedprompt_coordinator.config import (
     CoordinatorConfig,
     Weighting,
 )
-from fedprompt_coordinator.domain import FederationModel, TrainingSettings
+from fedprompt_coordinator.domain import EvaluateSettings, FederationModel, TrainingSettings
 
 Tensors = dict[str, np.ndarray]
 
@@ -96,6 +97,21 @@ class Strategy:
             contrastive_temperature=self._config.contrastive.temperature,
             proximal_mu=cfg.proximal_mu,
         )
+
+    def configure_evaluate(self) -> EvaluateSettings:
+        """What every EVALUATE task of a round asks beyond evaluating the aggregate.
+
+        Returns
+        -------
+        EvaluateSettings
+            The steps of the clients' final personalization pass and the settings it trains
+            with (this strategy's :meth:`configure_train`); no pass and no settings when
+            ``evaluation.personalize_steps`` is 0, so that the task is the one of old.
+        """
+        steps = self._config.evaluation.personalize_steps
+        if steps == 0:
+            return EvaluateSettings()
+        return EvaluateSettings(personalize_steps=steps, training=self.configure_train())
 
     def round_start_tensors(
         self, model: FederationModel, clusters: Iterable[int]

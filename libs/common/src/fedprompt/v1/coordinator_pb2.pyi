@@ -276,6 +276,11 @@ Global___StreamTasksRequest: _TypeAlias = StreamTasksRequest  # noqa: Y015
 
 @_typing.final
 class TrainingSettings(_message.Message):
+    """How a client trains: sent with every TRAIN task, and with an EVALUATE task that asks for a
+    personalization pass (`Task.personalize_steps`; the pass reads batch_size, learning_rate
+    and head_learning_rate).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LOCAL_STEPS_FIELD_NUMBER: _builtins.int
@@ -331,6 +336,7 @@ class Task(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     SECURE_AGGREGATION_FIELD_NUMBER: _builtins.int
+    PERSONALIZE_STEPS_FIELD_NUMBER: _builtins.int
     kind: Global___TaskKind.ValueType
     round: _builtins.int
     cluster_id: _builtins.int
@@ -339,6 +345,16 @@ class Task(_message.Message):
     """Unix time in milliseconds by which the upload or report must arrive."""
     message: _builtins.str
     """Human-readable reason (for FINISHED, e.g. "completed 5 rounds")."""
+    personalize_steps: _builtins.int
+    """EVALUATE: optimizer steps of a final personalization pass (0 or absent: none, the
+    evaluated model is reported as it is). On a copy of the evaluated model the client
+    fine-tunes only its local prompt segment and the task head on its own training split
+    (the shared segments frozen; `training` then carries the federation's batch size and
+    learning rates, the other settings do not apply), evaluates the copy and reports its
+    metrics under the usual keys (accuracy, val_accuracy, ...) and the evaluated model's
+    under the prefix "unpersonalized_". Nothing of the pass is uploaded or kept. Clients
+    refuse more than 10000 steps, and a pass without `training`.
+    """
     @_builtins.property
     def training(self) -> Global___TrainingSettings: ...
     @_builtins.property
@@ -378,10 +394,11 @@ class Task(_message.Message):
         message: _builtins.str = ...,
         model: Global___InlineModel | None = ...,
         secure_aggregation: Global___SecAggTask | None = ...,
+        personalize_steps: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "secure_aggregation", b"secure_aggregation", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "deadline_unix_ms", b"deadline_unix_ms", "expected_update", b"expected_update", "kind", b"kind", "message", b"message", "model", b"model", "round", b"round", "secure_aggregation", b"secure_aggregation", "training", b"training"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "deadline_unix_ms", b"deadline_unix_ms", "expected_update", b"expected_update", "kind", b"kind", "message", b"message", "model", b"model", "personalize_steps", b"personalize_steps", "round", b"round", "secure_aggregation", b"secure_aggregation", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

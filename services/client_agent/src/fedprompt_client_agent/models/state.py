@@ -7,7 +7,8 @@ everything else once:
 
 - ``shared_state`` / ``load_shared_state``: the travelling tensors (``shared_tensors``: the
   live ones, for a loss term);
-- ``local_state`` / ``load_local_state``: the private tensors (may be none);
+- ``local_state`` / ``load_local_state``: the private tensors (may be none; ``local_tensors``:
+  the live ones);
 - ``personal_state`` / ``load_personal_state``: everything kept at home;
 - ``save_personal`` / ``load_personal``: an atomically written safetensors file whose
   metadata carries a format tag (``personal_format``) and the model's sizes.
@@ -280,6 +281,16 @@ class TensorStateMixin(abc.ABC):
             of the prompt table): differentiable, never copies.
         """
         return self._shared_views()
+
+    def local_tensors(self) -> dict[str, torch.Tensor]:
+        """Return the live private tensors, keyed as ``local_state`` (empty when none).
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            The parameters that never leave the silo, or views of them: never copies.
+        """
+        return self._local_views()
 
     def shared_state(self) -> dict[str, np.ndarray]:
         """Copy the federated tensors as float32 numpy arrays.

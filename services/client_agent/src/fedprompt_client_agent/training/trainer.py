@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import copy
 import logging
 import math
 import time
@@ -295,6 +296,39 @@ class BaseTrainer(abc.ABC, Generic[ModelT]):
     def num_train_examples(self) -> int:
         """N, the number of training examples."""
         return self._split_size("train")
+
+    def twin(self, model: ModelT) -> BaseTrainer[ModelT]:
+        """A plain trainer of another model (e.g. a copy of this one's) on the same splits.
+
+        The twin reads the splits this trainer prepared (never copied: they do not change
+        once built), has this trainer's configuration and a copy of its batch order, and
+        trains with the plain AdamW loop whatever this trainer is (a DP-SGD trainer's twin
+        has no Opacus, no accountant). Training or evaluating the twin changes nothing of
+        this trainer: not its model, not its batch order, not its call counter.
+
+        Parameters
+        ----------
+        model : TrainableModel
+            The twin's model; its label count must be the silo's.
+
+        Returns
+        -------
+        BaseTrainer
+            The twin.
+
+        Raises
+        ------
+        TypeError
+            If this kind of trainer has no twin.
+        """
+        raise TypeError(f"{type(self).__name__} has no twin")
+
+    def _start_twin(self, twin: BaseTrainer[ModelT], model: ModelT) -> None:
+        """Initialise ``twin`` over ``model`` with this trainer's config and a copy of its order."""
+        BaseTrainer.__init__(twin, model, self.silo, self.config)
+        twin._order_rng = copy.deepcopy(self._order_rng)
+        twin._queue = deque(self._queue)
+        twin._calls = self._calls
 
     def update_config(self, **changes: object) -> TrainConfig:
         """Replace some hyper-parameters (e.g. per-round steps and learning rates), validated.
@@ -662,6 +696,28 @@ class LocalTrainer(BaseTrainer[TextModel]):
             name: _encode(tokenizer, silo.split(name), max_length=self.max_length)
             for name in SPLIT_NAMES
         }
+
+    def twin(self, model: TextModel) -> LocalTrainer:
+        """A plain ``LocalTrainer`` of ``model`` on this trainer's tokenised splits.
+
+        See :meth:`BaseTrainer.twin`; a ``DPLocalTrainer``'s twin is a plain ``LocalTrainer``.
+
+        Parameters
+        ----------
+        model : TextModel
+            The twin's model.
+
+        Returns
+        -------
+        LocalTrainer
+            The twin (no text is tokenised again).
+        """
+        twin = LocalTrainer.__new__(LocalTrainer)
+        self._start_twin(twin, model)
+        twin.max_length = self.max_length
+        twin._pad_id = self._pad_id
+        twin._splits = self._splits
+        return twin
 
     # ----------------------------------------------------------------- hooks
 

@@ -81,6 +81,26 @@ class VisionTrainer(BaseTrainer[VisionModel]):
                 torch.from_numpy(np.array(split.labels, dtype=np.int64)),
             )
 
+    def twin(self, model: VisionModel) -> VisionTrainer:
+        """A ``VisionTrainer`` of ``model`` on this trainer's converted splits.
+
+        See :meth:`BaseTrainer.twin <fedprompt_client_agent.training.trainer.BaseTrainer.twin>`.
+
+        Parameters
+        ----------
+        model : VisionModel
+            The twin's model (the same image size).
+
+        Returns
+        -------
+        VisionTrainer
+            The twin (no image is converted again).
+        """
+        twin = VisionTrainer.__new__(VisionTrainer)
+        self._start_twin(twin, model)
+        twin._splits = self._splits
+        return twin
+
     def _split_size(self, split: str) -> int:
         """Number of images in a split."""
         return len(self._splits[split][1])
