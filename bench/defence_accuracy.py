@@ -23,15 +23,10 @@ from ``--out`` instead of running them again. Prints figures; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from fedprompt.strategies import StrategyName
+from bench.fpl_variants import last_accuracy, run_fpl, spread
 
 _ENV = "FEDPROMPT_COORDINATOR_AGGREGATION__"
 #: Coordinator settings of each variant (environment overrides of ``aggregation:``).
@@ -49,34 +44,17 @@ VARIANTS: dict[str, dict[str, str]] = {
 
 def _run(args: argparse.Namespace, task: str, seed: int, variant: str) -> dict[str, float]:
     """One federation (or its saved summary): final mean and worst accuracy, wall seconds."""
-    run_dir = args.out / f"{task}-{variant}-s{seed}"
-    started = time.monotonic()
-    if not (args.reuse and (run_dir / "summary.json").exists()):
-        command = [
-            str(Path(sys.executable).parent / "fedprompt"), "up",
-            "--clients", str(args.clients), "--rounds", str(args.rounds),
-            "--local-steps", str(args.local_steps), "--strategy", StrategyName.FPL.value,
-            "--task", task, "--seed", str(seed), "--max-length", "64",
-            "--clients-per-process", str(args.clients), "--run-dir", str(run_dir),
-        ]  # fmt: skip
-        env = {**os.environ, **VARIANTS[variant]}
-        proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"{run_dir.name} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
-            )
-    summary = json.loads((run_dir / "summary.json").read_text())
-    last = summary["rounds"][-1]["summary"]
-    return {
-        "mean": float(last["accuracy_mean"]),
-        "worst": float(last["accuracy_worst"]),
-        "seconds": float(summary.get("wall_seconds", time.monotonic() - started)),
-    }
-
-
-def _spread(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.fmean(values):.1f} ± {100 * std:.1f}"
+    summary, seconds = run_fpl(
+        args.out / f"{task}-{variant}-s{seed}",
+        task=task,
+        seed=seed,
+        clients=args.clients,
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        env=VARIANTS[variant],
+        reuse=args.reuse,
+    )
+    return {**last_accuracy(summary), "seconds": seconds}
 
 
 def main() -> int:
@@ -109,8 +87,8 @@ def main() -> int:
                 ]
                 delta = f"{statistics.fmean(diffs):+.1f} ({', '.join(f'{d:+.1f}' for d in diffs)})"
             print(
-                f"| {task} | {variant} | {_spread(means)} | "
-                f"{_spread([r['worst'] for r in runs])} | {delta} | "
+                f"| {task} | {variant} | {spread(means)} | "
+                f"{spread([r['worst'] for r in runs])} | {delta} | "
                 f"{statistics.fmean(r['seconds'] for r in runs):.0f} |",
                 flush=True,
             )

@@ -30,15 +30,10 @@ asserts nothing.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from fedprompt.strategies import StrategyName
+from bench.fpl_variants import last_accuracy, run_fpl, spread
 
 #: ``fedprompt up`` flags of each variant.
 VARIANTS: dict[str, list[str]] = {
@@ -69,44 +64,26 @@ ENVIRONMENT: dict[str, dict[str, str]] = {
 
 def _run(args: argparse.Namespace, task: str, seed: int, variant: str) -> dict[str, float]:
     """One federation (or its saved summary): final accuracy, ε, wall seconds."""
-    run_dir = args.out / f"{task}-{variant}-s{seed}"
-    started = time.monotonic()
-    if not (args.reuse and (run_dir / "summary.json").exists()):
-        command = [
-            str(Path(sys.executable).parent / "fedprompt"), "up",
-            "--clients", str(args.clients), "--rounds", str(args.rounds),
-            "--local-steps", str(args.local_steps), "--strategy", StrategyName.FPL.value,
-            "--task", task, "--seed", str(seed), "--max-length", "64",
-            "--clients-per-process", str(args.clients), "--run-dir", str(run_dir),
-            *VARIANTS[variant],
-        ]  # fmt: skip
-        proc = subprocess.run(
-            command,
-            env={**os.environ, **ENVIRONMENT.get(variant, {})},
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"{run_dir.name} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
-            )
-    summary = json.loads((run_dir / "summary.json").read_text())
-    last = summary["rounds"][-1]["summary"]
+    summary, seconds = run_fpl(
+        args.out / f"{task}-{variant}-s{seed}",
+        task=task,
+        seed=seed,
+        clients=args.clients,
+        rounds=args.rounds,
+        local_steps=args.local_steps,
+        flags=VARIANTS[variant],
+        env=ENVIRONMENT.get(variant, {}),
+        reuse=args.reuse,
+    )
     out = {
-        "mean": float(last["accuracy_mean"]),
-        "worst": float(last["accuracy_worst"]),
+        **last_accuracy(summary),
         "epsilon": float(summary.get("epsilon", 0.0)),
-        "seconds": float(summary.get("wall_seconds", time.monotonic() - started)),
+        "seconds": seconds,
     }
-    for key, value in last.items():
+    for key, value in summary["rounds"][-1]["summary"].items():
         if key.startswith("dp_epsilon_"):
             out[key.removeprefix("dp_")] = float(value)
     return out
-
-
-def _spread(values: list[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.fmean(values):.1f} ± {100 * std:.1f}"
 
 
 def _epsilons(runs: list[dict[str, float]]) -> str:
@@ -150,8 +127,8 @@ def main() -> int:
                 ]
                 delta = f"{statistics.fmean(diffs):+.1f} ({', '.join(f'{d:+.1f}' for d in diffs)})"
             print(
-                f"| {task} | {variant} | {_spread([r['mean'] for r in runs])} | "
-                f"{_spread([r['worst'] for r in runs])} | {delta} | {_epsilons(runs)} | "
+                f"| {task} | {variant} | {spread([r['mean'] for r in runs])} | "
+                f"{spread([r['worst'] for r in runs])} | {delta} | {_epsilons(runs)} | "
                 f"{statistics.fmean(r['seconds'] for r in runs):.0f} |",
                 flush=True,
             )

@@ -125,13 +125,23 @@ def alignment_scores(updates: Sequence[ClientUpdate]) -> dict[str, dict[int, flo
 def _best_peers(
     directions: Mapping[str, tuple[int, np.ndarray]],
 ) -> dict[str, tuple[str, float]]:
-    """Each member's most aligned member of *another* cluster, and their cosine."""
+    """Each member's most aligned member of *another* cluster, and their cosine.
+
+    One matrix product of the unit directions (ties go to the smaller client id).
+    """
+    ids = sorted(directions)
+    if len(ids) < 2:
+        return {}
+    clusters = np.array([directions[c][0] for c in ids])
+    cosines = (
+        np.stack([directions[c][1] for c in ids]) @ np.stack([directions[c][1] for c in ids]).T
+    )
+    cosines[clusters[:, None] == clusters[None, :]] = -np.inf  # same cluster (and self)
     out: dict[str, tuple[str, float]] = {}
-    for cid, (own, d) in directions.items():
-        peers = [(float(d @ other), m) for m, (k, other) in sorted(directions.items()) if k != own]
-        if peers:
-            score, peer = max(peers, key=lambda p: p[0])
-            out[cid] = (peer, score)
+    for row, cid in enumerate(ids):
+        col = int(np.argmax(cosines[row]))
+        if np.isfinite(cosines[row, col]):
+            out[cid] = (ids[col], float(cosines[row, col]))
     return out
 
 

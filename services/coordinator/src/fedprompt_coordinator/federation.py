@@ -645,7 +645,8 @@ class Federation:
         evidence: dict[str, Evidence] | None = None
         settings: dict[str, str] = {}
         if self._refiner is not None and secure is None:
-            evidence = self._refiner.observed(
+            evidence = await asyncio.to_thread(  # O(n² d) for the peers: off the event loop
+                self._refiner.observed,
                 list(current.updates.values()),
                 new_id=max(self._assignment.values(), default=-1) + 1,
             )
