@@ -11,18 +11,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from fedprompt_clusterer.refinement import UpdateAlignment, refine
 from fedprompt_coordinator.cluster_refinement import Evidence
 from fedprompt_coordinator.config import CoordinatorConfig
-from fedprompt_coordinator.domain import TaskKind
+from fedprompt_coordinator.domain import ModelStage, TaskKind
 from fedprompt_coordinator.state_check import StateIntegrityError
 from tests.unit.coordinator.test_federation import (
     ACCURACY,
     DELTAS,
     EXAMPLES,
+    INITIAL,
     PLAIN_FEDAVG,
     TIMEOUT_S,
     FakeClient,
@@ -206,3 +208,39 @@ def test_the_configuration_refuses_refinement_where_it_cannot_or_must_not_work(
 ) -> None:
     with pytest.raises(ValidationError, match=fragment):
         _config(**overrides)
+
+
+@pytest.mark.asyncio
+async def test_a_pair_split_off_gets_a_new_cluster_that_starts_from_the_initial_tensors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a, b, x publish group 0's metadata and c, d, y group 1's; x and y train on a third
+    group's data (their updates point along the third axis): they split off together, and
+    their new cluster starts from the initial cluster tensors (seeding it from the mean of
+    their former clusters was tried and did not help on validation)."""
+    monkeypatch.setitem(INITIAL, "prompt.cluster", [10.0, 10.0, 10.0])
+    axes = {"a": [1, 0, 0], "b": [1, 0.1, 0], "c": [0, 1, 0], "d": [0.1, 1, 0]}
+    axes |= {"x": [0.1, 0, 1], "y": [0, 0.1, 1]}
+    for cid, axis in axes.items():
+        monkeypatch.setitem(DELTAS, cid, {"prompt.global": [0.0, 0.0], "prompt.cluster": axis})
+        monkeypatch.setitem(EXAMPLES, cid, 1)
+        monkeypatch.setitem(ACCURACY, cid, 0.5)
+    backend = RefiningClusters(after_rounds=1)
+    backend.table = {"a": 0, "b": 0, "x": 0, "c": 1, "d": 1, "y": 1}
+    settings = {**_settings(1, 2), "expected_clients": 6}
+    async with federation(tmp_path, backend=backend, **settings) as h:
+        run = h.start()
+        clients = {cid: FakeClient(h.fed, cid) for cid in sorted(axes)}
+        for client in clients.values():
+            await h.connect(client)
+        await asyncio.wait_for(run, TIMEOUT_S)
+        assert _train_clusters(clients["x"]) == {1: 0, 2: 2}
+        assert _train_clusters(clients["y"]) == {1: 1, 2: 2}
+        assert _train_clusters(clients["a"]) == {1: 0, 2: 0}
+        np.testing.assert_array_equal(
+            clients["x"].fetched[(2, ModelStage.ROUND_START)]["prompt.cluster"],
+            INITIAL["prompt.cluster"],
+        )
+        # the new cluster is durable with round 2's aggregate
+        two = h.models.load(2, expected=h.state.snapshots()[2])
+        assert 2 in two.cluster_tensors
