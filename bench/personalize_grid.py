@@ -24,16 +24,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
-from bench.fedprox_grid import _reference, validation_accuracies
-from bench.refine_grid import Accs, paired, run_summary, test_accuracies, worst_pairs
-from fedprompt_cli.bench import untuned_learning_rates
-from fedprompt_cli.bench_plan import METHOD, RunSpec, full_plan
+from bench.refine_grid import Accs, Grid, paired, worst_pairs
+from fedprompt_cli.bench_plan import METHOD
 from fedprompt_cli.bench_stats import paired_interval
 
 
@@ -54,32 +49,12 @@ def main() -> int:
     p.add_argument("--reference", type=Path, default=Path("reports/full"))
     p.add_argument("--out", type=Path, default=Path("runs/personalize"))
     args = p.parse_args()
-    plan = replace(full_plan(), seeds=tuple(args.seeds))
-    plan = replace(plan, tasks={t: plan.tasks[t] for t in args.tasks})
-    rates = untuned_learning_rates(plan)
-    reference = _reference(args.reference, plan)
-    args.out.mkdir(parents=True, exist_ok=True)
-    log = Console(file=(args.out / "personalize.log").open("a"), width=150)
-    work = args.reference / "work" if (args.reference / "work" / "silos").is_dir() else args.out
+    grid = Grid.from_args(args, "personalize.log")
 
     def accs(task: str, scenario: str, strategy: str, steps: int, test: bool) -> dict[int, Accs]:
-        read = test_accuracies if test else validation_accuracies
         knobs: dict[str, Any] = {"personalize_steps": steps} if steps else {}
-        out: dict[int, Accs] = {}
-        for seed in plan.seeds:
-            spec = RunSpec("eval", task, strategy, seed, rates[(task, strategy)], scenario=scenario)
-            summary = run_summary(
-                spec,
-                plan,
-                work,
-                args.out,
-                suffix=f"-personalize{steps}" if steps else "",
-                knobs=knobs,
-                reference=reference,
-                console=log,
-            )
-            out[seed] = read(summary)
-        return out
+        suffix = f"-personalize{steps}" if steps else ""
+        return grid.accuracies(task, scenario, strategy, suffix=suffix, knobs=knobs, test=test)
 
     def mean(values: dict[int, Accs]) -> float:
         return statistics.fmean(v for a in values.values() for v in a.values())

@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -94,31 +94,62 @@ def run_summary(
     return loaded
 
 
-def _summary(
-    spec: RunSpec,
-    plan: BenchPlan,
-    work: Path,
-    out: Path,
-    point: Point,
-    reference: dict[str, dict[str, Any]],
-    console: Console,
-) -> dict[str, Any]:
-    """The run of ``spec`` at a grid point (r = 0: plain fpl)."""
-    refine, margin = point
-    if refine == 0:
-        return run_summary(
-            spec, plan, work, out, suffix="", knobs={}, reference=reference, console=console
+@dataclass
+class Grid:
+    """What every run of a validation grid shares: the plan (the ``make bench`` budget on the
+    chosen tasks and seeds), its learning rates, the reference runs and where runs go."""
+
+    plan: BenchPlan
+    rates: dict[tuple[str, str], float]
+    reference: dict[str, dict[str, Any]]
+    work: Path
+    out: Path
+    console: Console
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, log_name: str) -> Grid:
+        """The grid of ``--tasks``, ``--seeds``, ``--reference`` and ``--out``."""
+        plan = replace(full_plan(), seeds=tuple(args.seeds))
+        plan = replace(plan, tasks={t: plan.tasks[t] for t in args.tasks})
+        args.out.mkdir(parents=True, exist_ok=True)
+        reference_silos = args.reference / "work" / "silos"
+        return cls(
+            plan=plan,
+            rates=untuned_learning_rates(plan),
+            reference=_reference(args.reference, plan),
+            work=args.reference / "work" if reference_silos.is_dir() else args.out,
+            out=args.out,
+            console=Console(file=(args.out / log_name).open("a"), width=150),
         )
-    return run_summary(
-        spec,
-        plan,
-        work,
-        out,
-        suffix=f"-refine{refine}-m{margin:g}",
-        knobs={"refine_after_rounds": refine, "refine_margin": margin},
-        reference=reference,
-        console=console,
-    )
+
+    def accuracies(
+        self,
+        task: str,
+        scenario: str,
+        strategy: str,
+        *,
+        suffix: str,
+        knobs: dict[str, Any],
+        test: bool,
+    ) -> dict[int, Accs]:
+        """Per seed, every client's test (or validation) accuracy after the last round."""
+        read = test_accuracies if test else validation_accuracies
+        out: dict[int, Accs] = {}
+        for seed in self.plan.seeds:
+            rate = self.rates[(task, strategy)]
+            spec = RunSpec("eval", task, strategy, seed, rate, scenario=scenario)
+            summary = run_summary(
+                spec,
+                self.plan,
+                self.work,
+                self.out,
+                suffix=suffix,
+                knobs=knobs,
+                reference=self.reference,
+                console=self.console,
+            )
+            out[seed] = read(summary)
+        return out
 
 
 def paired(ours: dict[int, Accs], theirs: dict[int, Accs]) -> tuple[Pairs, list[float]]:
@@ -154,21 +185,15 @@ def main() -> int:
     p.add_argument("--reference", type=Path, default=Path("reports/full"))
     p.add_argument("--out", type=Path, default=Path("runs/refine"))
     args = p.parse_args()
-    plan = replace(full_plan(), seeds=tuple(args.seeds))
-    plan = replace(plan, tasks={t: plan.tasks[t] for t in args.tasks})
-    rates = untuned_learning_rates(plan)
-    reference = _reference(args.reference, plan)
-    args.out.mkdir(parents=True, exist_ok=True)
-    log = Console(file=(args.out / "refine.log").open("a"), width=150)
-    work = args.reference / "work" if (args.reference / "work" / "silos").is_dir() else args.out
+    grid = Grid.from_args(args, "refine.log")
 
     def accs(task: str, scenario: str, strategy: str, point: Point, test: bool) -> dict[int, Accs]:
-        read = test_accuracies if test else validation_accuracies
-        out: dict[int, Accs] = {}
-        for seed in plan.seeds:
-            spec = RunSpec("eval", task, strategy, seed, rates[(task, strategy)], scenario=scenario)
-            out[seed] = read(_summary(spec, plan, work, args.out, point, reference, log))
-        return out
+        refine, margin = point
+        if refine == 0:
+            return grid.accuracies(task, scenario, strategy, suffix="", knobs={}, test=test)
+        knobs = {"refine_after_rounds": refine, "refine_margin": margin}
+        suffix = f"-refine{refine}-m{margin:g}"
+        return grid.accuracies(task, scenario, strategy, suffix=suffix, knobs=knobs, test=test)
 
     if args.test is None:
         print(
