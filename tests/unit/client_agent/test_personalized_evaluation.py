@@ -25,17 +25,11 @@ from fedprompt_client_agent.agent import (
     personalize_settings,
 )
 from fedprompt_client_agent.config import ClientAgentConfig
-from fedprompt_client_agent.data.text_silos import SiloData, TextExample, write_silo_dir
 from fedprompt_client_agent.hosted_training import HostedRuntime, HostedTraining
 from fedprompt_client_agent.runtime import PERSONAL_PROMPT_FILE, SiloRuntime
 from tests.unit.client_agent.test_hosted_training import _concurrently
+from tests.unit.client_agent.test_hosted_training import _silo_dir as hosted_silo_dir
 
-TEXTS = {
-    "pos": ["great relief, works well", "wonderful, no side effects", "excellent results",
-            "it helped a lot", "finally I sleep", "best choice I made"],
-    "neg": ["terrible nausea all week", "awful headaches, stopped", "worst drug ever",
-            "made me dizzy", "rash on day two", "useless and costly"],
-}  # fmt: skip
 TRAINING = {"local_steps": 3, "batch_size": 4, "learning_rate": 0.05, "head_learning_rate": 0.05}
 PASS = PersonalizeSettings(steps=6, batch_size=4, learning_rate=0.05, head_learning_rate=0.05)
 
@@ -43,14 +37,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _silo_dir(root: Path, name: str, n: int) -> Path:
-    examples = tuple(
-        TextExample(text=t, label=i) for i, key in enumerate(TEXTS) for t in TEXTS[key][:n]
-    )
-    silo = SiloData(
-        name=name, labels=("pos", "neg"), train=examples, val=examples[:2], test=examples[2:6],
-        metadata={"specialty": "psychiatry"},
-    )  # fmt: skip
-    return write_silo_dir(silo, root / "data" / name)
+    return hosted_silo_dir(root / "data", name, n)
 
 
 def _runtime(root: Path, name: str, state: str, n: int = 6, **extra: object) -> SiloRuntime:
