@@ -54,3 +54,31 @@ def test_a_hostile_mu_fails_the_task_at_the_edge(mu: float) -> None:
         TrainSettings(
             local_steps=1, batch_size=1, learning_rate=0.1, head_learning_rate=0.1, proximal_mu=mu
         )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "fragment"),
+    [
+        ("contrastive_weight", float("nan"), "finite"),
+        ("contrastive_weight", float("inf"), "finite"),
+        ("contrastive_weight", -0.5, r"λ\) must be in \[0, 100\]"),
+        ("contrastive_weight", 1e6, r"λ\) must be in \[0, 100\]"),
+        ("contrastive_temperature", float("nan"), "finite"),
+        ("contrastive_temperature", 1e-30, r"τ\) must be in \[0.01, 100\]"),
+        ("contrastive_temperature", -1.0, r"τ\) must be in \[0.01, 100\]"),
+        ("contrastive_temperature", 1e9, r"τ\) must be in \[0.01, 100\]"),
+    ],
+)
+def test_a_hostile_infonce_setting_fails_the_task_at_the_edge(
+    field: str, value: float, fragment: str
+) -> None:
+    """λ = inf or τ = 1e-30 would make every InfoNCE loss infinite or NaN: refused before
+    anything trains, as the coordinator's configuration refuses them."""
+    with pytest.raises(ValueError, match=fragment):
+        train_settings(_task(**{field: value}), centroids=CENTROIDS, uploaded=("prompt.global",))
+
+
+def test_a_task_without_a_temperature_takes_the_default() -> None:
+    """τ = 0 on the wire is proto3's 'unset': the default 0.5, not a division by zero."""
+    got = train_settings(_task(contrastive_temperature=0.0), centroids=CENTROIDS, uploaded=())
+    assert got.contrastive_temperature == 0.5

@@ -205,6 +205,31 @@ def test_proximal_mu_is_off_by_default_and_set_by_flag_yaml_or_environment(
             config_from_args(parse_args(["--proximal-mu", hostile]), environ={})
 
 
+@pytest.mark.parametrize(
+    ("contrastive", "fragment"),
+    [
+        ({"weight": float("inf")}, "finite"),
+        ({"weight": float("nan")}, "finite"),
+        ({"weight": -0.1}, "contrastive_weight"),
+        ({"weight": 1e3}, "contrastive_weight"),
+        ({"weight": True}, "must be a number"),
+        ({"temperature": 0.0}, "contrastive_temperature"),
+        ({"temperature": 1e-30}, "contrastive_temperature"),
+        ({"temperature": float("inf")}, "finite"),
+        ({"temperature": 1e4}, "contrastive_temperature"),
+    ],
+)
+def test_a_hostile_lambda_or_tau_is_refused_at_load(
+    contrastive: dict[str, object], fragment: str
+) -> None:
+    """The clients refuse these too (an infinite or NaN InfoNCE loss): the coordinator must
+    not start a federation every client would then refuse to train in."""
+    with pytest.raises(ValidationError, match=fragment):
+        CoordinatorConfig(contrastive=contrastive)  # type: ignore[arg-type]
+    environ = {"FEDPROMPT_COORDINATOR_CONTRASTIVE__WEIGHT": "0.25"}
+    assert config_from_args(parse_args([]), environ=environ).contrastive.weight == 0.25
+
+
 @pytest.mark.parametrize("steps", [-1, 10_001, 2**32, True, False, 2.5, 5.0, "5", None])
 def test_a_hostile_personalize_steps_is_refused_at_load(steps: object) -> None:
     expected = (

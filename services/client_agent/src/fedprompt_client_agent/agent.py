@@ -25,6 +25,10 @@ import numpy as np
 
 from fedprompt.codec import encode_tensors
 from fedprompt.compression import Compression, compress_tensors
+from fedprompt.contrastive_settings import (
+    check_contrastive_temperature,
+    check_contrastive_weight,
+)
 from fedprompt.coordinator_client import CoordinatorClient, UploadStatusLostError
 from fedprompt.personalization import UNPERSONALIZED_PREFIX, check_personalize_steps
 from fedprompt.proximal import check_proximal_mu
@@ -74,7 +78,9 @@ class TrainSettings:
     ------
     ValueError
         If ``proximal_mu`` is not a finite number in ``[0, 100]``
-        (:func:`fedprompt.proximal.check_proximal_mu`): the task fails before any training.
+        (:func:`fedprompt.proximal.check_proximal_mu`), or λ and τ of the InfoNCE term are
+        out of range (:mod:`fedprompt.contrastive_settings`): the task fails before any
+        training.
     """
 
     local_steps: int
@@ -94,8 +100,10 @@ class TrainSettings:
     uploaded_tensors: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        """Refuse a μ the coordinator's configuration would refuse too."""
+        """Refuse a μ, λ or τ the coordinator's configuration would refuse too."""
         check_proximal_mu(self.proximal_mu)
+        check_contrastive_weight(self.contrastive_weight)
+        check_contrastive_temperature(self.contrastive_temperature)
 
 
 def train_settings(
@@ -123,7 +131,8 @@ def train_settings(
     Raises
     ------
     ValueError
-        For a ``proximal_mu`` that is NaN, infinite, negative or above 100.
+        For a ``proximal_mu`` that is NaN, infinite, negative or above 100, or a λ or τ of
+        the InfoNCE term out of range.
     """
     training = task.training
     return TrainSettings(

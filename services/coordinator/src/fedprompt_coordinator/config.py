@@ -9,6 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fedprompt.client_input import DEFAULT_MAX_EXAMPLES
 from fedprompt.config import LogLevel
+from fedprompt.contrastive_settings import (
+    MAX_CONTRASTIVE_TEMPERATURE,
+    MAX_CONTRASTIVE_WEIGHT,
+    MIN_CONTRASTIVE_TEMPERATURE,
+    check_contrastive_temperature,
+    check_contrastive_weight,
+)
 from fedprompt.personalization import MAX_PERSONALIZE_STEPS, check_personalize_steps
 from fedprompt.proximal import MAX_PROXIMAL_MU, check_proximal_mu
 from fedprompt.strategies import StrategyName, strategy_spec
@@ -150,16 +157,32 @@ class ContrastiveConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     weight: float = Field(
-        default=0.1, ge=0, description="λ of the client-side InfoNCE term (0: off)."
+        default=0.1,
+        description="λ of the client-side InfoNCE term (0: off; at most "
+        f"{MAX_CONTRASTIVE_WEIGHT:g}).",
     )
     temperature: float = Field(
-        default=0.5, gt=0, description="τ of the client InfoNCE and the server alignment scores."
+        default=0.5,
+        description="τ of the client InfoNCE and the server alignment scores (in "
+        f"[{MIN_CONTRASTIVE_TEMPERATURE:g}, {MAX_CONTRASTIVE_TEMPERATURE:g}]).",
     )
     server_weighting: str = Field(
         default="contrastive",
         pattern="^(contrastive|mean)$",
         description="Cluster aggregation weights: contrastive alignment, or `mean` (ablation).",
     )
+
+    @field_validator("weight", mode="before")
+    @classmethod
+    def _weight(cls, value: float) -> float:
+        """Refuse what every client would refuse (before pydantic turns ``true`` into 1.0)."""
+        return check_contrastive_weight(value)
+
+    @field_validator("temperature", mode="before")
+    @classmethod
+    def _temperature(cls, value: float) -> float:
+        """Refuse what every client would refuse (an infinite or NaN InfoNCE loss)."""
+        return check_contrastive_temperature(value)
 
 
 class AccountantName(enum.StrEnum):
