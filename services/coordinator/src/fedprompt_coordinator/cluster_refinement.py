@@ -102,7 +102,11 @@ def _directions(updates: Sequence[ClientUpdate]) -> dict[str, tuple[int, np.ndar
 
 def alignment_scores(updates: Sequence[ClientUpdate]) -> dict[str, dict[int, float]]:
     """``s_ij`` for every participant i and every cluster j with another participant."""
-    directions = _directions(updates)
+    return _scores(_directions(updates))
+
+
+def _scores(directions: Mapping[str, tuple[int, np.ndarray]]) -> dict[str, dict[int, float]]:
+    """:func:`alignment_scores` of directions already computed."""
     sums: dict[int, np.ndarray] = {}
     counts: dict[int, int] = {}
     for cluster, d in directions.values():
@@ -133,9 +137,8 @@ def _best_peers(
     if len(ids) < 2:
         return {}
     clusters = np.array([directions[c][0] for c in ids])
-    cosines = (
-        np.stack([directions[c][1] for c in ids]) @ np.stack([directions[c][1] for c in ids]).T
-    )
+    units = np.stack([directions[c][1] for c in ids])
+    cosines = units @ units.T
     cosines[clusters[:, None] == clusters[None, :]] = -np.inf  # same cluster (and self)
     out: dict[str, tuple[str, float]] = {}
     for row, cid in enumerate(ids):
@@ -191,8 +194,9 @@ class AlignmentTracker:
         ``new_id + 1``, ... in the order of each pair's smaller client id.
         """
         directions = _directions(updates)
-        all_scores = alignment_scores(updates)
+        all_scores = _scores(directions)
         peers = _best_peers(directions)
+        debug = logger.isEnabledFor(logging.DEBUG)
         sizes = Counter(cluster for cluster, _ in directions.values())
         best: dict[str, int] = {}
         wants_peer: dict[str, str] = {}
@@ -207,13 +211,14 @@ class AlignmentTracker:
                 bar = max(own if own is not None else 0.0, 0.0) + self.margin
                 if peer[1] > bar and (top is None or peer[1] >= scores[top]):
                     wants_peer[cid] = peer[0]
-            logger.debug(
-                "refinement: client %s (cluster %d) scores %s, best peer %s",
-                cid,
-                cluster,
-                {k: round(v, 3) for k, v in sorted(scores.items())},
-                (peer[0], round(peer[1], 3)) if peer else None,
-            )
+            if debug:
+                logger.debug(
+                    "refinement: client %s (cluster %d) scores %s, best peer %s",
+                    cid,
+                    cluster,
+                    {k: round(v, 3) for k, v in sorted(scores.items())},
+                    (peer[0], round(peer[1], 3)) if peer else None,
+                )
         pairs = sorted((a, b) for a, b in wants_peer.items() if wants_peer.get(b) == a and a < b)
         opened = 0
         for a, b in pairs:
