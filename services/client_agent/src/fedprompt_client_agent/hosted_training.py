@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -258,7 +259,8 @@ class HostedTraining:
 
         Every answer is given after the copies are gone and the silos' models restored.
         """
-        answers: list[tuple[_Request, dict[str, float] | BaseException]] = []
+        failed: list[tuple[_Request, BaseException]] = []
+        done: list[tuple[_Request, TrainResult, dict[str, EvalResult] | BaseException]] = []
         with contextlib.ExitStack() as stack:
             copies: list[tuple[_Request, PersonalCopy]] = []
             for request in members:
@@ -266,7 +268,7 @@ class HostedTraining:
                 try:
                     personal = stack.enter_context(request.runtime.personal_copy(request.settings))
                 except Exception as exc:  # noqa: BLE001 (the waiting caller raises it)
-                    answers.append((request, exc))
+                    failed.append((request, exc))
                     continue
                 copies.append((request, personal))
             results = train_together(
@@ -276,26 +278,21 @@ class HostedTraining:
             trained: list[tuple[_Request, PersonalCopy, TrainResult]] = []
             for (request, personal), result in zip(copies, results, strict=True):
                 if isinstance(result, BaseException):
-                    answers.append((request, result))
+                    failed.append((request, result))
                     continue
                 personal.restore_frozen()
                 trained.append((request, personal, result))
             evaluated = self._evaluate_trainers([(r, p.trainer) for r, p, _ in trained])
-            for (request, _, result), splits in zip(trained, evaluated, strict=True):
-                if isinstance(splits, BaseException):
-                    answers.append((request, splits))
-                    continue
-                try:
-                    answers.append(
-                        (request, request.runtime.personalization_metrics(result, splits))
-                    )
-                except Exception as exc:  # noqa: BLE001 (the waiting caller raises it)
-                    answers.append((request, exc))
-        for request, answer in answers:
-            if isinstance(answer, BaseException):
-                request.answer.set_exception(answer)
-            else:
-                request.answer.set_result(answer)
+            done = [
+                (request, result, splits)
+                for (request, _, result), splits in zip(trained, evaluated, strict=True)
+            ]
+        for request, error in failed:
+            request.answer.set_exception(error)
+        for request, result, splits in done:
+            _settle(
+                request, splits, functools.partial(request.runtime.personalization_metrics, result)
+            )
 
 
 class HostedRuntime:
