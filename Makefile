@@ -6,7 +6,7 @@ PROTO_SRC := proto
 STUB_DIR := libs/common/src
 
 .PHONY: setup proto proto-check lint typecheck test test-unit test-integration test-deploy demo clean \
-	bench bench-quick bench-scenarios bench-system bench-secagg bench-load fuzz fuzz-deps images compose-up compose-status compose-down compose-e2e
+	bench bench-quick bench-lr bench-scenarios bench-system bench-secagg bench-load fuzz fuzz-deps images compose-up compose-status compose-down compose-e2e
 
 setup: $(BIN)/.installed
 
@@ -107,6 +107,11 @@ bench: setup
 
 bench-scenarios: setup
 	$(BIN)/fedprompt bench --scenarios --merge reports/full
+
+# bench-lr chooses every prompt strategy's learning rate on validation (default x 1/3, 1, 3
+# on seed 0, the winner on the other seeds; reports/lr-grid/, make bench's runs reused).
+bench-lr: setup
+	$(BIN)/fedprompt bench --lr-grid --merge reports/full
 
 bench-quick: setup
 	$(BIN)/fedprompt bench --quick

@@ -17,6 +17,7 @@ from fedprompt_cli.bench_plan import (
     compression_plan,
     full_plan,
     gpu_plan,
+    lr_grid_plan,
     quick_plan,
     scenario_plan,
     tiny_plan,
@@ -190,6 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(98 runs; with --merge reports/full only its 32 extra runs, about 50 min on 2 "
         f"cores); the GPU plan holds the whole scenario x {METHOD} ablation matrix",
     )
+    mode.add_argument(
+        "--lr-grid",
+        action="store_true",
+        help="the prompt strategies' learning rates chosen on validation: the default x 1/3, "
+        "1, 3 on the first seed, the winner on the others (with --merge reports/full: 16 "
+        "tuning runs, about 17 min on 2 cores, plus the winners that are not the default)",
+    )
     bench.add_argument("--tag", help="report folder name under --reports (default: the mode)")
     bench.add_argument("--reports", type=Path, default=Path("reports"))
     bench.add_argument("--work-dir", type=Path, help="run folders (default: <report>/work)")
@@ -307,6 +315,8 @@ def _bench(args: argparse.Namespace, console: Console) -> int:
         if args.compression
         else scenario_plan()
         if args.scenarios
+        else lr_grid_plan()
+        if args.lr_grid
         else full_plan()
     )
     try:

@@ -42,6 +42,7 @@ from fedprompt.strategies import STRATEGY_NAMES, StrategyName, strategy_spec
 __all__ = [
     "ABLATIONS",
     "DEFAULT_SCENARIO",
+    "LR_GRID_FACTORS",
     "METHOD",
     "PROMPT_STRATEGIES",
     "SCENARIOS",
@@ -55,6 +56,7 @@ __all__ = [
     "full_plan",
     "gpu_plan",
     "lr_grid",
+    "lr_grid_plan",
     "quick_plan",
     "scenario_plan",
     "tiny_plan",
@@ -548,6 +550,34 @@ def full_plan() -> BenchPlan:
         scenario_seeds=1,
         ablations=tuple(ABLATIONS),
         ablation_seeds=2,
+    )
+
+
+#: The validation grid of ``make bench-lr``: these multiples of each strategy's default rate.
+LR_GRID_FACTORS: tuple[float, ...] = (1 / 3, 1.0, 3.0)
+
+
+def lr_grid_plan() -> BenchPlan:
+    """``make bench-lr``: every prompt strategy's learning rate chosen on validation.
+
+    The full plan's tune and eval stages on the bundled clinics, at its budget and seeds,
+    for the four prompt strategies: each strategy's default rate times 1/3, 1 and 3 runs on
+    the first seed, and the rate with the best mean *validation* accuracy (ties: the
+    smaller) runs on the other seeds. No privacy, compression, scenario or ablation stage.
+    Run names are the full plan's, so with ``--merge reports/full`` the default rate's runs
+    are ``make bench``'s: 16 more tuning federations (about 17 minutes on 2 cores), then two
+    seeds of each (task, strategy) whose chosen rate is not the default.
+    """
+    return replace(
+        full_plan(),
+        mode="lr-grid",
+        strategies=PROMPT_STRATEGIES,
+        lr_factors=LR_GRID_FACTORS,
+        dp_epsilons=(),
+        dp_sgd_epsilons=(),
+        privacy_seeds=0,
+        scenarios=(),
+        ablations=(),
     )
 
 

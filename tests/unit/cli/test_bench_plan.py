@@ -20,6 +20,7 @@ from fedprompt_cli.bench_plan import (
     full_plan,
     gpu_plan,
     lr_grid,
+    lr_grid_plan,
     quick_plan,
     scenario_plan,
     tiny_plan,
@@ -264,6 +265,34 @@ def test_scenario_plan_extends_the_full_plan_under_the_same_run_names() -> None:
         ("concept-shift", 1),
     }
     assert len(extra) == 2 * 4 * 4  # tasks x (scenario, seed) x strategies
+
+
+def test_lr_grid_plan_adds_a_third_and_three_times_the_default_to_make_bench_runs() -> None:
+    """``--lr-grid --merge reports/full``: the default rate's runs are make bench's (same
+    name, budget and silos); the grid adds the other two rates on seed 0, and the winner
+    (on validation) runs on the other seeds."""
+    from fedprompt_cli.bench import run_settings
+
+    grid, full = lr_grid_plan(), full_plan()
+    assert grid.strategies == PROMPT_STRATEGIES
+    assert grid.tasks == full.tasks and grid.seeds == full.seeds
+    tune = grid.tune_runs()
+    rates: dict[tuple[str, str], list[float]] = {}
+    for r in tune:
+        rates.setdefault((r.task, r.strategy), []).append(r.learning_rate)
+    assert rates == {(t, s): [0.01, 0.03, 0.09] for t in grid.tasks for s in PROMPT_STRATEGIES}
+    assert {r.seed for r in tune} == {grid.seeds[0]}
+    full_runs = {r.name: r for r in _all_runs(full)}
+    defaults = [r for r in tune if r.learning_rate == 0.03]
+    assert len(defaults) == 8
+    for spec in defaults:
+        assert full_runs[spec.name] == spec
+        assert run_settings(spec, grid) == run_settings(spec, full)
+    chosen = {(t, s): 0.09 for t in grid.tasks for s in PROMPT_STRATEGIES}
+    assert {(r.seed, r.learning_rate) for r in grid.eval_runs(chosen)} == {(1, 0.09), (2, 0.09)}
+    others = grid.privacy_runs(chosen) + grid.compression_runs(chosen)
+    assert others + grid.scenario_runs(chosen) + grid.ablation_runs(chosen) == []
+    assert grid.total_runs() == 24 + 16
 
 
 def test_scenario_names_match_make_silos() -> None:
