@@ -223,3 +223,19 @@ def test_a_lone_member_whose_peer_sits_well_at_home_stays_without_evidence() -> 
     best = AlignmentTracker(after_rounds=1, margin=0.25).best_clusters(updates, new_id=2)
     assert "x" not in best
     assert best["a"] == best["b"] == 0
+
+
+def test_a_member_with_a_close_peer_at_home_stays_when_another_member_drags_the_mean_down() -> None:
+    """m (misled, or hostile) points away from cluster 0 and pulls a's leave-one-out score
+    to 0.33, below cluster 1's 0.67; but a's closest member at home, b, is at 0.86."""
+    updates = [
+        _update("a", 0, E1 + 0.6 * E2),
+        _update("b", 0, E1),
+        _update("m", 0, -E1 + E3),
+        _update("c", 1, E2 + 0.2 * E1),
+        _update("d", 1, E2 + 0.2 * E1),
+    ]
+    scores = alignment_scores(updates)
+    assert scores["a"][1] > scores["a"][0] + 0.25  # the mean alone would move a
+    best = AlignmentTracker(after_rounds=1, margin=0.25).best_clusters(updates, new_id=2)
+    assert best["a"] == 0

@@ -11,11 +11,13 @@ cluster j with at least one *other* participant in the round,
 over the cluster-level tensors of the updates, each tensor scaled to unit norm before they
 are joined (so a large, noisy prompt segment does not drown the head, and no member
 outweighs another by its norm; leave-one-out, so a member never counts as evidence for its
-own cluster). The best cluster is ``argmax_j s_ij`` when it beats the member's own cluster by
-more than ``margin``, else its own cluster. A group that the metadata split over several
+own cluster). How well i sits at home is h_i = max(s_ik, max_{m ∈ k, m ≠ i} cos(Δ_i, Δ_m)):
+a hostile member of k that uploads against k's direction drags the leave-one-out mean down,
+but it cannot lower the cosine with i's closest honest member there. The best cluster is
+``argmax_j s_ij`` when it beats h_i by more than ``margin``, else its own cluster. A group that the metadata split over several
 clusters has no cluster of its own to move to: two members of different clusters whose
-updates align with each other (cosine) better than with any cluster, each the other's best
-peer, are given a new cluster id together (the clusterer opens it when both name it). The evidence per member is a cluster id and a
+updates align with each other (cosine) better than with any cluster and by more than
+``margin`` over each one's h_i, each the other's best peer, are given a new cluster id together (the clusterer opens it when both name it). The evidence per member is a cluster id and a
 count: a round whose best cluster is the evidence's cluster counts it up (to
 ``after_rounds``), a round that names another counts it down, and at 0 the new cluster takes
 over with a count of 1. The clusterer (``fedprompt_clusterer.refinement``) moves a member at
@@ -128,24 +130,32 @@ def _scores(directions: Mapping[str, tuple[int, np.ndarray]]) -> dict[str, dict[
 
 def _best_peers(
     directions: Mapping[str, tuple[int, np.ndarray]],
-) -> dict[str, tuple[str, float]]:
-    """Each member's most aligned member of *another* cluster, and their cosine.
+) -> tuple[dict[str, tuple[str, float]], dict[str, float]]:
+    """Each member's most aligned member of *another* cluster and their cosine, and each
+    member's highest cosine with a member of its *own* cluster.
 
     One matrix product of the unit directions (ties go to the smaller client id).
     """
     ids = sorted(directions)
     if len(ids) < 2:
-        return {}
+        return {}, {}
     clusters = np.array([directions[c][0] for c in ids])
     units = np.stack([directions[c][1] for c in ids])
     cosines = units @ units.T
-    cosines[clusters[:, None] == clusters[None, :]] = -np.inf  # same cluster (and self)
+    same = clusters[:, None] == clusters[None, :]
+    home = np.where(same, cosines, -np.inf)
+    np.fill_diagonal(home, -np.inf)
+    cosines[same] = -np.inf  # same cluster (and self)
     out: dict[str, tuple[str, float]] = {}
+    closest_home: dict[str, float] = {}
     for row, cid in enumerate(ids):
         col = int(np.argmax(cosines[row]))
         if np.isfinite(cosines[row, col]):
             out[cid] = (ids[col], float(cosines[row, col]))
-    return out
+        nearest = float(np.max(home[row]))
+        if math.isfinite(nearest):
+            closest_home[cid] = nearest
+    return out, closest_home
 
 
 class AlignmentTracker:
@@ -185,30 +195,38 @@ class AlignmentTracker:
         """The cluster each comparable participant's update aligns with best this round.
 
         A member with another participant in its own cluster names the cluster whose
-        reference aligns best, when that beats its own by more than the margin (else its
-        own). Two members of different clusters that are each other's best peer, aligned
-        with each other at least as well as with any cluster and by more than the margin
-        over their own (0 for a member alone in its cluster this round, which otherwise
-        gives no evidence), are a pair: they name the cluster of the one alone in its
-        cluster (the lower id when both are), else a new cluster together: ids ``new_id``,
-        ``new_id + 1``, ... in the order of each pair's smaller client id.
+        reference aligns best, when that beats its standing at home by more than the margin
+        (else its own); its standing is the higher of its own cluster's leave-one-out score
+        and its cosine with its closest member there. Two members of different clusters
+        that are each other's best peer, aligned with each other at least as well as with
+        any cluster and by more than the margin over their standing at home (0 for a member
+        alone in its cluster this round, which otherwise gives no evidence), are a pair:
+        they name the cluster of the one alone in its cluster (the lower id when both are),
+        else a new cluster together: ids ``new_id``, ``new_id + 1``, ... in the order of each
+        pair's smaller client id.
         """
         directions = _directions(updates)
         all_scores = _scores(directions)
-        peers = _best_peers(directions)
+        peers, closest_home = _best_peers(directions)
         debug = logger.isEnabledFor(logging.DEBUG)
         sizes = Counter(cluster for cluster, _ in directions.values())
         best: dict[str, int] = {}
+        standing: dict[str, float] = {}
         wants_peer: dict[str, str] = {}
         for cid, (cluster, _) in sorted(directions.items()):
             scores = all_scores.get(cid, {})
             own = scores.get(cluster)
+            # how well it sits at home: the leave-one-out mean, or its closest member there
+            # when that is higher (a hostile member cannot lower a maximum)
+            home = None if own is None else max(own, closest_home.get(cid, own))
             top = max(sorted(scores), key=lambda c: scores[c]) if scores else None
-            if own is not None and top is not None:
-                best[cid] = top if scores[top] > own + self.margin else cluster
+            if home is not None:
+                standing[cid] = home
+                if top is not None:
+                    best[cid] = top if scores[top] > home + self.margin else cluster
             peer = peers.get(cid)
             if peer is not None:
-                bar = max(own if own is not None else 0.0, 0.0) + self.margin
+                bar = max(home if home is not None else 0.0, 0.0) + self.margin
                 if peer[1] > bar and (top is None or peer[1] >= scores[top]):
                     wants_peer[cid] = peer[0]
             if debug:
@@ -245,12 +263,12 @@ class AlignmentTracker:
                 scores = all_scores[cid]
                 logger.info(
                     "client %s (cluster %d) aligns with cluster %d (cos %.3f) more than with "
-                    "its own (cos %.3f) by over the margin %.3f",
+                    "its standing at home (cos %.3f) by over the margin %.3f",
                     cid,
                     cluster,
                     target,
                     scores[target],
-                    scores[cluster],
+                    standing[cid],
                     self.margin,
                 )
         return best
