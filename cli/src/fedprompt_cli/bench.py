@@ -36,7 +36,6 @@ from fedprompt_cli.bench_plan import (
     SCENARIO_SILOS,
     BenchPlan,
     RunSpec,
-    lr_grid,
 )
 from fedprompt_cli.bench_report import write_report
 from fedprompt_cli.processes import ChildFailedError, console_script
@@ -391,9 +390,7 @@ def run_bench(
 
 def untuned_learning_rates(plan: BenchPlan) -> dict[tuple[str, str], float]:
     """The only candidate rate of every (task, strategy) of a plan without a grid."""
-    return {
-        (t, s): lr_grid(t, s, plan.factors_of(s))[0] for t in plan.tasks for s in plan.strategies
-    }
+    return {(t, s): plan.rates_of(t, s)[0] for t in plan.tasks for s in plan.strategies}
 
 
 def plan_with_overrides(
@@ -434,6 +431,9 @@ def plan_with_overrides(
             # of the bundled tasks' hard scenarios applies
             scenarios=(),
             ablation_scenarios=(DEFAULT_SCENARIO,),
+            # rates chosen on the bundled silos are not chosen on these: the defaults, and
+            # --lr-grid chooses on their validation splits
+            base_rates={},
             clients=clients or count,
             clients_per_process=max(plan.clients_per_process, clients or count),
         )

@@ -48,6 +48,7 @@ __all__ = [
     "SCENARIOS",
     "SCENARIO_SILOS",
     "STRATEGIES",
+    "VALIDATED_RATES",
     "Ablation",
     "BenchPlan",
     "RunSpec",
@@ -231,8 +232,11 @@ class BenchPlan:
     seeds: tuple[int, ...]
     tasks: dict[str, TaskSettings]
     strategies: tuple[str, ...] = STRATEGIES
-    #: Multipliers of the default learning rate tried in the tuning stage.
+    #: Multipliers of the base learning rate tried in the tuning stage.
     lr_factors: tuple[float, ...] = (1.0, 3.0)
+    #: The base rate per (task, strategy), where it is not the default of ``fedprompt up``
+    #: (the full plan: :data:`VALIDATED_RATES`).
+    base_rates: dict[tuple[str, str], float] = field(default_factory=dict)
     #: Strategies whose learning rate is tuned over ``lr_factors`` (None: all); the others
     #: run at their default rate only.
     tuned_strategies: tuple[str, ...] | None = None
@@ -295,6 +299,9 @@ class BenchPlan:
             raise ValueError(f"unknown eval strategies {sorted(self.eval_strategies)}")
         if not self.lr_factors:
             raise ValueError("at least one learning-rate factor is needed")
+        bad = {k: r for k, r in self.base_rates.items() if not (0.0 < r < float("inf"))}
+        if bad:
+            raise ValueError(f"base learning rates must be finite and > 0, got {bad}")
         lossy = {c.value for c in Compression} - {Compression.NONE.value}
         if not set(self.upload_compressions) <= lossy:
             raise ValueError(
@@ -348,8 +355,13 @@ class BenchPlan:
             RunSpec("tune", task, strategy, self.seeds[0], lr)
             for task in self.tasks
             for strategy in self.strategies
-            for lr in lr_grid(task, strategy, self.factors_of(strategy))
+            for lr in self.rates_of(task, strategy)
         ]
+
+    def rates_of(self, task: str, strategy: str) -> list[float]:
+        """The candidate learning rates of (task, strategy): its base rate times each factor."""
+        base = self.base_rates.get((task, strategy))
+        return lr_grid(task, strategy, self.factors_of(strategy), base=base)
 
     def factors_of(self, strategy: str) -> tuple[float, ...]:
         """The learning-rate factors tried for one strategy."""
@@ -476,6 +488,7 @@ class BenchPlan:
             "tasks": {t: vars(s) for t, s in self.tasks.items()},
             "strategies": list(self.strategies),
             "lr_factors": list(self.lr_factors),
+            "base_rates": {f"{t}/{s}": r for (t, s), r in sorted(self.base_rates.items())},
             "tuned_strategies": list(self.tuned_strategies or self.strategies),
             "eval_strategies": self.every_seed_strategies(),
             "dp_epsilons": list(self.dp_epsilons),
@@ -508,9 +521,13 @@ class BenchPlan:
         }
 
 
-def lr_grid(task: str, strategy: str, factors: tuple[float, ...]) -> list[float]:
-    """Candidate learning rates: the default of (task, strategy) times each factor."""
-    base = strategy_spec(strategy).learning_rate(task)
+def lr_grid(
+    task: str, strategy: str, factors: tuple[float, ...], *, base: float | None = None
+) -> list[float]:
+    """Candidate learning rates: ``base`` (default: the default of (task, strategy)) times
+    each factor."""
+    if base is None:
+        base = strategy_spec(strategy).learning_rate(task)
     return sorted({float(f"{base * f:.3g}") for f in factors})
 
 
@@ -529,6 +546,9 @@ def full_plan() -> BenchPlan:
     rates (no grid: ``lr_factors=(1, 3)`` turns the validation grid on). Upload compression
     has its own plan (``--compression``), "many small clinics" the scenario plan
     (``--scenarios``). 66 federations.
+
+    The learning rates are :data:`VALIDATED_RATES` (chosen by ``make bench-lr`` on
+    validation), the default elsewhere.
     """
     return BenchPlan(
         mode="full",
@@ -539,6 +559,7 @@ def full_plan() -> BenchPlan:
             "vision": TaskSettings(rounds=4, local_steps=8, batch_size=16, max_images=1200),
         },
         lr_factors=(1.0,),
+        base_rates=dict(VALIDATED_RATES),
         eval_strategies=PROMPT_STRATEGIES,
         dp_epsilons=(8.0,),
         secure_aggregation_epsilons=(),
@@ -552,6 +573,19 @@ def full_plan() -> BenchPlan:
         ablation_seeds=2,
     )
 
+
+#: The learning rates ``make bench-lr`` chose on seed 0's *validation* splits at ``make
+#: bench``'s budget (reports/lr-grid/report.md, the default x 1/3, 1 and 3 of every prompt
+#: strategy; ties to the smaller): the full plan runs these. Every other (task, strategy)
+#: runs at the default of ``fedprompt up``, which the grid chose for fpl on both tasks and
+#: for clustered on vision (LoRA and full-model fedavg were not in the grid).
+VALIDATED_RATES: dict[tuple[str, str], float] = {
+    ("text", StrategyName.LOCAL): 0.01,
+    ("text", StrategyName.FEDAVG): 0.01,
+    ("text", StrategyName.CLUSTERED): 0.01,
+    ("vision", StrategyName.LOCAL): 0.01,
+    ("vision", StrategyName.FEDAVG): 0.01,
+}
 
 #: The validation grid of ``make bench-lr``: these multiples of each strategy's default rate.
 LR_GRID_FACTORS: tuple[float, ...] = (1 / 3, 1.0, 3.0)
@@ -573,6 +607,7 @@ def lr_grid_plan() -> BenchPlan:
         mode="lr-grid",
         strategies=PROMPT_STRATEGIES,
         lr_factors=LR_GRID_FACTORS,
+        base_rates={},  # the grid is centred on the defaults
         dp_epsilons=(),
         dp_sgd_epsilons=(),
         privacy_seeds=0,
@@ -595,6 +630,7 @@ def gpu_plan() -> BenchPlan:
     return replace(
         full_plan(),
         mode="gpu",
+        base_rates={},  # the CPU budget's choice need not hold at ten rounds of ten steps
         tasks={
             "text": TaskSettings(rounds=10, local_steps=10, batch_size=16, max_length=128),
             "vision": TaskSettings(rounds=10, local_steps=10, batch_size=32, max_images=3000),

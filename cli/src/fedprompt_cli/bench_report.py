@@ -446,6 +446,21 @@ def _tuning_sentence(plan: BenchPlan) -> str:
             f"seed {plan.seeds[0]} (factors {list(plan.lr_factors)} of the default); test "
             "splits were not used for any choice."
         )
+    chosen = {
+        (t, s): r
+        for (t, s), r in plan.base_rates.items()
+        if t in plan.tasks and s in plan.strategies
+    }
+    if chosen:
+        listed = ", ".join(f"{t} {s} {r:g}" for (t, s), r in sorted(chosen.items()))
+        return (
+            "Learning rates were chosen on the *validation* splits by `make bench-lr` "
+            "([reports/lr-grid](../lr-grid/report.md): each prompt strategy's default × 1/3, "
+            f"1 and 3 on seed 0 at this budget): {listed}; every other strategy at the "
+            "default of `fedprompt up` (the grid's choice for the prompt strategies not "
+            "listed; LoRA and full-model fedavg were not in the grid). No choice looked at "
+            "the test splits."
+        )
     return (
         "**Learning rates were not tuned in this plan**: every strategy ran at the default of "
         "`fedprompt up` (set before these runs); validation accuracy is reported below, and no "

@@ -14,6 +14,7 @@ from fedprompt_cli.bench_plan import (
     SCENARIO_SILOS,
     SCENARIOS,
     STRATEGIES,
+    VALIDATED_RATES,
     BenchPlan,
     RunSpec,
     compression_plan,
@@ -92,9 +93,20 @@ def test_quick_plan_has_the_same_structure_smaller() -> None:
         )
 
 
-def test_lr_grid_multiplies_the_default() -> None:
+def test_lr_grid_multiplies_the_default_or_a_given_base() -> None:
     assert lr_grid("text", "fpl", (1.0, 3.0)) == [0.03, 0.09]
     assert lr_grid("text", "full-fedavg", (1.0,)) == [5e-5]
+    assert lr_grid("text", "local", (1 / 3, 1.0), base=0.01) == [0.00333, 0.01]
+
+
+def test_a_plan_runs_its_base_rates_and_refuses_rates_that_cannot_train() -> None:
+    plan = replace(tiny_plan(), base_rates={("text", "local"): 0.01})
+    assert plan.rates_of("text", "local") == [0.01]
+    assert plan.rates_of("text", "fpl") == [0.03]
+    assert plan.describe()["base_rates"] == {"text/local": 0.01}
+    for bad in (0.0, -0.01, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="base learning rates"):
+            replace(tiny_plan(), base_rates={("text", "local"): bad})
 
 
 def test_bad_plans_are_refused() -> None:
@@ -226,9 +238,7 @@ def test_skip_privacy_keeps_the_compression_stage_and_skip_compression_drops_it(
 
 def _chosen(plan: BenchPlan) -> dict[tuple[str, str], float]:
     """The largest candidate rate of each (task, strategy): a choice the tune stage ran."""
-    return {
-        (t, s): lr_grid(t, s, plan.factors_of(s))[-1] for t in plan.tasks for s in plan.strategies
-    }
+    return {(t, s): plan.rates_of(t, s)[-1] for t in plan.tasks for s in plan.strategies}
 
 
 def _all_runs(plan: BenchPlan) -> list[RunSpec]:
@@ -267,32 +277,54 @@ def test_scenario_plan_extends_the_full_plan_under_the_same_run_names() -> None:
     assert len(extra) == 2 * 4 * 4  # tasks x (scenario, seed) x strategies
 
 
-def test_lr_grid_plan_adds_a_third_and_three_times_the_default_to_make_bench_runs() -> None:
-    """``--lr-grid --merge reports/full``: the default rate's runs are make bench's (same
-    name, budget and silos); the grid adds the other two rates on seed 0, and the winner
-    (on validation) runs on the other seeds."""
-    from fedprompt_cli.bench import run_settings
-
-    grid, full = lr_grid_plan(), full_plan()
-    assert grid.strategies == PROMPT_STRATEGIES
-    assert grid.tasks == full.tasks and grid.seeds == full.seeds
+def test_lr_grid_plan_tries_a_third_once_and_three_times_each_default() -> None:
+    grid = lr_grid_plan()
+    assert grid.strategies == PROMPT_STRATEGIES and grid.base_rates == {}
     tune = grid.tune_runs()
     rates: dict[tuple[str, str], list[float]] = {}
     for r in tune:
         rates.setdefault((r.task, r.strategy), []).append(r.learning_rate)
     assert rates == {(t, s): [0.01, 0.03, 0.09] for t in grid.tasks for s in PROMPT_STRATEGIES}
     assert {r.seed for r in tune} == {grid.seeds[0]}
-    full_runs = {r.name: r for r in _all_runs(full)}
-    defaults = [r for r in tune if r.learning_rate == 0.03]
-    assert len(defaults) == 8
-    for spec in defaults:
-        assert full_runs[spec.name] == spec
-        assert run_settings(spec, grid) == run_settings(spec, full)
     chosen = {(t, s): 0.09 for t in grid.tasks for s in PROMPT_STRATEGIES}
     assert {(r.seed, r.learning_rate) for r in grid.eval_runs(chosen)} == {(1, 0.09), (2, 0.09)}
     others = grid.privacy_runs(chosen) + grid.compression_runs(chosen)
     assert others + grid.scenario_runs(chosen) + grid.ablation_runs(chosen) == []
     assert grid.total_runs() == 24 + 16
+
+
+def test_the_full_plan_runs_the_grid_winners_under_the_grid_runs_names() -> None:
+    """make bench's prompt-strategy runs of the clinics are the grid's runs at the rates it
+    chose (same name, budget and silos), so either reuses the other's with --merge."""
+    from fedprompt_cli.bench import run_settings, untuned_learning_rates
+
+    grid, full = lr_grid_plan(), full_plan()
+    assert grid.tasks == full.tasks and grid.seeds == full.seeds
+    chosen = untuned_learning_rates(full)
+    grid_runs = {r.name: r for r in grid.tune_runs() + grid.eval_runs(chosen)}
+    for spec in full.tune_runs() + full.eval_runs(chosen):
+        if spec.strategy in PROMPT_STRATEGIES:
+            assert grid_runs[spec.name] == spec
+            assert run_settings(spec, grid) == run_settings(spec, full)
+
+
+def test_validated_rates_are_the_committed_grid_report_choices() -> None:
+    """VALIDATED_RATES holds what reports/lr-grid chose where that is not the default."""
+    import json
+    from pathlib import Path
+
+    from fedprompt.strategies import strategy_spec
+
+    results = Path(__file__).parents[3] / "reports" / "lr-grid" / "results.json"
+    chosen = json.loads(results.read_text())["chosen_learning_rates"]
+    not_default = {
+        tuple(key.split("/")): rate
+        for key, rate in chosen.items()
+        if rate != strategy_spec(key.split("/")[1]).learning_rate(key.split("/")[0])
+    }
+    assert not_default == VALIDATED_RATES
+    assert full_plan().base_rates == VALIDATED_RATES
+    assert gpu_plan().base_rates == {}  # another budget: not chosen there
 
 
 def test_scenario_names_match_make_silos() -> None:

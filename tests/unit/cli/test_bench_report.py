@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,19 @@ def test_a_one_strategy_report_without_private_runs_says_so_and_skips_their_plot
     assert "No private runs in this plan." in privacy and "|" not in privacy
     assert not (tmp_path / "privacy_utility.png").exists()
     assert "privacy_utility" not in text and (tmp_path / "accuracy_per_round.png").exists()
+
+
+def test_the_report_says_which_rates_validation_chose_and_an_untuned_plan_says_so(
+    tmp_path: Path, three_seeds: ThreeSeeds
+) -> None:
+    records = three_seeds("fpl", [0.5, 0.6, 0.7])
+    tuned = replace(tiny_plan(), base_rates={("text", "local"): 0.01, ("vision", "fpl"): 0.1})
+    (tmp_path / "tuned").mkdir()
+    (tmp_path / "plain").mkdir()
+    write_report(tmp_path / "tuned", tuned, records, {})
+    setup = (tmp_path / "tuned" / "report.md").read_text().split("## Headline")[0]
+    assert "chosen on the *validation* splits by `make bench-lr`" in setup
+    assert "text local 0.01;" in setup and "vision" not in setup.split("make bench-lr")[1]
+    write_report(tmp_path / "plain", tiny_plan(), records, {})
+    plain = (tmp_path / "plain" / "report.md").read_text().split("## Headline")[0]
+    assert "**Learning rates were not tuned in this plan**" in plain

@@ -136,6 +136,8 @@ def test_bench_runs_the_plan_on_good_silos(
     assert _make_silos(spec, plan, tmp_path / "work") == tmp_path / "silos"
     # the user's silos are the only scenario: no hard scenario, ablations on them alone
     assert plan.scenarios == () and plan.ablation_scenarios == ("clinics",)
+    # rates chosen on the bundled clinics were not chosen on these silos: the defaults
+    assert plan.base_rates == {} and plan.rates_of("text", "local") == [0.03]
     assert nothing_starts == []
 
 
