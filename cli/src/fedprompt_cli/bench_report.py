@@ -55,6 +55,7 @@ __all__ = ["REPRODUCE", "write_report"]
 REPRODUCE = {
     "full": "make bench",
     "quick": "make bench-quick",
+    "lr-grid": "make bench-lr",
     "tiny": "fedprompt bench --tiny",
     "gpu": "bench/run_gpu_bench.sh",
     "compression": "fedprompt bench --compression",
@@ -443,8 +444,8 @@ def _tuning_sentence(plan: BenchPlan) -> str:
     if len(plan.lr_factors) > 1:
         return (
             "The learning rate was chosen per (task, strategy) on the *validation* splits of "
-            f"seed {plan.seeds[0]} (factors {list(plan.lr_factors)} of the default); test "
-            "splits were not used for any choice."
+            f"seed {plan.seeds[0]} (factors {', '.join(f'{f:.3g}' for f in plan.lr_factors)} "
+            "of the default); test splits were not used for any choice."
         )
     chosen = {
         (t, s): r
