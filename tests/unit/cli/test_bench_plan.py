@@ -315,8 +315,8 @@ def test_validated_rates_are_the_committed_grid_report_choices() -> None:
 
     from fedprompt.strategies import strategy_spec
 
-    results = Path(__file__).parents[3] / "reports" / "lr-grid" / "results.json"
-    chosen = json.loads(results.read_text())["chosen_learning_rates"]
+    headline = Path(__file__).parents[3] / "reports" / "lr-grid" / "headline.json"
+    chosen = json.loads(headline.read_text())["chosen_learning_rates"]
     not_default = {
         tuple(key.split("/")): rate
         for key, rate in chosen.items()
