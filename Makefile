@@ -100,8 +100,9 @@ demo: setup
 
 # The evaluation report (reports/full/report.md; about an hour on 2 cores) and its quick
 # variant (reports/quick/, under 15 minutes): same structure, fewer rounds and steps.
-# bench-scenarios adds many small clinics and a second seed of every hard scenario to the
-# full plan's finished runs (reports/scenarios/; about 50 minutes after make bench).
+# bench-scenarios adds many small clinics, a second seed of every hard scenario and the fpl
+# ablations on the two 6-silo hard scenarios to the full plan's finished runs
+# (reports/scenarios/; about 70 minutes after make bench).
 bench: setup
 	$(BIN)/fedprompt bench
 

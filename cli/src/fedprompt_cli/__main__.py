@@ -187,9 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--scenarios",
         action="store_true",
-        help="the full plan plus many small clinics and every hard scenario on two seeds "
-        "(98 runs; with --merge reports/full only its 32 extra runs, about 50 min on 2 "
-        f"cores); the GPU plan holds the whole scenario x {METHOD} ablation matrix",
+        help="the full plan plus many small clinics, every hard scenario on two seeds and "
+        f"every {METHOD} ablation on misleading metadata and the concept shift (118 runs; "
+        "with --merge reports/full only its 52 extra runs, about 70 min on 2 cores); the GPU "
+        f"plan holds the whole scenario x {METHOD} ablation matrix",
     )
     mode.add_argument(
         "--lr-grid",

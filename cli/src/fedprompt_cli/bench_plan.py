@@ -25,7 +25,8 @@ The plan has four stages, in this order:
 6. ``ablation``: ``fpl`` with one part taken away (:data:`ABLATIONS`: no client InfoNCE,
    mean instead of contrastive weights, no global segment, no local segment, no
    clustering) on each scenario of ``ablation_scenarios``, at fpl's chosen rate, on the
-   first ``ablation_seeds`` seeds of the ``ablation_tasks``. Its reference, full ``fpl``
+   first ``ablation_seeds`` seeds of the ``ablation_tasks`` (on the hard scenarios the
+   first ``hard_ablation_seeds``, when set). Its reference, full ``fpl``
    of the same task, scenario and seed (:meth:`BenchPlan.reference_of`), runs in the
    tune/eval stages (clinics) or the scenario stage: the same seed and the same silos, so
    every ablation is paired with full fpl.
@@ -283,6 +284,9 @@ class BenchPlan:
     ablation_scenarios: tuple[str, ...] = (DEFAULT_SCENARIO,)
     #: Seeds of the ablation stage: the first ``ablation_seeds`` (None: all).
     ablation_seeds: int | None = None
+    #: Seeds of the ablations on the hard scenarios: the first ``hard_ablation_seeds``
+    #: (None: as on the clinics, ``ablation_seeds``).
+    hard_ablation_seeds: int | None = None
     #: Tasks of the ablation stage (None: all).
     ablation_tasks: tuple[str, ...] | None = None
     extra: dict[str, str] = field(default_factory=dict)
@@ -337,8 +341,10 @@ class BenchPlan:
         if set(self.ablation_scenarios) - {DEFAULT_SCENARIO}:
             if METHOD not in (self.scenario_strategies or self.strategies):
                 raise ValueError(f"ablations on hard scenarios need {METHOD} in the scenario stage")
-            if len(self.seeds[: self.ablation_seeds]) > len(self.seeds[: self.scenario_seeds]):
-                raise ValueError("ablation_seeds must not exceed scenario_seeds")
+            if len(self._hard_ablation_seeds()) > len(self.seeds[: self.scenario_seeds]):
+                raise ValueError(
+                    "the hard scenarios' ablation seeds must not exceed scenario_seeds"
+                )
             if not set(self._tasks(self.ablation_tasks)) <= set(self._tasks(self.scenario_tasks)):
                 raise ValueError("ablation_tasks must be among scenario_tasks")
 
@@ -453,8 +459,15 @@ class BenchPlan:
             for seed in self.seeds[: self.ablation_seeds]
             for task in self._tasks(self.ablation_tasks)
             for scenario in self.ablation_scenarios
+            if scenario == DEFAULT_SCENARIO or seed in self._hard_ablation_seeds()
             for ablation in self.ablations
         ]
+
+    def _hard_ablation_seeds(self) -> tuple[int, ...]:
+        count = (
+            self.ablation_seeds if self.hard_ablation_seeds is None else self.hard_ablation_seeds
+        )
+        return self.seeds[:count]
 
     def reference_of(self, spec: RunSpec) -> RunSpec:
         """The full-fpl run an ablation is paired with: same task, scenario, seed and rate."""
@@ -683,16 +696,20 @@ def scenario_plan() -> BenchPlan:
     """``fedprompt bench --scenarios``: ``make bench`` plus every hard scenario on two seeds.
 
     The full plan with "many small clinics" added (24 text silos of ~18 reviews, 30 image
-    silos of ~100 images) and every hard scenario on the first two seeds, at the same budget
+    silos of ~100 images), every hard scenario on the first two seeds, and every ablation
+    of fpl on misleading metadata and the concept shift (first seed), at the same budget
     and learning rates, so its runs are named like the full plan's: with ``--merge
     reports/full`` only the extra runs run (16 many-small federations, about 40 minutes on
-    2 cores, and 16 second-seed runs of the other two scenarios, about 12 minutes).
+    2 cores; 16 second-seed runs of the other two scenarios and 20 ablations there, about
+    30 minutes).
     """
     return replace(
         full_plan(),
         mode="scenarios",
         scenarios=SCENARIOS[1:],
         scenario_seeds=2,
+        ablation_scenarios=(DEFAULT_SCENARIO, "misleading-metadata", "concept-shift"),
+        hard_ablation_seeds=1,
     )
 
 

@@ -267,14 +267,22 @@ def test_scenario_plan_extends_the_full_plan_under_the_same_run_names() -> None:
         assert scenario_runs[name] == spec
         assert run_settings(spec, full) == run_settings(spec, scenarios)
     extra = [scenario_runs[n] for n in set(scenario_runs) - set(full_runs)]
-    assert {r.stage for r in extra} == {"scenario"}
-    assert {(r.scenario, r.seed) for r in extra} == {
+    assert {r.stage for r in extra} == {"scenario", "ablation"}
+    assert {(r.scenario, r.seed) for r in extra if r.stage == "scenario"} == {
         ("many-small", 0),
         ("many-small", 1),
         ("misleading-metadata", 1),
         ("concept-shift", 1),
     }
-    assert len(extra) == 2 * 4 * 4  # tasks x (scenario, seed) x strategies
+    assert len([r for r in extra if r.stage == "scenario"]) == 2 * 4 * 4  # tasks x 4 x strategies
+    # every ablation on the two 6-silo hard scenarios, first seed, both tasks
+    ablations = {(r.task, r.scenario, r.seed, r.ablation) for r in extra if r.stage == "ablation"}
+    assert ablations == {
+        (t, sc, 0, a)
+        for t in ("text", "vision")
+        for sc in ("misleading-metadata", "concept-shift")
+        for a in ABLATIONS
+    }
 
 
 def test_lr_grid_plan_tries_a_third_once_and_three_times_each_default() -> None:
@@ -383,7 +391,7 @@ def test_scenario_runs_share_silos_per_seed_and_baselines_pair_with_fpl() -> Non
     for r in runs:
         by_silos.setdefault(r.silos_key, set()).add(r.strategy)
     assert all(strategies == set(PROMPT_STRATEGIES) for strategies in by_silos.values())
-    assert plan.total_runs() == 98
+    assert plan.total_runs() == 98 + 2 * 2 * len(ABLATIONS)  # and the hard ablations
 
 
 def test_scenario_and_ablation_runs_are_named_and_grouped() -> None:
