@@ -555,13 +555,11 @@ def full_plan() -> BenchPlan:
     only (text full-fedavg alone takes about 3.5 minutes a run here). The ablations of fpl
     on the clinics with two seeds (paired with full fpl), the two hard scenarios of 6 silos
     (misleading metadata, concept shift) with the four prompt strategies on the first seed,
-    and DP-FedAvg and DP-SGD at ε = 8 on the text task with one seed. The default learning
-    rates (no grid: ``lr_factors=(1, 3)`` turns the validation grid on). Upload compression
-    has its own plan (``--compression``), "many small clinics" the scenario plan
-    (``--scenarios``). 66 federations.
-
-    The learning rates are :data:`VALIDATED_RATES` (chosen by ``make bench-lr`` on
-    validation), the default elsewhere.
+    and DP-FedAvg and DP-SGD at ε = 8 on the text task with one seed. One learning rate per
+    (task, strategy), no grid: :data:`VALIDATED_RATES` (chosen on validation by ``make
+    bench-lr``), the default elsewhere. Upload compression has its own plan
+    (``--compression``), "many small clinics" the scenario plan (``--scenarios``). 66
+    federations.
     """
     return BenchPlan(
         mode="full",
