@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the full plan plus many small clinics, every hard scenario on two seeds and "
         f"every {METHOD} ablation on misleading metadata and the concept shift (118 runs; "
-        "with --merge reports/full only its 52 extra runs, about 70 min on 2 cores); the GPU "
+        "with --merge reports/full only its 52 extra runs, about 75 min on 2 cores); the GPU "
         f"plan holds the whole scenario x {METHOD} ablation matrix",
     )
     mode.add_argument(

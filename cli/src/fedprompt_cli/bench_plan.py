@@ -697,7 +697,7 @@ def scenario_plan() -> BenchPlan:
     silos of ~100 images), every hard scenario on the first two seeds, and every ablation
     of fpl on misleading metadata and the concept shift (first seed), at the same budget
     and learning rates, so its runs are named like the full plan's: with ``--merge
-    reports/full`` only the extra runs run (16 many-small federations, about 40 minutes on
+    reports/full`` only the extra runs run (16 many-small federations, about 50 minutes on
     2 cores; 16 second-seed runs of the other two scenarios and 20 ablations there, about
     30 minutes).
     """
