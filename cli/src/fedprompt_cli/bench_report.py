@@ -34,7 +34,7 @@ from fedprompt_cli.bench_analysis import (
     variant_of,
 )
 from fedprompt_cli.bench_metrics import run_metrics
-from fedprompt_cli.bench_plan import ABLATIONS, METHOD, BenchPlan
+from fedprompt_cli.bench_plan import ABLATIONS, LR_GRID_FACTORS, METHOD, BenchPlan
 from fedprompt_cli.bench_stats import (
     MARGIN,
     METRICS,
@@ -440,12 +440,17 @@ def _first_seed_only(plan: BenchPlan) -> str:
     )
 
 
+def _factors(factors: tuple[float, ...]) -> str:
+    """Learning-rate factors as the report prints them: ``0.333, 1, 3``."""
+    return ", ".join(f"{f:.3g}" for f in factors)
+
+
 def _tuning_sentence(plan: BenchPlan) -> str:
     if len(plan.lr_factors) > 1:
         return (
             "The learning rate was chosen per (task, strategy) on the *validation* splits of "
-            f"seed {plan.seeds[0]} (factors {', '.join(f'{f:.3g}' for f in plan.lr_factors)} "
-            "of the default); test splits were not used for any choice."
+            f"seed {plan.seeds[0]} (factors {_factors(plan.lr_factors)} of the default); test "
+            "splits were not used for any choice."
         )
     chosen = {
         (t, s): r
@@ -456,8 +461,9 @@ def _tuning_sentence(plan: BenchPlan) -> str:
         listed = ", ".join(f"{t} {s} {r:g}" for (t, s), r in sorted(chosen.items()))
         return (
             "Learning rates were chosen on the *validation* splits by `make bench-lr` "
-            "([reports/lr-grid](../lr-grid/report.md): each prompt strategy's default × 1/3, "
-            f"1 and 3 on seed 0 at this budget): {listed}; every other strategy at the "
+            "([reports/lr-grid](../lr-grid/report.md): each prompt strategy's default × "
+            f"{_factors(LR_GRID_FACTORS)} on seed 0 at this budget): {listed}; every other "
+            "strategy at the "
             "default of `fedprompt up` (the grid's choice for the prompt strategies not "
             "listed; LoRA and full-model fedavg were not in the grid). No choice looked at "
             "the test splits."

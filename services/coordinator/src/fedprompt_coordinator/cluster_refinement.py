@@ -14,15 +14,17 @@ outweighs another by its norm; leave-one-out, so a member never counts as eviden
 own cluster). How well i sits at home is h_i = max(s_ik, max_{m ∈ k, m ≠ i} cos(Δ_i, Δ_m)):
 a hostile member of k that uploads against k's direction drags the leave-one-out mean down,
 but it cannot lower the cosine with i's closest honest member there. The best cluster is
-``argmax_j s_ij`` when it beats h_i by more than ``margin``, else its own cluster. A group that the metadata split over several
-clusters has no cluster of its own to move to: two members of different clusters whose
-updates align with each other (cosine) better than with any cluster and by more than
-``margin`` over each one's h_i, each the other's best peer, are given a new cluster id together (the clusterer opens it when both name it). The evidence per member is a cluster id and a
-count: a round whose best cluster is the evidence's cluster counts it up (to
-``after_rounds``), a round that names another counts it down, and at 0 the new cluster takes
-over with a count of 1. The clusterer (``fedprompt_clusterer.refinement``) moves a member at
-``after_rounds`` and keeps it while the count stays >= 1, so arriving and leaving each take
-``after_rounds`` rounds of agreeing evidence.
+``argmax_j s_ij`` when it beats h_i by more than ``margin``, else its own cluster. A group
+that the metadata split over several clusters has no cluster of its own to move to: two
+members of different clusters whose updates align with each other (cosine) better than
+with any cluster and by more than ``margin`` over each one's h_i, each the other's best
+peer, are given a new cluster id together (the clusterer opens it when both name it). The
+evidence per member is a cluster id and a count: a round whose best cluster is the
+evidence's cluster counts it up (to ``after_rounds``), a round that names another counts it
+down, and at 0 the new cluster takes over with a count of 1. The clusterer
+(``fedprompt_clusterer.refinement``) moves a member at ``after_rounds`` and keeps it while
+the count stays >= 1, so arriving and leaving each take ``after_rounds`` rounds of agreeing
+evidence.
 
 A member without another participant in its own cluster this round cannot be compared and
 keeps its evidence, as does every member that did not take part.
